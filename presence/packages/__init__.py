@@ -1,0 +1,19 @@
+"""Event packages: body rendering per SIP event package (no I/O)."""
+
+from __future__ import annotations
+
+from presence.packages.base import EventPackage, PackageOptions, RenderedBody
+from presence.packages.dialog import DialogPackage
+from presence.packages.message_summary import MessageSummaryPackage
+from presence.packages.pidf import PidfPackage
+
+__all__ = ["REGISTRY", "EventPackage", "PackageOptions", "RenderedBody", "get_package"]
+
+REGISTRY: dict[str, EventPackage] = {
+    package.name: package for package in (DialogPackage(), MessageSummaryPackage(), PidfPackage())
+}
+
+
+def get_package(name: str) -> EventPackage | None:
+    """The package for an Event header token (case-insensitive), or None if unsupported."""
+    return REGISTRY.get(name.lower())

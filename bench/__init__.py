@@ -1,0 +1,1 @@
+"""busylamp benchmark harness: drives a presence server (busylamp or Kamailio) and reports."""

@@ -1,0 +1,119 @@
+"""``python -m bench run|responder|esl|nsq``: the benchmark entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from bench import report
+from bench.runner import FULL, QUICK, RunConfig, make_server, run_server
+
+METHOD = Path(__file__).resolve().parent / "method.md"
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    cfg = FULL if args.full else QUICK
+    overrides = {
+        "watchers": args.watchers, "keys": args.keys, "pool": args.pool, "rate": args.rate,
+        "duration": args.duration, "repeats": args.repeats,
+        "subscribe_rate": args.subscribe_rate, "probe_start": args.probe_start,
+        "probe_seconds": args.probe_seconds, "kamailio_children": args.kamailio_children,
+        "kamailio_shm_mb": args.kamailio_shm_mb,
+    }
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if args.ceiling is not None:
+        cfg = replace(cfg, ceiling=args.ceiling)
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    names = ["busylamp", "kamailio"] if args.server == "both" else [args.server]
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    results: dict[str, dict] = {}
+    for name in names:
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        server = make_server(name, cfg, workdir)
+        logging.info("running %s (work dir %s)", name, workdir)
+        results[name] = asdict(run_server(server, cfg, workdir))
+    path = report.write_json(results, command, Path(args.results_dir))
+    print(report.table(results))
+    print(f"\nJSON: {path}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, default=str))
+    if not args.no_docs:
+        Path(args.docs).write_text(
+            report.markdown_results(results, command, METHOD.read_text()))
+        print(f"markdown: {args.docs}")
+    return 0
+
+
+def cmd_responder(args: argparse.Namespace) -> int:
+    from bench.responder import measure_ceiling
+
+    print(json.dumps(measure_ceiling(args.count)))
+    return 0
+
+
+def cmd_esl(args: argparse.Namespace) -> int:
+    from bench.pipeline import esl_throughput
+
+    print(json.dumps(esl_throughput(args.events)))
+    return 0
+
+
+def cmd_nsq(args: argparse.Namespace) -> int:
+    from bench.pipeline import nsq_throughput
+
+    print(json.dumps(nsq_throughput(args.updates)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="benchmark one or both presence servers")
+    run.add_argument("--server", choices=["kamailio", "busylamp", "both"], default="kamailio")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small run, under 2 minutes")
+    mode.add_argument("--full", action="store_true", help="300k subscriptions and ceilings")
+    run.add_argument("--watchers", type=int, help="W: phones (distinct SIP users)")
+    run.add_argument("--keys", type=int, help="K: line keys per phone (default 4)")
+    run.add_argument("--pool", type=int, help="P: presentity pool (default W)")
+    run.add_argument("--rate", type=float, help="fan-out publishes per second")
+    run.add_argument("--duration", type=float, help="seconds per fan-out repeat")
+    run.add_argument("--repeats", type=int, help="fan-out repeats and SUBSCRIBE/s ladders")
+    run.add_argument("--subscribe-rate", type=float, help="SUBSCRIBE/s of the subscribe phase")
+    run.add_argument("--probe-start", type=float, help="first rung of the SUBSCRIBE/s ladder")
+    run.add_argument("--probe-seconds", type=float, help="seconds per SUBSCRIBE/s rung")
+    run.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=None,
+                     help="raise the publish rate until delivery or state breaks")
+    run.add_argument("--kamailio-children", type=int, help="Kamailio UDP workers (-n)")
+    run.add_argument("--kamailio-shm-mb", type=int, help="Kamailio shared memory (-m)")
+    run.add_argument("--results-dir", default=str(report.RESULTS))
+    run.add_argument("--docs", default=str(report.DOCS))
+    run.add_argument("--no-docs", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
+    run.add_argument("--json-out", help="also write the results dict to this file")
+    run.set_defaults(func=cmd_run)
+    resp = sub.add_parser("responder", help="NOTIFY/s ceiling of the responder itself")
+    resp.add_argument("--count", type=int, default=200_000)
+    resp.set_defaults(func=cmd_responder)
+    esl = sub.add_parser("esl", help="events/s through esl.protocol + bridge.normalize")
+    esl.add_argument("--events", type=int, default=100_000)
+    esl.set_defaults(func=cmd_esl)
+    nsq = sub.add_parser("nsq", help="updates/s through the NSQ consumer")
+    nsq.add_argument("--updates", type=int, default=100_000)
+    nsq.set_defaults(func=cmd_nsq)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Turn what the publisher sent and what the responder received into figures (pure functions).
+
+A NOTIFY is matched to its publish by the ``local-tag`` of the dialog (the publish's From-Tag);
+when a server does not render that tag the match falls back to the last publish of the same
+(presentity, state) sent before the NOTIFY arrived. Duplicates (a retransmitted NOTIFY that was
+answered twice) are counted once, keyed by (Call-ID, version).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bench.publisher import Sent
+from bench.responder import Record
+from bench.workload import presentity_index
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    t: float
+    call_id: str
+    presentity: int | None
+    state: str
+    version: int
+    tag: str
+
+
+def decode(records: Iterable[Record]) -> list[Notify]:
+    """Decode raw responder records, dropping duplicates of the same (Call-ID, version)."""
+    seen: set[tuple[str, int, str, str]] = set()
+    out = []
+    for t, call_id, user, state, version, tag in records:
+        n = Notify(t, call_id.decode("latin-1"), presentity_index(user.decode("latin-1")),
+                   state.decode("latin-1"), version, tag.decode("latin-1"))
+        key = (n.call_id, n.version, n.tag if n.version < 0 else "", n.state if n.version < 0 else "")
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(n)
+    return out
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence (q in [0, 100])."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[rank]
+
+
+def held_subscriptions(notifies: Iterable[Notify], tag_prefix: str = "v") -> dict[str, int]:
+    """Call-ID -> presentity of every subscription that got a verification NOTIFY.
+
+    When the server renders no local-tag, any NOTIFY of the verification phase counts.
+    """
+    held: dict[str, int] = {}
+    for n in notifies:
+        if n.presentity is None:
+            continue
+        if n.tag and not n.tag.startswith(tag_prefix):
+            continue
+        held[n.call_id] = n.presentity
+    return held
+
+
+@dataclass(slots=True)
+class FanoutFigures:
+    publishes: int
+    publish_rate: float
+    expected: int
+    delivered: int
+    delivery_ratio: float
+    right_state_ratio: float
+    notify_per_s: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    latency_ms_max: float
+    matched_by_tag: int
+    unmatched: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def fanout(sent: Sequence[Sent], notifies: Sequence[Notify], held: dict[str, int],
+           publish_rate: float, tag_prefix: str = "p") -> FanoutFigures:
+    """Figures for one fan-out phase.
+
+    ``sent``: (seq, presentity, state, send time) of every publish that was answered 2xx.
+    ``held``: subscriptions verified before the phase (Call-ID -> presentity).
+    """
+    watchers: dict[int, int] = {}
+    for p in held.values():
+        watchers[p] = watchers.get(p, 0) + 1
+    expected = sum(watchers.get(p, 0) for _, p, _, _ in sent)
+    by_tag = {f"{tag_prefix}{seq}": (p, state, t) for seq, p, state, t in sent}
+    by_state: dict[tuple[int, str], list[float]] = {}
+    last_state: dict[int, tuple[float, str]] = {}
+    for _, p, state, t in sent:
+        by_state.setdefault((p, state), []).append(t)
+        if p not in last_state or t >= last_state[p][0]:
+            last_state[p] = (t, state)
+    for times in by_state.values():
+        times.sort()
+
+    latencies: list[float] = []
+    matched_by_tag = unmatched = delivered = 0
+    final: dict[str, tuple[int, float, str]] = {}
+    for n in notifies:
+        if n.call_id not in held:
+            continue
+        if n.tag in by_tag:
+            matched_by_tag += 1
+            delivered += 1
+            latencies.append(n.t - by_tag[n.tag][2])
+        elif n.presentity is not None and not n.tag.startswith("v"):
+            times = by_state.get((n.presentity, n.state), [])
+            i = bisect.bisect_right(times, n.t)
+            if i:
+                delivered += 1
+                latencies.append(n.t - times[i - 1])
+            else:
+                unmatched += 1
+        else:
+            unmatched += 1
+        prev = final.get(n.call_id)
+        if prev is None or (n.version, n.t) >= (prev[0], prev[1]):
+            final[n.call_id] = (n.version, n.t, n.state)
+
+    judged = right = 0
+    for call_id, p in held.items():
+        if p not in last_state:
+            continue
+        judged += 1
+        got = final.get(call_id)
+        if got is not None and got[2] == last_state[p][1]:
+            right += 1
+
+    latencies.sort()
+    first_send = min((t for *_, t in sent), default=0.0)
+    last_recv = max((n.t for n in notifies if n.call_id in held), default=first_send)
+    span = last_recv - first_send
+    return FanoutFigures(
+        publishes=len(sent),
+        publish_rate=publish_rate,
+        expected=expected,
+        delivered=delivered,
+        delivery_ratio=delivered / expected if expected else 0.0,
+        right_state_ratio=right / judged if judged else 0.0,
+        notify_per_s=delivered / span if span > 0 else 0.0,
+        latency_ms_p50=percentile(latencies, 50) * 1000,
+        latency_ms_p99=percentile(latencies, 99) * 1000,
+        latency_ms_max=(latencies[-1] * 1000) if latencies else float("nan"),
+        matched_by_tag=matched_by_tag,
+        unmatched=unmatched,
+    )
+
+
+def median(values: Sequence[float]) -> float:
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2

@@ -1,0 +1,139 @@
+"""Results: JSON in bench/results/, a busylamp | Kamailio table in docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+DOCS = REPO / "docs" / "BENCHMARKS.md"
+ORDER = ("busylamp", "kamailio")
+
+
+def machine() -> dict[str, object]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="latin-1") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_kb = 0
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "mem_gib": round(mem_kb / 1024 / 1024, 1), "python": platform.python_version()}
+
+
+def write_json(results: dict[str, dict], command: str, directory: Path = RESULTS) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = directory / f"{stamp}-{'-'.join(sorted(results))}.json"
+    payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+               "machine": machine(), "results": results}
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    return path
+
+
+def _fmt(value: object, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _ceiling(r: dict) -> float | None:
+    """Highest NOTIFY/s with 100% delivery and right state over fan-out and ceiling steps."""
+    steps = list(r.get("fanout", [])) + list(r.get("ceiling", []))
+    good = [s["notify_per_s"] for s in steps
+            if s["delivery_ratio"] >= 1.0 and s["right_state_ratio"] >= 1.0]
+    return max(good) if good else None
+
+
+ROWS: list[tuple[str, Callable[[dict], object], int]] = [
+    ("subscriptions requested (W x K)", lambda r: r["subscribe"]["calls"], 0),
+    ("subscriptions held (verified by NOTIFY)", lambda r: r["held"], 0),
+    ("subscribe phase: sipp ok / failed / retrans",
+     lambda r: f"{r['subscribe']['successful']} / {r['subscribe']['failed']} / "
+               f"{r['subscribe']['retransmissions']}", 0),
+    ("clean SUBSCRIBE/s (median of ladders)", lambda r: r["clean_subscribe_per_s"], 0),
+    ("publishes/s achieved (median)", lambda r: r["fanout_median"]["publish_rate"], 0),
+    ("NOTIFY/s delivered (median)", lambda r: r["fanout_median"]["notify_per_s"], 0),
+    ("delivery ratio (median)", lambda r: r["fanout_median"]["delivery_ratio"], 4),
+    ("right-state ratio (median)", lambda r: r["fanout_median"]["right_state_ratio"], 4),
+    ("publish->NOTIFY p50 ms (median)", lambda r: r["fanout_median"]["latency_ms_p50"], 2),
+    ("publish->NOTIFY p99 ms (median)", lambda r: r["fanout_median"]["latency_ms_p99"], 2),
+    ("publish->NOTIFY max ms (median)", lambda r: r["fanout_median"]["latency_ms_max"], 2),
+    ("NOTIFY/s ceiling (100% delivery, right state)", _ceiling, 0),
+    ("PSS growth per subscription, bytes",
+     lambda r: r["memory"]["bytes_per_subscription"].get("pss_kb"), 0),
+    ("RSS growth per subscription, bytes",
+     lambda r: r["memory"]["bytes_per_subscription"].get("rss_kb"), 0),
+    ("Kamailio shm growth per subscription, bytes",
+     lambda r: r["memory"]["bytes_per_subscription"].get("shm_used_kb"), 0),
+    ("server CPU s: subscribe phase", lambda r: r["cpu_seconds"]["subscribe"], 2),
+    ("server CPU s: fan-out phases", lambda r: r["cpu_seconds"]["fanout"], 2),
+    ("server CPU s: whole run", lambda r: r["cpu_seconds"]["total"], 2),
+    ("UDP receive-buffer drops (whole box)", lambda r: r["udp_rcvbuf_errors"], 0),
+]
+
+
+def table(results: dict[str, dict]) -> str:
+    names = [n for n in ORDER if n in results] or list(results)
+    header = "| metric | " + " | ".join(names) + " |"
+    if len(names) == 2:
+        header = "| metric | busylamp | Kamailio | busylamp / Kamailio |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for label, get, digits in ROWS:
+        cells, raw = [], []
+        for n in names:
+            try:
+                v = get(results[n])
+            except (KeyError, TypeError, IndexError):
+                v = None
+            raw.append(v)
+            cells.append(_fmt(v, digits))
+        if len(names) == 2:
+            a, b = raw
+            ratio = (f"{a / b:.2f}x" if isinstance(a, int | float) and isinstance(b, int | float)
+                     and b and not math.isnan(a) and not math.isnan(b) else "")
+            cells.append(ratio)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_results(results: dict[str, dict], command: str, method: str) -> str:
+    m = machine()
+    r0 = next(iter(results.values()))
+    cfg = r0["config"]
+    parts = [
+        "# Benchmarks: busylamp and Kamailio 5.6 as presence servers",
+        "",
+        method.strip(),
+        "",
+        "## Latest run",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- Machine: {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']} GiB, "
+        f"kernel {m['kernel']}, Python {m['python']}",
+        f"- Workload: W={cfg['watchers']} phones x K={cfg['keys']} keys, pool "
+        f"P={cfg['pool'] or cfg['watchers']}, fan-out {cfg['rate']:g} publishes/s x "
+        f"{cfg['duration']:g} s x {cfg['repeats']} repeats, mode {cfg['mode']}",
+    ]
+    for name, r in results.items():
+        parts.append(f"- {name}: `{r['server'].get('command', '')}`"
+                     + (f" ({r['server'].get('version')})" if r["server"].get("version") else ""))
+    parts += ["", table(results), ""]
+    return "\n".join(parts)

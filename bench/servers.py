@@ -1,0 +1,242 @@
+"""Launchers for the servers under test, pinned to one core, with CPU and memory probes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KAMAILIO_CFG = Path(__file__).resolve().parent / "kamailio" / "kamailio.cfg"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """An ephemeral port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="latin-1") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """user + system CPU seconds of the given processes."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="latin-1") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
+
+
+def memory_kb(pids: list[int]) -> dict[str, int]:
+    """Summed Rss and Pss (kB) from /proc/PID/smaps_rollup."""
+    out = {"rss_kb": 0, "pss_kb": 0}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", encoding="latin-1") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        out["rss_kb"] += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        out["pss_kb"] += int(line.split()[1])
+        except OSError:
+            continue
+    return out
+
+
+def sip_ping(port: int, timeout: float = 0.5) -> bool:
+    """True once something answers an OPTIONS on udp:127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(timeout)
+        me = s.getsockname()[1]
+        msg = (
+            f"OPTIONS sip:ping@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bK-ping{time.monotonic_ns()};rport\r\n"
+            f"From: <sip:bench@127.0.0.1>;tag=p\r\nTo: <sip:ping@127.0.0.1>\r\n"
+            f"Call-ID: ping-{time.monotonic_ns()}@bench\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            f"Content-Length: 0\r\n\r\n"
+        )
+        s.sendto(msg.encode(), ("127.0.0.1", port))
+        try:
+            return s.recv(65535).startswith(b"SIP/2.0 ")
+        except OSError:
+            return False
+
+
+def tcp_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+class Server:
+    """A server under test listening on udp SIP + TCP HTTP ports of 127.0.0.1."""
+
+    name = "server"
+    publish_path = "/publish"
+
+    def __init__(self, cpu: int | None = 0, workdir: Path | None = None) -> None:
+        self.cpu = cpu
+        self.sip_port = free_port(socket.SOCK_DGRAM)
+        self.http_port = free_port(socket.SOCK_STREAM)
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 20) -> None:
+        cmd = self.command()
+        if self.cpu is not None:
+            cmd = ["taskset", "-c", str(self.cpu), *cmd]
+        self._log = open(self.workdir / f"{self.name}.log", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.workdir,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see "
+                                   f"{self.workdir / (self.name + '.log')}")
+            if sip_ping(self.sip_port) and tcp_open(self.http_port):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"{self.name} did not come up within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        pids = descendants(self.proc.pid)
+        # taskset execs the server in place, so proc.pid is the server itself
+        return pids
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pids())
+
+    def memory(self) -> dict[str, int]:
+        """Memory figures in kB (at least pss_kb and rss_kb)."""
+        return memory_kb(self.pids())
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "command": " ".join(self.command()), "cpu": self.cpu}
+
+
+class Kamailio(Server):
+    """Kamailio 5.6 from Debian with bench/kamailio/kamailio.cfg (memory only, no database)."""
+
+    name = "kamailio"
+
+    def __init__(self, cpu: int | None = 0, workdir: Path | None = None, children: int = 1,
+                 shm_mb: int = 1024) -> None:
+        super().__init__(cpu, workdir)
+        self.children = children
+        self.shm_mb = shm_mb
+        self.ctl = self.workdir / "kamailio_ctl"
+
+    def command(self) -> list[str]:
+        return [
+            shutil.which("kamailio") or "/usr/sbin/kamailio", "-f", str(KAMAILIO_CFG),
+            "-DD", "-E", "-Y", str(self.workdir), "-P", str(self.workdir / "kamailio.pid"),
+            "-m", str(self.shm_mb), "-M", "16", "-b", str(4 * 1024 * 1024),
+            "-l", f"udp:127.0.0.1:{self.sip_port}", "-l", f"tcp:127.0.0.1:{self.http_port}",
+            "-n", str(self.children), "-N", str(self.children), "-A", f'CTL_SOCK="unix:{self.ctl}"',
+        ]
+
+    def shm_used(self) -> int:
+        """Bytes of Kamailio shared memory in use (kamcmd core.shmmem real_used)."""
+        out = subprocess.run(["kamcmd", "-s", f"unix:{self.ctl}", "core.shmmem"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        m = re.search(r"real_used:\s*(\d+)", out)
+        if not m:
+            raise RuntimeError(f"unexpected core.shmmem output: {out!r}")
+        return int(m.group(1))
+
+    def memory(self) -> dict[str, int]:
+        mem = super().memory()
+        mem["shm_used_kb"] = self.shm_used() // 1024
+        return mem
+
+    def describe(self) -> dict[str, object]:
+        version = subprocess.run(["kamailio", "-v"], capture_output=True, text=True,
+                                 check=False).stdout.splitlines()
+        return {**super().describe(), "version": version[0] if version else "",
+                "children": self.children, "shm_mb": self.shm_mb}
+
+
+class Busylamp(Server):
+    """``busylamp run --role presence --bus memory`` from the project's virtualenv."""
+
+    name = "busylamp"
+
+    def __init__(self, cpu: int | None = 0, workdir: Path | None = None,
+                 executable: str | None = None) -> None:
+        super().__init__(cpu, workdir)
+        self.executable = executable or str(REPO / ".venv" / "bin" / "busylamp")
+
+    def command(self) -> list[str]:
+        return [
+            self.executable, "run", "--role", "presence", "--bus", "memory",
+            "--sip", f"udp:127.0.0.1:{self.sip_port}", "--http", f"127.0.0.1:{self.http_port}",
+            "--max-expires", "3600",
+        ]
+
+    @classmethod
+    def available(cls, executable: str | None = None) -> bool:
+        """True when ``busylamp run --help`` works."""
+        exe = executable or str(REPO / ".venv" / "bin" / "busylamp")
+        try:
+            res = subprocess.run([exe, "run", "--help"], capture_output=True, timeout=30,
+                                 check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return res.returncode == 0
+
+
+SERVERS: dict[str, type[Server]] = {"kamailio": Kamailio, "busylamp": Busylamp}

@@ -1,0 +1,521 @@
+"""FreeSWITCH event headers -> Kazoo/pua_json-style presence update dicts (pure, sans-IO).
+
+``normalize(event_name, headers, config)`` returns a :class:`NormalizeResult`: ``updates`` (0..n
+plain dicts without the Bridge-ID/Bridge-Epoch/Sequence fields) and ``skipped`` (a short reason
+string when nothing was produced, counted by the caller). It never raises on bad input.
+Header names are matched case-insensitively (mod_valet_parking adds lower-case ``unique-id``).
+Updates carry ``Event-Timestamp`` (``Event-Date-Timestamp``, microseconds) and, for call and
+park dialogs, ``Switch-ID`` (the event's ``Core-UUID``) when the event has them. MWI and user
+presence updates carry no Switch-ID: they are not channel state, so a switch snapshot (which
+lists channels only) must not terminate them.
+
+Mapping table
+=============
+
+============================  ==================================================================
+event                         update(s)
+============================  ==================================================================
+CHANNEL_CALLSTATE             ``dialog`` + ``presence`` for presentity ``Channel-Presence-ID``
+                              (missing -> skipped "no presence id"); Call-ID = ``Unique-ID``
+PRESENCE_IN, no Unique-ID     ``presence`` for ``from`` (user presence: registrations, PUBLISH)
+PRESENCE_IN, proto=park       ``dialog`` for ``park+<slot>@domain`` (valet_park lot/slot lamps)
+PRESENCE_IN of a channel      skipped "channel presence" (CHANNEL_CALLSTATE covers calls)
+CUSTOM valet_parking::info    ``dialog`` for ``park+<Valet-Extension>@domain``: hold -> confirmed
+                              (remote = the parked caller), bridge/exit -> terminated
+MESSAGE_WAITING               ``message-summary`` for ``MWI-Message-Account``
+CHANNEL_PARK                  skipped: the ``park`` application has no slot (see below)
+anything else                 skipped "unsupported event <name>"
+============================  ==================================================================
+
+Call state (``Channel-Call-State``, always by NAME: the numbers changed between releases):
+
+=====================================  ===========================  ==========================
+Channel-Call-State                     recipient (outbound leg)     initiator (inbound leg)
+=====================================  ===========================  ==========================
+RINGING, RING_WAIT, EARLY, DIALING     early                        ``initiator_ringing_state``
+ACTIVE, HELD, UNHELD                   confirmed                    confirmed
+HANGUP                                 terminated                   terminated
+DOWN                                   skipped "call state down"    (terminated when the previous
+                                                                    state was HANGUP)
+=====================================  ===========================  ==========================
+
+Direction comes from ``Presence-Call-Direction`` (fallback ``Call-Direction``): ``inbound`` (the
+call came into FreeSWITCH from the presentity's phone) -> ``initiator``, ``outbound`` ->
+``recipient``. While a call rings, FreeSWITCH's mod_sofia and Kazoo show the caller's own lamp as
+``confirmed`` (it is busy, nothing to pick up); only the callee's lamp shows ``early`` (blinking,
+pickable). ``initiator_ringing_state`` keeps that rule by default and can be set to ``early``.
+
+Identities: local ``From`` = ``sip:<presence user>@<domain>``; remote ``To`` for an initiator =
+``Caller-Destination-Number`` (fallback ``Other-Leg-Destination-Number``), for a recipient =
+``Caller-Caller-ID-Number`` (fallback ``Caller-Caller-ID-Name``, ``Other-Leg-Caller-ID-Number``),
+in the presentity's domain. A ringing recipient dialog gets ``To-URI`` =
+``sip:<pickup_prefix><presence user>@<domain>`` (FreeSWITCH's ``**`` intercept) so a BLF key
+press picks the call up. SIP tags are only present with ``verbose_events``: the phone's own tag
+is ``variable_sip_from_tag`` on an inbound leg and ``variable_sip_to_tag`` on an outbound leg;
+it becomes ``From-Tag`` (local-tag), the other one ``To-Tag``.
+
+Expires: early ``expires_early`` (120 s), confirmed ``expires_confirmed`` (600 s), terminated
+``expires_terminated`` (20 s). bridge/calls.py republishes live calls (confirmed every 300 s,
+early every 60 s), so a long call never expires while a lost ``terminated`` lets a lamp go dark
+after at most 10 minutes.
+
+Parking: a channel whose presence id user starts with ``park+`` is a park slot lamp: it is
+``confirmed`` (direction recipient, remote = the parked caller) until HANGUP. mod_valet_parking
+itself fires ``PRESENCE_IN`` with ``proto: park`` (``from: <slot|lot>@domain``, ``answer-state``
+confirmed/early/terminated, ``force-status`` "Holding"/"Active"/"Active (N callers)"/"Empty") and
+``CUSTOM valet_parking::info`` (``Action`` hold/bridge/exit with the parked caller's channel
+data). The CUSTOM event is used for occupied slots (it names the caller); ``PRESENCE_IN`` is used
+for lot-level lamps and for emptied slots (the ``PRESENCE_IN`` for an occupied slot is skipped
+because it would overwrite the caller identity with nothing). The Call-ID of a slot dialog is
+``park+<slot>@domain`` so the terminated update replaces the confirmed one. ``CHANNEL_PARK`` is
+fired by the plain ``park`` application (the 2023 capture: a sipp call parked on answer): it has
+no slot number, the caller's own lamp is already driven by its CHANNEL_CALLSTATE, so it is
+skipped with reason "park application has no slot".
+
+Message waiting (mod_voicemail / ``sendevent MESSAGE_WAITING``): presentity from
+``MWI-Message-Account`` (``sip:`` stripped; no domain -> ``domain_default``),
+``Messages-Waiting`` yes|no, ``Message-Account``, ``MWI-Voice-Message`` verbatim and parsed into
+integer ``Messages-New``/``-Saved``/``-Urgent``/``-Urgent-Saved`` when it has the ``n/m (u/v)``
+or ``n/m`` form; Call-ID ``mwi+<user>@<domain>``; no Expires (the latest one wins).
+
+User presence (``PRESENCE_IN`` without ``Unique-ID``): ``rpid`` then ``status`` decide the State:
+
+==========================================================  ============
+rpid / status (case-insensitive)                             State
+==========================================================  ============
+rpid away, status starting "away" / "idle"                  away
+rpid dnd / do-not-disturb, status "dnd" / "do not disturb"  dnd
+rpid busy / on-the-phone, status "busy" / "on the phone"    busy / on-the-phone
+status "unregistered" / "offline" / "closed"               offline
+anything else (rpid unknown/open/active, "Available", ...)   open
+==========================================================  ============
+
+Call-ID of such an update is ``presence+<user>@<domain>`` (one record per user), Expires
+``expires_confirmed``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+RINGING_STATES = frozenset({"RINGING", "RING_WAIT", "EARLY", "DIALING"})
+TALKING_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
+PARK_PREFIX = "park+"
+_VOICE_MESSAGE = re.compile(r"^\s*(\d+)/(\d+)(?:\s*\((\d+)/(\d+)\))?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizeConfig:
+    """Knobs of the mapping (see the module docstring)."""
+
+    domain_default: str | None = None
+    pickup_prefix: str = "**"
+    initiator_ringing_state: str = "confirmed"
+    expires_early: int = 120
+    expires_confirmed: int = 600
+    expires_terminated: int = 20
+
+    def expires_for(self, state: str) -> int:
+        if state == "early":
+            return self.expires_early
+        if state == "terminated":
+            return self.expires_terminated
+        return self.expires_confirmed
+
+
+@dataclass(slots=True)
+class NormalizeResult:
+    """What one event produced: updates, or the reason why none."""
+
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    skipped: str | None = None
+
+
+class _Headers:
+    """Case-insensitive view of an event's headers; empty and ``_undef_`` count as missing."""
+
+    __slots__ = ("_exact", "_lower")
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._exact = headers
+        self._lower: dict[str, str] | None = None
+
+    def get(self, name: str) -> str | None:
+        value = self._exact.get(name)
+        if value is None:
+            if self._lower is None:
+                self._lower = {str(k).lower(): v for k, v in self._exact.items()}
+            value = self._lower.get(name.lower())
+        if not isinstance(value, str) or value == "" or value == "_undef_":
+            return None
+        return value
+
+    def first(self, *names: str) -> str | None:
+        for name in names:
+            value = self.get(name)
+            if value is not None:
+                return value
+        return None
+
+
+def normalize(event_name: str, headers: Mapping[str, str], config: NormalizeConfig) -> NormalizeResult:
+    """Map one FreeSWITCH event to update dicts; never raises on bad input."""
+    try:
+        h = _Headers(headers)
+        name = (event_name or "").upper()
+        handler = _HANDLERS.get(name)
+        if handler is None:
+            if name == "CUSTOM" and (h.get("Event-Subclass") or "").lower() == "valet_parking::info":
+                return _valet_info(h, config)
+            return NormalizeResult(skipped=f"unsupported event {name or '(none)'}")
+        return handler(h, config)
+    except Exception as exc:  # defensive: a malformed event must never kill the reader
+        return NormalizeResult(skipped=f"unparseable: {type(exc).__name__}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def split_aor(text: str | None, domain_default: str | None) -> tuple[str, str] | None:
+    """``sip:user@domain;params`` / ``user@domain`` / ``user`` -> (user, domain) or None."""
+    if not text:
+        return None
+    value = text.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1]
+    low = value.lower()
+    for scheme in ("sip:", "sips:"):
+        if low.startswith(scheme):
+            value = value[len(scheme):]
+            break
+    value = value.split(";", 1)[0]
+    user, sep, domain = value.rpartition("@")
+    if not sep:
+        user, domain = value, domain_default or ""
+    domain = domain.split(":", 1)[0] if not domain.startswith("[") else domain
+    if not user or not domain or any(c in user + domain for c in " <>\"\r\n"):
+        return None
+    return user, domain
+
+
+def _event_fields(h: _Headers, with_switch: bool = True) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    switch_id = h.get("Core-UUID")
+    if switch_id and with_switch:
+        extra["Switch-ID"] = switch_id
+    stamp = h.get("Event-Date-Timestamp")
+    if stamp and stamp.isdigit():
+        extra["Event-Timestamp"] = int(stamp)
+    return extra
+
+
+def dialog_update(
+    *,
+    user: str,
+    domain: str,
+    call_id: str,
+    state: str,
+    direction: str,
+    remote: str,
+    config: NormalizeConfig,
+    remote_target: str | None = None,
+    from_tag: str | None = None,
+    to_tag: str | None = None,
+) -> dict[str, Any]:
+    """One pua_json ``dialog`` update (local = the presentity, remote = the other party)."""
+    local_uri = f"sip:{user}@{domain}"
+    remote_uri = f"sip:{remote}@{domain}" if "@" not in remote else f"sip:{remote}"
+    update: dict[str, Any] = {
+        "Event-Category": "presence",
+        "Event-Name": "update",
+        "Event-Package": "dialog",
+        "Presentity": local_uri,
+        "Presentity-User": user,
+        "Presentity-Realm": domain,
+        "From": local_uri,
+        "From-User": user,
+        "From-Realm": domain,
+        "From-URI": local_uri,
+        "To": remote_uri,
+        "To-User": remote.split("@", 1)[0],
+        "To-Realm": domain,
+        "To-URI": remote_target or remote_uri,
+        "Call-ID": call_id,
+        "State": state,
+        "Direction": direction,
+        "Expires": config.expires_for(state),
+    }
+    if from_tag:
+        update["From-Tag"] = from_tag
+    if to_tag:
+        update["To-Tag"] = to_tag
+    return update
+
+
+def presence_update(
+    *, user: str, domain: str, call_id: str, state: str, expires: int
+) -> dict[str, Any]:
+    """One pua_json ``presence`` update (PIDF) for ``user@domain``."""
+    uri = f"sip:{user}@{domain}"
+    return {
+        "Event-Category": "presence",
+        "Event-Name": "update",
+        "Event-Package": "presence",
+        "Presentity": uri,
+        "Presentity-User": user,
+        "Presentity-Realm": domain,
+        "From": uri,
+        "From-User": user,
+        "From-Realm": domain,
+        "To": uri,
+        "To-User": user,
+        "To-Realm": domain,
+        "Call-ID": call_id,
+        "State": state,
+        "Expires": expires,
+    }
+
+
+def dialog_state(call_state: str, direction: str, previous: str | None, config: NormalizeConfig) -> str | None:
+    """Channel-Call-State NAME -> dialog state, or None when the event says nothing yet."""
+    if call_state in RINGING_STATES:
+        return "early" if direction == "recipient" else config.initiator_ringing_state
+    if call_state in TALKING_STATES:
+        return "confirmed"
+    if call_state == "HANGUP" or (call_state == "DOWN" and previous == "HANGUP"):
+        return "terminated"
+    return None
+
+
+def call_direction(value: str | None) -> str | None:
+    """FreeSWITCH channel direction -> dialog-info direction."""
+    value = (value or "").lower()
+    if value == "inbound":
+        return "initiator"
+    if value == "outbound":
+        return "recipient"
+    return None
+
+
+def channel_updates(
+    *,
+    presence_id: str | None,
+    call_id: str | None,
+    call_state: str | None,
+    previous_state: str | None,
+    fs_direction: str | None,
+    destination: str | None,
+    caller: str | None,
+    config: NormalizeConfig,
+    local_tag: str | None = None,
+    remote_tag: str | None = None,
+) -> NormalizeResult:
+    """The shared channel rule used by CHANNEL_CALLSTATE and by the resync snapshot."""
+    aor = split_aor(presence_id, config.domain_default)
+    if aor is None:
+        return NormalizeResult(skipped="no presence id")
+    if not call_id:
+        return NormalizeResult(skipped="no unique id")
+    user, domain = aor
+    state_name = (call_state or "").upper()
+    direction = call_direction(fs_direction)
+    if direction is None:
+        return NormalizeResult(skipped="no call direction")
+    parked = user.lower().startswith(PARK_PREFIX)
+    if parked:
+        direction = "recipient"
+    state = dialog_state(state_name, direction, (previous_state or "").upper(), config)
+    if parked and state is not None and state != "terminated":
+        state = "confirmed"  # a parked call keeps the slot lamp busy (nothing to pick up)
+    if state is None:
+        if state_name == "DOWN":
+            return NormalizeResult(skipped="call state down")
+        return NormalizeResult(skipped=f"unknown call state {state_name or '(none)'}")
+    remote = (destination if direction == "initiator" and not parked else caller) or "unknown"
+    target = None
+    if state == "early" and direction == "recipient" and config.pickup_prefix:
+        target = f"sip:{config.pickup_prefix}{user}@{domain}"
+    dialog = dialog_update(
+        user=user, domain=domain, call_id=call_id, state=state, direction=direction,
+        remote=remote, config=config, remote_target=target,
+        from_tag=local_tag, to_tag=remote_tag,
+    )
+    updates = [dialog]
+    if not parked:
+        pidf_state = {"early": "early", "confirmed": "confirmed"}.get(state, "terminated")
+        updates.append(presence_update(
+            user=user, domain=domain, call_id=call_id, state=pidf_state,
+            expires=config.expires_for(state),
+        ))
+    return NormalizeResult(updates)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _callstate(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+    fs_direction = h.first("Presence-Call-Direction", "Call-Direction")
+    inbound = (fs_direction or "").lower() == "inbound"
+    from_tag, to_tag = h.get("variable_sip_from_tag"), h.get("variable_sip_to_tag")
+    result = channel_updates(
+        presence_id=h.get("Channel-Presence-ID"),
+        call_id=h.get("Unique-ID"),
+        call_state=h.get("Channel-Call-State"),
+        previous_state=h.get("Original-Channel-Call-State"),
+        fs_direction=fs_direction,
+        destination=h.first("Caller-Destination-Number", "Other-Leg-Destination-Number"),
+        caller=h.first("Caller-Caller-ID-Number", "Caller-Caller-ID-Name", "Other-Leg-Caller-ID-Number"),
+        config=config,
+        local_tag=from_tag if inbound else to_tag,
+        remote_tag=to_tag if inbound else from_tag,
+    )
+    extra = _event_fields(h)
+    for update in result.updates:
+        update.update(extra)
+    return result
+
+
+def _message_waiting(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+    aor = split_aor(h.get("MWI-Message-Account"), config.domain_default)
+    if aor is None:
+        return NormalizeResult(skipped="no message account")
+    waiting = (h.get("MWI-Messages-Waiting") or "").strip().lower()
+    if waiting not in ("yes", "no"):
+        return NormalizeResult(skipped="bad messages-waiting")
+    user, domain = aor
+    uri = f"sip:{user}@{domain}"
+    update: dict[str, Any] = {
+        "Event-Category": "presence",
+        "Event-Name": "update",
+        "Event-Package": "message-summary",
+        "Presentity": uri,
+        "Presentity-User": user,
+        "Presentity-Realm": domain,
+        "From": uri,
+        "From-User": user,
+        "From-Realm": domain,
+        "To": uri,
+        "To-User": user,
+        "To-Realm": domain,
+        "Call-ID": f"mwi+{user}@{domain}",
+        "Messages-Waiting": waiting,
+        "Message-Account": uri,
+    }
+    voice = h.get("MWI-Voice-Message")
+    if voice:
+        match = _VOICE_MESSAGE.match(voice)
+        if match:
+            update["MWI-Voice-Message"] = voice.strip()
+            new, saved, urgent, urgent_saved = (int(g) if g else 0 for g in match.groups())
+            update.update({
+                "Messages-New": new, "Messages-Saved": saved,
+                "Messages-Urgent": urgent, "Messages-Urgent-Saved": urgent_saved,
+            })
+    update.update(_event_fields(h, with_switch=False))
+    return NormalizeResult([update])
+
+
+def user_presence_state(rpid: str | None, status: str | None) -> str:
+    """rpid/status of a PRESENCE_IN without a channel -> presence State (table above)."""
+    rpid = (rpid or "").strip().lower()
+    status = (status or "").strip().lower()
+    if rpid == "away" or status.startswith(("away", "idle")):
+        return "away"
+    if rpid in ("dnd", "do-not-disturb") or status.startswith(("dnd", "do not disturb")):
+        return "dnd"
+    if rpid == "on-the-phone" or status.startswith("on the phone"):
+        return "on-the-phone"
+    if rpid == "busy" or status.startswith("busy"):
+        return "busy"
+    if status.startswith(("unregistered", "offline", "closed")):
+        return "offline"
+    return "open"
+
+
+def _presence_in(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+    if (h.get("proto") or "").lower() == "park":
+        return _valet_presence(h, config)
+    if h.get("Unique-ID") is not None:
+        return NormalizeResult(skipped="channel presence")
+    aor = split_aor(h.first("from", "login"), config.domain_default)
+    if aor is None:
+        return NormalizeResult(skipped="no presence id")
+    user, domain = aor
+    state = user_presence_state(h.get("rpid"), h.get("status"))
+    update = presence_update(
+        user=user, domain=domain, call_id=f"presence+{user}@{domain}", state=state,
+        expires=config.expires_confirmed,
+    )
+    update.update(_event_fields(h, with_switch=False))
+    return NormalizeResult([update])
+
+
+def _park_domain(h: _Headers, config: NormalizeConfig, lot: str | None) -> str | None:
+    if lot and "@" in lot:
+        return lot.rsplit("@", 1)[1]
+    aor = split_aor(h.first("Channel-Presence-ID", "variable_presence_id"), None)
+    if aor:
+        return aor[1]
+    return h.first("variable_domain_name", "variable_sip_to_host") or config.domain_default
+
+
+def _slot_update(slot: str, domain: str, state: str, remote: str, config: NormalizeConfig) -> dict[str, Any]:
+    presentity_user = f"{PARK_PREFIX}{slot}"
+    return dialog_update(
+        user=presentity_user, domain=domain, call_id=f"{presentity_user}@{domain}", state=state,
+        direction="recipient", remote=remote, config=config,
+    )
+
+
+def _valet_presence(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+    aor = split_aor(h.get("from"), config.domain_default)
+    if aor is None:
+        return NormalizeResult(skipped="park presence without from")
+    slot, domain = aor
+    answer = (h.get("answer-state") or "").lower()
+    force_status = h.get("force-status") or ""
+    if answer == "terminated":
+        state = "terminated"
+    elif answer in ("confirmed", "early"):
+        if not force_status.lower().startswith("active ("):
+            return NormalizeResult(skipped="park slot occupied: valet_parking::info names the caller")
+        state = "confirmed"
+    else:
+        return NormalizeResult(skipped=f"park presence answer-state {answer or '(none)'}")
+    update = _slot_update(slot, domain, state, slot, config)
+    update.update(_event_fields(h))
+    return NormalizeResult([update])
+
+
+def _valet_info(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+    slot = h.get("Valet-Extension")
+    lot = h.get("Valet-Lot-Name")
+    action = (h.get("Action") or "").lower()
+    domain = _park_domain(h, config, lot)
+    if not slot or not domain:
+        return NormalizeResult(skipped="valet event without slot or domain")
+    if action == "hold":
+        state = "confirmed"
+    elif action in ("bridge", "exit"):
+        state = "terminated"
+    else:
+        return NormalizeResult(skipped=f"valet action {action or '(none)'}")
+    caller = h.first("Caller-Caller-ID-Number", "Caller-Caller-ID-Name") or "unknown"
+    update = _slot_update(slot, domain, state, caller, config)
+    update.update(_event_fields(h))
+    return NormalizeResult([update])
+
+
+def _channel_park(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+    return NormalizeResult(skipped="park application has no slot")
+
+
+_HANDLERS = {
+    "CHANNEL_CALLSTATE": _callstate,
+    "MESSAGE_WAITING": _message_waiting,
+    "PRESENCE_IN": _presence_in,
+    "CHANNEL_PARK": _channel_park,
+}

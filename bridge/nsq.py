@@ -1,0 +1,376 @@
+"""NSQ transport for the bus: pynsq (tornado) driven from gevent.
+
+pynsq runs on a tornado IOLoop. :class:`NsqLoop` owns the ONE asyncio/tornado loop of the process
+and runs it inside one dedicated greenlet. The asyncio loop is built on
+``gevent.selectors.GeventSelector``, so its wait for I/O yields to the gevent hub whether or not
+the process is monkey-patched: tornado callbacks and gevent greenlets progress together. Every
+pynsq Writer/Reader is created and used inside that loop (``NsqLoop.call`` schedules a function
+into it with ``add_callback``; gevent code hands data over through plain Python objects, the
+same OS thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.selectors
+import nsq
+import tornado.ioloop
+import ujson
+
+log = logging.getLogger(__name__)
+
+MPUB_BATCH = 500
+
+
+class NsqLoop:
+    """The single tornado loop of the process, running in one greenlet."""
+
+    def __init__(self) -> None:
+        self.io_loop: tornado.ioloop.IOLoop | None = None
+        self._greenlet: gevent.Greenlet | None = None
+        self._started = gevent.event.Event()
+        self._asyncio_loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, timeout: float = 5.0) -> None:
+        if self._greenlet is not None:
+            return
+        self._greenlet = gevent.spawn(self._run)
+        if not self._started.wait(timeout):
+            raise RuntimeError("tornado loop did not start")
+
+    def _run(self) -> None:
+        loop = asyncio.SelectorEventLoop(gevent.selectors.GeventSelector())
+        self._asyncio_loop = loop
+        asyncio.set_event_loop(loop)
+        loop.call_soon(self._on_started)
+        try:
+            loop.run_forever()
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def _on_started(self) -> None:
+        self.io_loop = tornado.ioloop.IOLoop.current()
+        self._started.set()
+
+    @property
+    def running(self) -> bool:
+        return self._asyncio_loop is not None
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` inside the tornado loop (soon, not now)."""
+        if self._asyncio_loop is None:
+            raise RuntimeError("NsqLoop not started")
+        # Not IOLoop.add_callback: asyncio tracks the running loop per OS thread, so from another
+        # greenlet tornado would pick the no-wakeup call_soon and the loop could sleep on.
+        self._asyncio_loop.call_soon_threadsafe(fn, *args)
+
+    def run(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Run ``fn()`` inside the loop and wait for its result (from a greenlet)."""
+        result = gevent.event.AsyncResult()
+
+        def wrapper() -> None:
+            try:
+                result.set(fn())
+            except Exception as exc:
+                result.set_exception(exc)
+
+        self.call(wrapper)
+        return result.get(timeout=timeout)
+
+    def stop(self) -> None:
+        loop, self._asyncio_loop = self._asyncio_loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if self._greenlet is not None:
+            self._greenlet.join(timeout=5)
+            self._greenlet = None
+        self.io_loop = None
+        self._started.clear()
+
+
+class _Writer(nsq.Writer):
+    """pynsq Writer that reports readiness/closure to the publisher and backs off reconnects."""
+
+    def __init__(self, owner: NsqPublisher, nsqd: list[str], **kwargs: Any) -> None:
+        self._owner = owner
+        super().__init__(nsqd, reconnect_interval=owner.backoff_initial, **kwargs)
+
+    def _on_connection_ready(self, conn: Any, **kwargs: Any) -> None:
+        super()._on_connection_ready(conn, **kwargs)
+        self.reconnect_interval = self._owner.backoff_initial
+        self._owner._connected()
+
+    def _on_connection_close(self, conn: Any, **kwargs: Any) -> None:
+        if self.conns.get(conn.id) is conn or not self._owner.connected:
+            self._owner._disconnected(conn.id)  # not for a duplicate connection pynsq dropped
+        super()._on_connection_close(conn, **kwargs)
+        self.reconnect_interval = min(self.reconnect_interval * 2, self._owner.backoff_max)
+
+
+class NsqPublisher:
+    """Non-blocking, ordered publisher; buffers (bounded) while nsqd is unreachable.
+
+    ``publish`` serializes with ujson and appends to a deque; the tornado loop sends the queue
+    with MPUB, one batch in flight at a time, so order is kept. A failed batch goes back to the
+    front of the queue and is sent again after the reconnect. When the buffer is full the OLDEST
+    message is dropped and counted (``dropped``): for presence, newer state matters more, and
+    the engine turns the Sequence gap into a resync.
+    """
+
+    def __init__(self, loop: NsqLoop, nsqd: list[str], topic: str, max_buffer: int = 10000,
+                 backoff_initial: float = 0.5, backoff_max: float = 15.0) -> None:
+        self.loop = loop
+        self.nsqd = list(nsqd)
+        self.topic = topic
+        self.max_buffer = max_buffer
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.dropped = 0
+        self.published = 0
+        self.connected = False
+        self._queue: deque[bytes] = deque()
+        self._in_flight: list[bytes] | None = None
+        self._writer: _Writer | None = None
+        self._scheduled = False
+        self._outage = False
+
+    def start(self) -> None:
+        self.loop.start()
+        self.loop.run(self._create)
+
+    def _create(self) -> None:
+        self._writer = _Writer(self, self.nsqd)  # pynsq connects from its own _run callback
+
+    @property
+    def buffered(self) -> int:
+        return len(self._queue) + len(self._in_flight or ())
+
+    def publish(self, message: dict[str, Any]) -> None:
+        """Queue one message; never blocks, never raises for broker trouble."""
+        self._queue.append(ujson.dumps(message).encode())
+        while len(self._queue) + len(self._in_flight or ()) > self.max_buffer and self._queue:
+            self._queue.popleft()
+            self.dropped += 1
+        if not self._scheduled and self.loop.running:
+            self._scheduled = True
+            self.loop.call(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        writer = self._writer
+        if writer is None or self._in_flight is not None or not self._queue or not self.connected:
+            return
+        batch = [self._queue.popleft() for _ in range(min(MPUB_BATCH, len(self._queue)))]
+        self._in_flight = batch
+        writer.mpub(self.topic, batch, callback=self._on_sent)
+
+    def _on_sent(self, conn: Any, data: Any) -> None:
+        batch, self._in_flight = self._in_flight or [], None
+        if isinstance(data, nsq.Error):
+            self._queue.extendleft(reversed(batch))
+            while len(self._queue) > self.max_buffer:
+                self._queue.popleft()
+                self.dropped += 1
+            self._mark_outage(str(data))
+            return
+        self.published += len(batch)
+        self._flush()
+
+    def _mark_outage(self, reason: str) -> None:
+        if not self._outage:
+            self._outage = True
+            log.warning("nsqd %s unreachable (%s): buffering up to %d messages",
+                        ",".join(self.nsqd), reason, self.max_buffer)
+
+    def _connected(self) -> None:
+        self.connected = True
+        if self._outage:
+            self._outage = False
+            log.info("nsqd %s back: flushing %d buffered messages", ",".join(self.nsqd), len(self._queue))
+        self._flush()
+
+    def _disconnected(self, conn_id: str) -> None:
+        self.connected = bool(self._writer and any(
+            c.connected() for c in self._writer.conns.values() if c.id != conn_id))
+        if not self.connected:
+            self._mark_outage(f"connection {conn_id} closed")
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None and self.loop.running:
+            def shutdown() -> None:
+                for conn in list(writer.conns.values()):
+                    conn.close()
+                writer.reconnect_interval = 1e9
+            self.loop.call(shutdown)
+
+
+class _Reader(nsq.Reader):
+    """pynsq Reader with a short, bounded reconnect to direct nsqd addresses.
+
+    pynsq reconnects direct nsqd connections only after 15 s and throttles attempts to one per
+    10 s; the bridge wants to be back within ``reconnect_interval`` after an nsqd restart.
+    """
+
+    def __init__(self, reconnect_interval: float, **kwargs: Any) -> None:
+        self._reconnect_interval = reconnect_interval
+        self._closing = False
+        super().__init__(**kwargs)
+
+    def connect_to_nsqd(self, host: str, port: int) -> Any:
+        self.connection_attempts.pop(f"{host}:{port}", None)
+        if self._closing:
+            return None
+        return super().connect_to_nsqd(host, port)
+
+    def _on_connection_close(self, conn: Any, **kwargs: Any) -> None:
+        super()._on_connection_close(conn, **kwargs)
+        if not self._closing and f"{conn.host}:{conn.port}" in self.nsqd_tcp_addresses:
+            self.io_loop.call_later(self._reconnect_interval, self._retry, conn.host, conn.port)
+
+    def _retry(self, host: str, port: int) -> None:
+        if self._closing or f"{host}:{port}" in self.conns:
+            return
+        conn = self.connect_to_nsqd(host, port)
+        if conn is not None and conn.id not in self.conns:
+            # a refused connect closes too, and that close schedules the next attempt
+            return
+
+    def close(self) -> None:
+        self._closing = True
+        super().close()
+
+
+class NsqConsumer:
+    """Consumes one topic/channel and hands decoded dicts to ``on_message`` (in the loop greenlet).
+
+    Every message is FIN'd once ``on_message`` returns. Malformed JSON, a non-object, or
+    ``on_message`` raising ValueError -> FIN and ``malformed`` += 1 (a bad message is never
+    requeued). Any other exception -> REQ (pynsq gives up after ``max_tries``), ``errors`` += 1.
+    """
+
+    def __init__(self, loop: NsqLoop, topic: str, channel: str,
+                 on_message: Callable[[dict[str, Any]], None], nsqd_tcp: Iterable[str] = (),
+                 lookupd_http: Iterable[str] = (), max_in_flight: int = 200,
+                 lookupd_poll_interval: int = 15, reconnect_interval: float = 1.0,
+                 max_tries: int = 5) -> None:
+        self.loop = loop
+        self.topic = topic
+        self.channel = channel
+        self.on_message = on_message
+        self.nsqd_tcp = list(nsqd_tcp)
+        self.lookupd_http = list(lookupd_http)
+        if not self.nsqd_tcp and not self.lookupd_http:
+            raise ValueError("NsqConsumer needs nsqd_tcp or lookupd_http addresses")
+        self.max_in_flight = max_in_flight
+        self.lookupd_poll_interval = int(max(1, lookupd_poll_interval))
+        self.reconnect_interval = reconnect_interval
+        self.max_tries = max_tries
+        self.received = 0
+        self.malformed = 0
+        self.errors = 0
+        self._reader: _Reader | None = None
+
+    def start(self) -> None:
+        self.loop.start()
+        self.loop.run(self._create)
+
+    def _create(self) -> None:
+        self._reader = _Reader(
+            self.reconnect_interval,
+            message_handler=self._handle, topic=self.topic, channel=self.channel,
+            nsqd_tcp_addresses=self.nsqd_tcp or None, lookupd_http_addresses=self.lookupd_http or None,
+            max_in_flight=self.max_in_flight, lookupd_poll_interval=self.lookupd_poll_interval,
+            lookupd_poll_jitter=0.0, max_tries=self.max_tries,
+        )
+
+    @property
+    def connections(self) -> int:
+        return len(self._reader.conns) if self._reader is not None else 0
+
+    def _handle(self, message: Any) -> bool:
+        self.received += 1
+        try:
+            data = ujson.loads(message.body)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            self.on_message(data)
+        except ValueError as exc:
+            self.malformed += 1
+            log.debug("malformed message on %s/%s: %s", self.topic, self.channel, exc)
+            return True
+        except Exception:
+            self.errors += 1
+            log.exception("message handler failed on %s/%s", self.topic, self.channel)
+            return False
+        return True
+
+    def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None and self.loop.running:
+            self.loop.call(reader.close)
+
+
+class NsqBus:
+    """Bus over NSQ: updates on ``topic``, control messages on ``<topic>.control``.
+
+    ``subscribe``/``subscribe_control`` create one consumer each on ``channel`` (callers choose
+    it, e.g. ``<node-id>#ephemeral``); handlers run in the tornado loop greenlet, so they must be
+    quick (hand over to a queue for slow work).
+    """
+
+    def __init__(self, loop: NsqLoop, nsqd_tcp: list[str], topic: str, channel: str,
+                 lookupd_http: Iterable[str] = (), max_buffer: int = 10000,
+                 consumer_nsqd_tcp: Iterable[str] | None = None, **consumer_kwargs: Any) -> None:
+        self.loop = loop
+        self.topic = topic
+        self.control_topic = f"{topic}.control"
+        self.channel = channel
+        self.lookupd_http = list(lookupd_http)
+        self.consumer_nsqd_tcp = list(consumer_nsqd_tcp if consumer_nsqd_tcp is not None else
+                                      ([] if self.lookupd_http else nsqd_tcp))
+        self.consumer_kwargs = consumer_kwargs
+        self.publisher = NsqPublisher(loop, nsqd_tcp, self.topic, max_buffer=max_buffer)
+        self.control_publisher = NsqPublisher(loop, nsqd_tcp, self.control_topic, max_buffer=max_buffer)
+        self.consumers: list[NsqConsumer] = []
+        self._started_publishers: set[int] = set()
+
+    def _ensure(self, publisher: NsqPublisher) -> NsqPublisher:
+        if id(publisher) not in self._started_publishers:
+            self._started_publishers.add(id(publisher))
+            publisher.start()
+        return publisher
+
+    def publish(self, message: dict[str, Any]) -> None:
+        self._ensure(self.publisher).publish(message)
+
+    def publish_control(self, message: dict[str, Any]) -> None:
+        self._ensure(self.control_publisher).publish(message)
+
+    def _consume(self, topic: str, handler: Callable[[dict[str, Any]], None]) -> NsqConsumer:
+        consumer = NsqConsumer(self.loop, topic, self.channel, handler,
+                               nsqd_tcp=self.consumer_nsqd_tcp, lookupd_http=self.lookupd_http,
+                               **self.consumer_kwargs)
+        consumer.start()
+        self.consumers.append(consumer)
+        return consumer
+
+    def subscribe(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        self._consume(self.topic, handler)
+
+    def subscribe_control(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        self._consume(self.control_topic, handler)
+
+    def close(self) -> None:
+        for consumer in self.consumers:
+            consumer.close()
+        self.publisher.close()
+        self.control_publisher.close()

@@ -1,0 +1,228 @@
+"""The bridge: FreeSWITCH event sockets -> normalize -> Sequencer -> call table -> bus (gevent).
+
+One :class:`esl.connection.EslClient` per FreeSWITCH. On every (re)connect the service asks the
+switch for its Core-UUID (``api global_getvar core_uuid``, the Switch-ID), publishes a snapshot
+built from ``api show channels as json`` and sends ``MESSAGE_QUERY`` for every mailbox it has seen
+(mod_voicemail answers with MESSAGE_WAITING). When the Core-UUID changed (FreeSWITCH restarted),
+an empty snapshot for the old Switch-ID is published first: none of its calls survived.
+Control messages from engines: ``resync`` (Switch-ID or ``*``) and ``mwi_query`` (Presentity).
+One greenlet republishes live calls, driven by ``CallTable.get_timer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gevent
+import gevent.event
+
+from bridge.bus import Bus
+from bridge.calls import CallTable
+from bridge.normalize import NormalizeConfig, normalize, split_aor
+from bridge.resync import SnapshotError, snapshot_from_channels
+from bridge.sequence import Sequencer
+from esl.connection import EslClient, EslError, EslTarget
+from esl.protocol import EslEvent
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("CHANNEL_CALLSTATE", "PRESENCE_IN", "MESSAGE_WAITING", "HEARTBEAT",
+          "CUSTOM valet_parking::info")
+UpdateTap = Callable[[EslEvent, list[dict[str, Any]]], None]
+
+
+class BridgeService:
+    """Runs the bridge for a list of FreeSWITCH targets onto one bus."""
+
+    def __init__(self, targets: Sequence[EslTarget], bus: Bus, config: NormalizeConfig,
+                 bridge_id: str, clock: Callable[[], float] = time.monotonic, *,
+                 epoch: int | None = None, mailboxes: Sequence[str] = (),
+                 on_update: UpdateTap | None = None, events: Sequence[str] = EVENTS,
+                 esl_options: Mapping[str, Any] | None = None,
+                 max_timer_sleep: float = 1.0) -> None:
+        self.targets = list(targets)
+        self.bus = bus
+        self.config = config
+        self.clock = clock
+        self.sequencer = Sequencer(bridge_id, epoch if epoch is not None else int(time.time() * 1000))
+        self.calls = CallTable()
+        self.mailboxes: set[str] = set(mailboxes)
+        self.on_update = on_update
+        self.events = list(events)
+        self.esl_options = dict(esl_options or {})
+        self.max_timer_sleep = max_timer_sleep
+        self.counters: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
+        self.clients: list[EslClient] = []
+        self._switch_of: dict[int, str] = {}
+        self._timer_greenlet: gevent.Greenlet | None = None
+        self._wakeup = gevent.event.Event()
+        self._running = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._running = True
+        self.bus.subscribe_control(self.handle_control)
+        for target in self.targets:
+            client = EslClient(target, self.events, self._on_event,
+                               on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+                               **self.esl_options)
+            self.clients.append(client)
+            client.start()
+        self._timer_greenlet = gevent.spawn(self._republish_loop)
+
+    def stop(self) -> None:
+        self._running = False
+        for client in self.clients:
+            client.stop()
+        if self._timer_greenlet is not None:
+            self._timer_greenlet.kill(block=True, timeout=2.0)
+            self._timer_greenlet = None
+
+    # ------------------------------------------------------------------ events
+
+    def switch_id_of(self, client: EslClient) -> str | None:
+        return self._switch_of.get(id(client))
+
+    def _on_event(self, event: EslEvent) -> None:
+        self.handle_event(event, None)
+
+    def handle_event(self, event: EslEvent, switch_id: str | None) -> list[dict[str, Any]]:
+        """Normalize and publish one event; returns the updates published (for tests/taps)."""
+        self.counters["events"] += 1
+        if event.name == "HEARTBEAT":
+            return []
+        result = normalize(event.name, event.headers, self.config)
+        if result.skipped:
+            self.skipped[result.skipped] += 1
+        if self.on_update is not None:
+            try:
+                self.on_update(event, result.updates)
+            except Exception:
+                log.exception("on_update tap failed")
+        for update in result.updates:
+            if switch_id and "Switch-ID" not in update:
+                update["Switch-ID"] = switch_id
+            if update.get("Event-Package") == "message-summary":
+                self.mailboxes.add(f"{update['Presentity-User']}@{update['Presentity-Realm']}")
+            self._publish_update(update)
+        return result.updates
+
+    def _publish_update(self, update: dict[str, Any]) -> None:
+        switch_id = str(update.get("Switch-ID", ""))
+        before = self.calls.get_timer()
+        self.calls.record(switch_id, update, self.clock())
+        self._send(update)
+        self.counters["published"] += 1
+        after = self.calls.get_timer()
+        if after is not None and (before is None or after < before):
+            self._wakeup.set()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            self.bus.publish(self.sequencer.stamp(message))
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("bus publish failed")
+
+    # ------------------------------------------------------------------ (re)connect and resync
+
+    def _on_connect(self, client: EslClient) -> None:
+        try:
+            switch_id = client.api("global_getvar core_uuid").strip()
+        except EslError as exc:
+            self.counters["errors"] += 1
+            log.warning("%s: cannot read core_uuid: %s", client.target, exc)
+            return
+        if not switch_id or switch_id.startswith("-ERR"):
+            switch_id = client.core_uuid or str(client.target)
+        old = self._switch_of.get(id(client))
+        self._switch_of[id(client)] = switch_id
+        if old and old != switch_id:
+            log.info("%s restarted (Core-UUID %s -> %s): dropping its old calls",
+                     client.target, old, switch_id)
+            self.calls.forget_switch(old)
+            self._send({"Event-Name": "snapshot", "Switch-ID": old, "Updates": []})
+            self.counters["snapshots"] += 1
+        self.resync(client)
+        self.query_mailboxes(client, sorted(self.mailboxes))
+
+    def _on_disconnect(self, client: EslClient, reason: str) -> None:
+        self.counters["disconnects"] += 1
+
+    def resync(self, client: EslClient) -> bool:
+        """Publish a snapshot of the switch behind ``client``; False when it failed."""
+        switch_id = self._switch_of.get(id(client))
+        if switch_id is None:
+            return False
+        try:
+            snapshot = snapshot_from_channels(client.api("show channels as json"), switch_id, self.config)
+        except (EslError, SnapshotError) as exc:
+            self.counters["errors"] += 1
+            log.warning("%s: snapshot failed: %s", client.target, exc)
+            return False
+        self.calls.replace_switch(switch_id, snapshot["Updates"], self.clock())
+        self._send(snapshot)
+        self.counters["snapshots"] += 1
+        self._wakeup.set()
+        return True
+
+    def query_mailboxes(self, client: EslClient, mailboxes: Sequence[str]) -> None:
+        for mailbox in mailboxes:
+            try:
+                client.send_event("MESSAGE_QUERY", {"Message-Account": f"sip:{mailbox}"})
+                self.counters["mwi_queries"] += 1
+            except (EslError, ValueError) as exc:
+                self.counters["errors"] += 1
+                log.warning("%s: MESSAGE_QUERY %s failed: %s", client.target, mailbox, exc)
+
+    def handle_control(self, message: dict[str, Any]) -> None:
+        """Engine -> bridge messages; the work runs in its own greenlet (never blocks the bus)."""
+        name = message.get("Event-Name")
+        if name == "resync":
+            wanted = str(message.get("Switch-ID") or "*")
+            chosen = [c for c in self.clients if wanted == "*" or self._switch_of.get(id(c)) == wanted]
+            self.counters["resync_requests"] += 1
+            for client in chosen:
+                gevent.spawn(self.resync, client)
+        elif name == "mwi_query":
+            aor = split_aor(str(message.get("Presentity") or ""), self.config.domain_default)
+            if aor is None:
+                self.counters["bad_control"] += 1
+                return
+            mailbox = f"{aor[0]}@{aor[1]}"
+            self.mailboxes.add(mailbox)
+            for client in self.clients:
+                if client.state == "connected":
+                    gevent.spawn(self.query_mailboxes, client, [mailbox])
+        else:
+            self.counters["bad_control"] += 1
+
+    # ------------------------------------------------------------------ republishing
+
+    def republish_due(self) -> int:
+        """Republish every live call whose time has come; returns how many."""
+        due = self.calls.due(self.clock())
+        for update in due:
+            self._send(update)
+        self.counters["republished"] += len(due)
+        return len(due)
+
+    def _republish_loop(self) -> None:
+        while self._running:
+            deadline = self.calls.get_timer()
+            delay = self.max_timer_sleep if deadline is None else deadline - self.clock()
+            delay = min(max(delay, 0.0), self.max_timer_sleep)
+            self._wakeup.clear()
+            if delay > 0:
+                self._wakeup.wait(delay)
+            try:
+                self.republish_due()
+            except Exception:
+                self.counters["errors"] += 1
+                log.exception("republish failed")

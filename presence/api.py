@@ -1,0 +1,346 @@
+"""HTTP API of a presence node: a WSGI app over a `NodeControl`, served by gevent.pywsgi.
+
+Routes (JSON unless said otherwise; `Authorization: Bearer TOKEN` on all but /health when a
+token is configured):
+
+- `POST /publish`: a pua_json-style update object or an array of them (or snapshots); validated
+  as a whole by `presence.updates.parse_updates` (nothing applied if any item is bad) → 202
+  `{"accepted": n}`; 400 `{"error": ...}` naming the field and index; 413 over 8 MiB.
+- `GET /subscriptions?presentity=&watcher=&event=&cursor=&limit=` (limit 1..1000, default 100) →
+  `{"subscriptions": [...], "next_cursor": ...}`; `format=ndjson` streams every row.
+- `GET /presentities/<user@domain>` → the node's view of one presentity (404 when unknown).
+- `GET /health` → 200 when ready, 503 before; `{"ready": bool, ...details}`.
+- `GET /metrics` → Prometheus text exposition.
+- `GET /tail?presentity=&package=&call_id=` → NDJSON of applied updates; a bare newline every
+  `heartbeat` seconds keeps idle connections alive and detects gone clients.
+- `GET /snapshot` → NDJSON: `{"marks": {...}}`, then one update per line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import gevent
+import ujson
+from gevent.pywsgi import WSGIServer
+
+from presence.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 8 * 1024 * 1024
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+HEARTBEAT_SECONDS = 15.0
+NDJSON_CHUNK_ROWS = 500
+
+StartResponse = Callable[..., Any]
+Parser = Callable[[bytes], list]
+
+
+class TailSubscription(Protocol):
+    def get(self, timeout: float) -> dict | None: ...
+    def close(self) -> None: ...
+
+
+class NodeControl(Protocol):
+    """What the API needs from the running node (implemented by presence/node.py)."""
+
+    def publish(self, messages: list) -> int: ...
+    def subscriptions(self, *, presentity: str | None, watcher: str | None, event: str | None,
+                      cursor: str | None, limit: int) -> tuple[list[dict], str | None]: ...
+    def presentity(self, aor: str) -> dict | None: ...
+    def health(self) -> tuple[bool, dict]: ...
+    def metrics_text(self) -> str: ...
+    def tail(self) -> TailSubscription: ...
+    def snapshot(self) -> Iterator[dict]: ...
+
+
+class HttpError(Exception):
+    """An error answer: status line and a JSON `{"error": message}` body."""
+
+    def __init__(self, status: str, message: str, headers: list[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = list(headers)
+
+
+def update_fields(update: dict) -> tuple[str, str, str, str, str]:
+    """(presentity, package, state, direction, call-id) of a pua_json-style update dict."""
+    get = update.get
+    presentity = get("Presentity") or ""
+    if "@" not in presentity or presentity.startswith("sip:"):
+        user = get("Presentity-User") or get("From-User")
+        realm = get("Presentity-Realm") or get("From-Realm")
+        if user and realm:
+            presentity = f"{user}@{realm}"
+        elif presentity.startswith("sip:"):
+            presentity = presentity[4:]
+    return (presentity or str(get("presentity", "")),
+            str(get("Event-Package") or get("package") or ""),
+            str(get("State") or get("Messages-Waiting") or get("state") or ""),
+            str(get("Direction") or get("direction") or ""),
+            str(get("Call-ID") or get("call_id") or ""))
+
+
+def update_matches(update: dict, presentity: str | None, package: str | None,
+                   call_id: str | None) -> bool:
+    """Whether an update passes the tail filters (None = no filter; presentity case-blind)."""
+    if not (presentity or package or call_id):
+        return True
+    who, pkg, _, _, cid = update_fields(update)
+    return ((not presentity or who.lower() == presentity.lower())
+            and (not package or pkg == package) and (not call_id or cid == call_id))
+
+
+def _default_parser() -> Parser:
+    from presence.updates import parse_updates
+    return parse_updates
+
+
+def _json(status: str, payload: object, start_response: StartResponse,
+          headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:
+    body = ujson.dumps(payload, ensure_ascii=False, escape_forward_slashes=False).encode()
+    start_response(status, [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body))), *headers])
+    return [body]
+
+
+def _ndjson_line(item: object) -> bytes:
+    return ujson.dumps(item, ensure_ascii=False, escape_forward_slashes=False).encode() + b"\n"
+
+
+class ApiApp:
+    """The WSGI application. `parse` defaults to presence.updates.parse_updates."""
+
+    def __init__(self, node: NodeControl, token: str | None = None, *,
+                 parse: Parser | None = None, heartbeat: float = HEARTBEAT_SECONDS,
+                 max_body: int = MAX_BODY) -> None:
+        self.node = node
+        self._token = f"Bearer {token}".encode() if token else None
+        self._parse = parse or _default_parser()
+        self.heartbeat = heartbeat
+        self.max_body = max_body
+        self._routes: dict[str, tuple[str, Callable[..., Iterable[bytes]]]] = {
+            "/publish": ("POST", self._publish),
+            "/subscriptions": ("GET", self._subscriptions),
+            "/health": ("GET", self._health),
+            "/metrics": ("GET", self._metrics),
+            "/tail": ("GET", self._tail),
+            "/snapshot": ("GET", self._snapshot),
+        }
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        method = environ["REQUEST_METHOD"]
+        try:
+            if path.startswith("/presentities/"):
+                allowed, handler = "GET", self._presentity
+            elif path in self._routes:
+                allowed, handler = self._routes[path]
+            else:
+                raise HttpError("404 Not Found", f"no such endpoint: {path}")
+            if method != allowed and not (allowed == "GET" and method == "HEAD"):
+                raise HttpError("405 Method Not Allowed", f"{path} accepts {allowed} only",
+                                [("Allow", allowed)])
+            if self._token is not None and path != "/health":
+                self._authorize(environ)
+            return handler(environ, start_response)
+        except HttpError as err:
+            return _json(err.status, {"error": str(err)}, start_response, err.headers)
+
+    def _authorize(self, environ: dict) -> None:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if not hmac.compare_digest(given, self._token):
+            raise HttpError("401 Unauthorized", "missing or wrong bearer token",
+                            [("WWW-Authenticate", 'Bearer realm="busylamp"')])
+
+    # --- POST /publish: the hot path, kept short -------------------------------------------
+
+    def _publish(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        body = self._read_body(environ)
+        try:
+            messages = self._parse(body)
+        except ValueError as err:          # UpdateError and JSON errors are ValueErrors
+            raise HttpError("400 Bad Request", str(err) or "invalid JSON") from None
+        try:
+            accepted = self.node.publish(messages)
+        except ValueError as err:
+            raise HttpError("400 Bad Request", str(err)) from None
+        except Exception:
+            log.exception("publish of %d messages failed", len(messages))
+            raise HttpError("500 Internal Server Error", "publish failed; see the node log") \
+                from None
+        body = b'{"accepted":%d}' % accepted
+        start_response("202 Accepted", [("Content-Type", "application/json"),
+                                        ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _read_body(self, environ: dict) -> bytes:
+        length = environ.get("CONTENT_LENGTH")
+        stream = environ["wsgi.input"]
+        if length:
+            if not length.isdigit():
+                raise HttpError("400 Bad Request", "invalid Content-Length")
+            if int(length) > self.max_body:
+                raise HttpError("413 Content Too Large",
+                                f"body larger than {self.max_body} bytes",
+                                [("Connection", "close")])
+            return stream.read(int(length))
+        body = stream.read(self.max_body + 1)       # chunked or no length
+        if len(body) > self.max_body:
+            raise HttpError("413 Content Too Large", f"body larger than {self.max_body} bytes",
+                            [("Connection", "close")])
+        return body
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def _subscriptions(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        query = _query(environ)
+        filters = {k: query.get(k) or None for k in ("presentity", "watcher", "event")}
+        if query.get("format") == "ndjson":
+            start_response("200 OK", [("Content-Type", "application/x-ndjson")])
+            return self._stream_subscriptions(filters)
+        limit_text = query.get("limit", str(DEFAULT_PAGE))
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+            raise HttpError("400 Bad Request", f"limit: must be an integer 1..{MAX_PAGE}")
+        rows, cursor = self.node.subscriptions(cursor=query.get("cursor") or None,
+                                               limit=int(limit_text), **filters)
+        return _json("200 OK", {"subscriptions": rows, "next_cursor": cursor}, start_response)
+
+    def _stream_subscriptions(self, filters: dict) -> Iterator[bytes]:
+        cursor = None
+        while True:
+            rows, cursor = self.node.subscriptions(cursor=cursor, limit=NDJSON_CHUNK_ROWS,
+                                                   **filters)
+            if rows:
+                yield b"".join(_ndjson_line(row) for row in rows)
+            if not cursor:
+                return
+            gevent.sleep(0)                # let SIP and publishes run between chunks
+
+    def _presentity(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        aor = environ["PATH_INFO"][len("/presentities/"):]
+        if aor.startswith("sip:"):
+            aor = aor[4:]
+        if "@" not in aor:
+            raise HttpError("400 Bad Request", "presentity: expected /presentities/user@domain")
+        found = self.node.presentity(aor)
+        if found is None:
+            raise HttpError("404 Not Found", f"unknown presentity {aor}")
+        return _json("200 OK", found, start_response)
+
+    def _health(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        ready, details = self.node.health()
+        return _json("200 OK" if ready else "503 Service Unavailable",
+                     {"ready": ready, **details}, start_response)
+
+    def _metrics(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        body = self.node.metrics_text().encode()
+        start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    # --- streams ------------------------------------------------------------------------------
+
+    def _tail(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        query = _query(environ)
+        presentity, package = query.get("presentity"), query.get("package")
+        call_id = query.get("call_id")
+        subscription = self.node.tail()
+        start_response("200 OK", [("Content-Type", "application/x-ndjson"),
+                                  ("Cache-Control", "no-cache")])
+        return self._stream_tail(subscription, presentity, package, call_id)
+
+    def _stream_tail(self, subscription: TailSubscription, presentity: str | None,
+                     package: str | None, call_id: str | None) -> Iterator[bytes]:
+        try:
+            yield b"\n"                    # headers out now, so clients see the stream opened
+            next_beat = time.monotonic() + self.heartbeat
+            while True:
+                item = subscription.get(timeout=max(0.0, next_beat - time.monotonic()))
+                if item is not None:
+                    if update_matches(item, presentity, package, call_id):
+                        yield _ndjson_line(item)
+                        next_beat = time.monotonic() + self.heartbeat
+                elif time.monotonic() >= next_beat:
+                    yield b"\n"
+                    next_beat = time.monotonic() + self.heartbeat
+        finally:
+            subscription.close()
+
+    def _snapshot(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/x-ndjson")])
+        return self._stream_snapshot()
+
+    def _stream_snapshot(self) -> Iterator[bytes]:
+        chunk: list[bytes] = []
+        for item in self.node.snapshot():
+            chunk.append(_ndjson_line(item))
+            if len(chunk) >= NDJSON_CHUNK_ROWS:
+                yield b"".join(chunk)
+                chunk.clear()
+                gevent.sleep(0)
+        if chunk:
+            yield b"".join(chunk)
+
+
+def _query(environ: dict) -> dict[str, str]:
+    parsed = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    return {key: values[-1] for key, values in parsed.items()}
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _ErrorLog:
+    """pywsgi error_log that goes to logging (pywsgi writes whole lines)."""
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            log.warning("http: %s", text.rstrip())
+
+    def flush(self) -> None:
+        pass
+
+
+class _NoDelayServer(WSGIServer):
+    """pywsgi sends response headers and body in two writes: without TCP_NODELAY, Nagle plus
+    the client's delayed ACK stall every keep-alive request by ~40 ms."""
+
+    def handle(self, sock: socket.socket, address: tuple) -> None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle(sock, address)
+
+
+def serve_api(host: str, port: int, node: NodeControl, token: str | None, *,
+              parse: Parser | None = None, heartbeat: float = HEARTBEAT_SECONDS) -> WSGIServer:
+    """Start the HTTP API in the current hub and return the started server (`.server_port`,
+    `.stop()`). Refuses (ConfigError) a non-loopback bind without a token."""
+    if not token and not is_loopback(host):
+        raise ConfigError("--http-token", f"a token when the HTTP API listens on {host} "
+                          "(not loopback)", message=(
+                              f"refusing to serve the HTTP API on {host}:{port} without "
+                              "--http-token (only loopback binds may go without one)"))
+    app = ApiApp(node, token, parse=parse, heartbeat=heartbeat)
+    server = _NoDelayServer((host, port), app, log=None, error_log=_ErrorLog())
+    server.start()
+    log.info("HTTP API listening on %s:%d%s", host, server.server_port,
+             " (bearer token required)" if token else "")
+    return server

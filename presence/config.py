@@ -1,0 +1,446 @@
+"""`busylamp run` options: one dataclass, its parsers, and flag > env > file > default resolution.
+
+Every `RunConfig` field carries `metadata={"help", "env", "flag", ...}`: the CLI builds its flags
+from it and the README flag table is generated from it. Parsing is pure (no sockets, no files):
+`load_config(flags, env, file_values)` turns raw strings (flags, `BUSYLAMP_*` variables) and TOML
+values into a checked `RunConfig`, or raises `ConfigError` naming the flag/variable/key and the
+accepted form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import platform
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "BUSYLAMP_"
+_NSQ_NAME = re.compile(r"^[.a-zA-Z0-9_-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A bad option value: `str(err)` is one line naming the option and the accepted form."""
+
+    def __init__(self, key: str, accepted: str, value: object = None, *,
+                 message: str | None = None) -> None:
+        self.key = key
+        self.accepted = accepted
+        self.value = value
+        if message is None:
+            shown = "" if value is None else f' "{value}"'
+            message = f"invalid {key}{shown}: expected {accepted}"
+        super().__init__(message)
+
+
+class _Bad(ValueError):
+    """Raised by a field parser; carries the accepted form only (the caller names the source)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """HOST:PORT (IPv6 hosts without brackets; `str()` adds them back)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """One SIP listener: transport udp|tcp, host, port."""
+
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{Address(self.host, self.port)}"
+
+
+# --- value parsers: str (or a native TOML value) -> value; raise _Bad(accepted form) -------------
+
+def parse_host_port(text: str, accepted: str = "HOST:PORT") -> Address:
+    """'host:port', '[v6]:port' -> Address (port 0..65535)."""
+    text = str(text).strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            raise _Bad(accepted + " (IPv6 hosts in brackets: [::1]:PORT)")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise _Bad(accepted)
+    return Address(host, int(port))
+
+
+def _listen(text: str) -> Listen:
+    accepted = "udp:HOST:PORT or tcp:HOST:PORT"
+    transport, sep, rest = str(text).strip().partition(":")
+    if not sep or transport.lower() not in ("udp", "tcp"):
+        raise _Bad(accepted)
+    addr = parse_host_port(rest, accepted)
+    return Listen(transport.lower(), addr.host, addr.port)
+
+
+def _http(text: str) -> Address | None:
+    if str(text).strip().lower() in ("", "off"):
+        return None
+    return parse_host_port(text, 'HOST:PORT, or "off" to disable the HTTP API')
+
+
+def _optional_address(text: str) -> Address | None:
+    return None if str(text).strip() == "" else parse_host_port(text)
+
+
+def _esl(text: str) -> str:
+    accepted = "PASSWORD@HOST:PORT (or HOST:PORT for the ClueCon password)"
+    password, sep, hostport = str(text).strip().rpartition("@")
+    if sep and not password:
+        raise _Bad(accepted)
+    addr = parse_host_port(hostport, accepted)
+    return f"{password if sep else 'ClueCon'}@{addr}"
+
+
+def _lookupd(text: str) -> str:
+    text = str(text).strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "http", text
+    if scheme not in ("http", "https"):
+        raise _Bad("HOST:PORT or http://HOST:PORT of an nsqlookupd")
+    addr = parse_host_port(rest.rstrip("/"), "HOST:PORT or http://HOST:PORT of an nsqlookupd")
+    return f"{scheme}://{addr}"
+
+
+def _url(text: str) -> str:
+    text = str(text).strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest:
+        raise _Bad("http://HOST:PORT of a peer busylamp node")
+    parse_host_port(rest.split("/", 1)[0], "http://HOST:PORT of a peer busylamp node")
+    return text.rstrip("/")
+
+
+def _alias(text: str) -> tuple[str, str]:
+    alias, sep, domain = str(text).strip().partition("=")
+    if not sep or not alias.strip() or not domain.strip():
+        raise _Bad("ALIAS=DOMAIN")
+    return alias.strip().lower(), domain.strip().lower()
+
+
+def _cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(str(text).strip(), strict=False)
+    except ValueError:
+        raise _Bad("an IP network in CIDR form, e.g. 10.0.0.0/8 or 2001:db8::/32") from None
+
+
+def _nsq_name(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        name = str(text).strip()
+        base = name.removesuffix("#ephemeral")
+        if not _NSQ_NAME.match(base) or len(name) > 64:
+            raise _Bad(f"an NSQ {what} name: 1-64 of [.a-zA-Z0-9_-], optional #ephemeral")
+        return name
+    return parse
+
+
+def _text(text: str) -> str:
+    return str(text)
+
+
+def _optional_text(text: str) -> str | None:
+    return str(text) or None
+
+
+def _node_id(text: str) -> str | None:
+    text = str(text).strip()
+    if text and not _NSQ_NAME.match(text):
+        raise _Bad("1-64 of [.a-zA-Z0-9_-]")
+    return text or None
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = str(text).strip().lower()
+        if value not in choices:
+            raise _Bad(" or ".join(choices) if len(choices) < 3
+                       else ", ".join(choices[:-1]) + " or " + choices[-1])
+        return value
+    return parse
+
+
+def _integer(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise _Bad(f"an integer >= {minimum}")
+        try:
+            number = value if isinstance(value, int) else int(str(value).strip())
+        except ValueError:
+            raise _Bad(f"an integer >= {minimum}") from None
+        if number < minimum:
+            raise _Bad(f"an integer >= {minimum}")
+        return number
+    return parse
+
+
+def _seconds(minimum: float, *, inclusive: bool = False) -> Callable[[Any], float]:
+    form = f"a number of seconds {'>=' if inclusive else '>'} {minimum:g}"
+
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise _Bad(form)
+        try:
+            number = float(value) if isinstance(value, int | float) else float(str(value).strip())
+        except ValueError:
+            raise _Bad(form) from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise _Bad(form)
+        if number < minimum or (number == minimum and not inclusive):
+            raise _Bad(form)
+        return number
+    return parse
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(value: Any) -> bool:
+    """true/false, yes/no, on/off, 1/0 (or a TOML boolean)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise _Bad("true or false (also yes/no, on/off, 1/0)")
+
+
+def _meta(name: str, help_text: str, parse: Callable[[Any], Any], *, multiple: bool = False,
+          boolean: bool = False, default_text: str | None = None) -> dict[str, Any]:
+    return {
+        "help": help_text,
+        "env": ENV_PREFIX + name.upper(),
+        "flag": "--" + name.replace("_", "-"),
+        "parse": parse,
+        "multiple": multiple,
+        "boolean": boolean,
+        "default_text": default_text,
+    }
+
+
+def _default_sip() -> list[Listen]:
+    return [Listen("udp", "0.0.0.0", 5065), Listen("tcp", "0.0.0.0", 5065)]
+
+
+@dataclass(slots=True)
+class RunConfig:
+    """Everything `busylamp run` can be told; see each field's metadata["help"]."""
+
+    role: str = field(default="all", metadata=_meta(
+        "role", "what this process runs: all (bridge + presence), bridge or presence",
+        _choice("all", "bridge", "presence")))
+    sip: list[Listen] = field(default_factory=_default_sip, metadata=_meta(
+        "sip", "SIP listener transport:HOST:PORT (repeatable)", _listen, multiple=True,
+        default_text="udp:0.0.0.0:5065, tcp:0.0.0.0:5065"))
+    advertise: Address | None = field(default=None, metadata=_meta(
+        "advertise", "HOST:PORT put in Contact/Via when the listen address is not reachable "
+        "(NAT, 0.0.0.0)", _optional_address, default_text="the listen address"))
+    http: Address | None = field(default_factory=lambda: Address("127.0.0.1", 8080), metadata=_meta(
+        "http", 'HTTP API HOST:PORT ("off" disables it)', _http, default_text="127.0.0.1:8080"))
+    http_token: str | None = field(default=None, metadata=_meta(
+        "http_token", "bearer token required by the HTTP API (required off loopback)",
+        _optional_text, default_text="none"))
+    esl: list[str] = field(default_factory=lambda: ["ClueCon@127.0.0.1:8021"], metadata=_meta(
+        "esl", "FreeSWITCH event socket PASSWORD@HOST:PORT (repeatable)", _esl, multiple=True))
+    bus: str = field(default="memory", metadata=_meta(
+        "bus", "how bridge and presence talk: memory (one process) or nsq",
+        _choice("memory", "nsq")))
+    nsqd: list[Address] = field(default_factory=list, metadata=_meta(
+        "nsqd", "nsqd TCP HOST:PORT to publish/consume (repeatable)", parse_host_port,
+        multiple=True, default_text="none"))
+    lookupd: list[str] = field(default_factory=list, metadata=_meta(
+        "lookupd", "nsqlookupd HTTP address to discover nsqd (repeatable)", _lookupd,
+        multiple=True, default_text="none"))
+    topic: str = field(default="presence", metadata=_meta(
+        "topic", "NSQ topic of presence updates (control messages use TOPIC.control)",
+        _nsq_name("topic")))
+    channel: str | None = field(default=None, metadata=_meta(
+        "channel", "NSQ channel this node consumes", _nsq_name("channel"),
+        default_text="NODE_ID#ephemeral"))
+    max_in_flight: int = field(default=200, metadata=_meta(
+        "max_in_flight", "NSQ messages in flight per consumer", _integer(1)))
+    nsq_reconnect_interval: float = field(default=2.0, metadata=_meta(
+        "nsq_reconnect_interval", "seconds between nsqd reconnect attempts", _seconds(0)))
+    lookupd_poll_interval: float = field(default=10.0, metadata=_meta(
+        "lookupd_poll_interval", "seconds between nsqlookupd queries", _seconds(0)))
+    node_id: str | None = field(default=None, metadata=_meta(
+        "node_id", "name of this node in logs, metrics and NSQ channel names", _node_id,
+        default_text="HOSTNAME-SIPPORT"))
+    peer: list[str] = field(default_factory=list, metadata=_meta(
+        "peer", "URL of another busylamp node's HTTP API to sync state from (repeatable)", _url,
+        multiple=True, default_text="none"))
+    min_expires: int = field(default=60, metadata=_meta(
+        "min_expires", "shortest SUBSCRIBE Expires accepted (shorter: 423 Interval Too Brief)",
+        _integer(0)))
+    max_expires: int = field(default=3600, metadata=_meta(
+        "max_expires", "longest SUBSCRIBE Expires granted (longer ones are cut down)", _integer(1)))
+    default_expires: int = field(default=3600, metadata=_meta(
+        "default_expires", "Expires granted to a SUBSCRIBE without one", _integer(1)))
+    domain_alias: dict[str, str] = field(default_factory=dict, metadata=_meta(
+        "domain_alias", "ALIAS=DOMAIN: treat presentities @ALIAS as @DOMAIN (repeatable)", _alias,
+        multiple=True, default_text="none"))
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list, metadata=_meta(
+            "trusted", "CIDR whose SUBSCRIBEs are accepted; none = accept all (repeatable)", _cidr,
+            multiple=True, default_text="none"))
+    cross_domain: bool = field(default=False, metadata=_meta(
+        "cross_domain", "allow watchers to subscribe to presentities of another domain",
+        parse_bool, boolean=True))
+    nat_send_to_source: bool = field(default=True, metadata=_meta(
+        "nat_send_to_source", "send NOTIFYs to the SUBSCRIBE's source address, not its Contact",
+        parse_bool, boolean=True))
+    t1: float = field(default=0.5, metadata=_meta(
+        "t1", "SIP timer T1 (RTT estimate) in seconds", _seconds(0)))
+    t2: float = field(default=4.0, metadata=_meta(
+        "t2", "SIP timer T2 (longest retransmit interval) in seconds", _seconds(0)))
+    timer_f: float = field(default=32.0, metadata=_meta(
+        "timer_f", "seconds before an unanswered NOTIFY times out (Timer F)", _seconds(0)))
+    force_dummy_dialog: bool = field(default=False, metadata=_meta(
+        "force_dummy_dialog", "send one terminated dummy dialog instead of an empty dialog-info",
+        parse_bool, boolean=True))
+    force_single_dialog: bool = field(default=False, metadata=_meta(
+        "force_single_dialog", "put only the most interesting dialog in a dialog-info NOTIFY",
+        parse_bool, boolean=True))
+    pickup_prefix: str = field(default="**", metadata=_meta(
+        "pickup_prefix", "dial prefix for call pickup put in ringing dialogs' remote target",
+        _text))
+    initiator_ringing_state: str = field(default="confirmed", metadata=_meta(
+        "initiator_ringing_state", "dialog state shown on the caller's own lamp while it rings",
+        _choice("confirmed", "early")))
+    esl_backoff_max: float = field(default=30.0, metadata=_meta(
+        "esl_backoff_max", "longest wait in seconds between ESL reconnect attempts", _seconds(0)))
+    esl_dead_after: float = field(default=60.0, metadata=_meta(
+        "esl_dead_after", "seconds without any ESL traffic before the connection is dropped",
+        _seconds(0)))
+    log_level: str = field(default="info", metadata=_meta(
+        "log_level", "debug, info, warning or error", _choice("debug", "info", "warning", "error")))
+    log_format: str = field(default="text", metadata=_meta(
+        "log_format", "text or json (one object per line)", _choice("text", "json")))
+    status_interval: float = field(default=60.0, metadata=_meta(
+        "status_interval", "seconds between status log lines (0 = off)",
+        _seconds(0, inclusive=True)))
+    shutdown: str = field(default="terminate", metadata=_meta(
+        "shutdown", "on stop: terminate (NOTIFY terminated;reason=deactivated) or drop",
+        _choice("terminate", "drop")))
+    shutdown_notify_rate: int = field(default=500, metadata=_meta(
+        "shutdown_notify_rate", "NOTIFYs per second sent when terminating at shutdown",
+        _integer(1)))
+
+    def __post_init__(self) -> None:
+        if self.node_id is None:
+            port = self.sip[0].port if self.sip else 0
+            self.node_id = default_node_id(platform.node(), port)
+        if self.channel is None:
+            self.channel = f"{self.node_id}#ephemeral"
+
+
+def default_node_id(hostname: str, sip_port: int) -> str:
+    """HOSTNAME-SIPPORT made safe for NSQ channel names (<= 54 chars, room for #ephemeral)."""
+    suffix = f"-{sip_port}"
+    safe = re.sub(r"[^.a-zA-Z0-9_-]", "-", hostname.split(".")[0]) or "busylamp"
+    return safe[: 54 - len(suffix)] + suffix
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+ENV_NAMES = {f.metadata["env"]: f.name for f in fields(RunConfig)}
+
+
+def _parse_one(name: str, raw: Any, label: str) -> Any:
+    meta = FIELDS[name].metadata
+    parse = meta["parse"]
+    try:
+        if meta["multiple"]:
+            items = raw if isinstance(raw, list | tuple) else [
+                part for part in str(raw).split(",") if part.strip()]
+            values = []
+            for item in items:
+                try:
+                    values.append(parse(item))
+                except _Bad as err:
+                    raise ConfigError(label, str(err), item) from None
+            return dict(values) if name == "domain_alias" else values
+        if isinstance(raw, list | dict):
+            raise _Bad("a single value")
+        return parse(raw)
+    except _Bad as err:
+        raise ConfigError(label, str(err), raw) from None
+
+
+def load_config(flags: Mapping[str, Any], env: Mapping[str, str],
+                file_values: Mapping[str, Any], *, file_label: str = "config file",
+                hostname: str | None = None) -> RunConfig:
+    """Resolve every field: command-line flag > BUSYLAMP_* variable > config file > default.
+
+    `flags` maps field names to raw values given on the command line (absent = not given; lists
+    for repeatable flags); `env` is the environment (unknown BUSYLAMP_* names are ignored; lists
+    are comma-separated); `file_values` comes from `read_toml` (keys already field names).
+    """
+    chosen: dict[str, Any] = {}
+    for name, f in FIELDS.items():
+        meta = f.metadata
+        if name in flags:
+            chosen[name] = _parse_one(name, flags[name], meta["flag"])
+        elif meta["env"] in env:
+            chosen[name] = _parse_one(name, env[meta["env"]], meta["env"])
+        elif name in file_values:
+            chosen[name] = _parse_one(name, file_values[name], f"{name} in {file_label}")
+    config = RunConfig(**chosen)
+    if hostname is not None and "node_id" not in chosen:
+        port = config.sip[0].port if config.sip else 0
+        config.node_id = default_node_id(hostname, port)
+        if "channel" not in chosen:
+            config.channel = f"{config.node_id}#ephemeral"
+    check(config)
+    return config
+
+
+def check(config: RunConfig) -> None:
+    """Cross-field rules; raises ConfigError naming the flag to change."""
+    if config.role != "bridge" and not config.sip:
+        raise ConfigError("--sip", "at least one udp:HOST:PORT or tcp:HOST:PORT listener")
+    if config.role != "presence" and not config.esl:
+        raise ConfigError("--esl", "at least one PASSWORD@HOST:PORT for role " + config.role)
+    if config.bus == "nsq" and not (config.nsqd or config.lookupd):
+        raise ConfigError("--nsqd", "an nsqd HOST:PORT or a --lookupd address with --bus nsq")
+    if config.bus == "memory" and config.role == "bridge":
+        raise ConfigError("--bus", "nsq for --role bridge (an in-process bus has no engine to "
+                          "feed)", config.bus)
+    if not config.min_expires <= config.default_expires <= config.max_expires:
+        raise ConfigError(
+            "--default-expires", f"a value between --min-expires {config.min_expires} and "
+            f"--max-expires {config.max_expires}", config.default_expires)
+    if config.t2 < config.t1:
+        raise ConfigError("--t2", f"seconds >= --t1 ({config.t1:g})", config.t2)
+    if config.http_token is not None and not config.http_token.strip():
+        raise ConfigError("--http-token", "a non-empty token")
+
+
+def normalize_file_keys(data: Mapping[str, Any], file_label: str) -> dict[str, Any]:
+    """TOML keys as field names ('max-in-flight' and 'max_in_flight' both accepted)."""
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(
+                f'key "{key}" in {file_label}', "a `busylamp run` option name such as "
+                "max_in_flight or sip (see busylamp run --help)")
+        values[name] = value
+    return values
+

@@ -1,0 +1,649 @@
+"""The presence engine: SIP requests and presence updates in, responses and NOTIFYs out.
+
+Sans-IO, in the manner of h11 and aioquic: the caller hands in received messages
+(:meth:`PresenceEngine.receive`) and validated presence updates (:meth:`apply`), asks when the
+engine next needs waking (:meth:`get_timer`), wakes it (:meth:`handle_timer`), and sends whatever
+:meth:`datagrams_to_send` returns. There are no sockets, greenlets or clocks in here.
+
+The hot path is NOTIFY fan-out: a presentity's body is rendered once per change by the package
+(``PresenceState.body``); each watcher's NOTIFY is then spliced together from bytes kept on the
+subscription and that prebuilt body with the watcher's own ``version``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from presence.aor import aor_from_uri
+from presence.packages.base import EventPackage, RenderedBody
+from presence.sip.message import (
+    ParseError,
+    Request,
+    Response,
+    build_response,
+    parse_message,
+    parse_name_addr,
+    parse_uri,
+)
+from presence.sip.transaction import ClientTransactions, ServerTransactions
+from presence.state import PresenceState
+from presence.subscriptions import Subscription, SubscriptionTable, new_tag
+from presence.updates import Snapshot, Update
+
+log = logging.getLogger(__name__)
+
+SERVER = "busylamp"
+ALLOW = "SUBSCRIBE, NOTIFY, OPTIONS"
+# Methods RFC 3261 and its extensions define; any other is unknown (501).
+KNOWN_METHODS = frozenset(
+    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"]
+)
+SUPPORTED_EXTENSIONS = frozenset()
+NOTIFY_REMOVE_STATUSES = frozenset((404, 481))
+
+Outgoing = tuple[str, tuple[str, int], bytes, int | None]  # (transport, dest, data, conn_id)
+
+
+@dataclass
+class EngineConfig:
+    """What the engine needs to know about its node and its policy."""
+
+    contacts: Mapping[str, tuple[str, int]]  # transport -> advertised (host, port)
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int | None = None  # None: the package's own default
+    domain_aliases: Mapping[str, str] = field(default_factory=dict)
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    cross_domain: bool = False
+    nat_send_to_source: bool = False
+    t1: float = 0.5
+    t2: float = 4.0
+    timer_f: float | None = None  # None: 64*T1
+    server_name: str = SERVER
+
+
+class PresenceEngine:
+    """Subscriptions, NOTIFY transactions and presentity state of one presence node."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        state: PresenceState,
+        packages: Mapping[str, EventPackage],
+        *,
+        on_control: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.packages = dict(packages)
+        self.subscriptions = SubscriptionTable()
+        self.server_transactions = ServerTransactions(t1=config.t1)
+        self.client_transactions = ClientTransactions(
+            t1=config.t1, t2=config.t2, timer_f=config.timer_f
+        )
+        self.on_control = on_control
+        self._out: list[Outgoing] = []
+        self._branch_prefix = "z9hG4bK" + os.urandom(4).hex() + "."
+        self._branch_seq = itertools.count(1)
+        self._allow_events = ", ".join(sorted(self.packages))
+        self._server_header = config.server_name
+        self._contact_hdr = {
+            transport: f"<sip:{_hostport(host, port)};transport={transport}>"
+            for transport, (host, port) in config.contacts.items()
+        }
+        self._via_sent_by = {
+            transport: f"SIP/2.0/{transport.upper()} {_hostport(host, port)}"
+            for transport, (host, port) in config.contacts.items()
+        }
+        self.counters: dict[str, int] = {
+            "sip_requests_received": 0,
+            "sip_responses_received": 0,
+            "sip_malformed": 0,
+            "sip_dropped": 0,
+            "sip_retransmissions_received": 0,
+            "subscribe_accepted": 0,
+            "subscribe_rejected": 0,
+            "subscribe_fetch": 0,
+            "notify_sent": 0,
+            "notify_failed": 0,
+            "notify_timeouts": 0,
+            "notify_unmatched_responses": 0,
+            "subscriptions_removed_unsubscribe": 0,
+            "subscriptions_removed_expired": 0,
+            "subscriptions_removed_notify_rejected": 0,
+            "subscriptions_removed_notify_timeout": 0,
+            "subscriptions_removed_shutdown": 0,
+            "updates_applied": 0,
+        }
+
+    # -- output and timers --------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[Outgoing]:
+        """Everything queued for the transports since the last call."""
+        out, self._out = self._out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """The absolute time at which :meth:`handle_timer` must next be called."""
+        deadlines = [
+            t
+            for t in (
+                self.client_transactions.get_timer(),
+                self.server_transactions.get_timer(),
+                self.state.get_timer(),
+                self.subscriptions.next_expiry(),
+            )
+            if t is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        retransmits, timeouts = self.client_transactions.handle_timer(now)
+        for dest, data in retransmits:
+            transport, addr, conn_id = dest
+            self._out.append((transport, addr, data, conn_id))
+        for sub in timeouts:
+            self._notify_timed_out(sub, now)
+        self.server_transactions.handle_timer(now)
+        changed = self.state.handle_timer(now)
+        if changed:
+            self._fan_out(changed, now)
+        for sub in self.subscriptions.pop_expired(now):
+            self.counters["subscriptions_removed_expired"] += 1
+            self._terminate(sub, "timeout", now)
+
+    # -- presence updates ---------------------------------------------------------------------
+
+    def apply(self, items: Iterable[Update | Snapshot], now: float) -> int:
+        """Apply validated updates and snapshots; NOTIFY every watcher whose state changed."""
+        changed: set[tuple[str, str]] = set()
+        count = 0
+        for item in items:
+            if isinstance(item, Snapshot):
+                changed |= self.state.apply_snapshot(item, now)
+            else:
+                changed |= self.state.apply(item, now)
+            count += 1
+        self.counters["updates_applied"] += count
+        if changed:
+            self._fan_out(changed, now)
+        self._request_resyncs()
+        return count
+
+    def _request_resyncs(self) -> None:
+        gaps = self.state.pending_gaps
+        if not gaps or self.on_control is None:
+            gaps.clear()
+            return
+        bridges = sorted(gaps)
+        gaps.clear()
+        for bridge_id in bridges:
+            self.on_control(
+                {"Event-Name": "resync", "Switch-ID": "*", "Bridge-ID": bridge_id,
+                 "Reason": "sequence gap"}
+            )
+
+    def _fan_out(self, changed: Iterable[tuple[str, str]], now: float) -> None:
+        for package_name, presentity in changed:
+            watchers = self.subscriptions.watchers(package_name, presentity)
+            if not watchers:
+                continue
+            body = self.state.body(package_name, presentity)
+            for sub in watchers:
+                if sub.inflight is not None:
+                    sub.dirty = True
+                else:
+                    self._send_notify(sub, body, now)
+
+    # -- SIP input ----------------------------------------------------------------------------
+
+    def receive(
+        self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None, now: float
+    ) -> None:
+        """Handle one SIP message (a whole datagram, or one framed message off a stream)."""
+        try:
+            message = parse_message(data, stream=transport != "udp")
+        except ParseError as exc:
+            self.counters["sip_malformed"] += 1
+            if exc.request is not None:
+                self._respond(exc.request, exc.status, exc.reason, source, transport, conn_id, now)
+            else:
+                self.counters["sip_dropped"] += 1
+            return
+        if isinstance(message, Response):
+            self.counters["sip_responses_received"] += 1
+            self._handle_response(message, now)
+            return
+        self.counters["sip_requests_received"] += 1
+        try:
+            self._handle_request(message, source, transport, conn_id, now)
+        except ParseError as exc:
+            self.counters["sip_malformed"] += 1
+            self._respond(message, exc.status, exc.reason, source, transport, conn_id, now)
+
+    def _handle_request(
+        self, req: Request, source: tuple[str, int], transport: str, conn_id: int | None,
+        now: float,
+    ) -> None:
+        method = req.method
+        if method == "ACK":
+            return  # only ever for an INVITE we rejected: nothing to do
+        key = self.server_transactions.key(req, transport)
+        previous = self.server_transactions.lookup(key)
+        if previous is not None:
+            self.counters["sip_retransmissions_received"] += 1
+            self._out.append((transport, source, previous, conn_id))
+            return
+        respond = self._responder(req, key, source, transport, conn_id, now)
+        cseq_num, cseq_method = req.cseq
+        if cseq_method != method:
+            respond(400, "CSeq method does not match the request")
+            return
+        # Extensions this UAS does not support (RFC 3261 8.2.2.3).
+        required = [opt for opt in req.headers.get_all("Require") if opt.strip()]
+        unsupported = [opt for opt in required if opt.strip().lower() not in SUPPORTED_EXTENSIONS]
+        if unsupported and method != "CANCEL":
+            respond(420, None, [("Unsupported", ", ".join(o.strip() for o in unsupported))])
+            return
+        to_tag = req.to.tag
+        if to_tag is not None:
+            self._in_dialog(req, to_tag, respond, source, transport, conn_id, now)
+            return
+        if method == "SUBSCRIBE":
+            self._initial_subscribe(req, respond, source, transport, conn_id, now)
+        elif method == "OPTIONS":
+            respond(200, None, self._capabilities())
+        elif method == "CANCEL":
+            respond(481, "Call/Transaction Does Not Exist")
+        elif method in KNOWN_METHODS:
+            respond(405, None, [("Allow", ALLOW)])
+        else:
+            respond(501, None, [("Allow", ALLOW)])
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        accept = ", ".join(p.content_type for p in self.packages.values())
+        return [("Allow", ALLOW), ("Allow-Events", self._allow_events), ("Accept", accept)]
+
+    def _responder(
+        self, req: Request, key: object, source: tuple[str, int], transport: str,
+        conn_id: int | None, now: float,
+    ) -> Callable[..., None]:
+        reliable = transport != "udp"
+
+        def respond(
+            status: int, reason: str | None = None,
+            headers: Iterable[tuple[str, str]] = (), to_tag: str | None = None,
+        ) -> None:
+            data = build_response(
+                req, status, reason, source=source,
+                to_tag=to_tag or (new_tag() if status > 100 else None),
+                headers=list(headers), server=self._server_header,
+            )
+            self.server_transactions.store(key, data, reliable, now)
+            self._out.append((transport, source, data, conn_id))
+
+        return respond
+
+    def _respond(
+        self, req: Request, status: int, reason: str | None, source: tuple[str, int],
+        transport: str, conn_id: int | None, now: float,
+    ) -> None:
+        try:
+            data = build_response(
+                req, status, reason, source=source, to_tag=new_tag(), server=self._server_header
+            )
+        except (ParseError, ValueError):
+            self.counters["sip_dropped"] += 1
+            return
+        self._out.append((transport, source, data, conn_id))
+
+    # -- SUBSCRIBE ----------------------------------------------------------------------------
+
+    def _initial_subscribe(
+        self, req: Request, respond: Callable[..., None], source: tuple[str, int], transport: str,
+        conn_id: int | None, now: float,
+    ) -> None:
+        package = self._package_for(req, respond)
+        if package is None:
+            return
+        if self.config.trusted and not _trusted(source[0], self.config.trusted):
+            self._reject(respond, 403, "Source not trusted")
+            return
+        expires = self._expires_for(req, package, respond)
+        if expires is None:
+            return
+        from_ = req.from_
+        if not from_.tag:
+            self._reject(respond, 400, "Missing From tag")
+            return
+        contact = req.contact
+        if contact is None:
+            self._reject(respond, 400, "Missing Contact")
+            return
+        try:
+            presentity = aor_from_uri(req.uri, self.config.domain_aliases)
+            watcher_aor = aor_from_uri(from_.uri, self.config.domain_aliases)
+        except ValueError:
+            self._reject(respond, 400, "Bad Request-URI or From")
+            return
+        if not self.config.cross_domain and _domain(watcher_aor) != _domain(presentity):
+            self._reject(respond, 403, "Cross-domain subscription not allowed")
+            return
+        route = tuple(req.record_routes) or None
+        dest, out_transport, out_conn = self._destination(
+            contact.uri, route, source, transport, conn_id
+        )
+        sub = Subscription(
+            tag=new_tag(),
+            call_id=req.call_id,
+            remote_tag=from_.tag,
+            package=package,
+            presentity=presentity,
+            local_uri=req.to.uri,
+            remote_uri=from_.uri,
+            target=contact.uri,
+            route=route,
+            transport=out_transport,
+            dest=dest,
+            conn_id=out_conn,
+            remote_cseq=req.cseq[0],
+            expires_at=now + expires,
+            now=now,
+            source=source,
+        )
+        self.counters["subscribe_accepted"] += 1
+        respond(200, None, self._ok_headers(sub, expires), to_tag=sub.tag)
+        body = self.state.body(package.name, presentity)
+        if expires == 0:
+            # A fetch (RFC 6665 4.4.3): one terminated NOTIFY with the state, nothing kept.
+            self.counters["subscribe_fetch"] += 1
+            sub.final_reason = "timeout"
+            self._send_notify(sub, body, now)
+            return
+        self.subscriptions.add(sub)
+        self._send_notify(sub, body, now)
+        if package.name == "message-summary" and not self.state.records(package.name, presentity):
+            self._control({"Event-Name": "mwi_query", "Presentity": presentity})
+
+    def _in_dialog(
+        self, req: Request, to_tag: str, respond: Callable[..., None], source: tuple[str, int],
+        transport: str, conn_id: int | None, now: float,
+    ) -> None:
+        sub = self.subscriptions.get(to_tag)
+        if sub is None or sub.call_id != req.call_id or sub.remote_tag != req.from_.tag:
+            self._reject(respond, 481, "Subscription does not exist")
+            return
+        if req.method == "OPTIONS":
+            respond(200, None, self._capabilities(), to_tag=to_tag)
+            return
+        if req.method != "SUBSCRIBE":
+            respond(405, None, [("Allow", ALLOW)], to_tag=to_tag)
+            return
+        cseq = req.cseq[0]
+        if cseq <= sub.remote_cseq:
+            respond(500, "CSeq out of order", [("Retry-After", "1")], to_tag=to_tag)
+            return
+        event = req.event
+        if event is None or event[0] != sub.package.name:
+            respond(489, None, [("Allow-Events", self._allow_events)], to_tag=to_tag)
+            return
+        expires = self._expires_for(req, sub.package, respond, to_tag=to_tag)
+        if expires is None:
+            return
+        sub.remote_cseq = cseq
+        contact = req.contact
+        if contact is not None and contact.uri != sub.target:
+            # SUBSCRIBE is a target refresh request (RFC 6665 4.1.2.1).
+            sub.target = contact.uri
+            sub.dest, sub.transport, sub.conn_id = self._destination(
+                contact.uri, sub.route, source, transport, conn_id
+            )
+        elif transport != "udp" and conn_id is not None and sub.route is None:
+            sub.conn_id = conn_id
+        respond(200, None, self._ok_headers(sub, expires), to_tag=to_tag)
+        if expires == 0:
+            self.counters["subscriptions_removed_unsubscribe"] += 1
+            self.subscriptions.remove(sub)
+            self._terminate(sub, "timeout", now)
+            return
+        self.subscriptions.refresh(sub, now + expires)
+        # Every accepted refresh gets an immediate NOTIFY (RFC 6665 4.2.1.2).
+        if sub.inflight is not None:
+            sub.dirty = True
+        else:
+            self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+
+    def _package_for(self, req: Request, respond: Callable[..., None]) -> EventPackage | None:
+        event = req.event
+        package = self.packages.get(event[0]) if event is not None else None
+        if package is None:
+            self._reject(respond, 489, None, [("Allow-Events", self._allow_events)])
+            return None
+        accepts = req.headers.get_all("Accept")
+        if accepts and not _accepts(accepts, package):
+            self._reject(respond, 406, None, [("Accept", package.content_type)])
+            return None
+        return package
+
+    def _expires_for(
+        self, req: Request, package: EventPackage, respond: Callable[..., None],
+        to_tag: str | None = None,
+    ) -> int | None:
+        expires = req.expires
+        if expires is None:
+            expires = self.config.default_expires or package.default_expires
+        if expires == 0:
+            return 0
+        if expires < self.config.min_expires:
+            self._reject(
+                respond, 423, None, [("Min-Expires", str(self.config.min_expires))], to_tag
+            )
+            return None
+        return min(expires, self.config.max_expires)
+
+    def _reject(
+        self, respond: Callable[..., None], status: int, reason: str | None,
+        headers: Iterable[tuple[str, str]] = (), to_tag: str | None = None,
+    ) -> None:
+        self.counters["subscribe_rejected"] += 1
+        respond(status, reason, headers, to_tag=to_tag)
+
+    def _ok_headers(self, sub: Subscription, expires: int) -> list[tuple[str, str]]:
+        return [
+            ("Expires", str(expires)),
+            ("Contact", self._contact_hdr.get(sub.transport) or next(iter(self._contact_hdr.values()))),
+            ("Allow-Events", self._allow_events),
+        ]
+
+    def _destination(
+        self, contact: str, route: tuple[str, ...] | None, source: tuple[str, int],
+        transport: str, conn_id: int | None,
+    ) -> tuple[tuple[str, int], str, int | None]:
+        """Where this dialog's NOTIFYs go: (address, transport, stream connection to reuse).
+
+        The first route when there is a route set (loose or strict), else the Contact; a watcher
+        that subscribed over a stream gets its NOTIFYs over that same connection while it is open
+        (the transport falls back to connecting to the address). ``--nat-send-to-source`` sends to
+        the address the SUBSCRIBE came from.
+        """
+        if self.config.nat_send_to_source:
+            return source, transport, conn_id
+        try:
+            uri = parse_uri(_route_uri(route[0]) if route else contact)
+        except ParseError:
+            return source, transport, conn_id
+        out = (uri.params.get("transport") or "").lower()
+        if not out:
+            out = transport if route is None else ("tcp" if uri.scheme == "sips" else "udp")
+        if out not in self.config.contacts:
+            out = transport
+        dest = (uri.host.strip("[]"), uri.port or (5061 if uri.scheme == "sips" else 5060))
+        reuse = out != "udp" and out == transport and (route is None or dest == source)
+        return dest, out, conn_id if reuse else None
+
+    # -- NOTIFY ---------------------------------------------------------------------------------
+
+    def _send_notify(self, sub: Subscription, body: RenderedBody, now: float) -> None:
+        """Build and queue one NOTIFY for ``sub`` with ``body`` and start its transaction."""
+        package = sub.package
+        sub.cseq += 1
+        branch = self._branch_prefix + format(next(self._branch_seq), "x")
+        if sub.final_reason is not None:
+            sub_state = "terminated;reason=" + sub.final_reason
+        else:
+            sub_state = f"active;expires={max(1, round(sub.expires_at - now))}"
+        if body.versioned:
+            payload = body.for_version(sub.version)
+            sub.version += 1
+        else:
+            payload = body.prefix
+        transport = sub.transport
+        route = sub.route
+        if route is not None and ";lr" not in route[0]:
+            # Strict routing (RFC 3261 12.2.1.1): the first route becomes the Request-URI.
+            request_uri = _route_uri(route[0])
+            route_lines = "".join(f"Route: {r}\r\n" for r in route[1:]) + f"Route: <{sub.target}>\r\n"
+        else:
+            request_uri = sub.target
+            route_lines = "".join(f"Route: {r}\r\n" for r in route) if route else ""
+        head = (
+            f"NOTIFY {request_uri} SIP/2.0\r\n"
+            f"Via: {self._via_sent_by.get(transport) or next(iter(self._via_sent_by.values()))}"
+            f";branch={branch};rport\r\n"
+            f"Max-Forwards: 70\r\n"
+            f"{route_lines}"
+            f"From: <{sub.local_uri}>;tag={sub.tag}\r\n"
+            f"To: <{sub.remote_uri}>;tag={sub.remote_tag}\r\n"
+            f"Call-ID: {sub.call_id}\r\n"
+            f"CSeq: {sub.cseq} NOTIFY\r\n"
+            f"Contact: {self._contact_hdr.get(transport) or next(iter(self._contact_hdr.values()))}\r\n"
+            f"Event: {package.name}\r\n"
+            f"Subscription-State: {sub_state}\r\n"
+            f"Content-Type: {package.content_type}\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        data = head.encode("utf-8", "surrogateescape") + payload
+        sub.inflight = branch
+        sub.dirty = False
+        dest = (transport, sub.dest, sub.conn_id)
+        self.client_transactions.start(branch, data, dest, transport != "udp", now, sub)
+        self.counters["notify_sent"] += 1
+        self._out.append((transport, sub.dest, data, sub.conn_id))
+
+    def _handle_response(self, resp: Response, now: float) -> None:
+        try:
+            vias = resp.vias
+            branch = vias[0].branch if vias else None
+            method = resp.cseq[1]
+        except ParseError:
+            self.counters["sip_dropped"] += 1
+            return
+        if branch is None or method != "NOTIFY":
+            self.counters["notify_unmatched_responses"] += 1
+            return
+        sub = self.client_transactions.on_response(branch, resp.status, now)
+        if sub is None:
+            if resp.status >= 200:
+                self.counters["notify_unmatched_responses"] += 1
+            return
+        self._notify_done(sub, resp.status, now)
+
+    def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
+        sub.inflight = None
+        if status in NOTIFY_REMOVE_STATUSES:
+            if sub.final_reason is None:
+                self.counters["subscriptions_removed_notify_rejected"] += 1
+                self.subscriptions.remove(sub)
+            return
+        if status >= 300:
+            self.counters["notify_failed"] += 1
+        if sub.dirty:
+            self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+
+    def _notify_timed_out(self, sub: Subscription, now: float) -> None:
+        sub.inflight = None
+        self.counters["notify_timeouts"] += 1
+        if sub.final_reason is None:
+            self.counters["subscriptions_removed_notify_timeout"] += 1
+            self.subscriptions.remove(sub)
+
+    def _terminate(self, sub: Subscription, reason: str, now: float) -> None:
+        """Send the final NOTIFY now, or when the one in flight completes (never overlapping)."""
+        sub.final_reason = reason
+        if sub.inflight is not None:
+            sub.dirty = True
+        else:
+            self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+
+    def terminate_all(self, reason: str, now: float, limit: int | None = None) -> int:
+        """Terminate up to ``limit`` subscriptions (shutdown); returns how many were ended."""
+        ended = 0
+        for sub in self.subscriptions:
+            if limit is not None and ended >= limit:
+                break
+            self.subscriptions.remove(sub)
+            self.counters["subscriptions_removed_shutdown"] += 1
+            self._terminate(sub, reason, now)
+            ended += 1
+        return ended
+
+    # -- control and admin ----------------------------------------------------------------------
+
+    def _control(self, message: dict) -> None:
+        if self.on_control is not None:
+            self.on_control(message)
+
+    def iter_subscriptions(
+        self, presentity: str | None = None, watcher: str | None = None, event: str | None = None
+    ) -> Iterator[Subscription]:
+        if presentity is not None:
+            packages = [event] if event else list(self.packages)
+            for name in packages:
+                for sub in self.subscriptions.watchers(name, presentity):
+                    if watcher is None or watcher in sub.remote_uri:
+                        yield sub
+            return
+        for sub in self.subscriptions:
+            if event is not None and sub.package.name != event:
+                continue
+            if watcher is not None and watcher not in sub.remote_uri:
+                continue
+            yield sub
+
+
+def _hostport(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _route_uri(route: str) -> str:
+    return parse_name_addr(route).uri
+
+
+def _domain(aor: str) -> str:
+    return aor.rpartition("@")[2]
+
+
+def _trusted(ip: str, networks: tuple) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
+def _accepts(accepts: list[str], package: EventPackage) -> bool:
+    offered = {t.lower() for t in package.accept}
+    for value in accepts:
+        media = value.split(";", 1)[0].strip().lower()
+        if not media or media == "*/*" or media in offered:
+            return True
+        if media.endswith("/*") and any(t.startswith(media[:-1]) for t in offered):
+            return True
+    return False

@@ -1,0 +1,84 @@
+"""Prometheus text exposition of a presence node's counters and gauges."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from presence.node import PresenceNode
+
+PREFIX = "busylamp_"
+
+
+def render_metrics(node: PresenceNode) -> str:
+    """Every counter of the engine, transports, state and publish path, as text format 0.0.4."""
+    engine = node.engine
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]) -> None:
+        full = PREFIX + name
+        lines.append(f"# HELP {full} {help_text}")
+        lines.append(f"# TYPE {full} {kind}")
+        for labels, value in samples:
+            if labels:
+                label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+                lines.append(f"{full}{{{label_text}}} {value:g}")
+            else:
+                lines.append(f"{full} {value:g}")
+
+    by_package = engine.subscriptions.counts_by_package()
+    metric(
+        "subscriptions_active", "gauge", "Active subscriptions by event package.",
+        [({"event": name}, by_package.get(name, 0)) for name in sorted(engine.packages)],
+    )
+    c = engine.counters
+    metric("notify_sent_total", "counter", "NOTIFY requests sent (first transmissions).",
+           [({}, c["notify_sent"])])
+    metric("notify_retransmitted_total", "counter", "NOTIFY retransmissions over UDP (Timer E).",
+           [({}, engine.client_transactions.retransmissions)])
+    metric("notify_failed_total", "counter", "NOTIFYs answered with a failure status, by outcome.",
+           [({"outcome": "rejected"}, c["notify_failed"]),
+            ({"outcome": "timeout"}, c["notify_timeouts"])])
+    metric("notify_in_flight", "gauge", "NOTIFY client transactions awaiting a final response.",
+           [({}, len(engine.client_transactions))])
+    metric("subscriptions_removed_total", "counter", "Subscriptions removed, by reason.",
+           [({"reason": reason}, c["subscriptions_removed_" + reason])
+            for reason in ("unsubscribe", "expired", "notify_rejected", "notify_timeout",
+                           "shutdown")])
+    metric("subscribe_total", "counter", "SUBSCRIBE requests by outcome.",
+           [({"outcome": "accepted"}, c["subscribe_accepted"]),
+            ({"outcome": "rejected"}, c["subscribe_rejected"]),
+            ({"outcome": "fetch"}, c["subscribe_fetch"])])
+    metric("sip_messages_received_total", "counter", "SIP messages received, by kind.",
+           [({"kind": "request"}, c["sip_requests_received"]),
+            ({"kind": "response"}, c["sip_responses_received"]),
+            ({"kind": "retransmission"}, c["sip_retransmissions_received"])])
+    metric("sip_malformed_total", "counter", "SIP messages that failed to parse.",
+           [({}, c["sip_malformed"])])
+    dropped = c["sip_dropped"] + sum(
+        node.transports.counters.get(k, 0)
+        for k in ("datagrams_oversized", "tcp_overflow_closed")
+    )
+    metric("sip_dropped_total", "counter",
+           "SIP input dropped without a response (unaddressable, oversized, stream overflow).",
+           [({}, dropped)])
+    metric("sip_unmatched_responses_total", "counter", "Responses matching no NOTIFY transaction.",
+           [({}, c["notify_unmatched_responses"])])
+    pc = node.publish_counters
+    metric("publishes_total", "counter", "Presence updates by outcome.",
+           [({"outcome": "accepted"}, pc["accepted"]),
+            ({"outcome": "rejected"}, pc["rejected"]),
+            ({"outcome": "malformed_bus"}, pc["bus_malformed"])])
+    stats = getattr(node.state, "stats", {}) or {}
+    for key in sorted(stats):
+        value = stats[key]
+        if isinstance(value, int | float):
+            metric(f"state_{key}", "gauge" if key.startswith("records") else "counter",
+                   f"Presence state: {key.replace('_', ' ')}.", [({}, value)])
+    metric("presentities_watched", "gauge", "Presentities with at least one watcher.",
+           [({}, sum(1 for _ in engine.subscriptions.watched()))])
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,277 @@
+"""A running presence node: the engine behind SIP listeners, the HTTP API and the update bus.
+
+This is the gevent edge around the sans-IO :class:`~presence.engine.PresenceEngine`. One greenlet
+(the *clock loop*) sleeps until the engine's next deadline; the SIP reader greenlets, the HTTP
+handlers and the bus consumer call into the engine directly (one OS thread, cooperative) and flush
+what it wants sent. No greenlet or timer exists per subscription or per transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import gevent
+import gevent.event
+import gevent.queue
+
+from presence.engine import EngineConfig, PresenceEngine
+from presence.metrics import render_metrics
+from presence.packages import REGISTRY
+from presence.packages.base import PackageOptions
+from presence.sip.transport import SipTransports
+from presence.state import PresenceState
+from presence.updates import Snapshot, Update, UpdateError, parse_update
+
+log = logging.getLogger(__name__)
+
+TAIL_QUEUE_MAX = 10_000
+
+
+class TailSubscription:
+    """One `/tail` reader: a bounded queue of applied update objects (oldest dropped when full)."""
+
+    def __init__(self, node: PresenceNode) -> None:
+        self._node = node
+        self._queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=TAIL_QUEUE_MAX)
+        self.dropped = 0
+
+    def put(self, message: dict) -> None:
+        try:
+            self._queue.put_nowait(message)
+        except gevent.queue.Full:
+            self.dropped += 1
+
+    def get(self, timeout: float | None = None) -> dict | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except gevent.queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._node._tails.discard(self)
+
+
+class PresenceNode:
+    """The engine, its SIP transports and its wake-up loop; implements the API's NodeControl."""
+
+    def __init__(
+        self,
+        engine_config: EngineConfig,
+        *,
+        package_options: PackageOptions | None = None,
+        node_id: str = "busylamp",
+        clock: Callable[[], float] = time.monotonic,
+        on_control: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.clock = clock
+        self.state = PresenceState(REGISTRY, package_options or PackageOptions())
+        self.engine = PresenceEngine(
+            engine_config, self.state, REGISTRY, on_control=self._on_control
+        )
+        self._control_sink = on_control
+        self.transports = SipTransports(self._on_sip)
+        self.listeners: list[tuple[str, tuple[str, int]]] = []
+        self.ready = True
+        self.started_at = time.time()
+        self.publish_counters = {"accepted": 0, "rejected": 0, "bus_malformed": 0}
+        self._tails: set[TailSubscription] = set()
+        self._wake = gevent.event.Event()
+        self._deadline: float | None = None
+        self._loop: gevent.Greenlet | None = None
+        self._stopping = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def listen(self, transport: str, host: str, port: int) -> tuple[str, int]:
+        """Bind one SIP listener; raises OSError when the address is unavailable."""
+        bound = self.transports.listen(transport, host, port)
+        self.listeners.append((transport, bound))
+        return bound
+
+    def reconfigure(self, engine_config: EngineConfig) -> None:
+        """Replace the engine configuration (before start: the advertised addresses are only
+        known once the listeners are bound)."""
+        if self._loop is not None or len(self.engine.subscriptions):
+            raise RuntimeError("reconfigure() is for a node that has not started")
+        self.engine = PresenceEngine(
+            engine_config, self.state, REGISTRY, on_control=self._on_control
+        )
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = gevent.spawn(self._clock_loop)
+
+    def stop(self, *, terminate: bool = False, rate: int = 500) -> None:
+        """Stop the node; with ``terminate``, first end every subscription at ``rate`` NOTIFY/s
+        (``terminated;reason=deactivated``) so phones move to another node at once."""
+        if terminate:
+            self.shutdown_subscriptions(rate)
+        self._stopping = True
+        self._wake.set()
+        if self._loop is not None:
+            self._loop.join(timeout=2)
+            self._loop.kill()
+            self._loop = None
+        self.transports.close()
+
+    def shutdown_subscriptions(self, rate: int) -> int:
+        ended = 0
+        batch = max(1, rate // 10)
+        while len(self.engine.subscriptions):
+            ended += self.engine.terminate_all("deactivated", self.clock(), limit=batch)
+            self._flush()
+            gevent.sleep(0.1)
+        # Give the final NOTIFYs a moment to be answered (bounded by Timer E/F, not waited for).
+        return ended
+
+    def _clock_loop(self) -> None:
+        engine = self.engine
+        while not self._stopping:
+            deadline = engine.get_timer()
+            self._deadline = deadline
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._stopping:
+                break
+            now = self.clock()
+            if deadline is not None and now >= deadline:
+                try:
+                    engine.handle_timer(now)
+                except Exception:  # an engine bug must not stop the node's clock
+                    log.exception("engine timer handling failed")
+                self._flush()
+
+    def _poke(self) -> None:
+        """Wake the clock loop when the engine's next deadline moved earlier."""
+        deadline = self.engine.get_timer()
+        if deadline is not None and (self._deadline is None or deadline < self._deadline):
+            self._deadline = deadline
+            self._wake.set()
+
+    def _flush(self) -> None:
+        send = self.transports.send
+        for transport, dest, data, conn_id in self.engine.datagrams_to_send():
+            send(transport, dest, data, conn_id)
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def _on_sip(self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:
+        self.engine.receive(data, source, transport, conn_id, self.clock())
+        self._flush()
+        self._poke()
+
+    def publish(self, messages: list) -> int:
+        """Apply validated updates/snapshots (from the HTTP API or the bus)."""
+        applied = self.engine.apply(messages, self.clock())
+        self.publish_counters["accepted"] += applied
+        self._flush()
+        self._poke()
+        if self._tails:
+            for item in messages:
+                raw = item.raw if isinstance(item, Update) else {"Event-Name": "snapshot",
+                                                                 "Switch-ID": item.switch_id}
+                for tail in list(self._tails):
+                    tail.put(raw)
+        return applied
+
+    def on_bus_message(self, message: dict) -> None:
+        """Bus/NSQ handler: validate one update dict and apply it; ValueError when malformed."""
+        try:
+            item = parse_update(message)
+        except UpdateError:
+            self.publish_counters["bus_malformed"] += 1
+            raise
+        self.publish([item])
+
+    def _on_control(self, message: dict) -> None:
+        message.setdefault("Node-ID", self.node_id)
+        if self._control_sink is not None:
+            self._control_sink(message)
+
+    # -- NodeControl (admin API) ----------------------------------------------------------------
+
+    def subscriptions(
+        self, *, presentity: str | None, watcher: str | None, event: str | None,
+        cursor: str | None, limit: int,
+    ) -> tuple[list[dict], str | None]:
+        offset = int(cursor) if cursor and cursor.isdigit() else 0
+        now = self.clock()
+        rows: list[dict] = []
+        it = self.engine.iter_subscriptions(presentity, watcher, event)
+        for index, sub in enumerate(it):
+            if index < offset:
+                continue
+            if len(rows) == limit:
+                return rows, str(index)
+            rows.append(sub.as_dict(now))
+        return rows, None
+
+    def iter_subscription_rows(
+        self, *, presentity: str | None = None, watcher: str | None = None,
+        event: str | None = None,
+    ) -> Iterator[dict]:
+        now = self.clock()
+        for sub in self.engine.iter_subscriptions(presentity, watcher, event):
+            yield sub.as_dict(now)
+
+    def presentity(self, aor: str) -> dict | None:
+        found = False
+        result: dict = {"presentity": aor, "packages": {}}
+        now = self.clock()
+        for name in REGISTRY:
+            records = self.state.records(name, aor)
+            watchers = self.engine.subscriptions.watcher_count(name, aor)
+            if not records and not watchers:
+                continue
+            found = True
+            result["packages"][name] = {
+                "watchers": watchers,
+                "records": [_record_view(r, now) for r in records],
+                "body": self.state.body(name, aor).for_version(0).decode("utf-8", "replace"),
+            }
+        return result if found else None
+
+    def health(self) -> tuple[bool, dict]:
+        return self.ready, {
+            "node_id": self.node_id,
+            "ready": self.ready,
+            "uptime": int(time.time() - self.started_at),
+            "subscriptions": len(self.engine.subscriptions),
+            "listeners": [f"{t}:{h}:{p}" for t, (h, p) in self.listeners],
+        }
+
+    def metrics_text(self) -> str:
+        return render_metrics(self)
+
+    def tail(self) -> TailSubscription:
+        tail = TailSubscription(self)
+        self._tails.add(tail)
+        return tail
+
+    def snapshot(self) -> Iterator[dict]:
+        yield {"marks": {k: list(v) for k, v in self.state.marks().items()}}
+        yield from self.state.export()
+
+
+def _record_view(record, now: float) -> dict:
+    expires_at = getattr(record, "expires_at", None)
+    return {
+        "id": record.record_id,
+        "data": dict(record.data),
+        "expires_in": None if expires_at is None else max(0, int(expires_at - now)),
+        "switch_id": record.switch_id,
+        "bridge_id": record.bridge_id,
+        "sequence": record.sequence,
+    }
+
+
+def parse_networks(cidrs: list[str]) -> tuple:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+__all__ = ["PresenceNode", "TailSubscription", "Snapshot", "Update"]

@@ -1,0 +1,71 @@
+"""Event package interface and the pre-rendered NOTIFY body."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from presence.state import Record
+
+__all__ = ["EventPackage", "PackageOptions", "RenderedBody", "xml_escape", "as_uri"]
+
+_URI_SCHEME = re.compile(r"^(?:sips?|tel):", re.IGNORECASE)
+
+
+@dataclass(slots=True, frozen=True)
+class RenderedBody:
+    """Body bytes rendered once per state change; `for_version` splices the per-watcher version.
+
+    When `versioned` is False, `prefix` is the whole body and `suffix` is empty.
+    """
+
+    prefix: bytes
+    suffix: bytes = b""
+    versioned: bool = False
+
+    def for_version(self, version: int) -> bytes:
+        if not self.versioned:
+            return self.prefix
+        return b"%s%d%s" % (self.prefix, version, self.suffix)
+
+    def length(self, version: int) -> int:
+        """Byte length of `for_version(version)` without building it."""
+        if not self.versioned:
+            return len(self.prefix)
+        return len(self.prefix) + len(self.suffix) + len(str(version))
+
+
+@dataclass(slots=True)
+class PackageOptions:
+    """Rendering switches (Kamailio presence_dialoginfo's options of the same names)."""
+
+    force_dummy_dialog: bool = False
+    force_single_dialog: bool = False
+
+
+class EventPackage(Protocol):
+    name: str
+    content_type: str
+    accept: tuple[str, ...]
+    default_expires: int
+    default_record_expires: int | None
+
+    def render(
+        self, presentity: str, records: Sequence[Record], options: PackageOptions
+    ) -> RenderedBody: ...
+
+
+_XML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"})
+
+
+def xml_escape(value: str) -> str:
+    """Escape text for XML element content and double- or single-quoted attributes."""
+    return value.translate(_XML_ESCAPES)
+
+
+def as_uri(value: str) -> str:
+    """`value` as a URI: unchanged when it has a sip:/sips:/tel: scheme, else ``sip:`` + value."""
+    return value if _URI_SCHEME.match(value) else "sip:" + value

@@ -1,0 +1,196 @@
+"""Compose the processes `busylamp run` starts: a presence node, a bridge, or both (role all).
+
+Runs inside the monkey-patched gevent process that ``cli.run`` sets up. Everything here is wiring:
+the engine, the bridge and the buses do the work.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+
+from presence.config import ConfigError, RunConfig
+from presence.engine import EngineConfig
+from presence.node import PresenceNode
+from presence.packages.base import PackageOptions
+
+if TYPE_CHECKING:
+    from bridge.bus import Bus
+
+log = logging.getLogger("busylamp")
+
+
+def engine_config(config: RunConfig, bound: list[tuple[str, tuple[str, int]]]) -> EngineConfig:
+    """The engine's view of the run options; ``bound`` are the SIP listeners actually bound."""
+    contacts: dict[str, tuple[str, int]] = {}
+    for transport, (host, port) in bound:
+        if transport in contacts:
+            continue
+        if config.advertise is not None:
+            contacts[transport] = (config.advertise.host, config.advertise.port)
+        elif host in ("0.0.0.0", "::", ""):
+            contacts[transport] = (_guess_local_address(), port)
+        else:
+            contacts[transport] = (host, port)
+    return EngineConfig(
+        contacts=contacts,
+        min_expires=config.min_expires,
+        max_expires=config.max_expires,
+        default_expires=config.default_expires,
+        domain_aliases=dict(config.domain_alias),
+        trusted=tuple(config.trusted),
+        cross_domain=config.cross_domain,
+        nat_send_to_source=config.nat_send_to_source,
+        t1=config.t1,
+        t2=config.t2,
+        timer_f=config.timer_f,
+    )
+
+
+def _guess_local_address() -> str:
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        address = "127.0.0.1"
+    log.warning(
+        "SIP listens on a wildcard address; advertising %s in Contact/Via "
+        "(set --advertise HOST:PORT when phones reach this node another way)", address
+    )
+    return address
+
+
+def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
+    """Bind the SIP listeners and build the presence node (not started yet)."""
+    node = PresenceNode(
+        EngineConfig(contacts={"udp": ("127.0.0.1", 0)}),
+        package_options=PackageOptions(
+            force_dummy_dialog=config.force_dummy_dialog,
+            force_single_dialog=config.force_single_dialog,
+        ),
+        node_id=config.node_id or "busylamp",
+        on_control=bus.publish_control if bus is not None else None,
+    )
+    for listen in config.sip:
+        try:
+            node.listen(listen.transport, listen.host, listen.port)
+        except OSError as exc:
+            node.transports.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    "--sip", "a free port", message=(
+                        f"port {listen.port} already in use ({listen}): "
+                        "choose another with --sip")
+                ) from None
+            raise ConfigError("--sip", "an address of this host", message=(
+                f"cannot listen on {listen}: {exc.strerror or exc}: fix --sip")) from None
+    node.reconfigure(engine_config(config, node.listeners))
+    return node
+
+
+def make_bus(config: RunConfig) -> Any:
+    """The update bus: in-process (memory) or NSQ."""
+    if config.bus == "memory":
+        from bridge.bus import MemoryBus
+
+        return MemoryBus()
+    from bridge.nsq import NsqBus
+
+    return NsqBus.from_config(config)
+
+
+def run_roles(config: RunConfig) -> None:
+    """Run the configured role(s) until SIGTERM/SIGINT; never returns normally."""
+    bus = make_bus(config)
+    node: PresenceNode | None = None
+    api_server = None
+    bridge_service = None
+    stop = gevent.event.Event()
+
+    if config.role in ("all", "presence"):
+        node = build_node(config, bus)
+        if config.http is not None:
+            from presence.api import serve_api
+
+            try:
+                api_server = serve_api(config.http.host, config.http.port, node, config.http_token)
+            except OSError as exc:
+                node.transports.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError("--http", "a free port", message=(
+                        f"port {config.http.port} already in use ({config.http}): "
+                        "choose another with --http")) from None
+                raise
+        bus.subscribe(node.on_bus_message)
+        node.start()
+    if config.role in ("all", "bridge"):
+        from bridge.service import BridgeService
+
+        bridge_service = BridgeService.from_config(config, bus)
+        bridge_service.start()
+    if hasattr(bus, "start"):
+        bus.start()
+
+    _log_summary(config, node)
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    status = gevent.spawn(_status_loop, config, node, bridge_service, bus) \
+        if config.status_interval > 0 else None
+    stop.wait()
+    log.info("stopping (%s)", "terminating subscriptions" if config.shutdown == "terminate"
+             else "dropping subscriptions")
+    if status is not None:
+        status.kill()
+    if bridge_service is not None:
+        bridge_service.stop()
+    if node is not None:
+        node.stop(terminate=config.shutdown == "terminate", rate=config.shutdown_notify_rate)
+    if api_server is not None:
+        api_server.stop(timeout=1)
+    if hasattr(bus, "stop"):
+        bus.stop()
+
+
+def _log_summary(config: RunConfig, node: PresenceNode | None) -> None:
+    parts = [f"role={config.role}", f"bus={config.bus}", f"node={config.node_id}"]
+    if node is not None:
+        parts.append("sip=" + ",".join(f"{t}:{h}:{p}" for t, (h, p) in node.listeners))
+        contacts = node.engine.config.contacts
+        parts.append("advertise=" + ",".join(f"{t}:{h}:{p}" for t, (h, p) in contacts.items()))
+        parts.append(f"http={config.http or 'off'}")
+    if config.role != "presence":
+        parts.append("esl=" + ",".join(e.rpartition("@")[2] for e in config.esl))
+    if config.bus == "nsq":
+        parts.append("nsqd=" + ",".join(str(a) for a in config.nsqd))
+        parts.append("lookupd=" + ",".join(config.lookupd))
+        parts.append(f"topic={config.topic}")
+    log.info("busylamp started: %s", " ".join(parts))
+
+
+def _status_loop(config: RunConfig, node: PresenceNode | None, bridge_service, bus) -> None:
+    last_sent = 0
+    last_time = time.monotonic()
+    while True:
+        gevent.sleep(config.status_interval)
+        parts = []
+        if node is not None:
+            sent = node.engine.counters["notify_sent"]
+            now = time.monotonic()
+            rate = (sent - last_sent) / max(1e-9, now - last_time)
+            last_sent, last_time = sent, now
+            parts += [
+                f"subscriptions={len(node.engine.subscriptions)}",
+                f"presentities={sum(1 for _ in node.state.presentities())}",
+                f"notify_per_s={rate:.1f}",
+            ]
+        if bridge_service is not None and hasattr(bridge_service, "status"):
+            parts.append(bridge_service.status())
+        if hasattr(bus, "status"):
+            parts.append(bus.status())
+        log.info("status: %s", " ".join(parts))

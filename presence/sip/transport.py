@@ -1,0 +1,300 @@
+"""Thin gevent adapter: SIP over UDP and TCP sockets, one greenlet per socket / connection.
+
+Incoming messages go to `handler(data, source, transport, conn_id)` inline from the reading
+greenlet. TCP is framed by `StreamFramer`; outgoing TCP data is queued per connection and written
+by a short-lived writer greenlet so `send()` never blocks its caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as _stdsocket
+import time
+from collections.abc import Callable
+from itertools import count
+
+import gevent
+import gevent.pool
+from gevent import socket
+
+from .message import ParseError, StreamFramer
+
+__all__ = ["Handler", "SipTransports"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[bytes, tuple[str, int], str, int | None], None]
+
+SOCKET_BUFFER = 8 * 1024 * 1024
+CONNECT_TIMEOUT = 5.0
+ERROR_LOG_INTERVAL = 10.0
+
+
+def _family(host: str) -> int:
+    return _stdsocket.AF_INET6 if ":" in host else _stdsocket.AF_INET
+
+
+def _peer(addr: tuple) -> tuple[str, int]:
+    return addr[0], addr[1]
+
+
+class _Connection:
+    __slots__ = ("conn_id", "peer", "sock", "framer", "out", "out_bytes", "writer", "closed")
+
+    def __init__(self, conn_id: int, peer: tuple[str, int], sock: socket.socket | None,
+                 max_buffer: int):
+        self.conn_id = conn_id
+        self.peer = peer
+        self.sock = sock
+        self.framer = StreamFramer(max_buffer)
+        self.out: list[bytes] = []
+        self.out_bytes = 0
+        self.writer: gevent.Greenlet | None = None
+        self.closed = False
+
+
+class SipTransports:
+    """UDP and TCP listeners plus outgoing TCP connections for the presence engine."""
+
+    def __init__(self, handler: Handler, *, max_datagram: int = 65507,
+                 max_tcp_buffer: int = 65536, tcp_idle_timeout: float = 3600.0):
+        self.handler = handler
+        self.max_datagram = max_datagram
+        self.max_tcp_buffer = max_tcp_buffer
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.counters: dict[str, int] = {
+            "datagrams_oversized": 0,
+            "tcp_overflow_closed": 0,
+            "tcp_framing_closed": 0,
+            "tcp_connections": 0,
+            "send_errors": 0,
+            "handler_errors": 0,
+        }
+        self._udp: list[socket.socket] = []
+        self._listeners: list[socket.socket] = []
+        self._conns: dict[int, _Connection] = {}
+        self._by_peer: dict[tuple[str, int], _Connection] = {}
+        self._ids = count(1)
+        self._group = gevent.pool.Group()
+        self._closed = False
+        self._last_error_log = 0.0
+        self._suppressed_errors = 0
+
+    # ------------------------------------------------------------------ listening
+
+    def listen(self, transport: str, host: str, port: int) -> tuple[str, int]:
+        """Bind and start reading; returns the bound (host, port). Raises OSError on failure."""
+        transport = transport.lower()
+        family = _family(host)
+        if transport == "udp":
+            sock = socket.socket(family, _stdsocket.SOCK_DGRAM)
+            for option in (_stdsocket.SO_RCVBUF, _stdsocket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(_stdsocket.SOL_SOCKET, option, SOCKET_BUFFER)
+                except OSError:
+                    log.debug("kernel refused a %d byte socket buffer", SOCKET_BUFFER)
+        elif transport == "tcp":
+            sock = socket.socket(family, _stdsocket.SOCK_STREAM)
+            sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEADDR, 1)
+        else:
+            raise ValueError(f"unknown transport {transport!r}")
+        try:
+            sock.bind((host, port))
+            if transport == "tcp":
+                sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        if transport == "udp":
+            self._udp.append(sock)
+            self._group.spawn(self._udp_reader, sock)
+        else:
+            self._listeners.append(sock)
+            self._group.spawn(self._accept_loop, sock)
+        return _peer(sock.getsockname())
+
+    def _udp_reader(self, sock: socket.socket) -> None:
+        bufsize = max(self.max_datagram + 1, 65536)
+        while not self._closed:
+            try:
+                data, addr = sock.recvfrom(bufsize)
+            except OSError as exc:
+                if self._closed or sock.fileno() < 0:
+                    return
+                log.debug("udp recvfrom failed: %s", exc)
+                continue
+            if len(data) > self.max_datagram:
+                self.counters["datagrams_oversized"] += 1
+                continue
+            if not data.strip(b"\r\n"):
+                continue  # CRLF keep-alive
+            self._dispatch(data, _peer(addr), "udp", None)
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._closed:
+            try:
+                sock, addr = listener.accept()
+            except OSError as exc:
+                if self._closed or listener.fileno() < 0:
+                    return
+                log.debug("tcp accept failed: %s", exc)
+                gevent.sleep(0.01)
+                continue
+            conn = self._register(_peer(addr), sock)
+            self._group.spawn(self._tcp_reader, conn)
+
+    # ------------------------------------------------------------------ tcp connections
+
+    def _register(self, peer: tuple[str, int], sock: socket.socket | None) -> _Connection:
+        conn = _Connection(next(self._ids), peer, sock, self.max_tcp_buffer)
+        self._conns[conn.conn_id] = conn
+        self._by_peer[peer] = conn
+        if sock is not None:
+            sock.settimeout(self.tcp_idle_timeout)
+            self.counters["tcp_connections"] += 1
+        return conn
+
+    def _tcp_reader(self, conn: _Connection) -> None:
+        sock = conn.sock
+        assert sock is not None
+        framer = conn.framer
+        try:
+            while not conn.closed:
+                try:
+                    data = sock.recv(65536)
+                except (TimeoutError, OSError):
+                    return
+                if not data:
+                    return
+                pings = framer.pings
+                try:
+                    messages = framer.feed(data)
+                except ParseError as exc:
+                    key = "tcp_overflow_closed" if exc.status == 413 else "tcp_framing_closed"
+                    self.counters[key] += 1
+                    log.debug("closing tcp connection %s: %s", conn.peer, exc.reason)
+                    return
+                if framer.pings != pings:
+                    self._queue(conn, b"\r\n" * (framer.pings - pings))
+                for message in messages:
+                    self._dispatch(message, conn.peer, "tcp", conn.conn_id)
+        finally:
+            self._close_conn(conn)
+
+    def _connect_and_read(self, conn: _Connection) -> None:
+        try:
+            sock = socket.create_connection(conn.peer, timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            log.debug("tcp connect to %s failed: %s", conn.peer, exc)
+            self.counters["send_errors"] += 1
+            self._close_conn(conn)
+            return
+        if conn.closed:
+            sock.close()
+            return
+        conn.sock = sock
+        sock.settimeout(self.tcp_idle_timeout)
+        self.counters["tcp_connections"] += 1
+        self._start_writer(conn)
+        self._tcp_reader(conn)
+
+    def _close_conn(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._conns.pop(conn.conn_id, None)
+        if self._by_peer.get(conn.peer) is conn:
+            del self._by_peer[conn.peer]
+        conn.out.clear()
+        if conn.sock is not None:
+            conn.sock.close()
+
+    def _queue(self, conn: _Connection, data: bytes) -> bool:
+        if conn.out_bytes + len(data) > 4 * self.max_tcp_buffer:
+            return False
+        conn.out.append(data)
+        conn.out_bytes += len(data)
+        if conn.sock is not None:
+            self._start_writer(conn)
+        return True
+
+    def _start_writer(self, conn: _Connection) -> None:
+        if conn.out and (conn.writer is None or conn.writer.dead):
+            conn.writer = self._group.spawn(self._write, conn)
+
+    def _write(self, conn: _Connection) -> None:
+        sock = conn.sock
+        assert sock is not None
+        while conn.out and not conn.closed:
+            chunk = b"".join(conn.out)
+            conn.out.clear()
+            conn.out_bytes = 0
+            try:
+                sock.sendall(chunk)
+            except OSError as exc:
+                log.debug("tcp send to %s failed: %s", conn.peer, exc)
+                self.counters["send_errors"] += 1
+                self._close_conn(conn)
+                return
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, transport: str, dest: tuple[str, int], data: bytes,
+             conn_id: int | None = None) -> bool:
+        """Send or queue `data`; False when it could not be sent or queued."""
+        if self._closed:
+            return False
+        if transport.lower() == "udp":
+            return self._send_udp(dest, data)
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        if conn is None:
+            conn = self._by_peer.get((dest[0], dest[1]))
+        if conn is None:
+            conn = self._register((dest[0], dest[1]), None)
+            self._group.spawn(self._connect_and_read, conn)
+        if self._queue(conn, data):
+            return True
+        self.counters["send_errors"] += 1
+        return False
+
+    def _send_udp(self, dest: tuple[str, int], data: bytes) -> bool:
+        if not self._udp:
+            self.counters["send_errors"] += 1
+            return False
+        family = _family(dest[0])
+        sock = next((s for s in self._udp if s.family == family), self._udp[0])
+        try:
+            sock.sendto(data, (dest[0], dest[1]))
+        except OSError as exc:
+            log.debug("udp send to %s failed: %s", dest, exc)
+            self.counters["send_errors"] += 1
+            return False
+        return True
+
+    # ------------------------------------------------------------------ misc
+
+    def _dispatch(self, data: bytes, source: tuple[str, int], transport: str,
+                  conn_id: int | None) -> None:
+        try:
+            self.handler(data, source, transport, conn_id)
+        except Exception:
+            self.counters["handler_errors"] += 1
+            now = time.monotonic()
+            if now - self._last_error_log >= ERROR_LOG_INTERVAL:
+                log.exception("SIP handler failed (%d similar errors suppressed)",
+                              self._suppressed_errors)
+                self._last_error_log = now
+                self._suppressed_errors = 0
+            else:
+                self._suppressed_errors += 1
+
+    def close(self) -> None:
+        """Close every socket and stop every greenlet this object started."""
+        self._closed = True
+        for sock in self._udp + self._listeners:
+            sock.close()
+        for conn in list(self._conns.values()):
+            self._close_conn(conn)
+        self._udp.clear()
+        self._listeners.clear()
+        self._group.kill(block=True, timeout=2.0)

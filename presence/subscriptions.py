@@ -1,0 +1,200 @@
+"""The subscription table: every active SUBSCRIBE dialog, its indexes and its expiry wheel.
+
+Sans-IO. A subscription is one small ``__slots__`` object; the table keeps three indexes (by our
+To-tag, by watched presentity, by expiry second). Expiry uses a per-second bucket wheel with lazy
+deletion: refreshing a subscription only appends it to a new bucket, and a bucket entry whose
+subscription moved on is skipped when the bucket comes due. No timer object per subscription.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Iterator
+
+from presence.packages.base import EventPackage
+
+
+class Subscription:
+    """One SUBSCRIBE dialog (RFC 6665), seen from the notifier."""
+
+    __slots__ = (
+        "tag",
+        "call_id",
+        "remote_tag",
+        "package",
+        "presentity",
+        "local_uri",
+        "remote_uri",
+        "target",
+        "route",
+        "transport",
+        "dest",
+        "conn_id",
+        "cseq",
+        "remote_cseq",
+        "version",
+        "expires_at",
+        "inflight",
+        "dirty",
+        "final_reason",
+        "created_at",
+        "source",
+    )
+
+    def __init__(
+        self,
+        tag: str,
+        call_id: str,
+        remote_tag: str,
+        package: EventPackage,
+        presentity: str,
+        local_uri: str,
+        remote_uri: str,
+        target: str,
+        route: tuple[str, ...] | None,
+        transport: str,
+        dest: tuple[str, int],
+        conn_id: int | None,
+        remote_cseq: int,
+        expires_at: float,
+        now: float,
+        source: tuple[str, int],
+    ) -> None:
+        self.tag = tag
+        self.call_id = call_id
+        self.remote_tag = remote_tag
+        self.package = package
+        self.presentity = presentity
+        self.local_uri = local_uri
+        self.remote_uri = remote_uri
+        self.target = target
+        self.route = route
+        self.transport = transport
+        self.dest = dest
+        self.conn_id = conn_id
+        self.cseq = 0
+        self.remote_cseq = remote_cseq
+        self.version = 0
+        self.expires_at = expires_at
+        self.inflight: str | None = None  # branch of the NOTIFY awaiting its final response
+        self.dirty = False  # state changed while a NOTIFY was in flight
+        self.final_reason: str | None = None  # set once terminated: the reason of the last NOTIFY
+        self.created_at = now
+        self.source = source
+
+    def as_dict(self, now: float) -> dict:
+        """A JSON-able view for the admin API."""
+        return {
+            "id": self.tag,
+            "event": self.package.name,
+            "presentity": self.presentity,
+            "watcher": self.remote_uri,
+            "call_id": self.call_id,
+            "contact": self.target,
+            "route": list(self.route or ()),
+            "transport": self.transport,
+            "destination": f"{self.dest[0]}:{self.dest[1]}",
+            "source": f"{self.source[0]}:{self.source[1]}",
+            "expires_in": max(0, int(self.expires_at - now)),
+            "version": self.version,
+            "cseq": self.cseq,
+            "notify_in_flight": self.inflight is not None,
+            "age": int(now - self.created_at),
+        }
+
+
+def new_tag() -> str:
+    """A random To-tag, unique enough to key the dialog table on its own."""
+    return os.urandom(8).hex()
+
+
+class SubscriptionTable:
+    """Active subscriptions indexed by dialog tag, by (event, presentity) and by expiry second."""
+
+    def __init__(self) -> None:
+        self._by_tag: dict[str, Subscription] = {}
+        self._watchers: dict[tuple[str, str], dict[str, Subscription]] = {}
+        self._wheel: dict[int, list[Subscription]] = {}
+        self._wheel_heap: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._by_tag)
+
+    def get(self, tag: str) -> Subscription | None:
+        return self._by_tag.get(tag)
+
+    def add(self, sub: Subscription) -> None:
+        self._by_tag[sub.tag] = sub
+        key = (sub.package.name, sub.presentity)
+        watchers = self._watchers.get(key)
+        if watchers is None:
+            watchers = self._watchers[key] = {}
+        watchers[sub.tag] = sub
+        self._schedule(sub)
+
+    def remove(self, sub: Subscription) -> bool:
+        """Drop a subscription from every index; False when it was not in the table."""
+        if self._by_tag.pop(sub.tag, None) is None:
+            return False
+        key = (sub.package.name, sub.presentity)
+        watchers = self._watchers.get(key)
+        if watchers is not None:
+            watchers.pop(sub.tag, None)
+            if not watchers:
+                del self._watchers[key]
+        return True
+
+    def refresh(self, sub: Subscription, expires_at: float) -> None:
+        sub.expires_at = expires_at
+        self._schedule(sub)
+
+    def watchers(self, package: str, presentity: str) -> list[Subscription]:
+        watchers = self._watchers.get((package, presentity))
+        return list(watchers.values()) if watchers else []
+
+    def watcher_count(self, package: str, presentity: str) -> int:
+        watchers = self._watchers.get((package, presentity))
+        return len(watchers) if watchers else 0
+
+    def watched(self) -> Iterator[tuple[str, str]]:
+        """Every (event, presentity) that has at least one watcher."""
+        return iter(list(self._watchers))
+
+    def __iter__(self) -> Iterator[Subscription]:
+        return iter(list(self._by_tag.values()))
+
+    def counts_by_package(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for (package, _), watchers in self._watchers.items():
+            counts[package] = counts.get(package, 0) + len(watchers)
+        return counts
+
+    # -- expiry wheel -------------------------------------------------------------------------
+
+    def _schedule(self, sub: Subscription) -> None:
+        second = int(sub.expires_at) + 1  # due strictly after expires_at
+        bucket = self._wheel.get(second)
+        if bucket is None:
+            bucket = self._wheel[second] = []
+            heapq.heappush(self._wheel_heap, second)
+        bucket.append(sub)
+
+    def next_expiry(self) -> float | None:
+        return float(self._wheel_heap[0]) if self._wheel_heap else None
+
+    def pop_expired(self, now: float) -> list[Subscription]:
+        """Remove and return the subscriptions whose expiry has passed."""
+        expired: list[Subscription] = []
+        heap = self._wheel_heap
+        while heap and heap[0] <= now:
+            second = heapq.heappop(heap)
+            for sub in self._wheel.pop(second, ()):
+                if (
+                    int(sub.expires_at) + 1 == second
+                    and sub.expires_at <= now
+                    and self._by_tag.get(sub.tag) is sub
+                ):
+                    self.remove(sub)
+                    expired.append(sub)
+        return expired

@@ -1,0 +1,267 @@
+"""esl.connection.EslClient against the simulator on an ephemeral port (short timings)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import gevent
+import gevent.server
+import pytest
+
+from esl.connection import EslClient, EslError, EslTarget
+from esl.protocol import EslEvent
+from esl.simulator import FreeSwitchSimulator
+
+EVENTS = ["CHANNEL_CALLSTATE", "PRESENCE_IN", "MESSAGE_WAITING"]
+FAST = {"backoff_initial": 0.02, "backoff_max": 0.1, "jitter": 0.0, "dead_after": 5.0,
+        "command_timeout": 1.0, "connect_timeout": 1.0}
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        gevent.sleep(0.005)
+
+
+@pytest.fixture
+def sim() -> Iterator[FreeSwitchSimulator]:
+    simulator = FreeSwitchSimulator(heartbeat_interval=None)
+    simulator.start()
+    yield simulator
+    simulator.stop()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[EslEvent] = []
+        self.connects = 0
+        self.disconnects: list[str] = []
+
+    def on_event(self, event: EslEvent) -> None:
+        self.events.append(event)
+
+    def on_connect(self, client: EslClient) -> None:
+        self.connects += 1
+        client.api("show channels as json")  # on_connect may issue commands
+
+    def on_disconnect(self, _client: EslClient, reason: str) -> None:
+        self.disconnects.append(reason)
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+def make_client(sim: FreeSwitchSimulator, rec: Recorder, password: str = "ClueCon",
+                **overrides: float) -> EslClient:
+    client = EslClient(EslTarget(sim.host, sim.port, password), EVENTS, rec.on_event,
+                       on_connect=rec.on_connect, on_disconnect=rec.on_disconnect,
+                       **{**FAST, **overrides})
+    client.start()
+    return client
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("secret@10.0.0.1:8021", EslTarget("10.0.0.1", 8021, "secret")),
+    ("fs.example.com:8021", EslTarget("fs.example.com", 8021, "ClueCon")),
+    ("[::1]:8021", EslTarget("::1", 8021, "ClueCon")),
+    ("p@ss@[2001:db8::1]:9000", EslTarget("2001:db8::1", 9000, "p@ss")),
+])
+def test_target_parse(text: str, expected: EslTarget) -> None:
+    assert EslTarget.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "host", "host:", "host:99999", "::1:8021", "[::1]8021",
+                                  "@host:8021", "host:port"])
+def test_target_parse_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="PASSWORD@HOST:PORT"):
+        EslTarget.parse(text)
+
+
+def test_connect_subscribe_and_receive(sim: FreeSwitchSimulator, rec: Recorder) -> None:
+    client = make_client(sim, rec)
+    try:
+        wait_for(lambda: client.state == "connected" and rec.connects == 1)
+        assert "event plain CHANNEL_CALLSTATE PRESENCE_IN MESSAGE_WAITING HEARTBEAT" in sim.commands
+        assert client.core_uuid == sim.core_uuid
+        call = sim.originate("1001", "1002")
+        sim.leave_voicemail("1001")
+        wait_for(lambda: len(rec.events) == 5)
+        assert [e.name for e in rec.events] == ["CHANNEL_CALLSTATE", "PRESENCE_IN"] * 2 + [
+            "MESSAGE_WAITING"]
+        assert rec.events[0].headers["Unique-ID"] == call.a.uuid
+        assert '"row_count":2' in client.api("show channels as json")
+        reply = client.send_event("MESSAGE_QUERY", {"Message-Account": "sip:1001@example.com"})
+        assert reply.startswith("+OK ")
+        wait_for(lambda: len(rec.events) == 6)
+        assert rec.events[-1].headers["MWI-Message-Account"] == "sip:1001@example.com"
+        assert client.counters["events"] == 6 and client.counters["reconnects"] == 0
+    finally:
+        client.stop()
+    assert client.state == "stopped"
+
+
+def test_callback_exceptions_do_not_kill_the_reader(sim: FreeSwitchSimulator,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+
+    def explode(event: EslEvent) -> None:
+        seen.append(event.name)
+        raise RuntimeError("boom")
+
+    client = EslClient(EslTarget(sim.host, sim.port, "ClueCon"), EVENTS, explode, **FAST)
+    client.start()
+    try:
+        wait_for(lambda: client.state == "connected")
+        with caplog.at_level(logging.ERROR, logger="esl.connection"):
+            for _ in range(3):
+                sim.leave_voicemail("1001")
+            wait_for(lambda: len(seen) == 3)
+        assert client.counters["callback_errors"] == 3
+        assert len([r for r in caplog.records if "callback failed" in r.getMessage()]) == 1
+        assert client.state == "connected"
+        assert client.api("global_getvar core_uuid") == sim.core_uuid
+    finally:
+        client.stop()
+
+
+def test_wrong_password_then_fixed(sim: FreeSwitchSimulator, rec: Recorder,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="esl.connection"):
+        client = make_client(sim, rec, password="wrong")
+        try:
+            wait_for(lambda: sim.auth_failures >= 3)
+            assert client.state == "auth_failed"
+            errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+            assert len(errors) == 1
+            assert errors[0].getMessage() == (
+                f"auth failed for {sim.host}:{sim.port}: check --esl PASSWORD@HOST:PORT")
+            with pytest.raises(EslError):
+                client.api("status")
+            sim.password = "wrong"  # the operator fixes the server side
+            wait_for(lambda: client.state == "connected")
+            assert rec.connects == 1
+        finally:
+            client.stop()
+
+
+def test_drop_reconnects_with_backoff(sim: FreeSwitchSimulator, rec: Recorder,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    client = make_client(sim, rec)
+    try:
+        wait_for(lambda: rec.connects == 1)
+        with caplog.at_level(logging.WARNING, logger="esl.connection"):
+            sim.drop_connections()
+            wait_for(lambda: rec.connects == 2)
+        assert client.state == "connected"
+        assert client.counters["reconnects"] == 1
+        assert rec.disconnects and sim.connections == 2
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "lost FreeSWITCH connection" in warnings[0].getMessage()
+        sim.leave_voicemail("1001")
+        wait_for(lambda: any(e.name == "MESSAGE_WAITING" for e in rec.events))
+    finally:
+        client.stop()
+
+
+def test_outage_logs_one_warning_across_many_retries(rec: Recorder,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    server = gevent.server.StreamServer(("127.0.0.1", 0), lambda s, a: None)
+    server.start()
+    port = server.server_port
+    server.stop()  # nothing listens on this port now: every attempt is refused
+    sim = FreeSwitchSimulator(port=port, heartbeat_interval=None)
+    with caplog.at_level(logging.WARNING, logger="esl.connection"):
+        client = EslClient(EslTarget("127.0.0.1", port, "ClueCon"), EVENTS, rec.on_event,
+                           on_connect=rec.on_connect, **FAST)
+        client.start()
+        try:
+            gevent.sleep(0.4)  # several backoff rounds (0.02, 0.04, 0.08, 0.1, ...)
+            assert client.state in ("connecting", "disconnected")
+            assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+            sim.start()
+            wait_for(lambda: client.state == "connected")
+        finally:
+            client.stop()
+            sim.stop()
+
+
+def test_silent_server_detected_within_dead_after(sim: FreeSwitchSimulator, rec: Recorder) -> None:
+    client = make_client(sim, rec, dead_after=0.2)
+    try:
+        wait_for(lambda: rec.connects == 1)
+        sim.go_silent()
+        started = time.monotonic()
+        wait_for(lambda: len(rec.disconnects) == 1, timeout=2.0)
+        assert 0.15 <= time.monotonic() - started < 1.0
+        assert "dead peer" in rec.disconnects[0]
+        sim.speak()
+        wait_for(lambda: rec.connects == 2)
+    finally:
+        client.stop()
+
+
+def test_api_fails_fast_when_socket_dies(sim: FreeSwitchSimulator, rec: Recorder) -> None:
+    client = make_client(sim, rec, command_timeout=5.0)
+    try:
+        wait_for(lambda: rec.connects == 1)
+        sim.go_silent()
+        pending = gevent.spawn(client.api, "status")
+        gevent.sleep(0.05)
+        started = time.monotonic()
+        sim.drop_connections()
+        with pytest.raises(EslError):
+            pending.get(timeout=2.0)
+        assert time.monotonic() - started < 0.5
+        sim.stop()  # nothing to reconnect to
+        wait_for(lambda: client.state != "connected")
+        started = time.monotonic()
+        with pytest.raises(EslError):
+            client.api("status")
+        assert time.monotonic() - started < 0.1
+    finally:
+        client.stop()
+
+
+def test_command_timeout_is_counted(sim: FreeSwitchSimulator, rec: Recorder) -> None:
+    client = make_client(sim, rec)
+    try:
+        wait_for(lambda: rec.connects == 1)
+        sim.go_silent()
+        with pytest.raises(EslError, match="timeout"):
+            client.api("status", timeout=0.1)
+        assert client.counters["command_timeouts"] == 1
+    finally:
+        client.stop()
+
+
+def test_restart_gives_new_core_uuid(sim: FreeSwitchSimulator, rec: Recorder) -> None:
+    client = make_client(sim, rec)
+    try:
+        wait_for(lambda: rec.connects == 1)
+        first = client.core_uuid
+        assert first == sim.core_uuid
+        sim.restart()
+        wait_for(lambda: rec.connects == 2)
+        assert client.core_uuid == sim.core_uuid != first
+    finally:
+        client.stop()
+
+
+def test_corrupt_frames_are_counted_and_good_ones_delivered(sim: FreeSwitchSimulator,
+                                                             rec: Recorder,
+                                                             shared_fixtures) -> None:
+    client = make_client(sim, rec)
+    try:
+        wait_for(lambda: rec.connects == 1)
+        sim.replay_file(shared_fixtures / "esl" / "streams" / "fsock_test_data_2012.txt")
+        wait_for(lambda: client.counters["corrupt_frames"] == 2)
+        wait_for(lambda: len(rec.events) == 44)  # the simulator's own filter is bypassed by replay
+        assert client.state == "connected"
+    finally:
+        client.stop()
