@@ -48,8 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, default=str))
     if not args.no_docs:
-        Path(args.docs).write_text(
-            report.markdown_results(results, command, METHOD.read_text()))
+        report.update_docs(Path(args.docs), METHOD.read_text(), cfg.mode,
+                           report.run_section(results, command))
         print(f"markdown: {args.docs}")
     return 0
 
@@ -71,7 +71,7 @@ def cmd_esl(args: argparse.Namespace) -> int:
 def cmd_nsq(args: argparse.Namespace) -> int:
     from bench.pipeline import nsq_throughput
 
-    print(json.dumps(nsq_throughput(args.updates)))
+    print(json.dumps(nsq_throughput(args.updates, args.nsqd)))
     return 0
 
 
@@ -109,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     esl.set_defaults(func=cmd_esl)
     nsq = sub.add_parser("nsq", help="updates/s through the NSQ consumer")
     nsq.add_argument("--updates", type=int, default=100_000)
+    nsq.add_argument("--nsqd", help="host:port of a running nsqd (default: nsqd on PATH, "
+                     "else the gevent broker double)")
     nsq.set_defaults(func=cmd_nsq)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("nsq").setLevel(logging.WARNING)
     return args.func(args)
 
 

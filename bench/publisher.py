@@ -109,10 +109,7 @@ def publish(address: tuple[str, int], plan: PublishPlan, count: int, rate: float
                 c.busy = True
                 in_flight += 1
                 done += 1
-            if done < count and idle:
-                timeout = max(0.0, start + done / rate - clock())
-            else:
-                timeout = 1.0
+            timeout = max(0.0, start + done / rate - clock()) if done < count and idle else 1.0
             events = sel.select(timeout)
             if not events and in_flight and not idle:
                 deadline_idle = deadline_idle or clock() + 10

@@ -113,27 +113,38 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_results(results: dict[str, dict], command: str, method: str) -> str:
+def run_section(results: dict[str, dict], command: str) -> str:
+    """Markdown for one run: command, date, machine, workload, servers, table."""
     m = machine()
-    r0 = next(iter(results.values()))
-    cfg = r0["config"]
+    cfg = next(iter(results.values()))["config"]
     parts = [
-        "# Benchmarks: busylamp and Kamailio 5.6 as presence servers",
-        "",
-        method.strip(),
-        "",
-        "## Latest run",
-        "",
         f"- Command: `{command}`",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"- Machine: {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']} GiB, "
         f"kernel {m['kernel']}, Python {m['python']}",
         f"- Workload: W={cfg['watchers']} phones x K={cfg['keys']} keys, pool "
         f"P={cfg['pool'] or cfg['watchers']}, fan-out {cfg['rate']:g} publishes/s x "
-        f"{cfg['duration']:g} s x {cfg['repeats']} repeats, mode {cfg['mode']}",
+        f"{cfg['duration']:g} s x {cfg['repeats']} repeats, subscribe phase at "
+        f"{cfg['subscribe_rate']:g}/s, ceiling search {'on' if cfg['ceiling'] else 'off'}",
     ]
     for name, r in results.items():
-        parts.append(f"- {name}: `{r['server'].get('command', '')}`"
-                     + (f" ({r['server'].get('version')})" if r["server"].get("version") else ""))
-    parts += ["", table(results), ""]
-    return "\n".join(parts)
+        server = r["server"]
+        parts.append(f"- {name}: `{server.get('command', '')}`"
+                     + (f" ({server['version']})" if server.get("version") else ""))
+    return "\n".join([*parts, "", table(results), ""])
+
+
+def update_docs(path: Path, method: str, mode: str, section: str) -> None:
+    """Rewrite ``path``: the method, then one results section per mode (others kept)."""
+    begin, end = f"<!-- bench:{mode} -->", f"<!-- /bench:{mode} -->"
+    kept: dict[str, str] = {}
+    if path.exists():
+        text = path.read_text()
+        for other in ("full", "quick"):
+            b, e = f"<!-- bench:{other} -->", f"<!-- /bench:{other} -->"
+            if b in text and e in text:
+                kept[other] = text[text.index(b):text.index(e) + len(e)]
+    kept[mode] = f"{begin}\n## Results: {mode} mode\n\n{section}{end}"
+    body = [method.strip(), ""]
+    body += [kept[m] + "\n" for m in ("full", "quick") if m in kept]
+    path.write_text("\n".join(body))

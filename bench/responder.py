@@ -80,7 +80,7 @@ def serve(sock: socket.socket, control: Connection, record: bool = True) -> None
     clock = time.monotonic
     recvfrom = sock.recvfrom
     sendto = sock.sendto
-    answered = 0
+    answered = send_errors = 0
     while True:
         ready, _, _ = select.select([sock, control], [], [], 1.0)
         if sock in ready:
@@ -94,9 +94,9 @@ def serve(sock: socket.socket, control: Connection, record: bool = True) -> None
                     continue
                 try:
                     sendto(reply, addr)
+                    answered += 1
                 except OSError:
-                    pass
-                answered += 1
+                    send_errors += 1
                 if record:
                     records.append(rec)
         if control in ready:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 import shutil
@@ -102,7 +103,7 @@ def tcp_open(port: int) -> bool:
         return False
 
 
-class Server:
+class Server(abc.ABC):
     """A server under test listening on udp SIP + TCP HTTP ports of 127.0.0.1."""
 
     name = "server"
@@ -116,14 +117,16 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
 
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line (without the taskset prefix)."""
 
     def start(self, timeout: float = 20) -> None:
         cmd = self.command()
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu), *cmd]
-        self._log = open(self.workdir / f"{self.name}.log", "wb")
+        # the log stays open as long as the server runs; stop() closes it
+        self._log = open(self.workdir / f"{self.name}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.workdir,
                                      start_new_session=True)
@@ -153,9 +156,8 @@ class Server:
     def pids(self) -> list[int]:
         if self.proc is None:
             return []
-        pids = descendants(self.proc.pid)
         # taskset execs the server in place, so proc.pid is the server itself
-        return pids
+        return descendants(self.proc.pid)
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pids())

@@ -237,6 +237,7 @@ class EslClient:
             self._supervisor = gevent.spawn(self._run)
 
     def stop(self) -> None:
+        """Say ``exit`` if connected, close the socket, end the supervisor."""
         self._stopping = True
         session = self._session
         if session is not None:
@@ -244,6 +245,9 @@ class EslClient:
         if self._supervisor is not None:
             self._supervisor.kill(block=True, timeout=2.0)
             self._supervisor = None
+        if self._session is not None:  # a session the supervisor was opening when killed
+            self._session.close("stopped")
+            self._session = None
         self.state = "stopped"
 
     def api(self, command: str, timeout: float | None = None) -> str:
@@ -306,7 +310,8 @@ class EslClient:
         auth_logged = False
         ever_connected = False
         while not self._stopping:
-            self.state = "connecting"
+            if self.state != "auth_failed":  # stays auth_failed until a login succeeds
+                self.state = "connecting"
             session = _Session(self.target, self._handle_event, self._count_corrupt,
                                self.connect_timeout, self.dead_after)
             self._session = session

@@ -134,20 +134,22 @@ def _parse_header_block(block: bytes) -> dict[str, str] | None:
 def parse_event(frame: EslFrame) -> EslEvent | None:
     """Parse a ``text/event-plain`` frame; None when it is not a well-formed event."""
     raw = frame.body
-    text = raw.decode("utf-8", "replace")
-    head, sep, rest = text.partition("\n\n")
+    end = raw.find(b"\n\n")
+    if end < 0:
+        end = len(raw) - 1 if raw.endswith(b"\n") else len(raw)
+    head = raw[:end].decode("utf-8", "replace")
     if not head:
         return None
-    if head[-1] == "\n":
-        head = head[:-1]
-    try:
-        headers = dict([line.split(": ", 1) for line in head.split("\n")])
-    except ValueError:
-        return _parse_event_lenient(head, rest, raw)
-    return _finish_event(headers, rest, raw)
+    # Serialized values are url-encoded, so ": " only ever separates a name from its value:
+    # one split gives name, value, name, value, ... (checked against the line count).
+    parts = head.replace("\n", ": ").split(": ")
+    if len(parts) != 2 * (head.count("\n") + 1):
+        return _parse_event_lenient(head, raw, end)
+    headers = dict(zip(parts[::2], parts[1::2], strict=True))
+    return _finish_event(headers, raw, end)
 
 
-def _parse_event_lenient(head: str, rest: str, raw: bytes) -> EslEvent | None:
+def _parse_event_lenient(head: str, raw: bytes, end: int) -> EslEvent | None:
     """Slow path for lines such as ``Name:`` (no space) or CRLF endings; None on a nameless line."""
     headers: dict[str, str] = {}
     for raw_line in head.split("\n"):
@@ -156,10 +158,11 @@ def _parse_event_lenient(head: str, rest: str, raw: bytes) -> EslEvent | None:
         if not sep or not name:
             return None
         headers[name] = value[1:] if value.startswith(" ") else value
-    return _finish_event(headers, rest, raw)
+    return _finish_event(headers, raw, end)
 
 
-def _finish_event(headers: dict[str, str], rest: str, raw: bytes) -> EslEvent | None:
+def _finish_event(headers: dict[str, str], raw: bytes, end: int) -> EslEvent | None:
+    """Percent-decode values, map ``_undef_`` to "", cut the inner body."""
     cache = _DECODED
     for key, value in headers.items():
         if "%" in value:
@@ -181,10 +184,10 @@ def _finish_event(headers: dict[str, str], rest: str, raw: bytes) -> EslEvent | 
             length = int(length_text)
         except ValueError:
             return None
-        data = rest.encode("utf-8")
-        if length < 0 or length > len(data):
+        start = end + 2
+        if length < 0 or start + length > len(raw):
             return None
-        body = data[:length].decode("utf-8", "replace")
+        body = raw[start:start + length].decode("utf-8", "replace")
     return EslEvent(name, headers, body, raw)
 
 

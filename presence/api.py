@@ -156,6 +156,10 @@ class ApiApp:
             return handler(environ, start_response)
         except HttpError as err:
             return _json(err.status, {"error": str(err)}, start_response, err.headers)
+        except Exception:
+            log.exception("%s %s failed", method, path)
+            return _json("500 Internal Server Error",
+                         {"error": f"{method} {path} failed; see the node log"}, start_response)
 
     def _authorize(self, environ: dict) -> None:
         given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
@@ -175,10 +179,6 @@ class ApiApp:
             accepted = self.node.publish(messages)
         except ValueError as err:
             raise HttpError("400 Bad Request", str(err)) from None
-        except Exception:
-            log.exception("publish of %d messages failed", len(messages))
-            raise HttpError("500 Internal Server Error", "publish failed; see the node log") \
-                from None
         body = b'{"accepted":%d}' % accepted
         start_response("202 Accepted", [("Content-Type", "application/json"),
                                         ("Content-Length", str(len(body)))])

@@ -303,9 +303,9 @@ class RunConfig:
     cross_domain: bool = field(default=False, metadata=_meta(
         "cross_domain", "allow watchers to subscribe to presentities of another domain",
         parse_bool, boolean=True))
-    nat_send_to_source: bool = field(default=True, metadata=_meta(
-        "nat_send_to_source", "send NOTIFYs to the SUBSCRIBE's source address, not its Contact",
-        parse_bool, boolean=True))
+    nat_send_to_source: bool = field(default=False, metadata=_meta(
+        "nat_send_to_source", "send NOTIFYs to the SUBSCRIBE's source address instead of its "
+        "Contact/route (phones behind NAT without an edge proxy)", parse_bool, boolean=True))
     t1: float = field(default=0.5, metadata=_meta(
         "t1", "SIP timer T1 (RTT estimate) in seconds", _seconds(0)))
     t2: float = field(default=4.0, metadata=_meta(

@@ -95,14 +95,50 @@ def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
 
 
 def make_bus(config: RunConfig) -> Any:
-    """The update bus: in-process (memory) or NSQ."""
+    """The update bus: in-process (memory) or NSQ (one tornado loop for the whole process)."""
     if config.bus == "memory":
         from bridge.bus import MemoryBus
 
         return MemoryBus()
-    from bridge.nsq import NsqBus
+    from bridge.nsq import NsqBus, NsqLoop
 
-    return NsqBus.from_config(config)
+    loop = NsqLoop()
+    loop.start()
+    return NsqBus(
+        loop,
+        [str(a) for a in config.nsqd],
+        config.topic,
+        config.channel or f"{config.node_id}#ephemeral",
+        lookupd_http=config.lookupd,
+        max_in_flight=config.max_in_flight,
+        reconnect_interval=config.nsq_reconnect_interval,
+        lookupd_poll_interval=config.lookupd_poll_interval,
+    )
+
+
+def build_bridge(config: RunConfig, bus: Any) -> Any:
+    """The ESL bridge: one event-socket client per --esl, publishing to ``bus``."""
+    from bridge.normalize import NormalizeConfig
+    from bridge.service import BridgeService
+    from esl.connection import EslTarget
+
+    targets = []
+    for text in config.esl:
+        try:
+            targets.append(EslTarget.parse(text))
+        except ValueError as exc:
+            raise ConfigError("--esl", "PASSWORD@HOST:PORT", text,
+                              message=f"invalid --esl: {exc}") from None
+    return BridgeService(
+        targets,
+        bus,
+        NormalizeConfig(
+            pickup_prefix=config.pickup_prefix,
+            initiator_ringing_state=config.initiator_ringing_state,
+        ),
+        bridge_id=config.node_id or "busylamp",
+        esl_options={"backoff_max": config.esl_backoff_max, "dead_after": config.esl_dead_after},
+    )
 
 
 def run_roles(config: RunConfig) -> None:
@@ -130,12 +166,8 @@ def run_roles(config: RunConfig) -> None:
         bus.subscribe(node.on_bus_message)
         node.start()
     if config.role in ("all", "bridge"):
-        from bridge.service import BridgeService
-
-        bridge_service = BridgeService.from_config(config, bus)
+        bridge_service = build_bridge(config, bus)
         bridge_service.start()
-    if hasattr(bus, "start"):
-        bus.start()
 
     _log_summary(config, node)
     gevent.signal_handler(signal.SIGTERM, stop.set)
@@ -153,8 +185,8 @@ def run_roles(config: RunConfig) -> None:
         node.stop(terminate=config.shutdown == "terminate", rate=config.shutdown_notify_rate)
     if api_server is not None:
         api_server.stop(timeout=1)
-    if hasattr(bus, "stop"):
-        bus.stop()
+    if hasattr(bus, "close"):
+        bus.close()
 
 
 def _log_summary(config: RunConfig, node: PresenceNode | None) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import tomllib
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +146,13 @@ def test_node_id_is_safe_for_nsq_channel_names():
     assert config.channel == "edge-a#ephemeral"
     with pytest.raises(ConfigError, match="--node-id"):
         load_config({"node_id": "bad id"}, {}, {})
+
+
+def test_example_config_file_parses_and_lists_every_option():
+    path = Path(__file__).resolve().parent.parent / "contrib" / "busylamp.example.toml"
+    text = path.read_text()
+    values = normalize_file_keys(tomllib.loads(text), str(path))
+    config = load_config({}, {}, values, hostname="h")
+    assert config.role == "all" and config.http == Address("127.0.0.1", 8080)
+    for name in FIELDS:
+        assert f"{name} = " in text, name

@@ -265,3 +265,44 @@ def test_corrupt_frames_are_counted_and_good_ones_delivered(sim: FreeSwitchSimul
         assert client.state == "connected"
     finally:
         client.stop()
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_target(rec: Recorder) -> None:
+    sim = FreeSwitchSimulator(host="::1", heartbeat_interval=None)
+    sim.start()
+    client = EslClient(EslTarget.parse(f"ClueCon@[::1]:{sim.port}"), EVENTS, rec.on_event, **FAST)
+    client.start()
+    try:
+        wait_for(lambda: client.state == "connected")
+        assert client.core_uuid == sim.core_uuid
+    finally:
+        client.stop()
+        sim.stop()
+
+
+def test_server_that_never_sends_auth_request(rec: Recorder) -> None:
+    held: list[object] = []
+    server = gevent.server.StreamServer(("127.0.0.1", 0),
+                                        lambda sock, _addr: (held.append(sock), gevent.sleep(5)))
+    server.start()
+    client = EslClient(EslTarget("127.0.0.1", server.server_port, "ClueCon"), EVENTS,
+                       rec.on_event, **{**FAST, "connect_timeout": 0.1})
+    client.start()
+    try:
+        wait_for(lambda: len(held) >= 2)  # timed out waiting for auth/request, then retried
+        assert client.state in ("connecting", "disconnected")
+    finally:
+        client.stop()
+        server.stop(timeout=0)
+    assert client.state == "stopped"
