@@ -69,12 +69,19 @@ def render_metrics(node: PresenceNode) -> str:
            [({"outcome": "accepted"}, pc["accepted"]),
             ({"outcome": "rejected"}, pc["rejected"]),
             ({"outcome": "malformed_bus"}, pc["bus_malformed"])])
-    stats = getattr(node.state, "stats", {}) or {}
-    for key in sorted(stats):
-        value = stats[key]
-        if isinstance(value, int | float):
-            metric(f"state_{key}", "gauge" if key.startswith("records") else "counter",
-                   f"Presence state: {key.replace('_', ' ')}.", [({}, value)])
+    stats = node.state.stats
+    metric("state_records", "gauge", "Live presentity records, by event package.",
+           [({"event": name}, stats.records.get(name, 0)) for name in sorted(engine.packages)])
+    metric("state_tombstones", "gauge", "Terminated records kept to stop late resurrections.",
+           [({}, stats.tombstones)])
+    metric("updates_dropped_total", "counter", "Updates not applied, by reason.",
+           [({"reason": "stale"}, stats.stale_dropped),
+            ({"reason": "after_terminated"}, stats.resurrect_dropped)])
+    metric("update_gaps_total", "counter",
+           "Updates missing from a bridge's sequence (lost on the bus); each triggers a resync.",
+           [({}, stats.gaps)])
+    metric("records_expired_total", "counter", "Records removed because their Expires ran out.",
+           [({}, stats.expired)])
     metric("presentities_watched", "gauge", "Presentities with at least one watcher.",
            [({}, sum(1 for _ in engine.subscriptions.watched()))])
     return "\n".join(lines) + "\n"
