@@ -54,6 +54,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    results, command = report.load_json([Path(p) for p in args.json])
+    payload = json.loads(Path(args.json[-1]).read_text())
+    print(report.table(results))
+    report.update_docs(Path(args.docs), METHOD.read_text(), args.mode,
+                       report.run_section(results, command, payload.get("date")))
+    print(f"markdown: {args.docs}")
+    return 0
+
+
 def cmd_responder(args: argparse.Namespace) -> int:
     from bench.responder import measure_ceiling
 
@@ -101,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-docs", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
     run.add_argument("--json-out", help="also write the results dict to this file")
     run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="rewrite docs/BENCHMARKS.md from saved JSON results")
+    rep.add_argument("json", nargs="+", help="bench/results/*.json (later files win per server)")
+    rep.add_argument("--mode", choices=["quick", "full"], required=True)
+    rep.add_argument("--docs", default=str(report.DOCS))
+    rep.set_defaults(func=cmd_report)
     resp = sub.add_parser("responder", help="NOTIFY/s ceiling of the responder itself")
     resp.add_argument("--count", type=int, default=200_000)
     resp.set_defaults(func=cmd_responder)

@@ -32,7 +32,19 @@ def machine() -> dict[str, object]:
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
     return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "mem_gib": round(mem_kb / 1024 / 1024, 1), "python": platform.python_version()}
+            "mem_gib": round(mem_kb / 1024 / 1024, 1), "python": platform.python_version(),
+            "loadavg": os.getloadavg()}
+
+
+def load_json(paths: list[Path]) -> tuple[dict[str, dict], str]:
+    """Merge the results of saved runs (later files win per server); return them + commands."""
+    results: dict[str, dict] = {}
+    commands = []
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        results.update(payload["results"])
+        commands.append(payload["command"])
+    return results, " ; ".join(dict.fromkeys(commands))
 
 
 def write_json(results: dict[str, dict], command: str, directory: Path = RESULTS) -> Path:
@@ -113,13 +125,14 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run_section(results: dict[str, dict], command: str) -> str:
+def run_section(results: dict[str, dict], command: str, date: str | None = None) -> str:
     """Markdown for one run: command, date, machine, workload, servers, table."""
     m = machine()
     cfg = next(iter(results.values()))["config"]
+    loads = {n: r.get("loadavg") for n, r in results.items() if r.get("loadavg")}
     parts = [
         f"- Command: `{command}`",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- Date: {date or time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"- Machine: {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']} GiB, "
         f"kernel {m['kernel']}, Python {m['python']}",
         f"- Workload: W={cfg['watchers']} phones x K={cfg['keys']} keys, pool "
@@ -131,6 +144,9 @@ def run_section(results: dict[str, dict], command: str) -> str:
         server = r["server"]
         parts.append(f"- {name}: `{server.get('command', '')}`"
                      + (f" ({server['version']})" if server.get("version") else ""))
+    if loads:
+        parts.append("- Load average (1/5/15 min) at the start of each server's run: "
+                     + ", ".join(f"{n} {tuple(round(x, 2) for x in v)}" for n, v in loads.items()))
     return "\n".join([*parts, "", table(results), ""])
 
 

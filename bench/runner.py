@@ -77,6 +77,7 @@ class ServerResult:
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     udp_rcvbuf_errors: int = 0
     wall_seconds: float = 0.0
+    loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def udp_rcvbuf_errors() -> int:
@@ -137,7 +138,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
     t_start = time.monotonic()
     os.sched_setaffinity(0, {LOAD_CPU})
     workload = cfg.workload
-    result = ServerResult(server={}, config=asdict(cfg))
+    result = ServerResult(server={}, config=asdict(cfg), loadavg=os.getloadavg())
     drops0 = udp_rcvbuf_errors()
     server.start()
     responder = None

@@ -79,7 +79,7 @@ def run_subscribe(server: tuple[str, int], csv_path: Path, calls: int, rate: flo
     cmd = [
         "sipp", f"{server[0]}:{server[1]}", "-sf", str(SCENARIO), "-inf", str(csv_path),
         "-i", "127.0.0.1", "-m", str(calls), "-r", f"{rate:g}", "-rp", "1000",
-        "-l", str(max(1000, min(calls, 50000))), "-nd", "-recv_timeout", "10000",
+        "-l", str(max(1000, min(calls, 10000))), "-nd", "-recv_timeout", "10000",
         "-max_recv_loops", "10000", "-max_sched_loops", "10000",
         "-buff_size", str(SOCKET_BUFFER), "-trace_stat", "-stf", str(stat), "-fd", "1",
         "-trace_err", "-error_file", str(err), "-nostdin",

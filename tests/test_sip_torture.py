@@ -138,8 +138,22 @@ def test_wsinv_structured_values(shared_fixtures: Path) -> None:
 
 def test_rejected_requests_that_cannot_be_addressed(shared_fixtures: Path) -> None:
     root = shared_fixtures / "sip-torture" / "rfc4475"
-    for name in ("insuf.dat", "badinv01.dat", "multi01.dat"):
+    for name in ("insuf.dat", "badinv01.dat"):
         with pytest.raises(ParseError) as info:
             parse_message((root / name).read_bytes())
         assert info.value.status == 400
         assert info.value.request is None, name
+
+
+def test_repeated_single_headers_are_answered_400_from_the_first_values(
+    shared_fixtures: Path,
+) -> None:
+    """RFC 4475 3.3.8 wants a 400 for multi01; the first From/To/Call-ID/CSeq address it."""
+    with pytest.raises(ParseError) as info:
+        parse_message((shared_fixtures / "sip-torture" / "rfc4475" / "multi01.dat").read_bytes())
+    assert info.value.status == 400
+    request = info.value.request
+    assert request is not None
+    response = build_response(request, 400, info.value.reason, source=("192.0.2.25", 5060))
+    assert response.startswith(b"SIP/2.0 400 ")
+    assert b"Call-ID: multi01.98asdh@192.0.2.1\r\n" in response

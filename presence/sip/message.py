@@ -745,11 +745,12 @@ def _check_common(msg: Request | Response) -> None:
 
 
 def _addressable(request: Request) -> bool:
-    """Enough to build a response: one From/To/Call-ID/CSeq of sane shape and a parseable top Via."""
+    """Enough to build a response: From/To/Call-ID/CSeq of sane shape (the first of each when a
+    message repeats them, RFC 4475 3.3.8 still wants its 400) and a parseable top Via."""
     index = request.headers._index
     for name in ("From", "To", "Call-ID", "CSeq"):
         values = index.get(name)
-        if values is None or len(values) != 1 or not values[0]:
+        if not values or not values[0]:
             return False
     if not _CSEQ_SHAPE_RE.fullmatch(index["CSeq"][0]):
         return False
