@@ -87,6 +87,7 @@ class PresenceEngine:
             t1=config.t1, t2=config.t2, timer_f=config.timer_f
         )
         self.on_control = on_control
+        self.accepting = True  # False while warming up: SUBSCRIBE/OPTIONS get 503
         self._out: list[Outgoing] = []
         self._branch_prefix = "z9hG4bK" + os.urandom(4).hex() + "."
         self._branch_seq = itertools.count(1)
@@ -251,6 +252,9 @@ class PresenceEngine:
             respond(420, None, [("Unsupported", ", ".join(o.strip() for o in unsupported))])
             return
         to_tag = req.to.tag
+        if not self.accepting and to_tag is None and method in ("SUBSCRIBE", "OPTIONS"):
+            respond(503, "Warming up", [("Retry-After", "5")])
+            return
         if to_tag is not None:
             self._in_dialog(req, to_tag, respond, source, transport, conn_id, now)
             return

@@ -8,6 +8,7 @@ what it wants sent. No greenlet or timer exists per subscription or per transact
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import time
@@ -24,6 +25,7 @@ from presence.packages.base import PackageOptions
 from presence.sip.transport import SipTransports
 from presence.state import PresenceState
 from presence.updates import Snapshot, Update, UpdateError, parse_update
+from presence.warmstart import PeerError, stream_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class PresenceNode:
         self._deadline: float | None = None
         self._loop: gevent.Greenlet | None = None
         self._stopping = False
+        self._warm_buffer: list[dict] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -181,12 +184,78 @@ class PresenceNode:
 
     def on_bus_message(self, message: dict) -> None:
         """Bus/NSQ handler: validate one update dict and apply it; ValueError when malformed."""
+        if self._warm_buffer is not None:
+            self._warm_buffer.append(message)
+            return
         try:
             item = parse_update(message)
         except UpdateError:
             self.publish_counters["bus_malformed"] += 1
             raise
         self.publish([item])
+
+    def prepare_warm_start(self) -> None:
+        """Stop accepting SUBSCRIBEs and start buffering bus messages (call before the bus runs)."""
+        self.ready = False
+        self.engine.accepting = False
+        if self._warm_buffer is None:
+            self._warm_buffer = []
+
+    def warm_start(
+        self, peers: list[str], *, token: str | None = None, resync: bool = False,
+        resync_wait: float = 3.0,
+    ) -> dict:
+        """Fill the state before accepting SUBSCRIBEs (see presence/warmstart.py for the order).
+
+        Buffers bus messages, imports the first reachable peer's snapshot (records, then its
+        bridge marks), optionally asks the bridges to resync and waits ``resync_wait`` for their
+        snapshots, then applies the buffer on top and starts accepting. Returns what happened.
+        """
+        self.prepare_warm_start()
+        report: dict = {"peer": None, "records": 0, "skipped": 0, "buffered": 0}
+        try:
+            for peer in peers:
+                try:
+                    report.update(self._import_peer(peer, token))
+                    report["peer"] = peer
+                    break
+                except PeerError as exc:
+                    log.warning("warm start: %s; trying the next source", exc)
+            if resync or report["peer"] is None and peers:
+                self._on_control({"Event-Name": "resync", "Switch-ID": "*",
+                                  "Reason": "warm start"})
+                gevent.sleep(resync_wait)
+        finally:
+            buffered, self._warm_buffer = self._warm_buffer or [], None
+            report["buffered"] = len(buffered)
+            for message in buffered:
+                with contextlib.suppress(UpdateError):  # counted as bus_malformed
+                    self.on_bus_message(message)
+            self.engine.accepting = True
+            self.ready = True
+        log.info("warm start done: %s", report)
+        return report
+
+    def _import_peer(self, peer: str, token: str | None) -> dict:
+        now = self.clock()
+        records = skipped = 0
+        marks: dict = {}
+        for index, item in enumerate(stream_snapshot(peer, token)):
+            if index == 0 and set(item) == {"marks"}:
+                marks = item["marks"] or {}
+                continue
+            try:
+                update = parse_update(item)
+            except UpdateError:
+                skipped += 1
+                continue
+            if isinstance(update, Update):
+                self.state.apply(update, now, track_gaps=False)
+                records += 1
+            if records % 1000 == 0:
+                gevent.sleep(0)  # a big snapshot must not starve the SIP readers
+        self.state.import_marks({k: (int(v[0]), int(v[1])) for k, v in marks.items()})
+        return {"records": records, "skipped": skipped}
 
     def _on_control(self, message: dict) -> None:
         message.setdefault("Node-ID", self.node_id)

@@ -163,8 +163,15 @@ def run_roles(config: RunConfig) -> None:
                         f"port {config.http.port} already in use ({config.http}): "
                         "choose another with --http")) from None
                 raise
+        warm = bool(config.peer) or (config.bus == "nsq" and config.role == "presence")
+        if warm:
+            node.prepare_warm_start()
         bus.subscribe(node.on_bus_message)
         node.start()
+        if warm:
+            # a node of a cluster fills its state (peer snapshot, else bridge resync) first
+            gevent.spawn(node.warm_start, list(config.peer), token=config.http_token,
+                         resync=not config.peer)
     if config.role in ("all", "bridge"):
         bridge_service = build_bridge(config, bus)
         bridge_service.start()

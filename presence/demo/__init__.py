@@ -1,0 +1,1 @@
+"""``busylamp demo``: a simulated office driving the real bridge, engine and SIP watchers."""
