@@ -45,6 +45,8 @@ class RunConfig:
     ceiling: bool = False
     ceiling_step: float = 1.5
     ceiling_max_rate: float = 40000.0
+    ceiling_p99_ms: float = 250.0  # a step with a worse p99 does not count as sustained
+    memory_settle: float = 6.0     # wait after the subscribe phase before reading memory
     connections: int = 16
     settle: float = 1.5           # quiet time that ends a phase
     kamailio_children: int = 1
@@ -59,7 +61,7 @@ class RunConfig:
 QUICK = RunConfig()
 FULL = RunConfig(watchers=75000, duration=15.0, repeats=3, subscribe_rate=4000.0,
                  probe_start=4000.0, probe_seconds=3.0, ceiling=True, kamailio_shm_mb=4096,
-                 mode="full")
+                 memory_settle=35.0, mode="full")
 
 
 @dataclass(slots=True)
@@ -75,7 +77,7 @@ class ServerResult:
     subscribe_ladders: list[list[dict[str, object]]] = field(default_factory=list)
     clean_subscribe_per_s: float = 0.0
     cpu_seconds: dict[str, float] = field(default_factory=dict)
-    udp_rcvbuf_errors: int = 0
+    udp_rcvbuf_errors: dict[str, int] = field(default_factory=dict)
     wall_seconds: float = 0.0
     loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -139,7 +141,14 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
     os.sched_setaffinity(0, {LOAD_CPU})
     workload = cfg.workload
     result = ServerResult(server={}, config=asdict(cfg), loadavg=os.getloadavg())
-    drops0 = udp_rcvbuf_errors()
+    drops = result.udp_rcvbuf_errors
+    mark = [udp_rcvbuf_errors()]
+
+    def phase_done(name: str) -> None:
+        now = udp_rcvbuf_errors()
+        drops[name] = now - mark[0]
+        mark[0] = now
+
     server.start()
     responder = None
     try:
@@ -156,6 +165,9 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
                             timeout=max(120, 3 * workload.subscriptions / cfg.subscribe_rate))
         result.subscribe = {**asdict(sub), "rate": sub.rate, "clean": sub.clean}
         cpu1 = server.cpu_seconds()
+        phase_done("subscribe")
+        # transactions of the subscribe phase (SUBSCRIBE and initial NOTIFY) expire first
+        time.sleep(cfg.memory_settle)
         mem1 = server.memory()
 
         # 2. verify: the responder answers on the phones' port from now on
@@ -167,6 +179,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
         held = analysis.held_subscriptions(analysis.decode(records), tag_prefix="v")
         result.held = len(held)
         cpu2 = server.cpu_seconds()
+        phase_done("verify")
         grown = {k: mem1[k] - mem0[k] for k in mem0}
         result.memory = {
             "before_kb": mem0, "after_subscribe_kb": mem1, "grown_kb": grown,
@@ -192,6 +205,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
             log.info("fan-out %d at %.0f/s: %s", rep, cfg.rate, fig)
         result.fanout_median = {
             k: analysis.median([f[k] for f in result.fanout]) for k in result.fanout[0]}
+        phase_done("fanout")
 
         # 4. ceiling
         if cfg.ceiling:
@@ -206,9 +220,11 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
                 result.ceiling.append(fig)
                 log.info("ceiling at %.0f/s: %s", rate, fig)
                 if (fig["delivery_ratio"] < 1.0 or fig["right_state_ratio"] < 1.0
+                        or fig["latency_ms_p99"] > cfg.ceiling_p99_ms
                         or pres.achieved_rate < 0.95 * rate):
                     break
                 rate *= cfg.ceiling_step
+            phase_done("ceiling")
 
         # 5. clean SUBSCRIBE/s
         cpu3 = server.cpu_seconds()
@@ -223,6 +239,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
             if best[-1]:
                 start = max(cfg.probe_start / 4, best[-1] / cfg.probe_step ** 2)
         result.clean_subscribe_per_s = analysis.median(best)
+        phase_done("subscribe_ladders")
         result.cpu_seconds = {
             "subscribe": cpu1 - cpu0, "verify": cpu2 - cpu1, "fanout": cpu_fan,
             "total": server.cpu_seconds() - cpu0, "probes": server.cpu_seconds() - cpu3,
@@ -231,7 +248,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
         if responder is not None:
             responder.stop()
         server.stop()
-        result.udp_rcvbuf_errors = udp_rcvbuf_errors() - drops0
+        phase_done("teardown")
         result.wall_seconds = time.monotonic() - t_start
     return result
 

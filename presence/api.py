@@ -19,6 +19,7 @@ token is configured):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import ipaddress
 import logging
@@ -332,7 +333,8 @@ class _NoDelayServer(WSGIServer):
 def serve_api(host: str, port: int, node: NodeControl, token: str | None, *,
               parse: Parser | None = None, heartbeat: float = HEARTBEAT_SECONDS) -> WSGIServer:
     """Start the HTTP API in the current hub and return the started server (`.server_port`,
-    `.stop()`). Refuses (ConfigError) a non-loopback bind without a token."""
+    `.stop()`). ConfigError (one line) for a non-loopback bind without a token, and for an
+    address that cannot be bound (in use, not of this host, unresolvable): it names --http."""
     if not token and not is_loopback(host):
         raise ConfigError("--http-token", f"a token when the HTTP API listens on {host} "
                           "(not loopback)", message=(
@@ -340,7 +342,22 @@ def serve_api(host: str, port: int, node: NodeControl, token: str | None, *,
                               "--http-token (only loopback binds may go without one)"))
     app = ApiApp(node, token, parse=parse, heartbeat=heartbeat)
     server = _NoDelayServer((host, port), app, log=None, error_log=_ErrorLog())
-    server.start()
+    try:
+        server.start()
+    except OSError as err:
+        raise _bind_error(host, port, err) from None
     log.info("HTTP API listening on %s:%d%s", host, server.server_port,
              " (bearer token required)" if token else "")
     return server
+
+
+def _bind_error(host: str, port: int, err: OSError) -> ConfigError:
+    """A one-line ConfigError naming --http for a listener that could not be bound."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if err.errno == errno.EADDRINUSE:
+        return ConfigError("--http", "a free port", message=(
+            f"port {port} already in use ({where}): choose another with --http"))
+    # gevent appends ": ('host', port)" to strerror; the message names the address already
+    reason = (err.strerror or str(err) or type(err).__name__).partition(": (")[0]
+    return ConfigError("--http", "an address of this host", message=(
+        f"cannot serve the HTTP API on {where}: {reason}: fix --http"))

@@ -29,6 +29,7 @@ from presence.sip.message import (
     parse_message,
     parse_name_addr,
     parse_uri,
+    sniff_response,
 )
 from presence.sip.transaction import ClientTransactions, ServerTransactions
 from presence.state import PresenceState
@@ -207,6 +208,13 @@ class PresenceEngine:
         self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None, now: float
     ) -> None:
         """Handle one SIP message (a whole datagram, or one framed message off a stream)."""
+        if data[:8] == b"SIP/2.0 ":
+            sniffed = sniff_response(data)
+            if sniffed is not None and sniffed[1].startswith(self._branch_prefix):
+                # the answer to one of our NOTIFYs: no need for a full parse
+                self.counters["sip_responses_received"] += 1
+                self._notify_response(sniffed[1], sniffed[0], now)
+                return
         try:
             message = parse_message(data, stream=transport != "udp")
         except ParseError as exc:
@@ -550,12 +558,15 @@ class PresenceEngine:
         if branch is None or method != "NOTIFY":
             self.counters["notify_unmatched_responses"] += 1
             return
-        sub = self.client_transactions.on_response(branch, resp.status, now)
+        self._notify_response(branch, resp.status, now)
+
+    def _notify_response(self, branch: str, status: int, now: float) -> None:
+        sub = self.client_transactions.on_response(branch, status, now)
         if sub is None:
-            if resp.status >= 200:
+            if status >= 200:
                 self.counters["notify_unmatched_responses"] += 1
             return
-        self._notify_done(sub, resp.status, now)
+        self._notify_done(sub, status, now)
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
         sub.inflight = None

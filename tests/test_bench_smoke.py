@@ -146,7 +146,7 @@ def test_tiny_run_against_kamailio_delivers_everything(tmp_path: Path):
 
     cfg = replace(QUICK, watchers=20, keys=2, rate=200.0, duration=1.0, repeats=1,
                   subscribe_rate=500.0, probe_start=500.0, probe_seconds=0.5,
-                  probe_max_rungs=1, settle=0.5, kamailio_shm_mb=64)
+                  probe_max_rungs=1, settle=0.5, memory_settle=0.0, kamailio_shm_mb=64)
     result = run_server(make_server("kamailio", cfg, tmp_path), cfg, tmp_path)
     assert result.subscribe["successful"] == 40
     assert result.held == 40
