@@ -34,7 +34,7 @@ class RunConfig:
     keys: int = 4
     pool: int = 0
     rate: float = 2500.0          # publishes/s in the fan-out phase
-    duration: float = 5.0         # seconds per fan-out repeat
+    duration: float = 4.0         # seconds per fan-out repeat
     repeats: int = 3              # fan-out repeats and SUBSCRIBE/s ladders
     subscribe_rate: float = 4000.0
     verify_rate: float = 2500.0
@@ -125,7 +125,7 @@ def _subscribe_ladder(server: Server, cfg: RunConfig, workdir: Path, ladder: int
         write_sipp_csv(str(csv_path), (f"probe{ladder}x{rung}x{i};rp{ladder}x{rung}x{i};{DOMAIN}"
                                        for i in range(calls)))
         res = run_subscribe(("127.0.0.1", server.sip_port), csv_path, calls, rate, workdir,
-                            cpu=LOAD_CPU, name=f"probe_{ladder}_{rung}")
+                            cpu=LOAD_CPU, name=f"probe_{ladder}_{rung}", recv_timeout_ms=4000)
         rungs.append(res)
         log.info("subscribe ladder %d rate %.0f: %d ok %d failed %d retrans -> %.0f/s",
                  ladder, rate, res.successful, res.failed, res.retransmissions, res.rate)

@@ -69,7 +69,8 @@ def parse_stat_file(path: Path, target_rate: float, calls: int, returncode: int)
 
 def run_subscribe(server: tuple[str, int], csv_path: Path, calls: int, rate: float,
                   workdir: Path, local_port: int = 0, cpu: int | None = 1,
-                  name: str = "subscribe", timeout: float = 600) -> SippResult:
+                  name: str = "subscribe", timeout: float = 600,
+                  recv_timeout_ms: int = 10000) -> SippResult:
     """Subscribe ``calls`` rows of ``csv_path`` at ``rate``/s; block until sipp exits."""
     stat = workdir / f"{name}_stat.csv"
     err = workdir / f"{name}_errors.log"
@@ -79,7 +80,7 @@ def run_subscribe(server: tuple[str, int], csv_path: Path, calls: int, rate: flo
     cmd = [
         "sipp", f"{server[0]}:{server[1]}", "-sf", str(SCENARIO), "-inf", str(csv_path),
         "-i", "127.0.0.1", "-m", str(calls), "-r", f"{rate:g}", "-rp", "1000",
-        "-l", str(max(1000, min(calls, 10000))), "-nd", "-recv_timeout", "10000",
+        "-l", str(max(1000, min(calls, 10000))), "-nd", "-recv_timeout", str(recv_timeout_ms),
         "-max_recv_loops", "10000", "-max_sched_loops", "10000",
         "-buff_size", str(SOCKET_BUFFER), "-trace_stat", "-stf", str(stat), "-fd", "1",
         "-trace_err", "-error_file", str(err), "-nostdin",

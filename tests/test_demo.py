@@ -82,3 +82,19 @@ def test_live_view_redraws_in_place():
     assert len(frames) == 2
     assert "\x1b[5;33m" in frames[1] and "ringing" in frames[1]  # blinking yellow
     assert "waiting for first NOTIFY" in frames[0]
+
+
+def test_demo_command_runs_headless_in_a_subprocess():
+    """`busylamp demo --headless` from the console script, as a newcomer types it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("busylamp", path=str(Path(sys.executable).parent)) or "busylamp"
+    done = subprocess.run([exe, "demo", "--headless", "--speed", "8"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "demo finished:" in done.stdout
+    assert "1002" in done.stdout and "ringing" in done.stdout
+    assert "Traceback" not in done.stderr
