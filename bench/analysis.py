@@ -1,9 +1,12 @@
 """Turn what the publisher sent and what the responder received into figures (pure functions).
 
-A NOTIFY is matched to its publish by the ``local-tag`` of the dialog (the publish's From-Tag);
-when a server does not render that tag the match falls back to the last publish of the same
-(presentity, state) sent before the NOTIFY arrived. Duplicates (a retransmitted NOTIFY that was
-answered twice) are counted once, keyed by (Call-ID, version).
+A NOTIFY is matched to the last publish of the same (presentity, state) sent before the NOTIFY
+arrived. Consecutive publishes of one (presentity, state) are a whole call cycle apart (three
+publishes of that presentity), far more than any latency accepted as sustained. The dialog's
+``local-tag`` (the publish's From-Tag) is only a cross-check: Kamailio's single-dialog selection
+shows the *oldest* unexpired terminated call, so its tag names an earlier publish; disagreements
+are counted as ``tag_mismatch``. Duplicates (a retransmitted NOTIFY answered twice) are counted
+once, keyed by (Call-ID, version).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class FanoutFigures:
     latency_ms_p50: float
     latency_ms_p99: float
     latency_ms_max: float
-    matched_by_tag: int
+    tag_mismatch: int
     unmatched: int
 
     def as_dict(self) -> dict[str, float]:
@@ -96,34 +99,29 @@ def fanout(sent: Sequence[Sent], notifies: Sequence[Notify], held: dict[str, int
     for p in held.values():
         watchers[p] = watchers.get(p, 0) + 1
     expected = sum(watchers.get(p, 0) for _, p, _, _ in sent)
-    by_tag = {f"{tag_prefix}{seq}": (p, state, t) for seq, p, state, t in sent}
-    by_state: dict[tuple[int, str], list[float]] = {}
+    by_state: dict[tuple[int, str], list[tuple[float, int]]] = {}
     last_state: dict[int, tuple[float, str]] = {}
-    for _, p, state, t in sent:
-        by_state.setdefault((p, state), []).append(t)
+    for seq, p, state, t in sent:
+        by_state.setdefault((p, state), []).append((t, seq))
         if p not in last_state or t >= last_state[p][0]:
             last_state[p] = (t, state)
     for times in by_state.values():
         times.sort()
 
     latencies: list[float] = []
-    matched_by_tag = unmatched = delivered = 0
+    tag_mismatch = unmatched = delivered = 0
     final: dict[str, tuple[int, float, str]] = {}
     for n in notifies:
         if n.call_id not in held:
             continue
-        if n.tag in by_tag:
-            matched_by_tag += 1
+        times = by_state.get((n.presentity, n.state), []) if n.presentity is not None else []
+        i = bisect.bisect_right(times, (n.t, float("inf")))
+        if i:
+            t_sent, seq = times[i - 1]
             delivered += 1
-            latencies.append(n.t - by_tag[n.tag][2])
-        elif n.presentity is not None and not n.tag.startswith("v"):
-            times = by_state.get((n.presentity, n.state), [])
-            i = bisect.bisect_right(times, n.t)
-            if i:
-                delivered += 1
-                latencies.append(n.t - times[i - 1])
-            else:
-                unmatched += 1
+            latencies.append(n.t - t_sent)
+            if n.tag and n.tag != f"{tag_prefix}{seq}":
+                tag_mismatch += 1
         else:
             unmatched += 1
         prev = final.get(n.call_id)
@@ -154,7 +152,7 @@ def fanout(sent: Sequence[Sent], notifies: Sequence[Notify], held: dict[str, int
         latency_ms_p50=percentile(latencies, 50) * 1000,
         latency_ms_p99=percentile(latencies, 99) * 1000,
         latency_ms_max=(latencies[-1] * 1000) if latencies else float("nan"),
-        matched_by_tag=matched_by_tag,
+        tag_mismatch=tag_mismatch,
         unmatched=unmatched,
     )
 

@@ -94,8 +94,8 @@ def publish(address: tuple[str, int], plan: PublishPlan, count: int, rate: float
             now = clock()
             while idle and done < count and start + done / rate <= now:
                 c = idle.pop()
-                seq, pres, state = plan.next()
-                body = json.dumps(dialog_update(pres, state, f"{tag_prefix}{seq}"),
+                seq, pres, state, call = plan.next()
+                body = json.dumps(dialog_update(pres, state, f"{tag_prefix}{seq}", call),
                                   separators=(",", ":")).encode()
                 t_send = clock()
                 try:

@@ -30,7 +30,7 @@ LOAD_CPU = 1
 
 @dataclass(slots=True)
 class RunConfig:
-    watchers: int = 1000
+    watchers: int = 2500
     keys: int = 4
     pool: int = 0
     rate: float = 2500.0          # publishes/s in the fan-out phase

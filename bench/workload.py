@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 DOMAIN = "bench.local"
 DIALOG_CYCLE = ("early", "confirmed", "terminated")
-PUBLISH_EXPIRES = 3600
+# Expires per published state: a ringing call, a call in progress, an ended call that is kept
+# briefly (Kazoo's omnipresence kept terminated dialogs 10 s) and then expires.
+PUBLISH_EXPIRES = {"early": 120, "confirmed": 3600, "terminated": 10}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +91,12 @@ def write_sipp_csv(path: str, rows: Iterator[str]) -> int:
     return count
 
 
-def dialog_update(presentity: int, state: str, tag: str) -> dict[str, object]:
-    """A Kazoo/pua_json dialog update for one line key.
+def dialog_update(presentity: int, state: str, tag: str, call: int = 0) -> dict[str, object]:
+    """A Kazoo/pua_json dialog update for call number ``call`` of one presentity.
 
-    The Call-ID is fixed per presentity (each presentity has one call slot that cycles through
-    early -> confirmed -> terminated), so the server keeps one record per presentity in steady
-    state. ``tag`` goes into From-Tag, which both servers render as ``local-tag`` in the
-    dialog-info body: the responder reads it back to match each NOTIFY to its publish.
+    Every call has its own Call-ID (a terminated dialog is never revived), so a presentity holds
+    its current call plus the terminated ones that have not expired yet. ``tag`` goes into
+    From-Tag, rendered as the dialog's ``local-tag``; the responder records it as a cross-check.
     """
     user = presentity_user(presentity)
     peer = f"peer{presentity}"
@@ -109,12 +110,12 @@ def dialog_update(presentity: int, state: str, tag: str) -> dict[str, object]:
         "To": f"sip:{peer}@{DOMAIN}",
         "To-User": peer,
         "To-Realm": DOMAIN,
-        "Call-ID": f"bench-call-{presentity}",
+        "Call-ID": f"bench-{presentity}-{call}",
         "From-Tag": tag,
         "To-Tag": f"r{presentity}",
         "State": state,
         "Direction": "initiator",
-        "Expires": PUBLISH_EXPIRES,
+        "Expires": PUBLISH_EXPIRES[state],
     }
 
 
@@ -129,15 +130,15 @@ class PublishPlan:
         self._seq = first_seq
         self._step = {p: 0 for p in self.presentities}
 
-    def next(self) -> tuple[int, int, str]:
-        """Return (seq, presentity, state) of the next publish."""
+    def next(self) -> tuple[int, int, str, int]:
+        """Return (seq, presentity, state, call number) of the next publish."""
         p = self.presentities[self._next]
         self._next = (self._next + 1) % len(self.presentities)
-        state = DIALOG_CYCLE[self._step[p] % len(DIALOG_CYCLE)]
+        call, phase = divmod(self._step[p], len(DIALOG_CYCLE))
         self._step[p] += 1
         seq = self._seq
         self._seq += 1
-        return seq, p, state
+        return seq, p, DIALOG_CYCLE[phase], call
 
     @property
     def next_seq(self) -> int:

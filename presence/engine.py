@@ -350,23 +350,23 @@ class PresenceEngine:
         dest, out_transport, out_conn = self._destination(
             contact.uri, route, source, transport, conn_id
         )
+        shared = self.subscriptions.shared
         sub = Subscription(
             tag=new_tag(),
             call_id=req.call_id,
             remote_tag=from_.tag,
             package=package,
-            presentity=presentity,
-            local_uri=req.to.uri,
-            remote_uri=from_.uri,
-            target=contact.uri,
-            route=route,
+            presentity=shared(presentity),
+            local_uri=shared(req.to.uri),
+            remote_uri=shared(from_.uri),
+            target=shared(contact.uri),
+            route=shared(route) if route else None,
             transport=out_transport,
-            dest=dest,
+            dest=shared(dest),
             conn_id=out_conn,
             remote_cseq=req.cseq[0],
             expires_at=now + expires,
-            now=now,
-            source=source,
+            source=shared(source),
         )
         self.counters["subscribe_accepted"] += 1
         respond(200, None, self._ok_headers(sub, expires), to_tag=sub.tag)

@@ -38,7 +38,6 @@ class Subscription:
         "inflight",
         "dirty",
         "final_reason",
-        "created_at",
         "source",
     )
 
@@ -58,7 +57,6 @@ class Subscription:
         conn_id: int | None,
         remote_cseq: int,
         expires_at: float,
-        now: float,
         source: tuple[str, int],
     ) -> None:
         self.tag = tag
@@ -80,7 +78,6 @@ class Subscription:
         self.inflight: str | None = None  # branch of the NOTIFY awaiting its final response
         self.dirty = False  # state changed while a NOTIFY was in flight
         self.final_reason: str | None = None  # set once terminated: the reason of the last NOTIFY
-        self.created_at = now
         self.source = source
 
     def as_dict(self, now: float) -> dict:
@@ -100,7 +97,6 @@ class Subscription:
             "version": self.version,
             "cseq": self.cseq,
             "notify_in_flight": self.inflight is not None,
-            "age": int(now - self.created_at),
         }
 
 
@@ -113,6 +109,7 @@ class SubscriptionTable:
     """Active subscriptions indexed by dialog tag, by (event, presentity) and by expiry second."""
 
     def __init__(self) -> None:
+        self._shared: dict[object, object] = {}
         self._by_tag: dict[str, Subscription] = {}
         self._watchers: dict[tuple[str, str], dict[str, Subscription]] = {}
         self._wheel: dict[int, list[Subscription]] = {}
@@ -120,6 +117,18 @@ class SubscriptionTable:
 
     def __len__(self) -> int:
         return len(self._by_tag)
+
+    def shared(self, value):
+        """One object for equal values (a phone's URIs and addresses, a presentity) across its
+        subscriptions: memory per subscription is the budget at a million of them. The table is
+        dropped when it outgrows the live subscriptions (values then simply stop being shared)."""
+        found = self._shared.get(value)
+        if found is not None:
+            return found
+        if len(self._shared) > 4 * len(self._by_tag) + 1024:
+            self._shared.clear()
+        self._shared[value] = value
+        return value
 
     def get(self, tag: str) -> Subscription | None:
         return self._by_tag.get(tag)
