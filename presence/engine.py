@@ -89,6 +89,8 @@ class PresenceEngine:
         )
         self.on_control = on_control
         self.accepting = True  # False while warming up: SUBSCRIBE/OPTIONS get 503
+        self._malformed_logged_at = float("-inf")
+        self._malformed_logged_count = 0
         self._out: list[Outgoing] = []
         self._branch_prefix = "z9hG4bK" + os.urandom(4).hex() + "."
         self._branch_seq = itertools.count(1)
@@ -219,6 +221,7 @@ class PresenceEngine:
             message = parse_message(data, stream=transport != "udp")
         except ParseError as exc:
             self.counters["sip_malformed"] += 1
+            self._log_malformed(source, exc.reason, now)
             if exc.request is not None:
                 self._respond(exc.request, exc.status, exc.reason, source, transport, conn_id, now)
             else:
@@ -234,6 +237,16 @@ class PresenceEngine:
         except ParseError as exc:
             self.counters["sip_malformed"] += 1
             self._respond(message, exc.status, exc.reason, source, transport, conn_id, now)
+
+    def _log_malformed(self, source: tuple[str, int], reason: str, now: float) -> None:
+        """One WARNING per minute at most, however much garbage arrives."""
+        if now < self._malformed_logged_at + 60.0:
+            return
+        count = self.counters["sip_malformed"] - self._malformed_logged_count
+        self._malformed_logged_at = now
+        self._malformed_logged_count = self.counters["sip_malformed"]
+        log.warning("malformed SIP from %s:%s (%s); %d malformed since the last report",
+                    source[0], source[1], reason, count)
 
     def _handle_request(
         self, req: Request, source: tuple[str, int], transport: str, conn_id: int | None,

@@ -225,11 +225,24 @@ def _status_loop(config: RunConfig, node: PresenceNode | None, bridge_service, b
             last_sent, last_time = sent, now
             parts += [
                 f"subscriptions={len(node.engine.subscriptions)}",
-                f"presentities={sum(1 for _ in node.state.presentities())}",
+                f"presentities={node.state.presentity_count()}",
                 f"notify_per_s={rate:.1f}",
             ]
-        if bridge_service is not None and hasattr(bridge_service, "status"):
-            parts.append(bridge_service.status())
-        if hasattr(bus, "status"):
-            parts.append(bus.status())
+        if bridge_service is not None:
+            states = [f"{c.target.host}:{c.target.port}={c.state}" for c in bridge_service.clients]
+            parts.append("esl=" + ",".join(states))
+        parts.extend(_nsq_status(bus))
         log.info("status: %s", " ".join(parts))
+
+
+def _nsq_status(bus: Any) -> list[str]:
+    publisher = getattr(bus, "publisher", None)
+    if publisher is None:
+        return []
+    parts = [f"nsq_publisher={'up' if publisher.connected else 'down'}"
+             f"(buffered={publisher.buffered},dropped={publisher.dropped})"]
+    consumers = getattr(bus, "consumers", [])
+    if consumers:
+        parts.append("nsq_consumers=" + ",".join(
+            f"{c.topic}:{c.received}msgs/{c.malformed}bad" for c in consumers))
+    return parts

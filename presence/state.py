@@ -263,6 +263,10 @@ class PresenceState:
         """Every stored record of the presentity, tombstones included."""
         return list(self._records.get((package, presentity), {}).values())
 
+    def presentity_count(self) -> int:
+        """How many (package, presentity) have records (O(1))."""
+        return len(self._records)
+
     def presentities(self) -> Iterator[_Key]:
         """(package, presentity) of every presentity that has records."""
         return iter(list(self._records))

@@ -177,3 +177,24 @@ def test_run_bus_nsq_counts_non_json_bodies_as_malformed(nsq_endpoints, tmp_path
                    == 1, timeout=5, message="the good update after the bad ones never applied")
         assert healthy(node.http_port)
         assert metric(node.http_port, MALFORMED) == 2
+
+
+@pytest.mark.xfail(strict=True, reason="an unreachable nsqd logs a tornado traceback "
+                   "(StreamClosedError in AsyncConn._connect_callback) on every reconnect "
+                   "attempt; needs a fix in bridge/nsq.py")
+def test_run_with_unreachable_nsqd_serves_and_logs_no_tracebacks(tmp_path):
+    from tests.sipp_util import free_port
+
+    closed = f"127.0.0.1:{free_port()}"
+    args = ["run", "--role", "presence", "--bus", "nsq", "--nsqd", closed,
+            "--sip", "udp:127.0.0.1:0", "--http", "off", "--status-interval", "0",
+            "--nsq-reconnect-interval", "0.2"]
+    node = Proc.start(args, tmp_path, "node")
+    try:
+        wait_until(lambda: node.stderr.count("connecting to nsqd") >= 4 or node.proc.poll()
+                   is not None, timeout=8, message="no nsqd reconnect attempts logged")
+        assert node.proc.poll() is None, node.stderr
+        assert node.stop(timeout=6) == 0, node.stderr
+        assert "Traceback" not in node.stderr
+    finally:
+        node.kill()

@@ -39,7 +39,7 @@ def busylamp_command() -> list[str]:
     script = Path(sys.executable).parent / "busylamp"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    return [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())"]
+    return [sys.executable, "-c", "import sys, cli; sys.exit(cli.main(prog_name=\"busylamp\"))"]
 
 
 def clean_env() -> dict[str, str]:

@@ -402,3 +402,15 @@ def test_shutdown_terminates_with_deactivated():
     assert h.engine.terminate_all("deactivated", h.clock.now) == 1
     out = h.out()
     assert out[0][2].headers.get("Subscription-State") == "terminated;reason=deactivated"
+
+
+def test_malformed_input_is_logged_at_a_rate_limit(caplog):
+    h = Harness()
+    with caplog.at_level("WARNING", logger="presence.engine"):
+        for _ in range(50):
+            h.send(b"garbage\r\n\r\n")
+        h.tick(61)
+        h.send(b"more garbage\r\n\r\n")
+    warnings = [r for r in caplog.records if "malformed SIP" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "50 malformed since the last report" in warnings[1].getMessage()
