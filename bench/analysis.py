@@ -6,7 +6,9 @@ publishes of that presentity), far more than any latency accepted as sustained. 
 ``local-tag`` (the publish's From-Tag) is only a cross-check: Kamailio's single-dialog selection
 shows the *oldest* unexpired terminated call, so its tag names an earlier publish; disagreements
 are counted as ``tag_mismatch``. Duplicates (a retransmitted NOTIFY answered twice) are counted
-once, keyed by (Call-ID, version).
+once, keyed by (Call-ID, version). Only the first NOTIFY of a subscription for a given publish
+counts as delivered (and gives the latency); later ones carrying the same state are ``extra``
+(Kamailio, for one, notifies every watcher again when an expired record is swept).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class FanoutFigures:
     latency_ms_p99: float
     latency_ms_max: float
     tag_mismatch: int
+    extra: int
     unmatched: int
 
     def as_dict(self) -> dict[str, float]:
@@ -109,7 +112,9 @@ def fanout(sent: Sequence[Sent], notifies: Sequence[Notify], held: dict[str, int
         times.sort()
 
     latencies: list[float] = []
-    tag_mismatch = unmatched = delivered = 0
+    tag_mismatch = unmatched = delivered = extra = 0
+    last_delivered = 0.0
+    seen: set[tuple[str, int]] = set()
     final: dict[str, tuple[int, float, str]] = {}
     for n in notifies:
         if n.call_id not in held:
@@ -118,10 +123,15 @@ def fanout(sent: Sequence[Sent], notifies: Sequence[Notify], held: dict[str, int
         i = bisect.bisect_right(times, (n.t, float("inf")))
         if i:
             t_sent, seq = times[i - 1]
-            delivered += 1
-            latencies.append(n.t - t_sent)
-            if n.tag and n.tag != f"{tag_prefix}{seq}":
-                tag_mismatch += 1
+            if (n.call_id, seq) in seen:
+                extra += 1
+            else:
+                seen.add((n.call_id, seq))
+                delivered += 1
+                last_delivered = max(last_delivered, n.t)
+                latencies.append(n.t - t_sent)
+                if n.tag and n.tag != f"{tag_prefix}{seq}":
+                    tag_mismatch += 1
         else:
             unmatched += 1
         prev = final.get(n.call_id)
@@ -139,7 +149,7 @@ def fanout(sent: Sequence[Sent], notifies: Sequence[Notify], held: dict[str, int
 
     latencies.sort()
     first_send = min((t for *_, t in sent), default=0.0)
-    last_recv = max((n.t for n in notifies if n.call_id in held), default=first_send)
+    last_recv = last_delivered or first_send  # extra NOTIFYs do not stretch the window
     span = last_recv - first_send
     return FanoutFigures(
         publishes=len(sent),
@@ -153,6 +163,7 @@ def fanout(sent: Sequence[Sent], notifies: Sequence[Notify], held: dict[str, int
         latency_ms_p99=percentile(latencies, 99) * 1000,
         latency_ms_max=(latencies[-1] * 1000) if latencies else float("nan"),
         tag_mismatch=tag_mismatch,
+        extra=extra,
         unmatched=unmatched,
     )
 

@@ -67,6 +67,8 @@ def _fmt(value: object, digits: int = 0) -> str:
 
 def _ceiling(r: dict) -> float | None:
     """Highest NOTIFY/s with 100% delivery and right state (and p99 within the limit)."""
+    if not r["config"].get("ceiling"):
+        return None
     limit = r["config"].get("ceiling_p99_ms", math.inf)
     steps = list(r.get("fanout", [])) + list(r.get("ceiling", []))
     good = [s["notify_per_s"] for s in steps
@@ -93,6 +95,7 @@ ROWS: list[tuple[str, Callable[[dict], object], int]] = [
     ("publishes/s achieved (median)", lambda r: r["fanout_median"]["publish_rate"], 0),
     ("NOTIFY/s delivered (median)", lambda r: r["fanout_median"]["notify_per_s"], 0),
     ("delivery ratio (median)", lambda r: r["fanout_median"]["delivery_ratio"], 4),
+    ("extra NOTIFYs, same state again (median)", lambda r: r["fanout_median"].get("extra"), 0),
     ("right-state ratio (median)", lambda r: r["fanout_median"]["right_state_ratio"], 4),
     ("publish->NOTIFY p50 ms (median)", lambda r: r["fanout_median"]["latency_ms_p50"], 2),
     ("publish->NOTIFY p99 ms (median)", lambda r: r["fanout_median"]["latency_ms_p99"], 2),

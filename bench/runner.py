@@ -34,11 +34,11 @@ class RunConfig:
     keys: int = 4
     pool: int = 0
     rate: float = 2500.0          # publishes/s in the fan-out phase
-    duration: float = 4.0         # seconds per fan-out repeat
+    duration: float = 3.0         # seconds per fan-out repeat
     repeats: int = 3              # fan-out repeats and SUBSCRIBE/s ladders
     subscribe_rate: float = 4000.0
     verify_rate: float = 2500.0
-    probe_start: float = 2000.0   # first rung of the SUBSCRIBE/s ladder
+    probe_start: float = 3000.0   # first rung of the SUBSCRIBE/s ladder
     probe_seconds: float = 1.0    # length of each rung
     probe_step: float = 1.3
     probe_max_rungs: int = 8

@@ -22,11 +22,36 @@ import gevent.event
 import gevent.selectors
 import nsq
 import tornado.ioloop
+import tornado.iostream
 import ujson
 
 log = logging.getLogger(__name__)
 
 MPUB_BATCH = 500
+
+
+class _RefusedConnectFilter(logging.Filter):
+    """Drop pynsq's traceback for a refused connect (tornado logs it as "Exception in callback"
+    from ``AsyncConn._connect_callback``): the publisher and consumer log each outage once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (
+            isinstance(exc, tornado.iostream.StreamClosedError)
+            and "_connect_callback" in record.getMessage()
+        )
+
+
+def quiet_pynsq_logs() -> None:
+    """pynsq logs every (re)connect attempt at INFO: keep its WARNINGs and errors only (our own
+    code logs one line per outage) unless debug logging is on, and drop the refused-connect
+    traceback. Idempotent."""
+    pynsq = logging.getLogger("nsq")
+    if pynsq.level == logging.NOTSET and not logging.getLogger().isEnabledFor(logging.DEBUG):
+        pynsq.setLevel(logging.WARNING)
+    tornado_app = logging.getLogger("tornado.application")
+    if not any(isinstance(f, _RefusedConnectFilter) for f in tornado_app.filters):
+        tornado_app.addFilter(_RefusedConnectFilter())
 
 
 class NsqLoop:
@@ -41,6 +66,7 @@ class NsqLoop:
     def start(self, timeout: float = 5.0) -> None:
         if self._greenlet is not None:
             return
+        quiet_pynsq_logs()
         self._greenlet = gevent.spawn(self._run)
         if not self._started.wait(timeout):
             raise RuntimeError("tornado loop did not start")
@@ -223,7 +249,15 @@ class _Reader(nsq.Reader):
     def __init__(self, reconnect_interval: float, **kwargs: Any) -> None:
         self._reconnect_interval = reconnect_interval
         self._closing = False
+        self._outage = False
         super().__init__(**kwargs)
+
+    def _on_connection_ready(self, conn: Any, **kwargs: Any) -> None:
+        super()._on_connection_ready(conn, **kwargs)
+        if self._outage:
+            self._outage = False
+            log.info("nsqd %s:%s back: consuming %s/%s again", conn.host, conn.port,
+                     self.topic, self.channel)
 
     def connect_to_nsqd(self, host: str, port: int) -> Any:
         self.connection_attempts.pop(f"{host}:{port}", None)
@@ -233,6 +267,10 @@ class _Reader(nsq.Reader):
 
     def _on_connection_close(self, conn: Any, **kwargs: Any) -> None:
         super()._on_connection_close(conn, **kwargs)
+        if not self._closing and not self.conns and not self._outage:
+            self._outage = True
+            log.warning("nsqd %s:%s unreachable: consumer of %s/%s retrying every %.1fs",
+                        conn.host, conn.port, self.topic, self.channel, self._reconnect_interval)
         if not self._closing and f"{conn.host}:{conn.port}" in self.nsqd_tcp_addresses:
             self.io_loop.call_later(self._reconnect_interval, self._retry, conn.host, conn.port)
 
@@ -261,8 +299,10 @@ class NsqConsumer:
                  on_message: Callable[[dict[str, Any]], None], nsqd_tcp: Iterable[str] = (),
                  lookupd_http: Iterable[str] = (), max_in_flight: int = 200,
                  lookupd_poll_interval: int = 15, reconnect_interval: float = 1.0,
-                 max_tries: int = 5) -> None:
+                 max_tries: int = 5,
+                 on_malformed: Callable[[str], None] | None = None) -> None:
         self.loop = loop
+        self.on_malformed = on_malformed
         self.topic = topic
         self.channel = channel
         self.on_message = on_message
@@ -302,6 +342,14 @@ class NsqConsumer:
             data = ujson.loads(message.body)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
+        except ValueError as exc:
+            # the handler never sees it: report it so the node's metrics count it too
+            self.malformed += 1
+            log.debug("undecodable message on %s/%s: %s", self.topic, self.channel, exc)
+            if self.on_malformed is not None:
+                self.on_malformed(str(exc))
+            return True
+        try:
             self.on_message(data)
         except ValueError as exc:
             self.malformed += 1
@@ -355,16 +403,19 @@ class NsqBus:
     def publish_control(self, message: dict[str, Any]) -> None:
         self._ensure(self.control_publisher).publish(message)
 
-    def _consume(self, topic: str, handler: Callable[[dict[str, Any]], None]) -> NsqConsumer:
+    def _consume(self, topic: str, handler: Callable[[dict[str, Any]], None],
+                 on_malformed: Callable[[str], None] | None = None) -> NsqConsumer:
         consumer = NsqConsumer(self.loop, topic, self.channel, handler,
                                nsqd_tcp=self.consumer_nsqd_tcp, lookupd_http=self.lookupd_http,
-                               **self.consumer_kwargs)
+                               on_malformed=on_malformed, **self.consumer_kwargs)
         consumer.start()
         self.consumers.append(consumer)
         return consumer
 
-    def subscribe(self, handler: Callable[[dict[str, Any]], None]) -> None:
-        self._consume(self.topic, handler)
+    def subscribe(self, handler: Callable[[dict[str, Any]], None],
+                  on_malformed: Callable[[str], None] | None = None) -> None:
+        """Consume updates; ``on_malformed`` hears of bodies that are not a JSON object."""
+        self._consume(self.topic, handler, on_malformed)
 
     def subscribe_control(self, handler: Callable[[dict[str, Any]], None]) -> None:
         self._consume(self.control_topic, handler)

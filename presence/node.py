@@ -257,6 +257,10 @@ class PresenceNode:
         self.state.import_marks({k: (int(v[0]), int(v[1])) for k, v in marks.items()})
         return {"records": records, "skipped": skipped}
 
+    def count_bus_malformed(self, reason: str) -> None:
+        """A bus message that never became a dict (not JSON, not an object)."""
+        self.publish_counters["bus_malformed"] += 1
+
     def _on_control(self, message: dict) -> None:
         message.setdefault("Node-ID", self.node_id)
         if self._control_sink is not None:

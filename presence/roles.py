@@ -166,7 +166,10 @@ def run_roles(config: RunConfig) -> None:
         warm = bool(config.peer) or (config.bus == "nsq" and config.role == "presence")
         if warm:
             node.prepare_warm_start()
-        bus.subscribe(node.on_bus_message)
+        if config.bus == "nsq":
+            bus.subscribe(node.on_bus_message, on_malformed=node.count_bus_malformed)
+        else:
+            bus.subscribe(node.on_bus_message)
         node.start()
         if warm:
             # a node of a cluster fills its state (peer snapshot, else bridge resync) first

@@ -111,11 +111,13 @@ def test_fanout_matches_the_latest_publish_of_the_state_even_with_a_stale_tag():
     held = {"a": 1}
     sent = [(0, 1, "terminated", 10.0), (1, 1, "early", 11.0), (2, 1, "terminated", 12.0)]
     records = [_rec(10.002, "a", 1, "terminated", 2, "p0"), _rec(11.003, "a", 1, "early", 3, "p1"),
-               _rec(12.004, "a", 1, "terminated", 4, "p0")]
+               _rec(12.004, "a", 1, "terminated", 4, "p0"),
+               _rec(14.0, "a", 1, "terminated", 5, "p2")]  # expiry sweep: same state again
     fig = analysis.fanout(sent, analysis.decode(records), held, publish_rate=1.0)
     assert fig.delivery_ratio == 1.0 and fig.right_state_ratio == 1.0
     assert fig.latency_ms_max == pytest.approx(4.0)
-    assert fig.tag_mismatch == 1
+    assert fig.tag_mismatch == 1 and fig.extra == 1
+    assert fig.notify_per_s == pytest.approx(3 / 2.004)
 
 
 def test_fanout_matches_by_state_when_the_server_renders_no_tag():
