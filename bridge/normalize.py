@@ -255,15 +255,13 @@ def dialog_update(
     return update
 
 
-def presence_update(
-    *, user: str, domain: str, call_id: str, state: str, expires: int
-) -> dict[str, Any]:
-    """One pua_json ``presence`` update (PIDF) for ``user@domain``."""
+def _self_addressed(package: str, user: str, domain: str, call_id: str) -> dict[str, Any]:
+    """The head of an update about ``user@domain`` itself (presence, message-summary)."""
     uri = f"sip:{user}@{domain}"
     return {
         "Event-Category": "presence",
         "Event-Name": "update",
-        "Event-Package": "presence",
+        "Event-Package": package,
         "Presentity": uri,
         "Presentity-User": user,
         "Presentity-Realm": domain,
@@ -274,9 +272,17 @@ def presence_update(
         "To-User": user,
         "To-Realm": domain,
         "Call-ID": call_id,
-        "State": state,
-        "Expires": expires,
     }
+
+
+def presence_update(
+    *, user: str, domain: str, call_id: str, state: str, expires: int
+) -> dict[str, Any]:
+    """One pua_json ``presence`` update (PIDF) for ``user@domain``."""
+    update = _self_addressed("presence", user, domain, call_id)
+    update["State"] = state
+    update["Expires"] = expires
+    return update
 
 
 def dialog_state(call_state: str, direction: str, previous: str | None, config: NormalizeConfig) -> str | None:
@@ -386,24 +392,9 @@ def _message_waiting(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
     if waiting not in ("yes", "no"):
         return NormalizeResult(skipped="bad messages-waiting")
     user, domain = aor
-    uri = f"sip:{user}@{domain}"
-    update: dict[str, Any] = {
-        "Event-Category": "presence",
-        "Event-Name": "update",
-        "Event-Package": "message-summary",
-        "Presentity": uri,
-        "Presentity-User": user,
-        "Presentity-Realm": domain,
-        "From": uri,
-        "From-User": user,
-        "From-Realm": domain,
-        "To": uri,
-        "To-User": user,
-        "To-Realm": domain,
-        "Call-ID": f"mwi+{user}@{domain}",
-        "Messages-Waiting": waiting,
-        "Message-Account": uri,
-    }
+    update = _self_addressed("message-summary", user, domain, f"mwi+{user}@{domain}")
+    update["Messages-Waiting"] = waiting
+    update["Message-Account"] = update["From"]
     voice = h.get("MWI-Voice-Message")
     if voice:
         match = _VOICE_MESSAGE.match(voice)

@@ -15,7 +15,6 @@ import uuid
 import gevent
 import pytest
 
-from tests.nsqd_double import NsqdDouble
 from tests.sipp_scenarios import Watcher
 from tests.sipp_util import start_sipp, wait_until
 from tests.test_cli_subprocess import (
@@ -32,20 +31,6 @@ from tests.test_cli_subprocess import (
 
 REAL = bool(os.environ.get("NSQD_TCP_ADDRESS"))
 MALFORMED = 'busylamp_publishes_total{outcome="malformed_bus"}'
-
-
-@pytest.fixture
-def nsq_endpoints():
-    """(nsqd tcp address, lookupd http address or None, double or None)."""
-    if REAL:
-        yield os.environ["NSQD_TCP_ADDRESS"], os.environ.get("NSQLOOKUPD_HTTP_ADDRESS"), None
-        return
-    double = NsqdDouble()
-    double.start()
-    try:
-        yield double.tcp_address, double.lookupd_address, double
-    finally:
-        double.stop()
 
 
 def topic_name() -> str:

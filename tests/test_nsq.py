@@ -11,7 +11,6 @@ import pytest
 import tornado.ioloop
 
 from bridge.nsq import NsqBus, NsqConsumer, NsqLoop, NsqPublisher
-from tests.nsqd_double import NsqdDouble
 
 REAL = bool(os.environ.get("NSQD_TCP_ADDRESS"))
 needs_double = pytest.mark.skipif(
@@ -26,20 +25,6 @@ def wait_for(predicate, timeout: float = 8.0):
             return value
         gevent.sleep(0.01)
     raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-def nsq_endpoints():
-    """(nsqd tcp address, lookupd http address, double or None)."""
-    if REAL:
-        yield os.environ["NSQD_TCP_ADDRESS"], os.environ.get("NSQLOOKUPD_HTTP_ADDRESS"), None
-        return
-    double = NsqdDouble()
-    double.start()
-    try:
-        yield double.tcp_address, double.lookupd_address, double
-    finally:
-        double.stop()
 
 
 @pytest.fixture

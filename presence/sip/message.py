@@ -122,18 +122,18 @@ def canonical_name(name: str) -> str | None:
     return canon
 
 
-def split_list(value: str) -> list[str]:
-    """Split a comma-separated header value, respecting quoted strings and <...>; drop empties."""
-    if "," not in value:
-        value = value.strip()
-        return [value] if value else []
+def _split_outside(text: str, sep: str, *, angle: bool) -> tuple[list[str], bool]:
+    """Split ``text`` at ``sep`` outside quoted strings (and outside <...> when ``angle``).
+
+    Returns the raw parts and whether a quoted string was left open.
+    """
     out: list[str] = []
     start = 0
     in_quote = in_angle = False
     i = 0
-    n = len(value)
+    n = len(text)
     while i < n:
-        ch = value[i]
+        ch = text[i]
         if in_quote:
             if ch == "\\":
                 i += 1
@@ -141,20 +141,25 @@ def split_list(value: str) -> list[str]:
                 in_quote = False
         elif ch == '"':
             in_quote = True
-        elif ch == "<":
+        elif angle and ch == "<":
             in_angle = True
-        elif ch == ">":
+        elif angle and ch == ">":
             in_angle = False
-        elif ch == "," and not in_angle:
-            part = value[start:i].strip()
-            if part:
-                out.append(part)
+        elif ch == sep and not in_angle:
+            out.append(text[start:i])
             start = i + 1
         i += 1
-    part = value[start:].strip()
-    if part:
-        out.append(part)
-    return out
+    out.append(text[start:])
+    return out, in_quote
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-separated header value, respecting quoted strings and <...>; drop empties."""
+    if "," not in value:
+        value = value.strip()
+        return [value] if value else []
+    parts, _ = _split_outside(value, ",", angle=True)
+    return [p for p in (part.strip() for part in parts) if p]
 
 
 class Headers:
@@ -261,28 +266,10 @@ def _split_params(text: str, what: str) -> dict[str, str | None]:
 
 
 def _split_quoted(text: str, sep: str) -> list[str]:
-    out: list[str] = []
-    start = 0
-    in_quote = False
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if in_quote:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                in_quote = False
-        elif ch == '"':
-            in_quote = True
-        elif ch == sep:
-            out.append(text[start:i])
-            start = i + 1
-        i += 1
-    if in_quote:
+    parts, open_quote = _split_outside(text, sep, angle=False)
+    if open_quote:
         raise _bad("Unbalanced Quotes")
-    out.append(text[start:])
-    return out
+    return parts
 
 
 _HOST_RE = re.compile(r"[A-Za-z0-9\-._]+")
