@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -274,15 +275,10 @@ class PresenceNode:
     ) -> tuple[list[dict], str | None]:
         offset = int(cursor) if cursor and cursor.isdigit() else 0
         now = self.clock()
-        rows: list[dict] = []
         it = self.engine.iter_subscriptions(presentity, watcher, event)
-        for index, sub in enumerate(it):
-            if index < offset:
-                continue
-            if len(rows) == limit:
-                return rows, str(index)
-            rows.append(sub.as_dict(now))
-        return rows, None
+        page = list(itertools.islice(it, offset, offset + limit + 1))  # the skip runs in C
+        rows = [sub.as_dict(now) for sub in page[:limit]]
+        return rows, (str(offset + limit) if len(page) > limit else None)
 
     def iter_subscription_rows(
         self, *, presentity: str | None = None, watcher: str | None = None,

@@ -25,3 +25,21 @@ def test_metrics_text_has_the_families_and_values():
     for line in text.splitlines():
         if not line.startswith("#"):
             assert re.fullmatch(r'busylamp_[a-z_]+(\{[a-z_]+="[^"]*"\})? -?[0-9.e+]+', line), line
+
+
+def test_subscription_pages_cover_every_row_once():
+    from tests.test_engine import PHONE, subscribe
+
+    with running_node() as node:
+        for i in range(25):
+            node.engine.receive(subscribe(call_id=f"c{i}", branch=f"z9hG4bK-{i}", from_tag=f"t{i}"),
+                                PHONE, "udp", None, node.clock())
+        node.engine.datagrams_to_send()
+        seen, cursor = [], None
+        while True:
+            rows, cursor = node.subscriptions(presentity=None, watcher=None, event=None,
+                                              cursor=cursor, limit=10)
+            seen += [r["call_id"] for r in rows]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(f"c{i}" for i in range(25))
