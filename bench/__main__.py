@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import shlex
+import signal
 import sys
 import tempfile
 from dataclasses import asdict, replace
@@ -29,6 +30,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.ceiling is not None:
         cfg = replace(cfg, ceiling=args.ceiling)
+    if args.memory_only:
+        cfg = replace(cfg, memory_only=True, ceiling=False, mode="memory")
     return cfg
 
 
@@ -61,6 +64,43 @@ def cmd_report(args: argparse.Namespace) -> int:
     report.update_docs(Path(args.docs), METHOD.read_text(), args.mode,
                        report.run_section(results, command, payload.get("date")))
     print(f"markdown: {args.docs}")
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    """Responder ceiling, ESL path and NSQ path; written to the 'stages' docs section."""
+    from bench.pipeline import esl_throughput, nsq_throughput
+    from bench.responder import measure_ceiling
+
+    command = "python -m bench " + shlex.join(sys.argv[1:])
+    resp = measure_ceiling(args.count)
+    esl = esl_throughput(args.events)
+    nsq = nsq_throughput(args.updates, args.nsqd)
+    m = report.machine()
+    lines = [
+        f"- Command: `{command}`",
+        f"- Machine: {m['nproc']} cores, {m['cpu_model']}, kernel {m['kernel']}, "
+        f"Python {m['python']}, load average {tuple(round(x, 2) for x in m['loadavg'])}",
+        "",
+        "| stage | rate |",
+        "|---|---|",
+        f"| NOTIFY responder (answer + record), alone on core 1 | "
+        f"{resp['notify_per_s']:,.0f} NOTIFY/s |",
+        f"| ESL framing + event parsing | {esl['parse']['events_per_s']:,.0f} events/s |",
+        f"| ESL parse + normalize | {esl['parse_normalize']['events_per_s']:,.0f} events/s |",
+        f"| ESL parse + normalize + parse_update + engine.apply (no watchers; "
+        f"{esl['parse_normalize_engine']['updates'] / max(1, esl['events']):.0f} updates/event) | "
+        f"{esl['parse_normalize_engine']['events_per_s']:,.0f} events/s |",
+        f"| NSQ consumer: decode + parse_update ({nsq['broker']}) | "
+        f"{nsq['updates_per_s']:,.0f} updates/s |",
+        "",
+    ]
+    section = "\n".join(lines)
+    print(section)
+    report.write_json({"stages": {"responder": resp, "esl": esl, "nsq": nsq}}, command,
+                      report.RESULTS)
+    if not args.no_docs:
+        report.update_docs(Path(args.docs), METHOD.read_text(), "stages", section)
     return 0
 
 
@@ -104,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--probe-seconds", type=float, help="seconds per SUBSCRIBE/s rung")
     run.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=None,
                      help="raise the publish rate until delivery or state breaks")
+    run.add_argument("--memory-only", action="store_true",
+                     help="only subscribe, verify and read memory (e.g. 1M subscriptions)")
     run.add_argument("--kamailio-children", type=int, help="Kamailio UDP workers (-n)")
     run.add_argument("--kamailio-shm-mb", type=int, help="Kamailio shared memory (-m)")
     run.add_argument("--results-dir", default=str(report.RESULTS))
@@ -113,9 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="rewrite docs/BENCHMARKS.md from saved JSON results")
     rep.add_argument("json", nargs="+", help="bench/results/*.json (later files win per server)")
-    rep.add_argument("--mode", choices=["quick", "full"], required=True)
+    rep.add_argument("--mode", choices=list(report.MODES), required=True)
     rep.add_argument("--docs", default=str(report.DOCS))
     rep.set_defaults(func=cmd_report)
+    stages = sub.add_parser("stages", help="responder ceiling + ESL + NSQ, into the docs")
+    stages.add_argument("--count", type=int, default=200_000, help="NOTIFYs blasted")
+    stages.add_argument("--events", type=int, default=100_000, help="ESL events")
+    stages.add_argument("--updates", type=int, default=50_000, help="NSQ updates")
+    stages.add_argument("--nsqd", help="host:port of a running nsqd")
+    stages.add_argument("--docs", default=str(report.DOCS))
+    stages.add_argument("--no-docs", action="store_true")
+    stages.set_defaults(func=cmd_stages)
     resp = sub.add_parser("responder", help="NOTIFY/s ceiling of the responder itself")
     resp.add_argument("--count", type=int, default=200_000)
     resp.set_defaults(func=cmd_responder)
@@ -128,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                      "else the gevent broker double)")
     nsq.set_defaults(func=cmd_nsq)
     args = p.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers and tools started here are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("nsq").setLevel(logging.WARNING)
     return args.func(args)

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 ORDER = ("busylamp", "kamailio")
+MODES = ("full", "memory", "quick", "stages")  # results sections of docs/BENCHMARKS.md, in this order
 
 
 def machine() -> dict[str, object]:
@@ -169,11 +170,12 @@ def update_docs(path: Path, method: str, mode: str, section: str) -> None:
     kept: dict[str, str] = {}
     if path.exists():
         text = path.read_text()
-        for other in ("full", "quick"):
+        for other in MODES:
             b, e = f"<!-- bench:{other} -->", f"<!-- /bench:{other} -->"
             if b in text and e in text:
                 kept[other] = text[text.index(b):text.index(e) + len(e)]
-    kept[mode] = f"{begin}\n## Results: {mode} mode\n\n{section}{end}"
+    title = "Bridge stages and tool ceilings" if mode == "stages" else f"Results: {mode} mode"
+    kept[mode] = f"{begin}\n## {title}\n\n{section}{end}"
     body = [method.strip(), ""]
-    body += [kept[m] + "\n" for m in ("full", "quick") if m in kept]
+    body += [kept[m] + "\n" for m in MODES if m in kept]
     path.write_text("\n".join(body))

@@ -47,6 +47,7 @@ class RunConfig:
     ceiling_max_rate: float = 40000.0
     ceiling_p99_ms: float = 250.0  # a step with a worse p99 does not count as sustained
     memory_settle: float = 6.0     # wait after the subscribe phase before reading memory
+    memory_only: bool = False      # subscribe + verify + memory; no fan-out, no ladders
     connections: int = 16
     settle: float = 1.5           # quiet time that ends a phase
     kamailio_children: int = 1
@@ -188,6 +189,11 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
                 for k, v in grown.items()},
             "verify_http_statuses": vres.statuses,
         }
+
+        if cfg.memory_only:
+            result.cpu_seconds = {"subscribe": cpu1 - cpu0, "verify": cpu2 - cpu1,
+                                  "total": server.cpu_seconds() - cpu0}
+            return result
 
         # 3. fan-out at the set rate, repeated
         count = int(cfg.rate * cfg.duration)

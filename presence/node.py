@@ -112,6 +112,8 @@ class PresenceNode:
     def stop(self, *, terminate: bool = False, rate: int = 500) -> None:
         """Stop the node; with ``terminate``, first end every subscription at ``rate`` NOTIFY/s
         (``terminated;reason=deactivated``) so phones move to another node at once."""
+        self.engine.accepting = False  # new SUBSCRIBEs get 503: the edge sends them elsewhere
+        self.ready = False
         if terminate:
             self.shutdown_subscriptions(rate)
         self._stopping = True
