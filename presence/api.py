@@ -1,4 +1,4 @@
-"""HTTP API of a presence node: a WSGI app over a `NodeControl`, served by gevent.pywsgi.
+"""HTTP API of a presence node: a WSGI app over a `NodeControl`, served by presence.httpserver.
 
 Routes (JSON unless said otherwise; `Authorization: Bearer TOKEN` on all but /health when a
 token is configured):
@@ -18,12 +18,10 @@ token is configured):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hmac
 import ipaddress
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -31,9 +29,9 @@ from urllib.parse import parse_qs
 
 import gevent
 import ujson
-from gevent.pywsgi import WSGIServer
 
 from presence.config import ConfigError
+from presence.httpserver import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -309,29 +307,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _ErrorLog:
-    """pywsgi error_log that goes to logging (pywsgi writes whole lines)."""
-
-    def write(self, text: str) -> None:
-        if text.strip():
-            log.warning("http: %s", text.rstrip())
-
-    def flush(self) -> None:
-        pass
-
-
-class _NoDelayServer(WSGIServer):
-    """pywsgi sends response headers and body in two writes: without TCP_NODELAY, Nagle plus
-    the client's delayed ACK stall every keep-alive request by ~40 ms."""
-
-    def handle(self, sock: socket.socket, address: tuple) -> None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().handle(sock, address)
-
-
 def serve_api(host: str, port: int, node: NodeControl, token: str | None, *,
-              parse: Parser | None = None, heartbeat: float = HEARTBEAT_SECONDS) -> WSGIServer:
+              parse: Parser | None = None, heartbeat: float = HEARTBEAT_SECONDS) -> HttpServer:
     """Start the HTTP API in the current hub and return the started server (`.server_port`,
     `.stop()`). ConfigError (one line) for a non-loopback bind without a token, and for an
     address that cannot be bound (in use, not of this host, unresolvable): it names --http."""
@@ -341,7 +318,7 @@ def serve_api(host: str, port: int, node: NodeControl, token: str | None, *,
                               f"refusing to serve the HTTP API on {host}:{port} without "
                               "--http-token (only loopback binds may go without one)"))
     app = ApiApp(node, token, parse=parse, heartbeat=heartbeat)
-    server = _NoDelayServer((host, port), app, log=None, error_log=_ErrorLog())
+    server = HttpServer((host, port), app)
     try:
         server.start()
     except OSError as err:
