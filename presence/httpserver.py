@@ -209,7 +209,10 @@ class HttpServer:
                 lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
             head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
             if not chunked:
-                sock.sendall(head + b"".join(result))
+                data = head + b"".join(result)
+                sent = sock.send(data)  # one syscall for the usual small answer
+                if sent < len(data):
+                    sock.sendall(data[sent:])
                 return keep_alive
             sock.sendall(head)
             use_chunks = environ["SERVER_PROTOCOL"] == "HTTP/1.1"

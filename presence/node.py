@@ -159,17 +159,24 @@ class PresenceNode:
             self._deadline = deadline
             self._wake.set()
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Send what the engine queued; True when anything was sent (and so maybe timed)."""
+        out = self.engine.datagrams_to_send()
+        if not out:
+            return False
         send = self.transports.send
-        for transport, dest, data, conn_id in self.engine.datagrams_to_send():
+        for transport, dest, data, conn_id in out:
             send(transport, dest, data, conn_id)
+        return True
 
     # -- inputs -------------------------------------------------------------------------------
 
     def _on_sip(self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:
         self.engine.receive(data, source, transport, conn_id, self.clock())
-        self._flush()
-        self._poke()
+        # only what the engine sent can have started a timer (a NOTIFY transaction, a stored
+        # response, a new subscription's expiry); a plain 200 to a NOTIFY only ends one
+        if self._flush():
+            self._poke()
 
     def publish(self, messages: list) -> int:
         """Apply validated updates/snapshots (from the HTTP API or the bus)."""

@@ -83,6 +83,13 @@ def test_responder_process_answers_over_udp():
     assert answered == 1 and records[0][1:] == (b"9-1@127.0.0.1", b"ext7", b"confirmed", 4, b"p12")
 
 
+def test_responder_ceiling_closed_loop_loses_nothing():
+    from bench.responder import measure_ceiling
+
+    res = measure_ceiling(2000, responder_cpu=None, blaster_cpu=None, window=100)
+    assert res["answered"] == 2000 and res["notify_per_s"] > 0
+
+
 def _rec(t, call, pres, state, version, tag):
     return (t, call.encode(), f"ext{pres}".encode(), state.encode(), version, tag.encode())
 

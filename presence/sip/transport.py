@@ -261,8 +261,11 @@ class SipTransports:
         if not self._udp:
             self.counters["send_errors"] += 1
             return False
-        family = _family(dest[0])
-        sock = next((s for s in self._udp if s.family == family), self._udp[0])
+        if len(self._udp) == 1:
+            sock = self._udp[0]
+        else:
+            family = _family(dest[0])
+            sock = next((s for s in self._udp if s.family == family), self._udp[0])
         try:
             sock.sendto(data, (dest[0], dest[1]))
         except OSError as exc:
