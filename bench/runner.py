@@ -167,12 +167,13 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
         result.subscribe = {**asdict(sub), "rate": sub.rate, "clean": sub.clean}
         cpu1 = server.cpu_seconds()
         phase_done("subscribe")
+        # the responder answers on the phones' port from now on (late retransmissions too)
+        responder = Responder(port=phone_port, cpu=LOAD_CPU)
         # transactions of the subscribe phase (SUBSCRIBE and initial NOTIFY) expire first
         time.sleep(cfg.memory_settle)
         mem1 = server.memory()
 
-        # 2. verify: the responder answers on the phones' port from now on
-        responder = Responder(port=phone_port, cpu=LOAD_CPU)
+        # 2. verify
         watched = workload.watched_presentities()
         plan = PublishPlan(watched)
         vres, records = _publish_phase(server, responder, plan, len(watched),

@@ -84,6 +84,9 @@ def run_subscribe(server: tuple[str, int], csv_path: Path, calls: int, rate: flo
         "-max_recv_loops", "10000", "-max_sched_loops", "10000",
         "-buff_size", str(SOCKET_BUFFER), "-trace_stat", "-stf", str(stat), "-fd", "1",
         "-trace_err", "-error_file", str(err), "-nostdin",
+        # answer NOTIFYs retransmitted after a call ended (our 200 OK was lost): otherwise the
+        # server times the subscription out; such a rung is still not clean (dead_call > 0)
+        "-aa",
     ]
     if local_port:
         cmd += ["-p", str(local_port)]

@@ -137,18 +137,17 @@ class NormalizeResult:
 class _Headers:
     """Case-insensitive view of an event's headers; empty and ``_undef_`` count as missing."""
 
-    __slots__ = ("_exact", "_lower")
+    __slots__ = ("_exact",)
 
     def __init__(self, headers: Mapping[str, str]) -> None:
         self._exact = headers
-        self._lower: dict[str, str] | None = None
 
     def get(self, name: str) -> str | None:
+        # FreeSWITCH spells headers one way; the exceptions are all lower case (valet_park's
+        # "unique-id"): two dict look-ups instead of lower-casing every header of every event
         value = self._exact.get(name)
         if value is None:
-            if self._lower is None:
-                self._lower = {str(k).lower(): v for k, v in self._exact.items()}
-            value = self._lower.get(name.lower())
+            value = self._exact.get(name.lower())
         if not isinstance(value, str) or value == "" or value == "_undef_":
             return None
         return value

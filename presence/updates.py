@@ -338,9 +338,13 @@ def _presence(obj: dict) -> tuple[str, dict[str, str]]:
 def _check_values(obj: dict) -> None:
     """Reject oversized strings and non-finite numbers anywhere in the object's top level."""
     for key, value in obj.items():
-        if isinstance(value, str) and len(value) > MAX_FIELD_LENGTH:
+        kind = type(value)  # exact types first: this runs for every field of every update
+        if kind is str or kind is int:
+            if kind is str and len(value) > MAX_FIELD_LENGTH:
+                raise UpdateError(f"longer than {MAX_FIELD_LENGTH} characters", str(key))
+        elif isinstance(value, str) and len(value) > MAX_FIELD_LENGTH:
             raise UpdateError(f"longer than {MAX_FIELD_LENGTH} characters", str(key))
-        if isinstance(value, float) and not math.isfinite(value):
+        elif isinstance(value, float) and not math.isfinite(value):
             raise UpdateError("must be a finite number", str(key))
 
 
@@ -352,6 +356,8 @@ def _present(obj: dict, name: str) -> bool:
 def _string(obj: dict, name: str, *, required: bool = False) -> Any:
     """A string field (integers are accepted and stringified); None/"" count as missing."""
     value = obj.get(name)
+    if type(value) is str and value and not _CONTROL.search(value):
+        return value  # the common case, checked in one step
     if value is None or value == "":
         if required:
             raise UpdateError("required", name)
