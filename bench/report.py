@@ -150,9 +150,10 @@ def run_section(results: dict[str, dict], command: str, date: str | None = None)
         f"- Machine: {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']} GiB, "
         f"kernel {m['kernel']}, Python {m['python']}",
         f"- Workload: W={cfg['watchers']} phones x K={cfg['keys']} keys, pool "
-        f"P={cfg['pool'] or cfg['watchers']}, fan-out {cfg['rate']:g} publishes/s x "
-        f"{cfg['duration']:g} s x {cfg['repeats']} repeats, subscribe phase at "
-        f"{cfg['subscribe_rate']:g}/s, ceiling search {'on' if cfg['ceiling'] else 'off'}",
+        f"P={cfg['pool'] or cfg['watchers']}, subscribe phase at {cfg['subscribe_rate']:g}/s, "
+        + ("memory only (no fan-out, no SUBSCRIBE/s ladders)" if cfg.get("memory_only") else
+           f"fan-out {cfg['rate']:g} publishes/s x {cfg['duration']:g} s x {cfg['repeats']} "
+           f"repeats, ceiling search {'on' if cfg['ceiling'] else 'off'}"),
     ]
     for name, r in results.items():
         server = r["server"]

@@ -163,7 +163,8 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
         phone_port = free_port()
         sub = run_subscribe(("127.0.0.1", server.sip_port), csv_path, workload.subscriptions,
                             cfg.subscribe_rate, workdir, local_port=phone_port, cpu=LOAD_CPU,
-                            timeout=max(120, 3 * workload.subscriptions / cfg.subscribe_rate))
+                            timeout=max(120, 3 * workload.subscriptions / cfg.subscribe_rate),
+                            linger=True)
         result.subscribe = {**asdict(sub), "rate": sub.rate, "clean": sub.clean}
         cpu1 = server.cpu_seconds()
         phase_done("subscribe")

@@ -8,7 +8,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-SCENARIO = Path(__file__).resolve().parent / "scenarios" / "subscribe_dialog.xml"
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+SCENARIO = SCENARIOS / "subscribe_dialog.xml"
+LINGER_SCENARIO = SCENARIOS / "subscribe_dialog_linger.xml"  # +4 s per call after the NOTIFY
+LINGER_SECONDS = 4.0
 SOCKET_BUFFER = 4 * 1024 * 1024
 
 
@@ -70,22 +73,27 @@ def parse_stat_file(path: Path, target_rate: float, calls: int, returncode: int)
 def run_subscribe(server: tuple[str, int], csv_path: Path, calls: int, rate: float,
                   workdir: Path, local_port: int = 0, cpu: int | None = 1,
                   name: str = "subscribe", timeout: float = 600,
-                  recv_timeout_ms: int = 10000) -> SippResult:
-    """Subscribe ``calls`` rows of ``csv_path`` at ``rate``/s; block until sipp exits."""
+                  recv_timeout_ms: int = 10000, linger: bool = False) -> SippResult:
+    """Subscribe ``calls`` rows of ``csv_path`` at ``rate``/s; block until sipp exits.
+
+    ``linger`` keeps every call 4 s after the initial NOTIFY to answer its retransmissions;
+    the reported elapsed time then excludes those 4 s.
+    """
     stat = workdir / f"{name}_stat.csv"
     err = workdir / f"{name}_errors.log"
     for path in (stat, err):
         if path.exists():
             path.unlink()
     cmd = [
-        "sipp", f"{server[0]}:{server[1]}", "-sf", str(SCENARIO), "-inf", str(csv_path),
-        "-i", "127.0.0.1", "-m", str(calls), "-r", f"{rate:g}", "-rp", "1000",
-        "-l", str(max(1000, min(calls, 10000))), "-nd", "-recv_timeout", str(recv_timeout_ms),
+        "sipp", f"{server[0]}:{server[1]}", "-sf", str(LINGER_SCENARIO if linger else SCENARIO),
+        "-inf", str(csv_path), "-i", "127.0.0.1", "-m", str(calls), "-r", f"{rate:g}",
+        "-rp", "1000", "-l", str(max(1000, min(calls, int(rate * (LINGER_SECONDS + 6))))),
+        "-nd", "-recv_timeout", str(recv_timeout_ms),
         "-max_recv_loops", "10000", "-max_sched_loops", "10000",
         "-buff_size", str(SOCKET_BUFFER), "-trace_stat", "-stf", str(stat), "-fd", "1",
         "-trace_err", "-error_file", str(err), "-nostdin",
-        # answer NOTIFYs retransmitted after a call ended (our 200 OK was lost): otherwise the
-        # server times the subscription out; such a rung is still not clean (dead_call > 0)
+        # answer NOTIFYs of calls sipp no longer knows with 200 (as a phone would) instead of
+        # letting the server time the subscription out
         "-aa",
     ]
     if local_port:
@@ -96,4 +104,7 @@ def run_subscribe(server: tuple[str, int], csv_path: Path, calls: int, rate: flo
         proc = subprocess.run(cmd, stdout=screen, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, timeout=timeout, cwd=workdir,
                               env={**os.environ, "TERM": "dumb"}, check=False)
-    return parse_stat_file(stat, rate, calls, proc.returncode)
+    result = parse_stat_file(stat, rate, calls, proc.returncode)
+    if linger:
+        result.elapsed = max(0.0, result.elapsed - LINGER_SECONDS)
+    return result

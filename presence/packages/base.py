@@ -15,16 +15,33 @@ __all__ = ["EventPackage", "PackageOptions", "RenderedBody", "xml_escape", "as_u
 _URI_SCHEME = re.compile(r"^(?:sips?|tel):", re.IGNORECASE)
 
 
-@dataclass(slots=True, frozen=True)
 class RenderedBody:
     """Body bytes rendered once per state change; `for_version` splices the per-watcher version.
 
-    When `versioned` is False, `prefix` is the whole body and `suffix` is empty.
+    When `versioned` is False, `prefix` is the whole body and `suffix` is empty. Immutable by
+    convention; a plain slotted class because one is made per render (a frozen dataclass's
+    generated ``__init__`` costs several times more, on the SUBSCRIBE path).
     """
 
-    prefix: bytes
-    suffix: bytes = b""
-    versioned: bool = False
+    __slots__ = ("prefix", "suffix", "versioned")
+
+    def __init__(self, prefix: bytes, suffix: bytes = b"", versioned: bool = False) -> None:
+        self.prefix = prefix
+        self.suffix = suffix
+        self.versioned = versioned
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RenderedBody)
+            and (self.prefix, self.suffix, self.versioned)
+            == (other.prefix, other.suffix, other.versioned)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.prefix, self.suffix, self.versioned))
+
+    def __repr__(self) -> str:
+        return f"RenderedBody({self.prefix!r}, {self.suffix!r}, {self.versioned!r})"
 
     def for_version(self, version: int) -> bytes:
         if not self.versioned:
@@ -61,8 +78,13 @@ class EventPackage(Protocol):
 _XML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"})
 
 
+_NEEDS_ESCAPE = re.compile(r"[&<>\"']")
+
+
 def xml_escape(value: str) -> str:
     """Escape text for XML element content and double- or single-quoted attributes."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value  # the usual case: numbers, URIs, ids
     return value.translate(_XML_ESCAPES)
 
 
