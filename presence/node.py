@@ -90,6 +90,7 @@ class PresenceNode:
         self._loop: gevent.Greenlet | None = None
         self._stopping = False
         self._warm_buffer: list[dict] | None = None
+        self.extra_metrics: list[Callable] = []  # renderers of other parts of this process
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import gevent.event
 
 from presence.config import ConfigError, RunConfig
 from presence.engine import EngineConfig
+from presence.metrics import bridge_metrics, nsq_metrics
 from presence.node import PresenceNode
 from presence.packages.base import PackageOptions
 
@@ -178,6 +179,10 @@ def run_roles(config: RunConfig) -> None:
     if config.role in ("all", "bridge"):
         bridge_service = build_bridge(config, bus)
         bridge_service.start()
+        if node is not None:
+            node.extra_metrics.append(bridge_metrics(bridge_service))
+    if node is not None and config.bus == "nsq":
+        node.extra_metrics.append(nsq_metrics(bus))
 
     _log_summary(config, node)
     gevent.signal_handler(signal.SIGTERM, stop.set)

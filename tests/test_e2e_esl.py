@@ -133,3 +133,38 @@ def test_call_started_while_disconnected_is_published_by_resync(tmp_path):
             wait_until(lambda: record_state(node, presentity) == ["confirmed"], timeout=10)
             sim.hangup(call)
             wait_until(lambda: record_state(node, presentity) in ([], ["terminated"]))
+
+
+def test_warm_start_by_bridge_resync_fills_a_new_node():
+    """A node that starts with no peer asks the bridges over the bus; their snapshot arrives
+    (buffered during the warm-up) and the node serves the call state before accepting."""
+    with office() as (sim, address, node, bus), bridge_to(node, address, bus):
+        presentity = f"1002@{DOMAIN}"
+        call = sim.originate("1001", "1002")
+        sim.answer(call)
+        wait_until(lambda: record_state(node, presentity) == ["confirmed"])
+        from tests.node_util import running_node as second_node
+
+        with second_node() as fresh:
+            fresh._control_sink = bus.publish_control
+            fresh.prepare_warm_start()
+            bus.subscribe(fresh.on_bus_message)
+            report = fresh.warm_start([], resync=True, resync_wait=1.0)
+            assert report["buffered"] >= 1
+            assert fresh.ready and fresh.engine.accepting
+            assert record_state(fresh, presentity) == ["confirmed"]
+
+
+def test_bridge_counters_appear_in_the_node_metrics():
+    from presence.metrics import bridge_metrics
+
+    with office() as (sim, address, node, bus), bridge_to(node, address, bus) as service:
+        node.extra_metrics.append(bridge_metrics(service))
+        call = sim.originate("1001", "1002")
+        sim.hangup(call)
+        wait_until(lambda: service.counters["published"] >= 4)
+        text = node.metrics_text()
+    host, port = address
+    assert f'busylamp_esl_connected{{server="{host}:{port}"}} 1' in text
+    assert "busylamp_bridge_events_total" in text
+    assert 'busylamp_bridge_updates_published_total{kind="event"}' in text

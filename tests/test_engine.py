@@ -414,3 +414,15 @@ def test_malformed_input_is_logged_at_a_rate_limit(caplog):
     warnings = [r for r in caplog.records if "malformed SIP" in r.getMessage()]
     assert len(warnings) == 2
     assert "50 malformed since the last report" in warnings[1].getMessage()
+
+
+def test_sequence_gap_is_counted_and_asks_the_bridges_to_resync():
+    h = Harness()
+    base = {"Bridge-ID": "b1", "Bridge-Epoch": 7}
+    h.publish({**dialog_update("early", "c1"), **base, "Sequence": 1})
+    h.publish({**dialog_update("early", "c2"), **base, "Sequence": 2})
+    assert h.control == []
+    h.publish({**dialog_update("early", "c3"), **base, "Sequence": 6})  # 3, 4, 5 were lost
+    assert h.state.stats.gaps == 3
+    assert h.control == [{"Event-Name": "resync", "Switch-ID": "*", "Bridge-ID": "b1",
+                          "Reason": "sequence gap"}]
