@@ -162,8 +162,6 @@ def run(config_file: Path | None, **options: Any) -> None:
     config = _resolve_config(config_file, given, os.environ)
     _patch_gevent()
     setup_logging(config.log_level, config.log_format)
-    for line in startup_summary(config):
-        log.info("%s", line)
     from presence.roles import run_roles
 
     try:
@@ -234,28 +232,11 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def startup_summary(config: RunConfig) -> list[str]:
-    """Human lines describing what `run` is about to start (ESL passwords hidden)."""
-    lines = [f"busylamp node {config.node_id}: role {config.role}, bus {config.bus}"]
-    if config.role != "bridge":
-        sip = ", ".join(str(listen) for listen in config.sip)
-        advertise = f" (advertised as {config.advertise})" if config.advertise else ""
-        lines.append(f"SIP on {sip}{advertise}; expires {config.min_expires}.."
-                     f"{config.max_expires}s (default {config.default_expires}s)")
-    if config.role != "presence":
-        targets = ", ".join("***@" + spec.rpartition("@")[2] for spec in config.esl)
-        lines.append(f"FreeSWITCH event sockets: {targets}")
-    if config.http is None:
-        lines.append("HTTP API off")
-    else:
-        auth = "bearer token required" if config.http_token else "no token"
-        lines.append(f"HTTP API on http://{config.http} ({auth})")
-    if config.bus == "nsq":
-        lines.append(f"NSQ topic {config.topic}, channel {config.channel}; nsqd "
-                     f"{', '.join(map(str, config.nsqd)) or '-'}; lookupd "
-                     f"{', '.join(config.lookupd) or '-'}")
-    if config.peer:
-        lines.append(f"peers: {', '.join(config.peer)}")
-    return lines
+    """Human lines describing what `run` starts (ESL passwords hidden); `run` logs them once
+    the listeners are bound, with the real addresses (presence.roles)."""
+    from presence.roles import startup_summary as summary
+
+    return summary(config, None)
 
 
 # --- HTTP client helpers -----------------------------------------------------------------------

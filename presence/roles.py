@@ -184,7 +184,8 @@ def run_roles(config: RunConfig) -> None:
     if node is not None and config.bus == "nsq":
         node.extra_metrics.append(nsq_metrics(bus))
 
-    _log_summary(config, node)
+    for line in startup_summary(config, node):
+        log.info("%s", line)
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGINT, stop.set)
     status = gevent.spawn(_status_loop, config, node, bridge_service, bus) \
@@ -204,20 +205,37 @@ def run_roles(config: RunConfig) -> None:
         bus.close()
 
 
-def _log_summary(config: RunConfig, node: PresenceNode | None) -> None:
-    parts = [f"role={config.role}", f"bus={config.bus}", f"node={config.node_id}"]
-    if node is not None:
-        parts.append("sip=" + ",".join(f"{t}:{h}:{p}" for t, (h, p) in node.listeners))
-        contacts = node.engine.config.contacts
-        parts.append("advertise=" + ",".join(f"{t}:{h}:{p}" for t, (h, p) in contacts.items()))
-        parts.append(f"http={config.http or 'off'}")
+def startup_summary(config: RunConfig, node: PresenceNode | None) -> list[str]:
+    """Human lines describing what runs (ESL passwords hidden); with a bound ``node``, its real
+    listeners and the addresses advertised in Contact/Via."""
+    lines = [f"busylamp node {config.node_id}: role {config.role}, bus {config.bus}"]
+    if config.role != "bridge":
+        if node is not None:
+            sip = ", ".join(f"{t}:{h}:{p}" for t, (h, p) in node.listeners)
+            contacts = node.engine.config.contacts
+            advertise = " (advertised as " + ", ".join(
+                f"{t}:{h}:{p}" for t, (h, p) in contacts.items()) + ")"
+        else:
+            sip = ", ".join(str(listen) for listen in config.sip)
+            advertise = f" (advertised as {config.advertise})" if config.advertise else ""
+        lines.append(f"SIP on {sip}{advertise}; expires {config.min_expires}.."
+                     f"{config.max_expires}s (default {config.default_expires}s)")
     if config.role != "presence":
-        parts.append("esl=" + ",".join(e.rpartition("@")[2] for e in config.esl))
+        targets = ", ".join("***@" + spec.rpartition("@")[2] for spec in config.esl)
+        lines.append(f"FreeSWITCH event sockets: {targets}")
+    if config.role != "bridge":
+        if config.http is None:
+            lines.append("HTTP API off")
+        else:
+            auth = "bearer token required" if config.http_token else "no token"
+            lines.append(f"HTTP API on http://{config.http} ({auth})")
     if config.bus == "nsq":
-        parts.append("nsqd=" + ",".join(str(a) for a in config.nsqd))
-        parts.append("lookupd=" + ",".join(config.lookupd))
-        parts.append(f"topic={config.topic}")
-    log.info("busylamp started: %s", " ".join(parts))
+        lines.append(f"NSQ topic {config.topic}, channel {config.channel}; nsqd "
+                     f"{', '.join(map(str, config.nsqd)) or '-'}; lookupd "
+                     f"{', '.join(config.lookupd) or '-'}")
+    if config.peer:
+        lines.append(f"peers: {', '.join(config.peer)}")
+    return lines
 
 
 def _status_loop(config: RunConfig, node: PresenceNode | None, bridge_service, bus) -> None:
