@@ -92,7 +92,8 @@ ROWS: list[tuple[str, Callable[[dict], object], int]] = [
     ("subscribe phase: sipp ok / failed / retrans",
      lambda r: f"{r['subscribe']['successful']} / {r['subscribe']['failed']} / "
                f"{r['subscribe']['retransmissions']}", 0),
-    ("clean SUBSCRIBE/s (median of ladders)", lambda r: r["clean_subscribe_per_s"], 0),
+    ("clean SUBSCRIBE/s (median of ladders)",
+     lambda r: r["clean_subscribe_per_s"] if r.get("subscribe_ladders") else None, 0),
     ("publishes/s achieved (median)", lambda r: r["fanout_median"]["publish_rate"], 0),
     ("NOTIFY/s delivered (median)", lambda r: r["fanout_median"]["notify_per_s"], 0),
     ("delivery ratio (median)", lambda r: r["fanout_median"]["delivery_ratio"], 4),
@@ -130,6 +131,8 @@ def table(results: dict[str, dict]) -> str:
                 v = None
             raw.append(v)
             cells.append(_fmt(v, digits))
+        if all(v is None for v in raw):
+            continue  # e.g. fan-out rows of a memory-only run
         if len(names) == 2:
             a, b = raw
             ratio = (f"{a / b:.2f}x" if isinstance(a, int | float) and isinstance(b, int | float)

@@ -32,8 +32,8 @@ from presence.warmstart import PeerError, stream_snapshot
 log = logging.getLogger(__name__)
 
 TAIL_QUEUE_MAX = 10_000
-GC_FREEZE_GROWTH = 20_000  # freeze the heap again after this many new subscriptions
-HOUSEKEEPING_INTERVAL = 5.0
+GC_FREEZE_GROWTH = 2_000  # freeze the heap again after this many new subscriptions
+HOUSEKEEPING_INTERVAL = 2.0
 
 
 class TailSubscription:
@@ -123,7 +123,7 @@ class PresenceNode:
         while not self._stopping:
             gevent.sleep(HOUSEKEEPING_INTERVAL)
             count = len(self.engine.subscriptions)
-            if count - frozen_at >= GC_FREEZE_GROWTH:
+            if abs(count - frozen_at) >= GC_FREEZE_GROWTH:
                 gc.collect(1)  # let young garbage go first, not into the permanent generation
                 gc.freeze()
                 frozen_at = count
@@ -265,6 +265,8 @@ class PresenceNode:
                     self.on_bus_message(message)
             self.engine.accepting = True
             self.ready = True
+            gc.collect(1)
+            gc.freeze()  # the imported state is long-lived: keep it out of later collections
         log.info("warm start done: %s", report)
         return report
 
