@@ -168,6 +168,9 @@ def run_section(results: dict[str, dict], command: str, date: str | None = None)
     return "\n".join([*parts, "", table(results), ""])
 
 
+NOTES_BEGIN, NOTES_END = "<!-- notes -->", "<!-- /notes -->"
+
+
 def update_docs(path: Path, method: str, mode: str, section: str) -> None:
     """Rewrite ``path``: the method, then one results section per mode (others kept)."""
     begin, end = f"<!-- bench:{mode} -->", f"<!-- /bench:{mode} -->"
@@ -178,8 +181,13 @@ def update_docs(path: Path, method: str, mode: str, section: str) -> None:
             b, e = f"<!-- bench:{other} -->", f"<!-- /bench:{other} -->"
             if b in text and e in text:
                 kept[other] = text[text.index(b):text.index(e) + len(e)]
+    notes = ""
+    if path.exists() and NOTES_BEGIN in text and NOTES_END in text:
+        notes = text[text.index(NOTES_BEGIN):text.index(NOTES_END) + len(NOTES_END)]
     title = "Bridge stages and tool ceilings" if mode == "stages" else f"Results: {mode} mode"
     kept[mode] = f"{begin}\n## {title}\n\n{section}{end}"
     body = [method.strip(), ""]
+    if notes:  # the hand-written analysis (profiles, what changed) survives regeneration
+        body += [notes + "\n"]
     body += [kept[m] + "\n" for m in MODES if m in kept]
     path.write_text("\n".join(body))
