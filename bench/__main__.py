@@ -118,6 +118,13 @@ def cmd_esl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engine(args: argparse.Namespace) -> int:
+    from bench.engine import engine_throughput
+
+    print(json.dumps(engine_throughput(args.presentities, args.keys)))
+    return 0
+
+
 def cmd_nsq(args: argparse.Namespace) -> int:
     from bench.pipeline import nsq_throughput
 
@@ -172,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     esl = sub.add_parser("esl", help="events/s through esl.protocol + bridge.normalize")
     esl.add_argument("--events", type=int, default=100_000)
     esl.set_defaults(func=cmd_esl)
+    eng = sub.add_parser("engine", help="the sans-IO engine alone: SUBSCRIBE/s, NOTIFY/s")
+    eng.add_argument("--presentities", type=int, default=2500)
+    eng.add_argument("--keys", type=int, default=4)
+    eng.set_defaults(func=cmd_engine)
     nsq = sub.add_parser("nsq", help="updates/s through the NSQ consumer")
     nsq.add_argument("--updates", type=int, default=100_000)
     nsq.add_argument("--nsqd", help="host:port of a running nsqd (default: nsqd on PATH, "

@@ -190,3 +190,12 @@ def _as_dict(result):
     from dataclasses import asdict
 
     return asdict(result)
+
+
+def test_engine_micro_benchmark_runs_and_completes_every_transaction():
+    from bench.engine import engine_throughput
+
+    result = engine_throughput(presentities=20, keys=3)
+    assert result["watchers"] == 60
+    assert result["notifies"] == 3 * 60  # three state changes, each to every watcher
+    assert result["notify_transactions_per_s"] > 0
