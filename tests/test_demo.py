@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import time
 
+from presence.demo.lamps import LampState
 from presence.demo.run import run_demo
 from presence.demo.scenario import Step, Timeline, office_timeline
 from presence.demo.view import Lamp, LampView
-from presence.demo.watcher import LampState
 
 
 def test_demo_headless_lamps_follow_the_office():

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from presence.demo.watcher import LampState, WatcherCore, WatcherUA
+from presence.demo.lamps import LampState
+from presence.demo.useragent import WatcherUA
+from presence.demo.watcher import WatcherCore
 from presence.sip.message import Request, Response, build_request, build_response, parse_message
 from tests.node_util import publish, running_node, sip_address
 from tests.sipp_util import SIPP, SippRun, SipSeen, free_port, parse_trace, wait_until

@@ -2,7 +2,7 @@
 
 Everything runs in this process on loopback, ephemeral ports: the FreeSWITCH simulator plays the
 office timeline, the bridge (over a real event socket) publishes onto an in-memory bus, the
-presence node answers SUBSCRIBEs over UDP, and :class:`~presence.demo.watcher.WatcherUA` lamps
+presence node answers SUBSCRIBEs over UDP, and :class:`~presence.demo.useragent.WatcherUA` lamps
 are drawn from the NOTIFYs it receives. gevent APIs are used explicitly, so this works with or
 without ``gevent.monkey.patch_all()`` (the CLI patches before calling :func:`run_demo`).
 """
@@ -22,6 +22,7 @@ from bridge.normalize import NormalizeConfig
 from bridge.service import BridgeService
 from esl.connection import EslTarget
 from esl.simulator import FreeSwitchSimulator
+from presence.demo.lamps import LampKey, LampState
 from presence.demo.scenario import (
     DOMAIN,
     MAILBOX,
@@ -31,8 +32,8 @@ from presence.demo.scenario import (
     Timeline,
     office_timeline,
 )
+from presence.demo.useragent import WatcherUA
 from presence.demo.view import Lamp, LampView
-from presence.demo.watcher import LampKey, LampState, WatcherUA
 from presence.engine import EngineConfig
 from presence.node import PresenceNode
 

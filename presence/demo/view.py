@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TextIO
 
-from presence.demo.watcher import LampKey, LampState
+from presence.demo.lamps import LampKey, LampState
 
 RESET = "\x1b[0m"
 COLOURS = {

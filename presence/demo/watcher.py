@@ -1,14 +1,15 @@
-"""A small SIP watcher user agent: subscribes to lamps and keeps what the NOTIFYs said.
+"""A small SIP watcher user agent, sans-IO: subscribes to lamps and keeps what the NOTIFYs said.
 
-:class:`WatcherCore` is sans-IO (injected ``now``, :meth:`~WatcherCore.get_timer` /
-:meth:`~WatcherCore.handle_timer`, :meth:`~WatcherCore.datagrams_to_send`); :class:`WatcherUA`
-is its thin gevent UDP adapter. SIP behaviour: every request goes to ``server`` (used as an
-outbound proxy); SUBSCRIBE retransmits per Timer E and times out per Timer F (the project's
-:class:`~presence.sip.transaction.ClientTransactions`); responses match by Via branch; 423 retries
-with Min-Expires; 481 or a terminated Subscription-State (reasons deactivated, timeout, probation,
-giveup) re-subscribes with a new dialog; refreshes go out before expiry; every NOTIFY gets a 200
-copying Via/From/To/Call-ID/CSeq (retransmissions get the same bytes and are applied once); a
-dialog-info body whose version is lower than the last one seen is ignored (RFC 4235 4.1).
+:class:`WatcherCore` takes an injected ``now`` (:meth:`~WatcherCore.get_timer` /
+:meth:`~WatcherCore.handle_timer`, :meth:`~WatcherCore.datagrams_to_send`);
+:class:`presence.demo.useragent.WatcherUA` runs it on a gevent UDP socket. SIP behaviour: every
+request goes to ``server`` (used as an outbound proxy); SUBSCRIBE retransmits per Timer E and times
+out per Timer F (the project's :class:`~presence.sip.transaction.ClientTransactions`); responses
+match by Via branch; 423 retries with Min-Expires; 481 or a terminated Subscription-State
+(reasons deactivated, timeout, probation, giveup) re-subscribes with a new dialog; refreshes go
+out before expiry; every NOTIFY gets a 200 copying Via/From/To/Call-ID/CSeq (retransmissions get
+the same bytes and are applied once); a dialog-info body whose version is lower than the last one
+seen is ignored (RFC 4235 4.1).
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import gevent
-import gevent.event
-from gevent import socket
-
+from presence.demo.lamps import (
+    DIALOG_NS,
+    SETUP_STATES,
+    LampKey,
+    LampState,
+    apply_pidf,
+    apply_summary,
+    dialog_held,
+    dialog_lamp,
+)
 from presence.sip.message import (
     ParseError,
     Request,
@@ -37,8 +43,7 @@ from presence.sip.transaction import ClientTransactions, ServerTransactions
 
 log = logging.getLogger(__name__)
 
-LampKey = tuple[str, str]  # (event package, presentity AOR)
-ChangeCallback = Callable[[LampKey, "LampState"], None]
+ChangeCallback = Callable[[LampKey, LampState], None]
 
 ACCEPT = {
     "dialog": "application/dialog-info+xml",
@@ -46,30 +51,6 @@ ACCEPT = {
     "presence": "application/pidf+xml",
 }
 RESUBSCRIBE_REASONS = frozenset({"deactivated", "timeout", "probation", "giveup", ""})
-_DIALOG_NS = "{urn:ietf:params:xml:ns:dialog-info}"
-_RINGING = frozenset({"early"})
-_SETUP = frozenset({"trying", "proceeding"})
-
-
-@dataclass(frozen=True, slots=True)
-class LampState:
-    """One lamp as the NOTIFYs described it (``state`` is ``unknown`` before the first one).
-
-    dialog: ``idle``/``ringing``/``busy``/``held``; message-summary: ``yes``/``no``;
-    presence: the PIDF basic status (``open``/``closed``)."""
-
-    event: str
-    presentity: str
-    state: str = "unknown"
-    dialogs: int = 0
-    waiting: bool | None = None
-    new_messages: int = 0
-    old_messages: int = 0
-    note: str = ""
-    notify_count: int = 0
-    ignored: int = 0
-    version: int | None = None
-    subscription_state: str = ""
 
 
 @dataclass(slots=True)
@@ -391,9 +372,9 @@ class WatcherCore:
             if event == "dialog":
                 return self._apply_dialog_info(sub, lamp, body)
             if event == "message-summary":
-                return _apply_summary(lamp, body)
+                return apply_summary(lamp, body)
             if event == "presence":
-                return _apply_pidf(lamp, body)
+                return apply_pidf(lamp, body)
         except (ET.ParseError, ValueError) as exc:
             log.debug("unparsable %s body for %s: %s", event, sub.key[1], exc)
         return replace(lamp, ignored=lamp.ignored + 1)
@@ -406,18 +387,18 @@ class WatcherCore:
             return replace(lamp, ignored=lamp.ignored + 1)
         full = root.get("state", "full") == "full"
         dialogs = {} if full else dict(sub.dialogs)
-        for index, element in enumerate(root.iter(_DIALOG_NS + "dialog")):
+        for index, element in enumerate(root.iter(DIALOG_NS + "dialog")):
             dialog_id = element.get("id") or f"#{index}"
-            state = (element.findtext(_DIALOG_NS + "state") or "").strip().lower()
+            state = (element.findtext(DIALOG_NS + "state") or "").strip().lower()
             if state == "terminated" or not state:
                 dialogs.pop(dialog_id, None)
                 continue
             direction = (element.get("direction") or "").lower()
-            if state in _SETUP and direction == "recipient":
+            if state in SETUP_STATES and direction == "recipient":
                 state = "early"
-            dialogs[dialog_id] = (state, _held(element))
+            dialogs[dialog_id] = (state, dialog_held(element))
         sub.dialogs = dialogs
-        return replace(lamp, state=_dialog_lamp(dialogs.values()), dialogs=len(dialogs),
+        return replace(lamp, state=dialog_lamp(dialogs.values()), dialogs=len(dialogs),
                        version=version)
 
     def _set_lamp(self, sub: _Sub, lamp: LampState) -> None:
@@ -428,59 +409,6 @@ class WatcherCore:
 
 
 # -- body parsing (pure) ---------------------------------------------------------------------
-
-
-def _dialog_lamp(dialogs) -> str:
-    states = list(dialogs)
-    if any(state in _RINGING for state, _ in states):
-        return "ringing"
-    if any(not held for _, held in states):
-        return "busy"
-    return "held" if states else "idle"
-
-
-def _held(element: ET.Element) -> bool:
-    """A local target with ``+sip.rendering=no`` (RFC 4235 4.1.6.2) means the call is on hold."""
-    local = element.find(_DIALOG_NS + "local")
-    if local is None:
-        return False
-    for param in local.iter(_DIALOG_NS + "param"):
-        if param.get("pname") == "+sip.rendering" and param.get("pvalue") == "no":
-            return True
-    return False
-
-
-def _apply_summary(lamp: LampState, body: bytes) -> LampState:
-    fields: dict[str, str] = {}
-    for line in body.decode("utf-8", "replace").splitlines():
-        name, sep, value = line.partition(":")
-        if sep:
-            fields[name.strip().lower()] = value.strip()
-    waiting_text = fields.get("messages-waiting", "").lower()
-    if waiting_text not in ("yes", "no"):
-        raise ValueError("no Messages-Waiting")
-    new = old = 0
-    voice = fields.get("voice-message", "")
-    if voice:
-        counts = voice.split("(", 1)[0].strip().split("/")
-        if len(counts) == 2 and all(c.strip().isdigit() for c in counts):
-            new, old = int(counts[0]), int(counts[1])
-    return replace(lamp, state=waiting_text, waiting=waiting_text == "yes",
-                   new_messages=new, old_messages=old)
-
-
-def _apply_pidf(lamp: LampState, body: bytes) -> LampState:
-    root = ET.fromstring(body)
-    basic = note = ""
-    for element in root.iter():
-        tag = element.tag.rsplit("}", 1)[-1]
-        if tag == "basic" and not basic:
-            basic = (element.text or "").strip().lower()
-        elif tag == "note" and not note:
-            note = (element.text or "").strip()
-    if basic not in ("open", "closed"):
-        raise ValueError("no PIDF basic status")
-    return replace(lamp, state=basic, note=note)
 
 
 def _split_state(value: str) -> tuple[str, dict[str, str]]:
@@ -519,116 +447,3 @@ def _hostport(host: str, port: int) -> str:
 
 
 # -- gevent adapter --------------------------------------------------------------------------
-
-
-class WatcherUA:
-    """The watcher on a gevent UDP socket: one reader greenlet and one timer greenlet."""
-
-    def __init__(self, local_host: str = "127.0.0.1", local_port: int = 0,
-                 server: tuple[str, int] = ("127.0.0.1", 5060), user: str = "demo-watcher",
-                 domain: str | None = None, *, on_change: ChangeCallback | None = None,
-                 t1: float = 0.5, t2: float = 4.0, timer_f: float | None = None,
-                 retry_interval: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.local_host = local_host
-        self.local_port = local_port
-        self.server = server
-        self.user = user
-        self.domain = domain or server[0]
-        self.on_change = on_change
-        self.clock = clock
-        self._options = {"t1": t1, "t2": t2, "timer_f": timer_f, "retry_interval": retry_interval}
-        self.core: WatcherCore | None = None
-        self._sock: socket.socket | None = None
-        self._wake = gevent.event.Event()
-        self._greenlets: list[gevent.Greenlet] = []
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self._sock is not None, "start() first"
-        return self._sock.getsockname()[:2]
-
-    @property
-    def lamps(self) -> dict[LampKey, LampState]:
-        return self.core.lamps if self.core is not None else {}
-
-    def start(self) -> tuple[str, int]:
-        family = socket.AF_INET6 if ":" in self.local_host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.bind((self.local_host, self.local_port))
-        self._sock = sock
-        self.core = WatcherCore(self.address, self.server, self.user, self.domain,
-                                on_change=self._changed, **self._options)
-        self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._timer_loop)]
-        return self.address
-
-    def subscribe(self, presentity: str, event: str = "dialog", expires: int = 600) -> LampKey:
-        key = self._core.subscribe(presentity, event, expires, self.clock())
-        self._flush()
-        return key
-
-    def refresh(self, key: LampKey) -> None:
-        self._core.refresh(key, self.clock())
-        self._flush()
-
-    def unsubscribe(self, key: LampKey) -> None:
-        self._core.unsubscribe(key, self.clock())
-        self._flush()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Unsubscribe everything, wait (at most ``timeout``) for the answers, close."""
-        if self.core is None:
-            return
-        for key in list(self.core.lamps):
-            self.unsubscribe(key)
-        deadline = self.clock() + timeout
-        while self.core.busy() and self.clock() < deadline:
-            gevent.sleep(0.02)
-        gevent.killall(self._greenlets, block=True, timeout=1.0)
-        self._greenlets = []
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    @property
-    def _core(self) -> WatcherCore:
-        if self.core is None:
-            raise RuntimeError("WatcherUA.start() first")
-        return self.core
-
-    def _changed(self, key: LampKey, lamp: LampState) -> None:
-        if self.on_change is not None:
-            try:
-                self.on_change(key, lamp)
-            except Exception:
-                log.exception("watcher on_change callback failed")
-
-    def _flush(self) -> None:
-        sock = self._sock
-        if sock is None or self.core is None:
-            return
-        for dest, data in self.core.datagrams_to_send():
-            try:
-                sock.sendto(data, dest)
-            except OSError as exc:
-                log.debug("send to %s failed: %s", dest, exc)
-        self._wake.set()
-
-    def _read_loop(self) -> None:
-        while self._sock is not None:
-            try:
-                data, source = self._sock.recvfrom(65535)
-            except OSError:
-                return
-            self._core.receive(data, source[:2], self.clock())
-            self._flush()
-
-    def _timer_loop(self) -> None:
-        while self._sock is not None:
-            self._wake.clear()
-            deadline = self._core.get_timer()
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
-            self._wake.wait(timeout)
-            now = self.clock()
-            if deadline is not None and now >= deadline:
-                self._core.handle_timer(now)
-                self._flush()
