@@ -10,8 +10,8 @@ import pytest
 import ujson
 
 from bridge.nsq import NsqBus, NsqLoop
-from tests.nsqd_double import NsqdDouble
 from tests.node_util import running_node
+from tests.nsqd_double import NsqdDouble
 from tests.sipp_util import wait_until
 
 TOPIC = "presence"
