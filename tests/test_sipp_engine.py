@@ -180,3 +180,22 @@ def test_watcher_that_never_answers_gets_retransmissions_then_is_removed(tmp_pat
         received = sipp.received("NOTIFY")
         assert len(received) >= 5  # the same NOTIFY again and again, on the wire
         assert len({n.header("Via") for n in received}) == 1
+
+
+def test_readme_blf_watcher_scenario_works_as_documented(tmp_path):
+    """contrib/sipp/blf-watcher.xml with the README's keys: SUBSCRIBE, NOTIFYs, unsubscribe."""
+    from tests.conftest import REPO
+
+    with running_node() as node:
+        sipp = start_sipp(REPO / "contrib" / "sipp" / "blf-watcher.xml", sip_address(node),
+                          tmp_path / "sipp",
+                          keys={"presentity": PRESENTITY, "watcher": "2000@example.com"})
+        wait_until(subscribed(node))
+        sub = node.engine.subscriptions.watchers("dialog", PRESENTITY)[0]
+        assert sub.target.startswith("sip:127.0.0.1:")
+        for i, state in enumerate(("early", "confirmed", "terminated", "early")):
+            publish(node, dialog(state, call_id=f"call-{i}"))
+            wait_until(lambda: settled(node, PRESENTITY))
+        assert sipp.wait() == 0, sipp.errors()
+        final = sipp.received("NOTIFY")[-1]
+        assert final.header("Subscription-State") == "terminated;reason=timeout"
