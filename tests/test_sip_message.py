@@ -398,3 +398,10 @@ def test_stream_framer_errors() -> None:
         StreamFramer(max_buffer=1000).feed(SUBSCRIBE.replace(b"Content-Length: 0",
                                                              b"Content-Length: 5000"))
     assert info.value.status == 413
+
+
+def test_uri_with_two_at_signs_is_rejected_but_escaped_at_is_fine():
+    with pytest.raises(ParseError):
+        parse_uri("sip:2000@example.com@127.0.0.1:5060")
+    uri = parse_uri("sip:user;par=u%40example.net@example.com")
+    assert uri.user == "user;par=u%40example.net" and uri.host == "example.com"

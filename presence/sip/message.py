@@ -351,6 +351,8 @@ def parse_uri(text: str) -> SipUri:
                       if ptext else {}, None)
     if scheme_l not in ("sip", "sips"):
         raise ParseError("Unsupported URI Scheme", 416)
+    if rest.partition("?")[0].count("@") > 1:
+        raise _bad("Bad URI")  # "@" may appear in the user part only escaped (%40)
     at = rest.rfind("@")
     user = password = None
     if at >= 0:
