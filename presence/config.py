@@ -342,6 +342,10 @@ class RunConfig:
     shutdown_notify_rate: int = field(default=500, metadata=_meta(
         "shutdown_notify_rate", "NOTIFYs per second sent when terminating at shutdown",
         _integer(1)))
+    shutdown_timeout: float = field(default=10.0, metadata=_meta(
+        "shutdown_timeout", "longest time in seconds spent terminating subscriptions at shutdown; "
+        "the rest are dropped (their phones move at their next refresh)",
+        _seconds(0, inclusive=True)))
 
     def __post_init__(self) -> None:
         if self.node_id is None:

@@ -130,13 +130,14 @@ class PresenceNode:
                 log.debug("gc: froze the heap at %d subscriptions (%d objects permanent)",
                           count, gc.get_freeze_count())
 
-    def stop(self, *, terminate: bool = False, rate: int = 500) -> None:
-        """Stop the node; with ``terminate``, first end every subscription at ``rate`` NOTIFY/s
-        (``terminated;reason=deactivated``) so phones move to another node at once."""
+    def stop(self, *, terminate: bool = False, rate: int = 500, timeout: float = 10.0) -> None:
+        """Stop the node; with ``terminate``, first end subscriptions at ``rate`` NOTIFY/s
+        (``terminated;reason=deactivated``) for at most ``timeout`` seconds, so phones move to
+        another node at once; what is left then is dropped (those phones move at refresh)."""
         self.engine.accepting = False  # new SUBSCRIBEs get 503: the edge sends them elsewhere
         self.ready = False
         if terminate:
-            self.shutdown_subscriptions(rate)
+            self.shutdown_subscriptions(rate, timeout)
         self._stopping = True
         self._wake.set()
         if self._loop is not None:
@@ -146,14 +147,20 @@ class PresenceNode:
             self._loop = None
         self.transports.close()
 
-    def shutdown_subscriptions(self, rate: int) -> int:
+    def shutdown_subscriptions(self, rate: int, timeout: float = 10.0) -> int:
+        """Send ``terminated;reason=deactivated`` at ``rate``/s for up to ``timeout`` seconds."""
         ended = 0
         batch = max(1, rate // 10)
-        while len(self.engine.subscriptions):
+        deadline = time.monotonic() + timeout
+        while len(self.engine.subscriptions) and time.monotonic() < deadline:
             ended += self.engine.terminate_all("deactivated", self.clock(), limit=batch)
             self._flush()
             gevent.sleep(0.1)
-        # Give the final NOTIFYs a moment to be answered (bounded by Timer E/F, not waited for).
+        left = len(self.engine.subscriptions)
+        if left:
+            log.warning("shutdown: %d subscriptions terminated, %d dropped after %.0fs "
+                        "(raise --shutdown-notify-rate or --shutdown-timeout to move them all)",
+                        ended, left, timeout)
         return ended
 
     def _clock_loop(self) -> None:

@@ -198,7 +198,8 @@ def run_roles(config: RunConfig) -> None:
     if bridge_service is not None:
         bridge_service.stop()
     if node is not None:
-        node.stop(terminate=config.shutdown == "terminate", rate=config.shutdown_notify_rate)
+        node.stop(terminate=config.shutdown == "terminate", rate=config.shutdown_notify_rate,
+                  timeout=config.shutdown_timeout)
     if api_server is not None:
         api_server.stop(timeout=1)
     if hasattr(bus, "close"):

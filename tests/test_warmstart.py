@@ -74,3 +74,18 @@ def test_late_node_serves_state_published_before_it_started(tmp_path):
                 wait_until(lambda: settled(late, "1001@example.com"))
         finally:
             server.stop(timeout=1)
+
+
+def test_shutdown_is_bounded_in_time_and_says_what_it_dropped(caplog):
+    h = Harness()
+    for i in range(30):
+        h.send(subscribe(call_id=f"c{i}", branch=f"z9hG4bK-s{i}", from_tag=f"t{i}"))
+    from presence.node import PresenceNode
+
+    node = PresenceNode.__new__(PresenceNode)  # only the engine and a clock are needed here
+    node.engine, node.clock = h.engine, lambda: h.clock.now
+    node._flush = lambda: bool(h.engine.datagrams_to_send())
+    with caplog.at_level("WARNING", logger="presence.node"):
+        ended = node.shutdown_subscriptions(rate=50, timeout=0.25)  # 5 per 0.1 s tick
+    assert 5 <= ended <= 15 and len(h.engine.subscriptions) == 30 - ended
+    assert any("dropped after" in r.getMessage() for r in caplog.records)
