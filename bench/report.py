@@ -6,9 +6,12 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -142,6 +145,13 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _portable(command: str) -> str:
+    """A server command line as it reads in any checkout: paths below the repo made relative,
+    temporary run directories shortened."""
+    command = command.replace(str(REPO_ROOT) + "/", "")
+    return re.sub(r"/tmp/bench-[a-z]+-[A-Za-z0-9_]+", "RUNDIR", command)
+
+
 def run_section(results: dict[str, dict], command: str, date: str | None = None) -> str:
     """Markdown for one run: command, date, machine, workload, servers, table."""
     m = machine()
@@ -160,7 +170,7 @@ def run_section(results: dict[str, dict], command: str, date: str | None = None)
     ]
     for name, r in results.items():
         server = r["server"]
-        parts.append(f"- {name}: `{server.get('command', '')}`"
+        parts.append(f"- {name}: `{_portable(server.get('command', ''))}`"
                      + (f" ({server['version']})" if server.get("version") else ""))
     if loads:
         parts.append("- Load average (1/5/15 min) at the start of each server's run: "
