@@ -176,12 +176,14 @@ def _yield(seconds: float) -> None:
         time.sleep(seconds)
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "") -> None:
-    """Poll ``predicate`` (yielding to gevent) until it is true or the deadline passes."""
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = ""):
+    """Poll ``predicate`` (yielding to gevent) until it is true or the deadline passes; return
+    its (true) value."""
     deadline = time.monotonic() + timeout
     while True:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(message or f"condition not met within {timeout}s")
         _yield(interval)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import gevent
 import pytest
 
@@ -12,19 +10,14 @@ from bridge.normalize import NormalizeConfig
 from bridge.service import BridgeService
 from esl.connection import EslTarget
 from esl.simulator import FreeSwitchSimulator
+from tests.sipp_util import wait_until
 
 FAST_ESL = {"backoff_initial": 0.05, "backoff_max": 0.2, "jitter": 0.0, "dead_after": 5.0,
             "command_timeout": 2.0, "connect_timeout": 2.0}
 
 
 def wait_for(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        gevent.sleep(0.01)
-    raise AssertionError("condition not met in time")
+    return wait_until(predicate, timeout, interval=0.01)
 
 
 class FakeClock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import gevent
@@ -11,6 +10,7 @@ import pytest
 import tornado.ioloop
 
 from bridge.nsq import NsqBus, NsqConsumer, NsqLoop, NsqPublisher
+from tests.sipp_util import wait_until
 
 REAL = bool(os.environ.get("NSQD_TCP_ADDRESS"))
 needs_double = pytest.mark.skipif(
@@ -18,13 +18,7 @@ needs_double = pytest.mark.skipif(
 
 
 def wait_for(predicate, timeout: float = 8.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        gevent.sleep(0.01)
-    raise AssertionError("condition not met in time")
+    return wait_until(predicate, timeout, interval=0.01)
 
 
 @pytest.fixture
