@@ -291,8 +291,10 @@ class RunConfig:
         _integer(0)))
     max_expires: int = field(default=3600, metadata=_meta(
         "max_expires", "longest SUBSCRIBE Expires granted (longer ones are cut down)", _integer(1)))
-    default_expires: int = field(default=3600, metadata=_meta(
-        "default_expires", "Expires granted to a SUBSCRIBE without one", _integer(1)))
+    default_expires: int | None = field(default=None, metadata=_meta(
+        "default_expires", "Expires granted to a SUBSCRIBE without one (unset: the event "
+        "package's own default, 3600 for dialog, message-summary and presence, cut to "
+        "--max-expires)", _integer(1), default_text="per package"))
     domain_alias: dict[str, str] = field(default_factory=dict, metadata=_meta(
         "domain_alias", "ALIAS=DOMAIN: treat presentities @ALIAS as @DOMAIN (repeatable)", _alias,
         multiple=True, default_text="none"))
@@ -426,7 +428,8 @@ def check(config: RunConfig) -> None:
     if config.bus == "memory" and config.role == "bridge":
         raise ConfigError("--bus", "nsq for --role bridge (an in-process bus has no engine to "
                           "feed)", config.bus)
-    if not config.min_expires <= config.default_expires <= config.max_expires:
+    if config.default_expires is not None and not (
+            config.min_expires <= config.default_expires <= config.max_expires):
         raise ConfigError(
             "--default-expires", f"a value between --min-expires {config.min_expires} and "
             f"--max-expires {config.max_expires}", config.default_expires)

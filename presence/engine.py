@@ -460,8 +460,9 @@ class PresenceEngine:
         to_tag: str | None = None,
     ) -> int | None:
         expires = req.expires
-        if expires is None:
-            expires = self.config.default_expires or package.default_expires
+        if expires is None:  # the default is ours: always within the bounds, never a 423
+            default = self.config.default_expires or package.default_expires
+            return max(self.config.min_expires, min(default, self.config.max_expires))
         if expires == 0:
             return 0
         if expires < self.config.min_expires:

@@ -220,7 +220,9 @@ def startup_summary(config: RunConfig, node: PresenceNode | None) -> list[str]:
             sip = ", ".join(str(listen) for listen in config.sip)
             advertise = f" (advertised as {config.advertise})" if config.advertise else ""
         lines.append(f"SIP on {sip}{advertise}; expires {config.min_expires}.."
-                     f"{config.max_expires}s (default {config.default_expires}s)")
+                     f"{config.max_expires}s (default "
+                     f"{config.default_expires or 'per package'}"
+                     f"{'s' if config.default_expires else ''})")
     if config.role != "presence":
         targets = ", ".join("***@" + spec.rpartition("@")[2] for spec in config.esl)
         lines.append(f"FreeSWITCH event sockets: {targets}")

@@ -30,7 +30,7 @@ def test_defaults_match_the_documented_ones():
     assert config.bus == "memory" and config.topic == "presence"
     assert config.node_id == "pbx1-5065"
     assert config.channel == "pbx1-5065#ephemeral"
-    assert (config.min_expires, config.max_expires, config.default_expires) == (60, 3600, 3600)
+    assert (config.min_expires, config.max_expires, config.default_expires) == (60, 3600, None)
     assert (config.t1, config.t2, config.timer_f) == (0.5, 4.0, 32.0)
     assert config.shutdown == "terminate" and config.shutdown_notify_rate == 500
     assert config.status_interval == 60.0 and config.pickup_prefix == "**"

@@ -426,3 +426,12 @@ def test_sequence_gap_is_counted_and_asks_the_bridges_to_resync():
     assert h.state.stats.gaps == 3
     assert h.control == [{"Event-Name": "resync", "Switch-ID": "*", "Bridge-ID": "b1",
                           "Reason": "sequence gap"}]
+
+
+def test_subscribe_without_expires_gets_the_package_default_within_bounds():
+    h = Harness(max_expires=600)
+    ok, _ = h.subscribe_ok(expires=None)
+    assert ok.headers.get("Expires") == "600"  # dialog's 3600, cut to --max-expires
+    h = Harness(default_expires=120)
+    ok, _ = h.subscribe_ok(expires=None)
+    assert ok.headers.get("Expires") == "120"
