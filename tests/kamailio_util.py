@@ -11,11 +11,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.sipp_util import free_port as _free_port
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 
@@ -29,18 +30,8 @@ AUTO_PORT = _AutoPort()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port number currently free for both UDP and TCP on `host` (bind port 0, then check)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both UDP and TCP")
+    """A port free for both UDP and TCP on `host`, outside the ephemeral range (sipp_util)."""
+    return _free_port(host=host)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):

@@ -7,6 +7,7 @@ own counters.
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import socket
@@ -19,20 +20,42 @@ SCENARIOS = Path(__file__).resolve().parent / "sipp"
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A port that is free for both UDP and TCP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_ISSUED: set[int] = set()
+_PICK = random.Random()
+
+
+def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``host``, for a server a test starts later.
+
+    Chosen outside the kernel's ephemeral range: a port found by binding port 0 comes from that
+    range, and any outgoing connection (sipp, Kamailio, an HTTP client) may take it before the
+    server binds it. Ports handed out once are not handed out again by this process.
+    """
+    low = 10000
+    high = _EPHEMERAL[0] - 1 if _EPHEMERAL[0] > low + 1000 else 65535
+    for _ in range(500):
+        port = _PICK.randint(low, high)
+        if port in _ISSUED or _EPHEMERAL[0] <= port <= _EPHEMERAL[1]:
+            continue
         try:
-            with socket.socket(socket.AF_INET, other) as s2:
-                s2.bind(("127.0.0.1", port))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                udp.bind((host, port))
+                tcp.bind((host, port))
         except OSError:
             continue
+        _ISSUED.add(port)
         return port
-    raise RuntimeError("no free port")
+    raise RuntimeError("no port free for both UDP and TCP")
 
 
 @dataclass
