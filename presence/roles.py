@@ -31,13 +31,15 @@ log = logging.getLogger("busylamp")
 def engine_config(config: RunConfig, bound: list[tuple[str, tuple[str, int]]]) -> EngineConfig:
     """The engine's view of the run options; ``bound`` are the SIP listeners actually bound."""
     contacts: dict[str, tuple[str, int]] = {}
+    guessed: str | None = None
     for transport, (host, port) in bound:
         if transport in contacts:
             continue
         if config.advertise is not None:
             contacts[transport] = (config.advertise.host, config.advertise.port)
         elif host in ("0.0.0.0", "::", ""):
-            contacts[transport] = (_guess_local_address(), port)
+            guessed = guessed or _guess_local_address()
+            contacts[transport] = (guessed, port)
         else:
             contacts[transport] = (host, port)
     return EngineConfig(
@@ -56,10 +58,17 @@ def engine_config(config: RunConfig, bound: list[tuple[str, tuple[str, int]]]) -
 
 
 def _guess_local_address() -> str:
+    """This host's first non-loopback IPv4 address (its name's addresses), else 127.0.0.1."""
+    address = "127.0.0.1"
     try:
-        address = socket.gethostbyname(socket.gethostname())
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
     except OSError:
-        address = "127.0.0.1"
+        infos = []
+    for info in infos:
+        candidate = info[4][0]
+        if not candidate.startswith("127."):
+            address = candidate
+            break
     log.warning(
         "SIP listens on a wildcard address; advertising %s in Contact/Via "
         "(set --advertise HOST:PORT when phones reach this node another way)", address
