@@ -12,11 +12,11 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.sipp_util import free_port as _free_port
+from tests.sipp_util import wait_until as _wait_until
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 
@@ -35,15 +35,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; return it, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll `predicate` until it returns something truthy; return it, or raise TimeoutError."""
+    try:
+        return _wait_until(predicate, timeout, interval)
+    except AssertionError:
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 def _bound_ports(kind: str) -> set[int]:
@@ -157,8 +153,7 @@ def start_kamailio(
     ports: dict[str, int] = {}
     for name, value in defines.items():
         if value is AUTO_PORT:
-            taken = set(ports.values())
-            port = wait_until(lambda t=taken: (p := free_port()) not in t and p, 2.0, what="port")
+            port = free_port()  # never the same port twice in one test process
             ports[name] = port
             resolved[name] = port
         elif name.endswith("_PORT") and isinstance(value, int):
