@@ -1,33 +1,36 @@
-"""Shared pytest fixtures: paths to ../shared/fixtures (laid beside the clone in CI)."""
+"""Shared pytest fixtures: the suite's own data (tests/fixtures) and the real-component kits."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.kits import FreeSwitchKit, NsqKit, require_freeswitch, require_nsq
+
 REPO = Path(__file__).resolve().parent.parent
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared_fixtures() -> Path:
-    if not SHARED_FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {SHARED_FIXTURES}")
-    return SHARED_FIXTURES
+def fixtures_dir() -> Path:
+    """Captured ESL/SIP data and the torture messages, copied from ../shared/fixtures (SOURCES.md)."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def nsq_kit() -> NsqKit:
+    return require_nsq()
+
+
+@pytest.fixture(scope="session")
+def freeswitch_kit() -> FreeSwitchKit:
+    return require_freeswitch()
 
 
 @pytest.fixture
 def nsq_endpoints():
-    """(nsqd TCP address, nsqlookupd HTTP address or None, the double or None).
-
-    A real broker when NSQD_TCP_ADDRESS (and NSQLOOKUPD_HTTP_ADDRESS) are set, so the same tests
-    run unchanged against nsqd; else the protocol double in tests/nsqd_double.py.
-    """
-    if os.environ.get("NSQD_TCP_ADDRESS"):
-        yield os.environ["NSQD_TCP_ADDRESS"], os.environ.get("NSQLOOKUPD_HTTP_ADDRESS"), None
-        return
+    """(nsqd TCP address, nsqlookupd HTTP address or None, the double or None)."""
     from tests.nsqd_double import NsqdDouble
 
     double = NsqdDouble()

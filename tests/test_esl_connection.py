@@ -255,11 +255,11 @@ def test_restart_gives_new_core_uuid(sim: FreeSwitchSimulator, rec: Recorder) ->
 
 def test_corrupt_frames_are_counted_and_good_ones_delivered(sim: FreeSwitchSimulator,
                                                              rec: Recorder,
-                                                             shared_fixtures) -> None:
+                                                             fixtures_dir) -> None:
     client = make_client(sim, rec)
     try:
         wait_for(lambda: rec.connects == 1)
-        sim.replay_file(shared_fixtures / "esl" / "streams" / "fsock_test_data_2012.txt")
+        sim.replay_file(fixtures_dir / "esl" / "streams" / "fsock_test_data_2012.txt")
         wait_for(lambda: client.counters["corrupt_frames"] == 2)
         wait_for(lambda: len(rec.events) == 44)  # the simulator's own filter is bypassed by replay
         assert client.state == "connected"

@@ -20,12 +20,12 @@ from esl.protocol import (
 SYNTH = Path(__file__).resolve().parent / "fixtures" / "esl_synth"
 
 
-def _fixture_files(shared_fixtures: Path) -> list[Path]:
-    return sorted((shared_fixtures / "esl").glob("*.txt"))
+def _fixture_files(fixtures_dir: Path) -> list[Path]:
+    return sorted((fixtures_dir / "esl").glob("*.txt"))
 
 
-def test_every_single_frame_fixture_parses(shared_fixtures: Path) -> None:
-    files = _fixture_files(shared_fixtures)
+def test_every_single_frame_fixture_parses(fixtures_dir: Path) -> None:
+    files = _fixture_files(fixtures_dir)
     assert len(files) >= 20
     for path in files:
         parser = FrameParser()
@@ -41,8 +41,8 @@ def test_every_single_frame_fixture_parses(shared_fixtures: Path) -> None:
             assert "Content-Length" not in event.headers
 
 
-def test_known_control_frames(shared_fixtures: Path) -> None:
-    esl = shared_fixtures / "esl"
+def test_known_control_frames(fixtures_dir: Path) -> None:
+    esl = fixtures_dir / "esl"
     [auth] = FrameParser().feed((esl / "auth_request.txt").read_bytes())
     assert auth.headers == {"Content-Type": "auth/request"} and auth.body == b""
     [ok] = FrameParser().feed((esl / "command_reply_auth_ok.txt").read_bytes())
@@ -52,8 +52,8 @@ def test_known_control_frames(shared_fixtures: Path) -> None:
     assert bye.body.startswith(b"Disconnected, goodbye.") and len(bye.body) == 67
 
 
-def test_callstate_values_are_decoded(shared_fixtures: Path) -> None:
-    data = (shared_fixtures / "esl" / "channel_callstate_ringing.txt").read_bytes()
+def test_callstate_values_are_decoded(fixtures_dir: Path) -> None:
+    data = (fixtures_dir / "esl" / "channel_callstate_ringing.txt").read_bytes()
     event = parse_event(FrameParser().feed(data)[0])
     assert event is not None and event.name == "CHANNEL_CALLSTATE"
     h = event.headers
@@ -65,8 +65,8 @@ def test_callstate_values_are_decoded(shared_fixtures: Path) -> None:
     assert event.body is None
 
 
-def test_2012_stream_skips_exactly_the_corrupt_frames(shared_fixtures: Path) -> None:
-    data = (shared_fixtures / "esl" / "streams" / "fsock_test_data_2012.txt").read_bytes()
+def test_2012_stream_skips_exactly_the_corrupt_frames(fixtures_dir: Path) -> None:
+    data = (fixtures_dir / "esl" / "streams" / "fsock_test_data_2012.txt").read_bytes()
     parser = FrameParser()
     frames = parser.feed(data)
     # 46 frames in the capture; frames 33-34 are the deliberately corrupted ones
@@ -85,8 +85,8 @@ def test_2012_stream_skips_exactly_the_corrupt_frames(shared_fixtures: Path) -> 
     assert states == ["RINGING", "HANGUP", "DOWN"]
 
 
-def test_2012_stream_byte_by_byte_gives_the_same_frames(shared_fixtures: Path) -> None:
-    data = (shared_fixtures / "esl" / "streams" / "fsock_test_data_2012.txt").read_bytes()
+def test_2012_stream_byte_by_byte_gives_the_same_frames(fixtures_dir: Path) -> None:
+    data = (fixtures_dir / "esl" / "streams" / "fsock_test_data_2012.txt").read_bytes()
     whole = FrameParser().feed(data)
     parser = FrameParser()
     pieces: list[EslFrame] = []
@@ -96,8 +96,8 @@ def test_2012_stream_byte_by_byte_gives_the_same_frames(shared_fixtures: Path) -
     assert parser.corrupt_frames == 2
 
 
-def test_switchio_stream_control_frames(shared_fixtures: Path) -> None:
-    data = (shared_fixtures / "esl" / "streams" / "switchio_eventstream.txt").read_bytes()
+def test_switchio_stream_control_frames(fixtures_dir: Path) -> None:
+    data = (fixtures_dir / "esl" / "streams" / "switchio_eventstream.txt").read_bytes()
     parser = FrameParser()
     frames = parser.feed(data)
     types = [f.content_type for f in frames]

@@ -88,8 +88,8 @@ def client(sim: FreeSwitchSimulator) -> Iterator[RawClient]:
 
 
 def test_auth_request_and_bye_are_byte_exact(sim: FreeSwitchSimulator,
-                                             shared_fixtures: Path) -> None:
-    esl = shared_fixtures / "esl"
+                                             fixtures_dir: Path) -> None:
+    esl = fixtures_dir / "esl"
     c = RawClient((sim.host, sim.port))
     c.login()
     c.sock.sendall(b"exit\n\n")
@@ -239,8 +239,8 @@ def test_sendevent_custom_with_body_is_delivered(sim: FreeSwitchSimulator) -> No
 
 
 def test_drop_silent_and_replay(sim: FreeSwitchSimulator, client: RawClient,
-                                shared_fixtures: Path) -> None:
-    stream = shared_fixtures / "esl" / "streams" / "fsock_test_data_2012.txt"
+                                fixtures_dir: Path) -> None:
+    stream = fixtures_dir / "esl" / "streams" / "fsock_test_data_2012.txt"
     sim.replay_file(stream)
     data = stream.read_bytes()
     with gevent.Timeout(2):
@@ -264,9 +264,9 @@ def test_restart_changes_core_uuid(sim: FreeSwitchSimulator, client: RawClient) 
 
 
 def test_header_set_covers_the_real_capture(sim: FreeSwitchSimulator, client: RawClient,
-                                            shared_fixtures: Path) -> None:
+                                            fixtures_dir: Path) -> None:
     real = parse_event(FrameParser().feed(
-        (shared_fixtures / "esl" / "channel_callstate_ringing.txt").read_bytes())[0])
+        (fixtures_dir / "esl" / "channel_callstate_ringing.txt").read_bytes())[0])
     sim.originate("1001", "1002")
     ours = client.events(1)[0]
     assert real is not None

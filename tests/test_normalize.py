@@ -13,8 +13,8 @@ from esl.protocol import FrameParser, parse_event
 CFG = NormalizeConfig(domain_default="example.com")
 
 
-def load(shared_fixtures, name: str) -> tuple[str, dict[str, str]]:
-    frames = FrameParser().feed((shared_fixtures / "esl" / name).read_bytes())
+def load(fixtures_dir, name: str) -> tuple[str, dict[str, str]]:
+    frames = FrameParser().feed((fixtures_dir / "esl" / name).read_bytes())
     event = parse_event(frames[0])
     assert event is not None
     return event.name, dict(event.headers)
@@ -31,15 +31,15 @@ def dialog_of(result):
 @pytest.mark.parametrize("name", [
     "channel_callstate_ringing.txt", "channel_callstate_hangup.txt", "channel_callstate_down.txt",
 ])
-def test_real_2012_callstate_without_presence_id_is_skipped(shared_fixtures, name):
+def test_real_2012_callstate_without_presence_id_is_skipped(fixtures_dir, name):
     # The 2012 B2BUA capture has no presence_id on the channel: no presentity to light.
-    event, headers = load(shared_fixtures, name)
+    event, headers = load(fixtures_dir, name)
     assert normalize(event, headers, CFG).skipped == "no presence id"
 
 
-def test_real_ringing_with_presence_id(shared_fixtures):
+def test_real_ringing_with_presence_id(fixtures_dir):
     # real capture + ONE added header (Channel-Presence-ID), as a dialplan presence_id would add
-    event, headers = load(shared_fixtures, "channel_callstate_ringing.txt")
+    event, headers = load(fixtures_dir, "channel_callstate_ringing.txt")
     headers["Channel-Presence-ID"] = "4986517174963@call-home.net"
     result = normalize(event, headers, CFG)
     dialog = dialog_of(result)
@@ -55,32 +55,32 @@ def test_real_ringing_with_presence_id(shared_fixtures):
     assert pidf["State"] == "confirmed" and pidf["Call-ID"] == dialog["Call-ID"]
 
 
-def test_real_hangup_and_down_after_hangup(shared_fixtures):
+def test_real_hangup_and_down_after_hangup(fixtures_dir):
     for name in ("channel_callstate_hangup.txt", "channel_callstate_down.txt"):
-        event, headers = load(shared_fixtures, name)
+        event, headers = load(fixtures_dir, name)
         headers["Channel-Presence-ID"] = "1000@call-home.net"
         dialog = dialog_of(normalize(event, headers, CFG))
         assert dialog["State"] == "terminated"
         assert dialog["Expires"] == 20
 
 
-def test_real_down_not_after_hangup_is_skipped(shared_fixtures):
-    event, headers = load(shared_fixtures, "channel_callstate_down.txt")
+def test_real_down_not_after_hangup_is_skipped(fixtures_dir):
+    event, headers = load(fixtures_dir, "channel_callstate_down.txt")
     headers["Channel-Presence-ID"] = "1000@call-home.net"
     headers["Original-Channel-Call-State"] = "RINGING"  # modified: a DOWN with no state yet
     assert normalize(event, headers, CFG).skipped == "call state down"
 
 
-def test_real_park_application_capture_is_skipped_with_reason(shared_fixtures):
-    event, headers = load(shared_fixtures, "channel_park_presence_2023.txt")
+def test_real_park_application_capture_is_skipped_with_reason(fixtures_dir):
+    event, headers = load(fixtures_dir, "channel_park_presence_2023.txt")
     assert event == "CHANNEL_PARK"
     assert headers["Channel-Presence-ID"] == "1001@192.168.56.120"  # decoded once by esl/
     assert normalize(event, headers, CFG).skipped == "park application has no slot"
 
 
-def test_park_capture_headers_as_callstate_use_verbose_sip_tags(shared_fixtures):
+def test_park_capture_headers_as_callstate_use_verbose_sip_tags(fixtures_dir):
     # the same real headers under the CHANNEL_CALLSTATE name (renamed: synthesized)
-    _, headers = load(shared_fixtures, "channel_park_presence_2023.txt")
+    _, headers = load(fixtures_dir, "channel_park_presence_2023.txt")
     dialog = dialog_of(normalize("CHANNEL_CALLSTATE", headers, CFG))
     assert dialog["From"] == "sip:1001@192.168.56.120"
     assert dialog["To-User"] == "1002" and dialog["Direction"] == "initiator"
@@ -91,8 +91,8 @@ def test_park_capture_headers_as_callstate_use_verbose_sip_tags(shared_fixtures)
 @pytest.mark.parametrize("name", [
     "channel_answer.txt", "channel_hangup_complete.txt", "heartbeat.txt", "api.txt",
 ])
-def test_real_other_events_are_skipped(shared_fixtures, name):
-    event, headers = load(shared_fixtures, name)
+def test_real_other_events_are_skipped(fixtures_dir, name):
+    event, headers = load(fixtures_dir, name)
     assert normalize(event, headers, CFG).skipped == f"unsupported event {event}"
 
 

@@ -46,8 +46,8 @@ def _fixture(shared: Path, name: str) -> bytes:
 # ----------------------------------------------------------------- captured fixtures
 
 
-def test_yealink_subscribe(shared_fixtures: Path) -> None:
-    msg = parse_message(_fixture(shared_fixtures, "subscribe_dialog_yealink_t46g.txt"))
+def test_yealink_subscribe(fixtures_dir: Path) -> None:
+    msg = parse_message(_fixture(fixtures_dir, "subscribe_dialog_yealink_t46g.txt"))
     assert isinstance(msg, Request)
     assert (msg.method, msg.uri) == ("SUBSCRIBE", "sip:1000@10.10.20.34:5060")
     assert msg.event == ("dialog", {})
@@ -63,10 +63,10 @@ def test_yealink_subscribe(shared_fixtures: Path) -> None:
     assert msg.body == b""
 
 
-def test_polycom_subscribe_branch_with_space_is_accepted(shared_fixtures: Path) -> None:
+def test_polycom_subscribe_branch_with_space_is_accepted(fixtures_dir: Path) -> None:
     # Decision: a robust server answers the real phone; the branch keeps its inner space and the
     # Via is echoed byte-for-byte (plus received/rport) so the phone can match the response.
-    msg = parse_message(_fixture(shared_fixtures, "subscribe_dialog_polycom_vvx400.txt"))
+    msg = parse_message(_fixture(fixtures_dir, "subscribe_dialog_polycom_vvx400.txt"))
     assert isinstance(msg, Request)
     via = msg.vias[0]
     assert via.branch == "z9hG4bK271d65c640 661e"
@@ -83,20 +83,20 @@ def test_polycom_subscribe_branch_with_space_is_accepted(shared_fixtures: Path) 
     assert out.to.tag == "srv1"
 
 
-def test_notify_fixtures_parse(shared_fixtures: Path) -> None:
+def test_notify_fixtures_parse(fixtures_dir: Path) -> None:
     for name, length in (
         ("notify_dialog_yealink_full_confirmed.txt", 584),
         ("notify_dialog_yealink_partial_terminated.txt", 217),
     ):
-        msg = parse_message(_fixture(shared_fixtures, name))
+        msg = parse_message(_fixture(fixtures_dir, name))
         assert isinstance(msg, Request) and msg.method == "NOTIFY"
         assert len(msg.body) == length
         assert msg.body.startswith(b"<?xml")
         assert msg.headers.get("Subscription-State", ) is not None
 
 
-def test_content_length_smaller_than_body_truncates(shared_fixtures: Path) -> None:
-    data = _fixture(shared_fixtures, "notify_mwi_wildix_gw.txt")  # declares 90, carries 91
+def test_content_length_smaller_than_body_truncates(fixtures_dir: Path) -> None:
+    data = _fixture(fixtures_dir, "notify_mwi_wildix_gw.txt")  # declares 90, carries 91
     msg = parse_message(data)
     assert isinstance(msg, Request)
     assert len(msg.body) == 90
@@ -105,8 +105,8 @@ def test_content_length_smaller_than_body_truncates(shared_fixtures: Path) -> No
     assert msg.uri == "sip:150@10.135.0.12;line=16172"
 
 
-def test_content_length_larger_than_body_is_400(shared_fixtures: Path) -> None:
-    data = _fixture(shared_fixtures, "notify_presence_freeswitch_pidf_noresource.txt")
+def test_content_length_larger_than_body_is_400(fixtures_dir: Path) -> None:
+    data = _fixture(fixtures_dir, "notify_presence_freeswitch_pidf_noresource.txt")
     with pytest.raises(ParseError) as info:
         parse_message(data)  # declares 431, carries 428
     assert info.value.status == 400
@@ -120,8 +120,8 @@ def test_content_length_larger_than_body_is_400(shared_fixtures: Path) -> None:
     assert msg.headers.get("Allow-Events").startswith("talk, hold")
 
 
-def test_every_fixture_roundtrips_through_build_request(shared_fixtures: Path) -> None:
-    for path in sorted((shared_fixtures / "sip").glob("*.txt")):
+def test_every_fixture_roundtrips_through_build_request(fixtures_dir: Path) -> None:
+    for path in sorted((fixtures_dir / "sip").glob("*.txt")):
         data = path.read_bytes()
         if b"Content-Length: 431" in data:
             data = data.replace(b"Content-Length: 431", b"Content-Length: 428")

@@ -36,17 +36,17 @@ def _index(root: Path) -> list[dict[str, str]]:
 
 
 def _rows() -> list[dict[str, str]]:
-    from tests.conftest import SHARED_FIXTURES
+    from tests.conftest import FIXTURES
 
-    root = SHARED_FIXTURES / "sip-torture"
+    root = FIXTURES / "sip-torture"
     return _index(root) if root.is_dir() else []
 
 
 ROWS = _rows()
 
 
-def test_index_covers_every_file(shared_fixtures: Path) -> None:
-    root = shared_fixtures / "sip-torture"
+def test_index_covers_every_file(fixtures_dir: Path) -> None:
+    root = fixtures_dir / "sip-torture"
     listed = {row["file"] for row in _index(root)}
     on_disk = {str(p.relative_to(root)) for p in root.glob("rfc*/*.dat")}
     assert listed <= on_disk
@@ -55,9 +55,9 @@ def test_index_covers_every_file(shared_fixtures: Path) -> None:
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["file"] for r in ROWS])
-def test_torture_message(row: dict[str, str], shared_fixtures: Path) -> None:
+def test_torture_message(row: dict[str, str], fixtures_dir: Path) -> None:
     name = row["file"]
-    data = (shared_fixtures / "sip-torture" / name).read_bytes()
+    data = (fixtures_dir / "sip-torture" / name).read_bytes()
     assert len(data) == int(row["bytes"])
     kind = Request if row["kind"] == "request" else Response
     expect_ok = (
@@ -88,8 +88,8 @@ def test_torture_message(row: dict[str, str], shared_fixtures: Path) -> None:
         assert f"\r\nCall-ID: {call_id}\r\n".encode() in answer
 
 
-def test_badvers_and_scheme_errors_are_answerable(shared_fixtures: Path) -> None:
-    root = shared_fixtures / "sip-torture" / "rfc4475"
+def test_badvers_and_scheme_errors_are_answerable(fixtures_dir: Path) -> None:
+    root = fixtures_dir / "sip-torture" / "rfc4475"
     for name, status in (("badvers.dat", 505), ("unkscm.dat", 416), ("novelsc.dat", 416)):
         with pytest.raises(ParseError) as info:
             parse_message((root / name).read_bytes())
@@ -99,23 +99,23 @@ def test_badvers_and_scheme_errors_are_answerable(shared_fixtures: Path) -> None
         assert isinstance(answer, Response) and answer.status == status
 
 
-def test_bad_responses_raise(shared_fixtures: Path) -> None:
-    root = shared_fixtures / "sip-torture" / "rfc4475"
+def test_bad_responses_raise(fixtures_dir: Path) -> None:
+    root = fixtures_dir / "sip-torture" / "rfc4475"
     for name in ("bigcode.dat", "scalarlg.dat"):
         with pytest.raises(ParseError):
             parse_message((root / name).read_bytes())
 
 
-def test_dblreq_is_register_with_empty_body(shared_fixtures: Path) -> None:
-    message = parse_message((shared_fixtures / "sip-torture/rfc4475/dblreq.dat").read_bytes())
+def test_dblreq_is_register_with_empty_body(fixtures_dir: Path) -> None:
+    message = parse_message((fixtures_dir / "sip-torture/rfc4475/dblreq.dat").read_bytes())
     assert isinstance(message, Request)
     assert message.method == "REGISTER"
     assert message.body == b""
     assert message.call_id == "dblreq.0ha0isndaksdj99sdfafnl3lk233412"
 
 
-def test_wsinv_structured_values(shared_fixtures: Path) -> None:
-    message = parse_message((shared_fixtures / "sip-torture/rfc4475/wsinv.dat").read_bytes())
+def test_wsinv_structured_values(fixtures_dir: Path) -> None:
+    message = parse_message((fixtures_dir / "sip-torture/rfc4475/wsinv.dat").read_bytes())
     assert isinstance(message, Request)
     assert message.to.uri == "sip:vivekg@chair-dnrc.example.com"
     assert message.to.tag == "1918181833n"
@@ -136,8 +136,8 @@ def test_wsinv_structured_values(shared_fixtures: Path) -> None:
     assert len(message.body) == 150
 
 
-def test_rejected_requests_that_cannot_be_addressed(shared_fixtures: Path) -> None:
-    root = shared_fixtures / "sip-torture" / "rfc4475"
+def test_rejected_requests_that_cannot_be_addressed(fixtures_dir: Path) -> None:
+    root = fixtures_dir / "sip-torture" / "rfc4475"
     for name in ("insuf.dat", "badinv01.dat"):
         with pytest.raises(ParseError) as info:
             parse_message((root / name).read_bytes())
@@ -146,11 +146,11 @@ def test_rejected_requests_that_cannot_be_addressed(shared_fixtures: Path) -> No
 
 
 def test_repeated_single_headers_are_answered_400_from_the_first_values(
-    shared_fixtures: Path,
+    fixtures_dir: Path,
 ) -> None:
     """RFC 4475 3.3.8 wants a 400 for multi01; the first From/To/Call-ID/CSeq address it."""
     with pytest.raises(ParseError) as info:
-        parse_message((shared_fixtures / "sip-torture" / "rfc4475" / "multi01.dat").read_bytes())
+        parse_message((fixtures_dir / "sip-torture" / "rfc4475" / "multi01.dat").read_bytes())
     assert info.value.status == 400
     request = info.value.request
     assert request is not None

@@ -15,10 +15,10 @@ from pathlib import Path
 import gevent
 import pytest
 
-from tests.conftest import SHARED_FIXTURES
+from tests.conftest import FIXTURES
 from tests.node_util import running_node, sip_address
 
-TORTURE = SHARED_FIXTURES / "sip-torture"
+TORTURE = FIXTURES / "sip-torture"
 ROWS = list(csv.DictReader((TORTURE / "INDEX.tsv").open(), delimiter="\t")) if TORTURE.is_dir() \
     else []
 # Invalid messages that INDEX.tsv says a robust element may also process normally.
