@@ -1,0 +1,524 @@
+"""sipp phones for the real-FreeSWITCH tests: they register with digest auth, ring, answer, call.
+
+A phone of the switch is two sipp processes, as sipp maps incoming requests to calls by Call-ID:
+
+- :func:`register` sends REGISTER, answers the 401 with ``[authentication]`` and exits once the
+  switch said 200; the registered Contact points at the phone's answering port;
+- :class:`Callee` listens on that port (sipp server mode) and plays a :class:`CalleePlan`: ring,
+  answer, refuse, hang up, or wait for CANCEL;
+- :class:`Caller` places a call: INVITE, the 407 answered with credentials, then a
+  :class:`CallerPlan` (talk and hang up, wait for the far end's BYE, cancel, expect a refusal).
+
+Watchers of busylamp are sipp too (:class:`LampWatcher`): one SUBSCRIBE, then every NOTIFY answered
+200 until the test stops them. Every trace line carries sipp's own wall-clock time, so the test can
+measure "SIP event at the phone -> NOTIFY at the watcher" from two sipp traces.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import socket
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.sipp_util import SippRun, free_port, start_sipp
+from tests.system.freeswitch import DOMAIN, PASSWORD
+
+_HEAD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="{name}">
+"""
+
+_SDP = """v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=sendrecv
+"""
+
+
+def _sdp(direction: str = "sendrecv") -> str:
+    return _SDP.replace("a=sendrecv", f"a={direction}")
+
+
+# --- registration --------------------------------------------------------------------------------
+
+def register_xml(user: str, contact_port: int, expires: int = 3600) -> str:
+    register = """  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:{domain} SIP/2.0
+      Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch]
+      From: <sip:{user}@{domain}>;tag=[pid]reg[call_number]
+      To: <sip:{user}@{domain}>
+      Call-ID: [call_id]
+      CSeq: {cseq} REGISTER
+      Contact: <sip:{user}@[local_ip]:{contact_port}>
+      Max-Forwards: 70
+      Expires: {expires}
+      User-Agent: sipp busylamp-phone
+      {auth}Content-Length: 0
+
+    ]]>
+  </send>
+"""
+    fields = dict(domain=DOMAIN, user=user, contact_port=contact_port, expires=expires)
+    return (_HEAD.format(name=f"register {user}")
+            + register.format(cseq=1, auth="", **fields)
+            + '  <recv response="401" auth="true"/>\n'
+            + register.format(cseq=2, auth=f"[authentication username={user} password={PASSWORD}]\n      ",
+                              **fields)
+            + '  <recv response="200"/>\n</scenario>\n')
+
+
+def register(user: str, contact_port: int, fs_sip: tuple[str, int], workdir: Path,
+             expires: int = 3600) -> None:
+    """REGISTER ``user`` at the switch with digest auth; the Contact is ``contact_port``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    scenario = workdir / f"register-{user}.xml"
+    scenario.write_text(register_xml(user, contact_port, expires))
+    run = start_sipp(scenario, fs_sip, workdir / f"register-{user}-{expires}", timeout=15)
+    if run.wait(30) != 0:
+        raise AssertionError(f"REGISTER {user} failed:\n{run.errors()}")
+
+
+# --- the called phone ----------------------------------------------------------------------------
+
+@dataclass
+class CalleePlan:
+    """What the called phone does with one INVITE."""
+
+    ring_ms: int = 300  # 180 Ringing, then this long before the final answer
+    answer: int | None = 200  # 200, a refusal (486, 603...) or None: ring until CANCEL
+    talk_ms: int | None = None  # answered: hang up after this long; None: wait for BYE
+    reinvite_hold: bool = False  # answered: expect a re-INVITE (hold), then another (resume)
+
+
+_REASONS = {200: "OK", 486: "Busy Here", 603: "Decline", 480: "Temporarily Unavailable"}
+
+
+def callee_xml(user: str, plans: list[CalleePlan]) -> str:
+    """A server scenario for one call per plan (sipp runs it once per incoming call)."""
+    if len(plans) != 1:
+        raise ValueError("one plan per callee process")
+    plan = plans[0]
+    contact = f"<sip:{user}@[local_ip]:[local_port]>"
+    reply = """  <send>
+    <![CDATA[
+      SIP/2.0 {status} {reason}
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]callee[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: {contact}
+      {body_headers}Content-Length: [len]
+
+{body}    ]]>
+  </send>
+"""
+
+    def send(status: int, sdp: str | None = None) -> str:
+        reason = _REASONS.get(status, "Whatever")
+        if sdp is None:
+            return reply.format(status=status, reason=reason, contact=contact, body_headers="",
+                                body="")
+        return reply.format(status=status, reason=reason, contact=contact,
+                            body_headers="Content-Type: application/sdp\n      ",
+                            body="      " + sdp)
+
+    steps = ['  <recv request="INVITE" crlf="true"/>\n', send(180)]
+    if plan.answer is None:
+        steps += ['  <recv request="CANCEL"/>\n', send(200), send(487), '  <recv request="ACK"/>\n']
+    elif plan.answer != 200:
+        steps += [f'  <pause milliseconds="{plan.ring_ms}"/>\n', send(plan.answer),
+                  '  <recv request="ACK"/>\n']
+    else:
+        steps += [f'  <pause milliseconds="{plan.ring_ms}"/>\n', send(200, _sdp()),
+                  '  <recv request="ACK"/>\n']
+        if plan.reinvite_hold:
+            steps += ['  <recv request="INVITE"/>\n', send(200, _sdp("recvonly")),
+                      '  <recv request="ACK"/>\n',
+                      '  <recv request="INVITE"/>\n', send(200, _sdp("sendrecv")),
+                      '  <recv request="ACK"/>\n']
+        if plan.talk_ms is None:
+            steps += ['  <recv request="BYE"/>\n', send(200)]
+        else:
+            steps += [f'  <pause milliseconds="{plan.talk_ms}"/>\n', _BYE_FROM_CALLEE,
+                      '  <recv response="200"/>\n']
+    return _HEAD.format(name=f"callee {user}") + "".join(steps) + "</scenario>\n"
+
+
+_BYE_FROM_CALLEE = """  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch]
+      [last_To:]
+      [last_From:]
+      [last_Call-ID:]
+      CSeq: 1 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+@dataclass
+class Callee:
+    """A registered phone that answers calls as its plan says."""
+
+    user: str
+    plan: CalleePlan
+    fs_sip: tuple[str, int]
+    workdir: Path
+    run: SippRun | None = None
+    port: int = field(default_factory=lambda: free_port(socket.SOCK_DGRAM))
+
+    def start(self, register_too: bool = True) -> Callee:
+        folder = self.workdir / f"callee-{self.user}"
+        folder.mkdir(parents=True, exist_ok=True)
+        scenario = folder / "callee.xml"
+        scenario.write_text(callee_xml(self.user, [self.plan]))
+        self.run = start_sipp(scenario, self.fs_sip, folder, port=self.port, timeout=60,
+                              extra=["-rsa", f"{self.fs_sip[0]}:{self.fs_sip[1]}"])
+        if register_too:
+            register(self.user, self.port, self.fs_sip, self.workdir)
+        return self
+
+    def trace(self) -> list[Traced]:
+        assert self.run is not None
+        return parse_timed_trace(self.run.messages_log())
+
+
+# --- the calling phone ---------------------------------------------------------------------------
+
+@dataclass
+class CallerPlan:
+    """What the calling phone does after its INVITE."""
+
+    expect: int = 200  # the final answer it waits for (200, 486, 480, 404, ...)
+    talk_ms: int | None = 1000  # answered: hang up after this long; None: wait for the far BYE
+    cancel_after_ms: int | None = None  # send CANCEL this long after the 180 (expect 487)
+    hold: bool = False  # answered: re-INVITE sendonly, then sendrecv, before hanging up
+    hold_ms: int = 800
+
+
+def caller_xml(user: str, dest: str, plan: CallerPlan) -> str:
+    invite = """  <send retrans="500" start_txn="invite">
+    <![CDATA[
+      INVITE sip:{dest}@{domain} SIP/2.0
+      Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch]
+      From: <sip:{user}@{domain}>;tag=[pid]caller[call_number]
+      To: <sip:{dest}@{domain}>{to_tag}
+      Call-ID: [call_id]
+      CSeq: {cseq} INVITE
+      Contact: <sip:{user}@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      User-Agent: sipp busylamp-phone
+      {auth}Content-Type: application/sdp
+      Content-Length: [len]
+
+      {sdp}
+    ]]>
+  </send>
+"""
+    ack = """  <send{ack_txn}>
+    <![CDATA[
+      ACK {ruri} SIP/2.0
+      {via}
+      From: <sip:{user}@{domain}>;tag=[pid]caller[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: {cseq} ACK
+      Contact: <sip:{user}@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      {auth}Content-Length: 0
+
+    ]]>
+  </send>
+"""
+    in_dialog = """  <send retrans="500">
+    <![CDATA[
+      {method} [next_url] SIP/2.0
+      Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch]
+      From: <sip:{user}@{domain}>;tag=[pid]caller[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: {cseq} {method}
+      Contact: <sip:{user}@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      {extra}Content-Length: [len]
+
+{body}    ]]>
+  </send>
+"""
+    cred = f"[authentication username={user} password={PASSWORD}]\n      "
+    f = dict(user=user, dest=dest, domain=DOMAIN)
+    steps = [invite.format(cseq=1, auth="", to_tag="", sdp=_sdp(), **f),
+             '  <recv response="100" optional="true" response_txn="invite"/>\n',
+             '  <recv response="407" auth="true" response_txn="invite"/>\n',
+             ack.format(ack_txn=' ack_txn="invite"', ruri=f"sip:{dest}@{DOMAIN}",
+                        via="[last_Via:]", cseq=1, auth="", **f),
+             invite.format(cseq=2, auth=cred, to_tag="", sdp=_sdp(), **f),
+             '  <recv response="100" optional="true" response_txn="invite"/>\n']
+    if plan.expect == 200:
+        steps += ['  <recv response="180" optional="true" response_txn="invite"/>\n',
+                  '  <recv response="183" optional="true" response_txn="invite"/>\n',
+                  '  <recv response="200" rrs="true" response_txn="invite"/>\n',
+                  ack.format(ack_txn="", ruri="[next_url]",
+                             via="Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch]",
+                             cseq=2, auth="", **f)]
+        cseq = 3
+        if plan.hold:
+            for direction in ("sendonly", "sendrecv"):
+                steps += [f'  <pause milliseconds="{plan.hold_ms}"/>\n',
+                          in_dialog.format(method="INVITE", cseq=cseq,
+                                           extra="Content-Type: application/sdp\n      ",
+                                           body="      " + _sdp(direction), **f),
+                          '  <recv response="100" optional="true"/>\n',
+                          '  <recv response="200"/>\n',
+                          ack.format(ack_txn="", ruri="[next_url]",
+                                     via="Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch]",
+                                     cseq=cseq, auth="", **f)]
+                cseq += 1
+        if plan.talk_ms is None:
+            steps += ['  <recv request="BYE"/>\n', _OK_TO_REQUEST]
+        else:
+            steps += [f'  <pause milliseconds="{plan.talk_ms}"/>\n',
+                      in_dialog.format(method="BYE", cseq=cseq, extra="", body="", **f),
+                      '  <recv response="200"/>\n']
+    elif plan.cancel_after_ms is not None:
+        steps += ['  <recv response="180" optional="true" response_txn="invite"/>\n',
+                  f'  <pause milliseconds="{plan.cancel_after_ms}"/>\n',
+                  _CANCEL.format(**f),
+                  '  <recv response="200"/>\n',
+                  '  <recv response="487" response_txn="invite"/>\n',
+                  ack.format(ack_txn=' ack_txn="invite"', ruri=f"sip:{dest}@{DOMAIN}",
+                             via="Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch_invite]",
+                             cseq=2, auth="", **f)]
+    else:
+        steps += ['  <recv response="180" optional="true" response_txn="invite"/>\n',
+                  '  <recv response="183" optional="true" response_txn="invite"/>\n',
+                  f'  <recv response="{plan.expect}" response_txn="invite"/>\n',
+                  ack.format(ack_txn=' ack_txn="invite"', ruri=f"sip:{dest}@{DOMAIN}",
+                             via="[last_Via:]", cseq=2, auth="", **f)]
+    return _HEAD.format(name=f"caller {user} -> {dest}") + "".join(steps) + "</scenario>\n"
+
+
+_OK_TO_REQUEST = """  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+_CANCEL = """  <send retrans="500">
+    <![CDATA[
+      CANCEL sip:{dest}@{domain} SIP/2.0
+      [last_Via:]
+      From: <sip:{user}@{domain}>;tag=[pid]caller[call_number]
+      To: <sip:{dest}@{domain}>
+      Call-ID: [call_id]
+      CSeq: 2 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+@dataclass
+class Caller:
+    """A phone that places one call through the switch (authenticating its INVITE)."""
+
+    user: str
+    dest: str
+    plan: CallerPlan
+    fs_sip: tuple[str, int]
+    workdir: Path
+    run: SippRun | None = None
+
+    def start(self) -> Caller:
+        folder = self.workdir / f"caller-{self.user}-{self.dest}"
+        folder.mkdir(parents=True, exist_ok=True)
+        scenario = folder / "caller.xml"
+        scenario.write_text(caller_xml(self.user, self.dest, self.plan))
+        self.run = start_sipp(scenario, self.fs_sip, folder, timeout=60)
+        return self
+
+    def wait(self, timeout: float = 60) -> None:
+        assert self.run is not None
+        code = self.run.wait(timeout)
+        if code != 0:
+            raise AssertionError(f"caller {self.user}->{self.dest} failed ({code}):\n"
+                                 f"{self.run.errors()}\n{self.run.messages_log()[-3000:]}")
+
+    def trace(self) -> list[Traced]:
+        assert self.run is not None
+        return parse_timed_trace(self.run.messages_log())
+
+
+# --- watchers of busylamp ------------------------------------------------------------------------
+
+def watcher_xml(presentity: str, watcher: str, event: str, accept: str) -> str:
+    return _HEAD.format(name=f"watch {presentity}") + f"""  <send retrans="500">
+    <![CDATA[
+      SUBSCRIBE sip:{presentity} SIP/2.0
+      Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch]
+      From: <sip:{watcher}>;tag=[pid]watch[call_number]
+      To: <sip:{presentity}>
+      Call-ID: [call_id]
+      CSeq: 1 SUBSCRIBE
+      Contact: <sip:{watcher.partition("@")[0]}@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Event: {event}
+      Accept: {accept}
+      Expires: 3600
+      User-Agent: sipp busylamp-watcher
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <label id="1"/>
+  <recv request="NOTIFY"/>
+{_OK_TO_REQUEST}  <nop next="1"/>
+</scenario>
+"""
+
+
+_ACCEPT = {"dialog": "application/dialog-info+xml",
+           "message-summary": "application/simple-message-summary",
+           "presence": "application/pidf+xml"}
+
+
+@dataclass
+class LampWatcher:
+    """A phone watching one presentity at busylamp until :meth:`stop`."""
+
+    presentity: str  # user@domain
+    busylamp_sip: tuple[str, int]
+    workdir: Path
+    event: str = "dialog"
+    watcher: str = f"2000@{DOMAIN}"
+    run: SippRun | None = None
+
+    def start(self) -> LampWatcher:
+        folder = self.workdir / f"watch-{self.presentity}-{self.event}-{free_port()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        scenario = folder / "watch.xml"
+        scenario.write_text(watcher_xml(self.presentity, self.watcher, self.event,
+                                        _ACCEPT[self.event]))
+        self.run = start_sipp(scenario, self.busylamp_sip, folder, timeout=3600)
+        return self
+
+    def notifies(self) -> list[Traced]:
+        assert self.run is not None
+        return [m for m in parse_timed_trace(self.run.messages_log())
+                if m.received and m.method == "NOTIFY"]
+
+    def stop(self) -> None:
+        if self.run is not None:
+            self.run.kill()
+
+    # --- reading lamps ---------------------------------------------------------------------------
+
+    def dialogs(self) -> list[list[Dialog]]:
+        """The dialogs of each NOTIFY's dialog-info body, in arrival order."""
+        return [parse_dialog_info(n.body) for n in self.notifies()]
+
+
+# --- traces and bodies ---------------------------------------------------------------------------
+
+@dataclass
+class Traced:
+    at: float  # sipp's wall clock (epoch seconds)
+    received: bool
+    start_line: str
+    headers: dict[str, str]
+    body: str
+
+    @property
+    def method(self) -> str | None:
+        first = self.start_line.split(" ", 1)[0]
+        return None if first.startswith("SIP/") else first
+
+    @property
+    def status(self) -> int | None:
+        parts = self.start_line.split(" ")
+        return int(parts[1]) if self.start_line.startswith("SIP/") else None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+_TIMED = re.compile(
+    r"^-{5,} (?P<date>\d{4}-\d\d-\d\d)\s+(?P<time>\d\d:\d\d:\d\d\.\d+)[^\n]*\n"
+    r"(?:UDP|TCP) message (?P<verb>received|sent)[^\n]*:\n\n(?P<msg>.*?)(?=^-{5,} |\Z)",
+    re.S | re.M)
+
+
+def parse_timed_trace(text: str) -> list[Traced]:
+    """sipp's ``-trace_msg`` log, each message with the time sipp logged it (local time)."""
+    seen = []
+    for match in _TIMED.finditer(text):
+        at = dt.datetime.fromisoformat(f"{match['date']} {match['time']}").timestamp()
+        raw = match["msg"].replace("\r\n", "\n").strip("\n")
+        head, _, body = raw.partition("\n\n")
+        lines = head.split("\n")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers.setdefault(name.strip().lower(), value.strip())
+        seen.append(Traced(at, match["verb"] == "received", lines[0].strip(), headers, body))
+    return seen
+
+
+@dataclass
+class Dialog:
+    id: str
+    state: str
+    direction: str | None
+    remote_target: str | None
+
+
+_NS = "{urn:ietf:params:xml:ns:dialog-info}"
+
+
+def parse_dialog_info(body: str) -> list[Dialog]:
+    if not body.strip():
+        return []
+    root = ET.fromstring(body.strip())
+    dialogs = []
+    for d in root.findall(f"{_NS}dialog"):
+        state = d.findtext(f"{_NS}state") or ""
+        target = d.find(f"{_NS}remote/{_NS}target")
+        dialogs.append(Dialog(d.get("id", ""), state.strip(), d.get("direction"),
+                              target.get("uri") if target is not None else None))
+    return dialogs
+
+
+def lamp(dialogs: list[Dialog]) -> str:
+    """What a BLF key shows for one dialog-info body: idle, early (blinking) or confirmed (lit)."""
+    states = {d.state for d in dialogs}
+    if "confirmed" in states:
+        return "confirmed"
+    if states & {"early", "trying", "proceeding"}:
+        return "early"
+    return "idle"
