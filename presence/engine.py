@@ -12,8 +12,8 @@ subscription and that prebuilt body with the watcher's own ``version``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,12 +25,15 @@ from presence.sip.message import (
     ParseError,
     Request,
     Response,
+    SipUri,
     build_response,
+    is_token,
     parse_message,
     parse_name_addr,
     parse_uri,
     sniff_response,
 )
+from presence.sip.tokens import token64
 from presence.sip.transaction import ClientTransactions, ServerTransactions
 from presence.state import PresenceState
 from presence.subscriptions import Subscription, SubscriptionTable, new_tag
@@ -46,6 +49,9 @@ KNOWN_METHODS = frozenset(
 )
 SUPPORTED_EXTENSIONS = frozenset()
 NOTIFY_REMOVE_STATUSES = frozenset((404, 481))
+# Transports a Contact or route may name that this node can send over (no TLS, SCTP, WS).
+SENDABLE_TRANSPORTS = frozenset(("udp", "tcp"))
+ERROR_LOG_INTERVAL = 60.0
 
 Outgoing = tuple[str, tuple[str, int], bytes, int | None]  # (transport, dest, data, conn_id)
 
@@ -91,9 +97,13 @@ class PresenceEngine:
         self.accepting = True  # False while warming up: SUBSCRIBE/OPTIONS get 503
         self._malformed_logged_at = float("-inf")
         self._malformed_logged_count = 0
+        self._notify_error_logged_at = float("-inf")
+        self._notify_error_logged_count = 0
         self._out: list[Outgoing] = []
+        self._trusted_cache: dict[str, bool] = {}
+        # A per-process prefix lets the response sniffer recognise our branches at a glance;
+        # the 64 random bits after it make each branch unguessable.
         self._branch_prefix = "z9hG4bK" + os.urandom(4).hex() + "."
-        self._branch_seq = itertools.count(1)
         self._allow_events = ", ".join(sorted(self.packages))
         self._server_header = config.server_name
         self._contact_hdr = {
@@ -109,6 +119,7 @@ class PresenceEngine:
             "sip_responses_received": 0,
             "sip_malformed": 0,
             "sip_dropped": 0,
+            "sip_untrusted": 0,
             "sip_retransmissions_received": 0,
             "subscribe_accepted": 0,
             "subscribe_rejected": 0,
@@ -117,11 +128,14 @@ class PresenceEngine:
             "notify_failed": 0,
             "notify_timeouts": 0,
             "notify_unmatched_responses": 0,
+            "notify_responses_wrong_source": 0,
+            "notify_errors": 0,
             "subscriptions_removed_unsubscribe": 0,
             "subscriptions_removed_expired": 0,
             "subscriptions_removed_notify_rejected": 0,
             "subscriptions_removed_notify_timeout": 0,
             "subscriptions_removed_shutdown": 0,
+            "subscriptions_removed_notify_error": 0,
             "updates_applied": 0,
         }
 
@@ -201,8 +215,11 @@ class PresenceEngine:
             for sub in watchers:
                 if sub.inflight is not None:
                     sub.dirty = True
-                else:
+                    continue
+                try:
                     self._send_notify(sub, body, now)
+                except Exception as exc:  # one watcher's bad NOTIFY must not stop the others
+                    self._notify_broken(sub, exc, now)
 
     # -- SIP input ----------------------------------------------------------------------------
 
@@ -215,7 +232,7 @@ class PresenceEngine:
             if sniffed is not None and sniffed[1].startswith(self._branch_prefix):
                 # the answer to one of our NOTIFYs: no need for a full parse
                 self.counters["sip_responses_received"] += 1
-                self._notify_response(sniffed[1], sniffed[0], now)
+                self._notify_response(sniffed[1], sniffed[0], source, transport, conn_id, now)
                 return
         try:
             message = parse_message(data, stream=transport != "udp")
@@ -229,7 +246,7 @@ class PresenceEngine:
             return
         if isinstance(message, Response):
             self.counters["sip_responses_received"] += 1
-            self._handle_response(message, now)
+            self._handle_response(message, source, transport, conn_id, now)
             return
         self.counters["sip_requests_received"] += 1
         try:
@@ -262,6 +279,14 @@ class PresenceEngine:
             self._out.append((transport, source, previous, conn_id))
             return
         respond = self._responder(req, key, source, transport, conn_id, now)
+        if self.config.trusted and not self._is_trusted(source[0]):
+            # --trusted covers every request, in a dialog or not, and comes before any answer
+            # that would tell an outsider about this node (489 Allow-Events, 481, OPTIONS)
+            self.counters["sip_untrusted"] += 1
+            if method == "SUBSCRIBE":
+                self.counters["subscribe_rejected"] += 1
+            respond(403, "Source not trusted")
+            return
         cseq_num, cseq_method = req.cseq
         if cseq_method != method:
             respond(400, "CSeq method does not match the request")
@@ -289,6 +314,14 @@ class PresenceEngine:
             respond(405, None, [("Allow", ALLOW)])
         else:
             respond(501, None, [("Allow", ALLOW)])
+
+    def _is_trusted(self, ip: str) -> bool:
+        trusted = self._trusted_cache.get(ip)
+        if trusted is None:
+            if len(self._trusted_cache) >= 4096:
+                self._trusted_cache.clear()
+            trusted = self._trusted_cache[ip] = _trusted(ip, self.config.trusted)
+        return trusted
 
     def _capabilities(self) -> list[tuple[str, str]]:
         accept = ", ".join(p.content_type for p in self.packages.values())
@@ -336,9 +369,6 @@ class PresenceEngine:
         package = self._package_for(req, respond)
         if package is None:
             return
-        if self.config.trusted and not _trusted(source[0], self.config.trusted):
-            self._reject(respond, 403, "Source not trusted")
-            return
         expires = self._expires_for(req, package, respond)
         if expires is None:
             return
@@ -359,10 +389,15 @@ class PresenceEngine:
         if not self.config.cross_domain and _domain(watcher_aor) != _domain(presentity):
             self._reject(respond, 403, "Cross-domain subscription not allowed")
             return
-        route = tuple(req.record_routes) or None
-        dest, out_transport, out_conn = self._destination(
-            contact.uri, route, source, transport, conn_id
-        )
+        # Everything the NOTIFYs will carry is checked now, before the 200: a dialog that
+        # cannot be notified is never accepted.
+        try:
+            route, dest, out_transport, out_conn = self._dialog_target(
+                req, contact.uri, source, transport, conn_id
+            )
+        except ParseError as exc:
+            self._reject(respond, exc.status, exc.reason)
+            return
         shared = self.subscriptions.shared
         sub = Subscription(
             tag=new_tag(),
@@ -388,10 +423,10 @@ class PresenceEngine:
             # A fetch (RFC 6665 4.4.3): one terminated NOTIFY with the state, nothing kept.
             self.counters["subscribe_fetch"] += 1
             sub.final_reason = "timeout"
-            self._send_notify(sub, body, now)
+            self._notify(sub, body, now)
             return
         self.subscriptions.add(sub)
-        self._send_notify(sub, body, now)
+        self._notify(sub, body, now)
         if package.name == "message-summary" and not self.state.records(package.name, presentity):
             self._control({"Event-Name": "mwi_query", "Presentity": presentity})
 
@@ -420,16 +455,24 @@ class PresenceEngine:
         expires = self._expires_for(req, sub.package, respond, to_tag=to_tag)
         if expires is None:
             return
-        sub.remote_cseq = cseq
         contact = req.contact
         if contact is not None and contact.uri != sub.target:
-            # SUBSCRIBE is a target refresh request (RFC 6665 4.1.2.1).
-            sub.target = contact.uri
+            # SUBSCRIBE is a target refresh request (RFC 6665 4.1.2.1); an unusable new
+            # target is refused and the dialog keeps the one it has.
+            try:
+                target = self._usable_uri(contact.uri, "Contact")
+                first = self._usable_uri(parse_name_addr(sub.route[0]).uri, "Route") \
+                    if sub.route else None
+            except ParseError as exc:
+                respond(exc.status, exc.reason, to_tag=to_tag)
+                return
+            sub.target = self.subscriptions.shared(contact.uri)
             sub.dest, sub.transport, sub.conn_id = self._destination(
-                contact.uri, sub.route, source, transport, conn_id
+                target, first, source, transport, conn_id
             )
         elif transport != "udp" and conn_id is not None and sub.route is None:
             sub.conn_id = conn_id
+        sub.remote_cseq = cseq
         respond(200, None, self._ok_headers(sub, expires), to_tag=to_tag)
         if expires == 0:
             self.counters["subscriptions_removed_unsubscribe"] += 1
@@ -441,7 +484,7 @@ class PresenceEngine:
         if sub.inflight is not None:
             sub.dirty = True
         else:
-            self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
 
     def _package_for(self, req: Request, respond: Callable[..., None]) -> EventPackage | None:
         event = req.event
@@ -486,8 +529,61 @@ class PresenceEngine:
             ("Allow-Events", self._allow_events),
         ]
 
+    def _dialog_target(
+        self, req: Request, contact: str, source: tuple[str, int], transport: str,
+        conn_id: int | None,
+    ) -> tuple[tuple[str, ...] | None, tuple[str, int], str, int | None]:
+        """The checked route set and destination of a new dialog's NOTIFYs.
+
+        Raises ParseError (with the status and reason to answer) when anything a NOTIFY would
+        be built from is unusable: a tag that is no token, a From or To URI that would not fit
+        in ``<...>``, a Contact or route entry that is not a plain ``sip:`` URI this node can
+        send to (``sips:`` needs TLS, which it has not).
+        """
+        if not is_token(req.from_.tag or ""):
+            raise ParseError("Bad From tag")
+        for what, text in (("From", req.from_.uri), ("To", req.to.uri)):
+            try:
+                parse_uri(text)
+            except ParseError:
+                raise ParseError(f"Bad {what} URI") from None
+        target = self._usable_uri(contact, "Contact")
+        route: list[str] = []
+        first: SipUri | None = None
+        for value in req.record_routes:
+            try:
+                entry = parse_name_addr(value)
+            except ParseError:
+                raise ParseError("Bad Record-Route") from None
+            uri = self._usable_uri(entry.uri, "Record-Route")
+            if first is None:
+                first = uri
+            route.append(str(entry))
+        dest, out, out_conn = self._destination(target, first, source, transport, conn_id)
+        return (tuple(route) or None), dest, out, out_conn
+
+    @staticmethod
+    def _usable_uri(text: str, what: str) -> SipUri:
+        """``text`` parsed, when it is a ``sip:`` URI a NOTIFY can be sent to or routed by."""
+        try:
+            uri = parse_uri(text)
+        except ParseError:
+            raise ParseError(f"Bad {what} URI") from None
+        if uri.scheme == "sips":
+            raise ParseError(f"SIPS {what} needs TLS, which this node does not offer", 416)
+        if uri.scheme != "sip":
+            raise ParseError(f"{what} is not a SIP URI")
+        if uri.headers is not None:
+            raise ParseError(f"Headers in {what} URI")
+        if uri.port == 0:
+            raise ParseError(f"Bad {what} port")
+        out = uri.params.get("transport")
+        if out is not None and out.lower() not in SENDABLE_TRANSPORTS:
+            raise ParseError(f"{what} transport {out} not offered by this node")
+        return uri
+
     def _destination(
-        self, contact: str, route: tuple[str, ...] | None, source: tuple[str, int],
+        self, contact: SipUri, route: SipUri | None, source: tuple[str, int],
         transport: str, conn_id: int | None,
     ) -> tuple[tuple[str, int], str, int | None]:
         """Where this dialog's NOTIFYs go: (address, transport, stream connection to reuse).
@@ -499,16 +595,13 @@ class PresenceEngine:
         """
         if self.config.nat_send_to_source:
             return source, transport, conn_id
-        try:
-            uri = parse_uri(_route_uri(route[0]) if route else contact)
-        except ParseError:
-            return source, transport, conn_id
+        uri = route or contact
         out = (uri.params.get("transport") or "").lower()
         if not out:
-            out = transport if route is None else ("tcp" if uri.scheme == "sips" else "udp")
+            out = transport if route is None else "udp"
         if out not in self.config.contacts:
             out = transport
-        dest = (uri.host.strip("[]"), uri.port or (5061 if uri.scheme == "sips" else 5060))
+        dest = (_address(uri.host), uri.port or 5060)
         reuse = out != "udp" and out == transport and (route is None or dest == source)
         return dest, out, conn_id if reuse else None
 
@@ -518,7 +611,7 @@ class PresenceEngine:
         """Build and queue one NOTIFY for ``sub`` with ``body`` and start its transaction."""
         package = sub.package
         sub.cseq += 1
-        branch = self._branch_prefix + format(next(self._branch_seq), "x")
+        branch = self._branch_prefix + token64()
         if sub.final_reason is not None:
             sub_state = "terminated;reason=" + sub.final_reason
         else:
@@ -530,13 +623,11 @@ class PresenceEngine:
             payload = body.prefix
         transport = sub.transport
         route = sub.route
-        if route is not None and ";lr" not in route[0]:
-            # Strict routing (RFC 3261 12.2.1.1): the first route becomes the Request-URI.
-            request_uri = _route_uri(route[0])
-            route_lines = "".join(f"Route: {r}\r\n" for r in route[1:]) + f"Route: <{sub.target}>\r\n"
-        else:
+        if route is None:
             request_uri = sub.target
-            route_lines = "".join(f"Route: {r}\r\n" for r in route) if route else ""
+            route_lines = ""
+        else:
+            request_uri, route_lines = _routed(route, sub.target)
         head = (
             f"NOTIFY {request_uri} SIP/2.0\r\n"
             f"Via: {self._via_sent_by.get(transport) or next(iter(self._via_sent_by.values()))}"
@@ -561,7 +652,10 @@ class PresenceEngine:
         self.counters["notify_sent"] += 1
         self._out.append((transport, sub.dest, data, sub.conn_id))
 
-    def _handle_response(self, resp: Response, now: float) -> None:
+    def _handle_response(
+        self, resp: Response, source: tuple[str, int], transport: str, conn_id: int | None,
+        now: float,
+    ) -> None:
         try:
             vias = resp.vias
             branch = vias[0].branch if vias else None
@@ -572,15 +666,27 @@ class PresenceEngine:
         if branch is None or method != "NOTIFY":
             self.counters["notify_unmatched_responses"] += 1
             return
-        self._notify_response(branch, resp.status, now)
+        self._notify_response(branch, resp.status, source, transport, conn_id, now)
 
-    def _notify_response(self, branch: str, status: int, now: float) -> None:
-        sub = self.client_transactions.on_response(branch, status, now)
-        if sub is None:
+    def _notify_response(
+        self, branch: str, status: int, source: tuple[str, int], transport: str,
+        conn_id: int | None, now: float,
+    ) -> None:
+        """A response to one of our NOTIFYs counts only when it comes from where that NOTIFY
+        went: the same connection, or (UDP, or a stream opened anew) the destination address.
+        A forged response from anywhere else cannot end or disturb a subscription."""
+        clients = self.client_transactions
+        dest = clients.destination(branch)
+        if dest is None:
             if status >= 200:
                 self.counters["notify_unmatched_responses"] += 1
             return
-        self._notify_done(sub, status, now)
+        if not _from_destination(dest, source, transport, conn_id):
+            self.counters["notify_responses_wrong_source"] += 1
+            return
+        sub = clients.on_response(branch, status, now)
+        if sub is not None:
+            self._notify_done(sub, status, now)
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
         sub.inflight = None
@@ -592,7 +698,7 @@ class PresenceEngine:
         if status >= 300:
             self.counters["notify_failed"] += 1
         if sub.dirty:
-            self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
 
     def _notify_timed_out(self, sub: Subscription, now: float) -> None:
         sub.inflight = None
@@ -607,7 +713,31 @@ class PresenceEngine:
         if sub.inflight is not None:
             sub.dirty = True
         else:
-            self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+
+    def _notify(self, sub: Subscription, body: RenderedBody, now: float) -> None:
+        """:meth:`_send_notify`, with a failure confined to ``sub`` (see :meth:`_notify_broken`)."""
+        try:
+            self._send_notify(sub, body, now)
+        except Exception as exc:
+            self._notify_broken(sub, exc, now)
+
+    def _notify_broken(self, sub: Subscription, exc: Exception, now: float) -> None:
+        """A NOTIFY that could not be built ends its subscription, and only that one: counted,
+        logged at most once a minute, and never in the way of fan-out, timers or shutdown."""
+        self.counters["notify_errors"] += 1
+        sub.inflight = None
+        sub.dirty = False
+        if self.subscriptions.remove(sub):
+            self.counters["subscriptions_removed_notify_error"] += 1
+        if now < self._notify_error_logged_at + ERROR_LOG_INTERVAL:
+            return
+        count = self.counters["notify_errors"] - self._notify_error_logged_count
+        self._notify_error_logged_at = now
+        self._notify_error_logged_count = self.counters["notify_errors"]
+        log.warning("NOTIFY for subscription %s (%s) failed, subscription removed: %r; "
+                    "%d such failures since the last report",
+                    sub.tag, sub.remote_uri, exc, count)
 
     def terminate_all(self, reason: str, now: float, limit: int | None = None) -> int:
         """Terminate up to ``limit`` subscriptions (shutdown); returns how many were ended."""
@@ -653,6 +783,43 @@ def _hostport(host: str, port: int) -> str:
 
 def _route_uri(route: str) -> str:
     return parse_name_addr(route).uri
+
+
+def _address(host: str) -> str:
+    """A URI host as a socket wants it: IPv6 without brackets and in its one canonical text
+    (so responses, whose source the kernel spells canonically, match it); names unchanged."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host
+
+
+@functools.lru_cache(maxsize=4096)
+def _routed(route: tuple[str, ...], target: str) -> tuple[str, str]:
+    """(Request-URI, Route header lines) of a NOTIFY in a dialog with a route set.
+
+    Strict routing (RFC 3261 12.2.1.1) when the first route has no ``lr``: it becomes the
+    Request-URI and the remote target goes last. Cached: a phone's dialogs share both inputs.
+    """
+    first = parse_name_addr(route[0]).uri
+    if "lr" in parse_uri(first).params:
+        return target, "".join(f"Route: {r}\r\n" for r in route)
+    return first, "".join(f"Route: {r}\r\n" for r in route[1:]) + f"Route: <{target}>\r\n"
+
+
+def _from_destination(
+    dest: tuple[str, tuple[str, int], int | None], source: tuple[str, int], transport: str,
+    conn_id: int | None,
+) -> bool:
+    """Whether a response arriving from ``source`` (``conn_id`` on streams) can answer a request
+    sent to ``dest`` (transport, address, connection)."""
+    out, addr, out_conn = dest
+    if transport != out:
+        return False
+    if conn_id is not None and conn_id == out_conn:
+        return True
+    return source[0] == addr[0] and source[1] == addr[1]
 
 
 def _domain(aor: str) -> str:

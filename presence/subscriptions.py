@@ -9,11 +9,10 @@ subscription moved on is skipped when the bucket comes due. No timer object per 
 from __future__ import annotations
 
 import heapq
-import os
-import random
 from collections.abc import Iterator
 
 from presence.packages.base import EventPackage
+from presence.sip.tokens import token64
 
 
 class Subscription:
@@ -101,13 +100,10 @@ class Subscription:
         }
 
 
-_tag_random = random.Random(os.urandom(16))  # seeded once from the OS, no syscall per tag
-
-
 def new_tag() -> str:
-    """A random 64-bit To-tag (RFC 3261 19.3 asks for 32 bits of randomness at least), unique
-    enough to key the dialog table on its own."""
-    return f"{_tag_random.getrandbits(64):016x}"
+    """A To-tag of 64 bits from the OS CSPRNG (RFC 3261 19.3 asks for 32 bits at least): unique
+    enough to key the dialog table on its own, and not predictable from tags seen before."""
+    return token64()
 
 
 class SubscriptionTable:

@@ -184,7 +184,7 @@ class SipTransports:
     def _connect_and_read(self, conn: _Connection) -> None:
         try:
             sock = socket.create_connection(conn.peer, timeout=CONNECT_TIMEOUT)
-        except OSError as exc:
+        except (OSError, ValueError, OverflowError) as exc:
             log.debug("tcp connect to %s failed: %s", conn.peer, exc)
             self.counters["send_errors"] += 1
             self._close_conn(conn)
@@ -268,7 +268,7 @@ class SipTransports:
             sock = next((s for s in self._udp if s.family == family), self._udp[0])
         try:
             sock.sendto(data, (dest[0], dest[1]))
-        except OSError as exc:
+        except (OSError, ValueError, OverflowError) as exc:  # ValueError: UnicodeError (IDNA)
             log.debug("udp send to %s failed: %s", dest, exc)
             self.counters["send_errors"] += 1
             return False

@@ -1,0 +1,189 @@
+"""Hostile SIP at a running node: what it answers, and that real phones (sipp) are still served.
+
+Every test sends its hostile input over a real socket to an in-process node, asserts the node's
+answer, then runs a sipp watcher against the same node.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from presence.engine import PresenceEngine
+from tests.hostile import RawPeer, answers_until_ping, method, reply, status, subscribe
+from tests.node_util import publish, running_node, settled, sip_address
+from tests.sipp_scenarios import Watcher
+from tests.sipp_util import start_sipp, wait_until
+
+pytestmark = pytest.mark.sipp
+
+PRESENTITY = "1001@example.com"
+
+
+def dialog(state: str, call_id: str = "call-1") -> dict:
+    return {
+        "Event-Name": "update", "Event-Package": "dialog",
+        "From": "sip:1001@example.com", "From-User": "1001", "From-Realm": "example.com",
+        "To": "sip:1002@example.com", "To-User": "1002", "To-Realm": "example.com",
+        "Call-ID": call_id, "State": state, "Direction": "recipient", "Expires": 600,
+    }
+
+
+def watcher_is_served(tmp_path, node, transport: str = "udp", name: str = "sipp") -> None:
+    """A sipp phone subscribes, sees a state change, unsubscribes: all NOTIFYs arrive."""
+    before = len(node.engine.subscriptions.watchers("dialog", PRESENTITY))
+    watcher = Watcher(PRESENTITY).subscribe().notify(count=2).unsubscribe().notify()
+    sipp = start_sipp(watcher.write(tmp_path / f"{name}.xml"), sip_address(node),
+                      tmp_path / name, transport=transport)
+    wait_until(lambda: len(node.engine.subscriptions.watchers("dialog", PRESENTITY)) > before
+               and settled(node, PRESENTITY), message="sipp subscribed")
+    publish(node, dialog("early", f"call-{name}"))
+    assert sipp.wait() == 0, sipp.errors()
+    notifies = sipp.received("NOTIFY")
+    assert len(notifies) == 3
+    assert "early" in notifies[1].body
+    assert notifies[2].header("Subscription-State") == "terminated;reason=timeout"
+
+
+# -- 1 and 2: validate before storing; misdirected NOTIFYs --------------------------------------
+
+HOSTILE = [
+    # (extra header or None, Contact or None (the peer's own), expected status, reason fragment)
+    ("Record-Route: <>", None, 400, "Record-Route"),
+    ("Record-Route: <tel:+15550100>", None, 400, "Record-Route is not a SIP URI"),
+    ("Record-Route: sip:", None, 400, "Record-Route"),
+    ("Record-Route: <sip:>", None, 400, "Record-Route"),
+    ('Record-Route: "proxy <sip:10.0.0.1;lr', None, 400, "Record-Route"),
+    ("Record-Route: <sip:10.0.0.1;lr>, <>", None, 400, "Record-Route"),
+    ("Record-Route: <sips:10.0.0.1;lr>", None, 416, "TLS"),
+    (None, "<sips:6666@127.0.0.1:5061>", 416, "TLS"),
+    (None, "<tel:+15550100>", 400, "Contact is not a SIP URI"),
+    (None, "<sip:6666@127.0.0.1:{port};transport=tls>", 400, "transport"),
+    (None, "<sip:6666@127.0.0.1:{port}?Subject=hi>", 400, "Headers in Contact"),
+    (None, "<sip:6666@127.0.0.1:0>", 400, "port"),
+    (None, "*", 400, "Contact"),
+]
+
+
+@pytest.mark.parametrize("extra, contact, expected, reason", HOSTILE,
+                         ids=[h[0] or h[1] for h in HOSTILE])
+def test_unusable_subscribe_gets_one_answer_and_is_not_stored(tmp_path, extra, contact,
+                                                              expected, reason):
+    with running_node() as node:
+        peer = RawPeer(target=sip_address(node))
+        try:
+            contact_value = contact.format(port=peer.port) if contact else None
+            seen = answers_until_ping(peer, subscribe(peer, extra=extra or "",
+                                                      contact=contact_value), 1)
+        finally:
+            peer.close()
+        # exactly one final answer, and no NOTIFY (to 0.0.0.0:5060, to port 5061, anywhere)
+        assert [status(m) for m in seen] == [expected], seen
+        assert reason.encode() in seen[0].split(b"\r\n", 1)[0], seen[0]
+        assert node.engine.counters["notify_sent"] == 0
+        assert len(node.engine.subscriptions) == 0
+        # the presentity's publishes and the legitimate watchers are untouched
+        assert publish(node, dialog("confirmed", "call-x")) == 1
+        watcher_is_served(tmp_path, node)
+
+
+def test_bad_from_tag_is_refused_before_the_200(tmp_path):
+    with running_node() as node:
+        peer = RawPeer(target=sip_address(node))
+        try:
+            seen = answers_until_ping(peer, subscribe(peer, from_tag='"x"'), 1)
+        finally:
+            peer.close()
+        assert [status(m) for m in seen] == [400]
+        assert len(node.engine.subscriptions) == 0
+        watcher_is_served(tmp_path, node)
+
+
+def _break(sub) -> None:
+    """Make a stored subscription's NOTIFYs fail to build (what an unvalidated route used to do)."""
+    sub.route = ("<>",)
+
+
+def test_a_notify_that_cannot_be_built_ends_only_its_subscription(tmp_path, caplog):
+    with running_node(min_expires=1) as node:
+        peer = RawPeer(target=sip_address(node))
+        try:
+            seen = answers_until_ping(peer, subscribe(peer), 1)
+            assert [status(m) for m in seen if status(m)] == [200]
+            notify = next(m for m in peer.wait_for(
+                lambda ms: any(method(m) == "NOTIFY" for m in ms)) if method(m) == "NOTIFY")
+            peer.send(reply(notify))
+            wait_until(lambda: settled(node, PRESENTITY), message="initial NOTIFY answered")
+        finally:
+            peer.close()
+        broken = node.engine.subscriptions.watchers("dialog", PRESENTITY)[0]
+        _break(broken)
+        # a sipp watcher subscribes after the broken one: fan-out reaches it all the same
+        watcher = Watcher(PRESENTITY).subscribe().notify(count=2)
+        sipp = start_sipp(watcher.write(tmp_path / "w.xml"), sip_address(node), tmp_path / "w")
+        wait_until(lambda: len(node.engine.subscriptions.watchers("dialog", PRESENTITY)) == 2,
+                   message="sipp subscribed")
+        wait_until(lambda: settled(node, PRESENTITY))
+        assert publish(node, dialog("early")) == 1  # no exception: the publish is not a 400
+        assert sipp.wait() == 0, sipp.errors()
+        assert "early" in sipp.received("NOTIFY")[1].body
+        counters = node.engine.counters
+        assert counters["notify_errors"] == 1
+        assert counters["subscriptions_removed_notify_error"] == 1
+        assert broken not in node.engine.subscriptions.watchers("dialog", PRESENTITY)
+        assert "busylamp_notify_failed_total{outcome=\"error\"} 1" in node.metrics_text()
+        assert "subscription removed" in caplog.text
+        # timers and shutdown go on: the remaining (sipp) dialog is terminated at stop
+        _break(node.engine.subscriptions.watchers("dialog", PRESENTITY)[0])
+        node.stop(terminate=True, timeout=2)
+        assert counters["notify_errors"] == 2
+        assert caplog.text.count("subscription removed") == 1  # rate-limited
+
+
+# -- 3: forged responses --------------------------------------------------------------------------
+
+
+def test_forged_481_from_elsewhere_does_not_end_a_subscription(tmp_path):
+    # long T1: no retransmission while sipp holds its answer back
+    with running_node(t1=5.0, t2=5.0, timer_f=30.0) as node:
+        watcher = (Watcher(PRESENTITY).subscribe().notify()
+                   .notify(answer=None).pause(1500).reply(200).unsubscribe().notify())
+        sipp = start_sipp(watcher.write(tmp_path / "w.xml"), sip_address(node), tmp_path / "w")
+        wait_until(lambda: len(node.engine.subscriptions) == 1 and settled(node, PRESENTITY))
+        sub = node.engine.subscriptions.watchers("dialog", PRESENTITY)[0]
+        publish(node, dialog("early"))
+        branch = sub.inflight
+        assert branch is not None
+        attacker = RawPeer(target=sip_address(node))
+        try:
+            forged = (
+                f"SIP/2.0 481 Call/Transaction Does Not Exist\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{sip_address(node)[1]};branch={{b}}\r\n"
+                f"From: <sip:{PRESENTITY}>;tag={sub.tag}\r\nTo: <sip:2000@example.com>;tag=x\r\n"
+                f"Call-ID: {sub.call_id}\r\nCSeq: {sub.cseq} NOTIFY\r\nContent-Length: 0\r\n\r\n"
+            )
+            # the real branch (as if guessed), and a spray of old-style sequential guesses
+            attacker.send(forged.replace("{b}", branch).encode())
+            prefix = branch[: -16]
+            for n in range(1, 200):
+                attacker.send(forged.replace("{b}", f"{prefix}{n:x}").encode())
+            wait_until(lambda: node.engine.counters["notify_responses_wrong_source"] == 1
+                       and node.engine.counters["notify_unmatched_responses"] >= 199)
+        finally:
+            attacker.close()
+        assert sub in node.engine.subscriptions.watchers("dialog", PRESENTITY)
+        assert sub.inflight == branch
+        assert sipp.wait() == 0, sipp.errors()  # its real 200 and its unsubscribe were honoured
+        assert node.engine.counters["subscriptions_removed_notify_rejected"] == 0
+        assert node.engine.counters["subscriptions_removed_unsubscribe"] == 1
+        assert "busylamp_sip_responses_wrong_source_total 1" in node.metrics_text()
+        watcher_is_served(tmp_path, node, name="after")
+
+
+def test_branches_and_tags_are_unguessable():
+    from presence.sip.tokens import token64
+    from presence.subscriptions import new_tag
+
+    tokens = [token64() for _ in range(5000)] + [new_tag() for _ in range(5000)]
+    assert len(set(tokens)) == len(tokens)
+    assert all(len(t) == 16 and int(t, 16) >= 0 for t in tokens)
+    assert PresenceEngine  # the engine draws its branches from token64 (see the wire test)
