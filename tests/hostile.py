@@ -11,14 +11,15 @@ from tests.sipp_util import wait_until
 
 
 class RawPeer:
-    """A UDP (or TCP) socket on 127.0.0.1 that sends bytes and collects every message back."""
+    """A UDP (or TCP) socket on ``host`` that sends bytes and collects every message back."""
 
-    def __init__(self, transport: str = "udp", target: tuple[str, int] | None = None) -> None:
+    def __init__(self, transport: str = "udp", target: tuple[str, int] | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.transport = transport
         self.target = target
         if transport == "udp":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind(("127.0.0.1", 0))
+            self.sock.bind((host, 0))
         else:
             assert target is not None
             self.sock = socket.create_connection(target, timeout=5)

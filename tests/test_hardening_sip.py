@@ -187,3 +187,70 @@ def test_branches_and_tags_are_unguessable():
     assert len(set(tokens)) == len(tokens)
     assert all(len(t) == 16 and int(t, 16) >= 0 for t in tokens)
     assert PresenceEngine  # the engine draws its branches from token64 (see the wire test)
+
+
+# -- 5: --trusted everywhere; transport errors counted ---------------------------------------------
+
+
+def test_untrusted_sender_gets_403_first_even_in_a_dialog(tmp_path):
+    import ipaddress
+
+    trusted = (ipaddress.ip_network("127.0.0.1/32"),)
+    with running_node(trusted=trusted) as node:
+        # a trusted sipp phone holds a dialog; an outsider on 127.0.0.2 replays its identifiers
+        watcher = Watcher(PRESENTITY).subscribe().notify().pause(300).unsubscribe().notify()
+        sipp = start_sipp(watcher.write(tmp_path / "w.xml"), sip_address(node), tmp_path / "w")
+        wait_until(lambda: len(node.engine.subscriptions) == 1, message="sipp subscribed")
+        sub = node.engine.subscriptions.watchers("dialog", PRESENTITY)[0]
+        outsider = RawPeer(target=sip_address(node), host="127.0.0.2")
+        try:
+            in_dialog = (subscribe(outsider, call_id=sub.call_id, from_tag=sub.remote_tag,
+                                   cseq=50).decode()
+                         .replace("To: <sip:1001@example.com>",
+                                  f"To: <sip:1001@example.com>;tag={sub.tag}")
+                         .replace("Event: dialog", "Event: bogus").encode())
+            outsider.send(in_dialog)
+            outsider.send(subscribe(outsider, call_id="outsider-2").replace(
+                b"Event: dialog", b"Event: bogus"))
+            outsider.send(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:"
+                          + str(outsider.port).encode() + b";branch=z9hG4bK-o\r\n"
+                          b"From: <sip:o@x>;tag=o\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: o\r\n"
+                          b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+            seen = outsider.wait_for(lambda ms: len(ms) == 3)
+        finally:
+            outsider.close()
+        assert [status(m) for m in seen] == [403, 403, 403]
+        assert not any(b"Allow-Events" in m or b"Allow:" in m for m in seen)
+        assert node.engine.counters["sip_untrusted"] == 3
+        assert "busylamp_sip_untrusted_total 3" in node.metrics_text()
+        assert sipp.wait() == 0, sipp.errors()  # the trusted phone's dialog went on untouched
+        assert node.engine.counters["subscriptions_removed_unsubscribe"] == 1
+
+
+def test_tcp_framing_and_handler_errors_are_counted(tmp_path, monkeypatch):
+    from gevent import socket
+
+    with running_node() as node:
+        address = sip_address(node)
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.sendall(b"SUBSCRIBE sip:x@y SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n\r\n")  # no length
+            assert sock.recv(100) == b""  # the node closed the stream
+        real = node.engine.receive
+
+        def explode(data, *args):
+            if b"EXPLODE" in data:
+                raise RuntimeError("engine bug")
+            return real(data, *args)
+
+        monkeypatch.setattr(node.engine, "receive", explode)
+        peer = RawPeer(target=address)
+        try:
+            peer.send(b"EXPLODE")
+            seen = answers_until_ping(peer, b"\r\nEXPLODE\r\n", 1)
+        finally:
+            peer.close()
+        assert seen == []
+        text = node.metrics_text()
+        assert 'busylamp_sip_transport_errors_total{kind="tcp_framing"} 1' in text
+        assert 'busylamp_sip_transport_errors_total{kind="handler"} 2' in text
+        watcher_is_served(tmp_path, node, transport="tcp")
