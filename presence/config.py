@@ -149,6 +149,13 @@ def _nsq_name(what: str) -> Callable[[str], str]:
     return parse
 
 
+def _host_name(text: str) -> str:
+    name = str(text).strip().lower()
+    if not name or not re.fullmatch(r"[a-z0-9.\-\[\]:]+", name):
+        raise _Bad("a host name such as busylamp.example.com")
+    return name
+
+
 def _text(text: str) -> str:
     return str(text)
 
@@ -257,6 +264,16 @@ class RunConfig:
     http_token: str | None = field(default=None, metadata=_meta(
         "http_token", "bearer token required by the HTTP API (required off loopback)",
         _optional_text, default_text="none"))
+    http_allowed_host: list[str] = field(default_factory=list, metadata=_meta(
+        "http_allowed_host", "host name the HTTP API answers without the token besides "
+        "localhost, IP literals and the --http host (repeatable; other names get 403: DNS "
+        "rebinding)", _host_name, multiple=True, default_text="none"))
+    http_max_connections: int = field(default=256, metadata=_meta(
+        "http_max_connections", "open HTTP API connections at most; one more gets 503 and is "
+        "closed", _integer(1)))
+    http_request_timeout: float = field(default=10.0, metadata=_meta(
+        "http_request_timeout", "seconds an HTTP request may take to arrive complete (head and "
+        "body) from its first byte; later: 408 and closed", _seconds(0)))
     esl: list[str] = field(default_factory=lambda: ["ClueCon@127.0.0.1:8021"], metadata=_meta(
         "esl", "FreeSWITCH event socket PASSWORD@HOST:PORT (repeatable)", _esl, multiple=True))
     bus: str = field(default="memory", metadata=_meta(

@@ -6,6 +6,11 @@ writes). This server does what the API needs and nothing else: keep-alive connec
 request bodies framed by Content-Length (no chunked request bodies: 411), responses written in
 one ``sendall`` when their size is known, and streamed with chunked transfer-coding when not
 (``/tail``, ``/snapshot``, NDJSON listings). One greenlet per connection.
+
+Limits: at most ``max_connections`` open connections (one more is answered 503 and closed at
+once), a complete request head and body within ``request_timeout`` of its first byte (408), and
+the app's ``check_head(environ)`` — authorisation, Host, Content-Type — is asked before any body
+is read, so a refused request never costs its body's memory.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import io
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
@@ -28,9 +34,12 @@ WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 MAX_HEAD = 64 * 1024
 MAX_BODY = 8 * 1024 * 1024 + 64 * 1024  # the app answers 413 above its own 8 MiB limit
 IDLE_TIMEOUT = 300.0
+MAX_CONNECTIONS = 256
+REQUEST_TIMEOUT = 10.0
 
-_REASONS = {400: "Bad Request", 411: "Length Required", 413: "Content Too Large",
-            431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 411: "Length Required",
+            413: "Content Too Large", 431: "Request Header Fields Too Large",
+            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
 
 class _Reject(Exception):
@@ -44,10 +53,17 @@ class HttpServer:
     """Serve ``app`` on ``address``; ``start()``, ``stop()``, ``server_port``."""
 
     def __init__(self, address: tuple[str, int], app: WsgiApp, *, max_body: int = MAX_BODY,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.app = app
         self.max_body = max_body
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self.counters = {"connections_refused": 0, "request_timeouts": 0,
+                         "refused_before_body": 0}
+        self.active = 0
+        self._check_head = getattr(app, "check_head", None)
         self._server = StreamServer(address, self._handle, backlog=1024)
 
     def start(self) -> None:
@@ -67,6 +83,13 @@ class HttpServer:
     # -- one connection -----------------------------------------------------------------------
 
     def _handle(self, sock: socket.socket, address: tuple) -> None:
+        if self.active >= self.max_connections:
+            self.counters["connections_refused"] += 1
+            sock.settimeout(1.0)
+            self._send_error(sock, 503, f"more than {self.max_connections} connections open")
+            sock.close()
+            return
+        self.active += 1
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.idle_timeout)
@@ -74,30 +97,50 @@ class HttpServer:
         try:
             while True:
                 try:
-                    request = self._read_request(sock, pending)
+                    request = self._read_request(sock, pending, address)
                 except _Reject as reject:
+                    if reject.status == 408:
+                        self.counters["request_timeouts"] += 1
                     self._send_error(sock, reject.status, reject.detail)
                     return
                 if request is None:
                     return
                 environ, keep_alive, pending = request
-                environ["REMOTE_ADDR"] = str(address[0])
-                environ["REMOTE_PORT"] = str(address[1]) if len(address) > 1 else ""
                 if not self._respond(sock, environ, keep_alive) or not keep_alive:
                     return
+                sock.settimeout(self.idle_timeout)
         except (OSError, TimeoutError):
             return  # the client went away or idled out
         finally:
+            self.active -= 1
             sock.close()
 
-    def _read_request(self, sock: socket.socket, buf: bytes) -> tuple[dict, bool, bytes] | None:
+    def _recv(self, sock: socket.socket, size: int, deadline: float | None) -> bytes:
+        """One recv; once a request has begun, within what is left of its deadline."""
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Reject(408, f"request not complete within {self.request_timeout:g}s")
+            sock.settimeout(min(left, self.idle_timeout))
+            try:
+                return sock.recv(size)
+            except TimeoutError:
+                raise _Reject(408, f"request not complete within {self.request_timeout:g}s"
+                              ) from None
+        return sock.recv(size)
+
+    def _read_request(self, sock: socket.socket, buf: bytes, address: tuple
+                      ) -> tuple[dict, bool, bytes] | None:
+        deadline = time.monotonic() + self.request_timeout if buf else None
         end = buf.find(b"\r\n\r\n")
         while end < 0:
             if len(buf) > MAX_HEAD:
                 raise _Reject(431, "request head too large")
-            chunk = sock.recv(65536)
+            chunk = self._recv(sock, 65536, deadline)
             if not chunk:
                 return None
+            if deadline is None:  # the first bytes of a request: its deadline starts now
+                deadline = time.monotonic() + self.request_timeout
             buf += chunk
             end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(chunk) - 3))
         head = buf[:end].decode("latin-1")
@@ -148,13 +191,22 @@ class HttpServer:
                         connection = value.lower()
                     key = "HTTP_" + name.upper().replace("-", "_")
                     environ[key] = f"{environ[key]},{value}" if key in environ else value
+        environ["REMOTE_ADDR"] = str(address[0])
+        environ["REMOTE_PORT"] = str(address[1]) if len(address) > 1 else ""
+        if length and self._check_head is not None:
+            refused = self._check_head(environ)  # before the body costs any memory
+            if refused is not None:
+                self.counters["refused_before_body"] += 1
+                status, detail, headers = refused
+                self._send_error(sock, status, detail, headers=headers)
+                return None
         if length is None:
             body = b""
         elif length > self.max_body:
             raise _Reject(413, f"request body over {self.max_body} bytes")
         else:
             while len(buf) < length:
-                chunk = sock.recv(max(65536, length - len(buf)))
+                chunk = self._recv(sock, min(1 << 20, max(65536, length - len(buf))), deadline)
                 if not chunk:
                     return None
                 buf += chunk
@@ -228,9 +280,12 @@ class HttpServer:
                 close()
 
     @staticmethod
-    def _send_error(sock: socket.socket, status: int, detail: str, *, keep: bool = False) -> None:
+    def _send_error(sock: socket.socket, status: int | str, detail: str, *, keep: bool = False,
+                    headers: Iterable[tuple[str, str]] = ()) -> None:
         body = ujson.dumps({"error": detail}).encode()
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        line = status if isinstance(status, str) else f"{status} {_REASONS.get(status, 'Error')}"
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        head = (f"HTTP/1.1 {line}\r\n{extra}"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                 f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n").encode()
         with contextlib.suppress(OSError):

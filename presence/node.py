@@ -313,7 +313,8 @@ class PresenceNode:
         self, *, presentity: str | None, watcher: str | None, event: str | None,
         cursor: str | None, limit: int,
     ) -> tuple[list[dict], str | None]:
-        offset = int(cursor) if cursor and cursor.isdigit() else 0
+        offset = int(cursor) if cursor and cursor.isascii() and cursor.isdigit() else 0
+        offset = min(offset, 2**40)  # islice takes at most sys.maxsize
         now = self.clock()
         it = self.engine.iter_subscriptions(presentity, watcher, event)
         page = list(itertools.islice(it, offset, offset + limit + 1))  # the skip runs in C

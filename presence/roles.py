@@ -165,7 +165,11 @@ def run_roles(config: RunConfig) -> None:
             from presence.api import serve_api
 
             try:
-                api_server = serve_api(config.http.host, config.http.port, node, config.http_token)
+                api_server = serve_api(
+                    config.http.host, config.http.port, node, config.http_token,
+                    allowed_hosts=config.http_allowed_host,
+                    max_connections=config.http_max_connections,
+                    request_timeout=config.http_request_timeout)
             except OSError as exc:
                 node.transports.close()
                 if exc.errno == errno.EADDRINUSE:
