@@ -87,7 +87,7 @@ class HttpServer:
             self.counters["connections_refused"] += 1
             sock.settimeout(1.0)
             self._send_error(sock, 503, f"more than {self.max_connections} connections open")
-            sock.close()
+            _lingering_close(sock)
             return
         self.active += 1
         with contextlib.suppress(OSError):
@@ -102,6 +102,7 @@ class HttpServer:
                     if reject.status == 408:
                         self.counters["request_timeouts"] += 1
                     self._send_error(sock, reject.status, reject.detail)
+                    _lingering_close(sock)
                     return
                 if request is None:
                     return
@@ -199,6 +200,7 @@ class HttpServer:
                 self.counters["refused_before_body"] += 1
                 status, detail, headers = refused
                 self._send_error(sock, status, detail, headers=headers)
+                _lingering_close(sock)
                 return None
         if length is None:
             body = b""
@@ -290,3 +292,22 @@ class HttpServer:
                 f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n").encode()
         with contextlib.suppress(OSError):
             sock.sendall(head + body)
+
+
+def _lingering_close(sock: socket.socket, budget: float = 0.5, most: int = 256 * 1024) -> None:
+    """Close after an error answer without resetting the connection: stop writing, then read
+    and drop what the client still sends (a little, briefly), so that the answer is not lost to
+    an RST caused by unread bytes."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + budget
+        while most > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            most -= len(chunk)
+    sock.close()
