@@ -256,6 +256,22 @@ class RunConfig:
     sip: list[Listen] = field(default_factory=_default_sip, metadata=_meta(
         "sip", "SIP listener transport:HOST:PORT (repeatable)", _listen, multiple=True,
         default_text="udp:0.0.0.0:5065, tcp:0.0.0.0:5065"))
+    sip_tcp_max_connections: int = field(default=10000, metadata=_meta(
+        "sip_tcp_max_connections", "SIP TCP connections at most (also kept below the open-file "
+        "limit); one more takes the place of the oldest that carries no subscription, or is "
+        "closed", _integer(1)))
+    sip_tcp_max_per_source: int = field(default=256, metadata=_meta(
+        "sip_tcp_max_per_source", "SIP TCP connections from one IP address at most (same rule)",
+        _integer(1)))
+    sip_tcp_unused_timeout: float = field(default=60.0, metadata=_meta(
+        "sip_tcp_unused_timeout", "seconds a SIP TCP connection that carries no subscription may "
+        "stay silent before it is closed", _seconds(0)))
+    sip_tcp_idle_timeout: float = field(default=3600.0, metadata=_meta(
+        "sip_tcp_idle_timeout", "seconds any SIP TCP connection may stay silent before it is "
+        "closed", _seconds(0)))
+    sip_tcp_message_timeout: float = field(default=10.0, metadata=_meta(
+        "sip_tcp_message_timeout", "seconds a SIP message may take to arrive complete over TCP "
+        "from its first byte; later the connection is closed", _seconds(0)))
     advertise: Address | None = field(default=None, metadata=_meta(
         "advertise", "HOST:PORT put in Contact/Via when the listen address is not reachable "
         "(NAT, 0.0.0.0)", _optional_address, default_text="the listen address"))

@@ -467,11 +467,12 @@ class PresenceEngine:
                 respond(exc.status, exc.reason, to_tag=to_tag)
                 return
             sub.target = self.subscriptions.shared(contact.uri)
-            sub.dest, sub.transport, sub.conn_id = self._destination(
+            sub.dest, sub.transport, out_conn = self._destination(
                 target, first, source, transport, conn_id
             )
+            self.subscriptions.set_conn(sub, out_conn)
         elif transport != "udp" and conn_id is not None and sub.route is None:
-            sub.conn_id = conn_id
+            self.subscriptions.set_conn(sub, conn_id)
         sub.remote_cseq = cseq
         respond(200, None, self._ok_headers(sub, expires), to_tag=to_tag)
         if expires == 0:

@@ -87,6 +87,18 @@ def render_metrics(node: PresenceNode) -> str:
            [({"kind": "handler"}, tc["handler_errors"]),
             ({"kind": "send"}, tc["send_errors"]),
             ({"kind": "tcp_framing"}, tc["tcp_framing_closed"])])
+    metric("sip_tcp_connections", "gauge", "Open SIP TCP connections.",
+           [({}, node.transports.connection_count())])
+    metric("sip_tcp_closed_total", "counter",
+           "SIP TCP connections refused or closed by a limit, by reason.",
+           [({"reason": "refused"}, tc["tcp_refused"]),
+            ({"reason": "evicted"}, tc["tcp_evicted"]),
+            ({"reason": "unused"}, tc["tcp_unused_closed"]),
+            ({"reason": "idle"}, tc["tcp_idle_closed"]),
+            ({"reason": "message_timeout"}, tc["tcp_message_timeouts"])])
+    metric("fd_exhausted_total", "counter",
+           "Accepts that failed for want of a file descriptor (EMFILE/ENFILE).",
+           [({}, tc["fd_exhausted"])])
     pc = node.publish_counters
     metric("publishes_total", "counter", "Presence updates by outcome.",
            [({"outcome": "accepted"}, pc["accepted"]),

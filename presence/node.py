@@ -71,6 +71,7 @@ class PresenceNode:
         node_id: str = "busylamp",
         clock: Callable[[], float] = time.monotonic,
         on_control: Callable[[dict], None] | None = None,
+        transport_options: dict | None = None,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
@@ -79,7 +80,10 @@ class PresenceNode:
             engine_config, self.state, REGISTRY, on_control=self._on_control
         )
         self._control_sink = on_control
-        self.transports = SipTransports(self._on_sip)
+        # a stream connection that carries a subscription is never closed as unused or evicted
+        self.transports = SipTransports(
+            self._on_sip, in_use=lambda conn_id: self.engine.subscriptions.uses_conn(conn_id),
+            **(transport_options or {}))
         self.listeners: list[tuple[str, tuple[str, int]]] = []
         self.ready = True
         self.started_at = time.time()

@@ -852,6 +852,11 @@ class StreamFramer:
         self.pings = 0
         self._buf = bytearray()
 
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete message waiting for the rest."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
         buf += data
