@@ -418,6 +418,7 @@ def http_metrics(server: HttpServer, app: ApiApp) -> Callable:
         refused = [({"reason": "connection_limit"}, server.counters["connections_refused"]),
                    ({"reason": "request_timeout"}, server.counters["request_timeouts"])]
         refused += [({"reason": reason}, n) for reason, n in app.refused.items()]
+        refused.append(({"reason": "fd_exhausted"}, server.fd_exhausted))
         metric("http_refused_total", "counter",
                "HTTP requests or connections refused, by reason (the limits and checks).",
                refused)

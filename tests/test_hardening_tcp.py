@@ -170,3 +170,50 @@ def test_1100_idle_connections_under_a_1024_file_limit(tmp_path, extra):
     stderr_text = err.read_text()
     assert code == 0, stderr_text
     assert "Traceback" not in stderr_text
+
+
+@pytest.mark.slow
+def test_running_out_of_file_descriptors_is_quiet_and_recovers(tmp_path):
+    """Under a 200-descriptor limit with an HTTP cap above it, a connection flood exhausts the
+    descriptors: each failed accept is counted, one line a minute is logged, no traceback; once
+    the flood is gone, /health and a TCP phone are served again."""
+    sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
+    args = ["prlimit", "--nofile=200:200", *busylamp_command(), "run", "--role", "presence",
+            "--sip", f"udp:127.0.0.1:{sip_port}", "--sip", f"tcp:127.0.0.1:{sip_port}",
+            "--http", f"127.0.0.1:{http_port}", "--status-interval", "0",
+            "--http-max-connections", "1000"]
+    err = tmp_path / "node.err"
+    with open(tmp_path / "node.out", "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen(args, cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=stderr)
+    flood: list = []
+    try:
+        wait_until(lambda: healthy(http_port) or proc.poll() is not None, timeout=10)
+        assert proc.poll() is None, err.read_text()
+        for _ in range(300):
+            flood.append(socket.create_connection(("127.0.0.1", http_port), timeout=5))
+        for _ in range(50):
+            flood.append(socket.create_connection(("127.0.0.1", sip_port), timeout=5))
+        wait_until(lambda: err.read_text().count("out of file descriptors") >= 2,
+                   message="both listeners met EMFILE")
+        for sock in flood:
+            sock.close()
+        flood.clear()
+        wait_until(lambda: healthy(http_port), timeout=15, message="/health served again")
+        watcher = Watcher(PRESENTITY).subscribe().notify().unsubscribe().notify()
+        sipp = start_sipp(watcher.write(tmp_path / "w.xml"), ("127.0.0.1", sip_port),
+                          tmp_path / "w", transport="tcp")
+        assert sipp.wait() == 0, sipp.errors()
+        assert (metric(http_port, "busylamp_fd_exhausted_total") or 0) >= 1
+        assert (metric(http_port, 'busylamp_http_refused_total{reason="fd_exhausted"}')
+                or 0) >= 1
+    finally:
+        for sock in flood:
+            sock.close()
+        if proc.poll() is None:
+            proc.send_signal(15)
+        wait_until(lambda: proc.poll() is not None, timeout=10)
+    text = err.read_text()
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text
+    assert text.count("out of file descriptors") == 2, text  # one line per listener a minute
