@@ -272,6 +272,18 @@ class RunConfig:
     sip_tcp_message_timeout: float = field(default=10.0, metadata=_meta(
         "sip_tcp_message_timeout", "seconds a SIP message may take to arrive complete over TCP "
         "from its first byte; later the connection is closed", _seconds(0)))
+    dns_server: Address | None = field(default=None, metadata=_meta(
+        "dns_server", "DNS server HOST:PORT for the host names in Contacts and routes (unset: "
+        "the system resolver, in a thread pool)", _optional_address, default_text="system"))
+    dns_timeout: float = field(default=2.0, metadata=_meta(
+        "dns_timeout", "seconds a host-name lookup may take; a name that does not resolve in "
+        "time ends the subscriptions that need it", _seconds(0)))
+    dns_max_lookups: int = field(default=16, metadata=_meta(
+        "dns_max_lookups", "host-name lookups in flight at most (more wait in a queue)",
+        _integer(1)))
+    dns_cache_ttl: float = field(default=60.0, metadata=_meta(
+        "dns_cache_ttl", "seconds a looked-up address (or a failed lookup) is reused",
+        _seconds(0, inclusive=True)))
     advertise: Address | None = field(default=None, metadata=_meta(
         "advertise", "HOST:PORT put in Contact/Via when the listen address is not reachable "
         "(NAT, 0.0.0.0)", _optional_address, default_text="the listen address"))

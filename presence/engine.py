@@ -54,6 +54,14 @@ SENDABLE_TRANSPORTS = frozenset(("udp", "tcp"))
 ERROR_LOG_INTERVAL = 60.0
 
 Outgoing = tuple[str, tuple[str, int], bytes, int | None]  # (transport, dest, data, conn_id)
+AWAITING_ADDRESS = "dns"  # Subscription.inflight while its destination's name is looked up
+
+
+class Unresolved(tuple):
+    """A destination (name, port) whose name is still to be resolved: its subscription's next
+    NOTIFY waits for :meth:`PresenceEngine.resolved` instead of going out."""
+
+    __slots__ = ()
 
 
 @dataclass
@@ -100,6 +108,8 @@ class PresenceEngine:
         self._notify_error_logged_at = float("-inf")
         self._notify_error_logged_count = 0
         self._out: list[Outgoing] = []
+        self._lookups: list[str] = []
+        self._resolving: dict[str, list[Subscription]] = {}
         self._trusted_cache: dict[str, bool] = {}
         # A per-process prefix lets the response sniffer recognise our branches at a glance;
         # the 64 random bits after it make each branch unguessable.
@@ -136,6 +146,7 @@ class PresenceEngine:
             "subscriptions_removed_notify_timeout": 0,
             "subscriptions_removed_shutdown": 0,
             "subscriptions_removed_notify_error": 0,
+            "subscriptions_removed_unresolvable": 0,
             "updates_applied": 0,
         }
 
@@ -145,6 +156,42 @@ class PresenceEngine:
         """Everything queued for the transports since the last call."""
         out, self._out = self._out, []
         return out
+
+    def names_to_resolve(self) -> list[str]:
+        """Host names the caller is to look up (each once), answering with :meth:`resolved`."""
+        out, self._lookups = self._lookups, []
+        return out
+
+    def resolved(self, name: str, address: str | None, now: float) -> None:
+        """The lookup of ``name`` ended: its address, or None when it has none (or timed out);
+        the NOTIFYs waiting for it go out, or their subscriptions end."""
+        for sub in self._resolving.pop(name, ()):
+            if sub.inflight != AWAITING_ADDRESS:
+                continue
+            sub.inflight = None
+            live = self.subscriptions.get(sub.tag) is sub
+            dest = sub.dest
+            if dest.__class__ is Unresolved and dest[0] == name:
+                if address is None:
+                    if live:
+                        self.subscriptions.remove(sub)
+                        self.counters["subscriptions_removed_unresolvable"] += 1
+                    continue
+                sub.dest = self.subscriptions.shared((address, dest[1]))
+            if live or sub.final_reason is not None:
+                self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+
+    def _await_address(self, sub: Subscription) -> None:
+        """Hold ``sub``'s NOTIFYs until its destination's name is resolved (one lookup per
+        name, however many subscriptions wait for it)."""
+        sub.inflight = AWAITING_ADDRESS
+        name = sub.dest[0]
+        waiting = self._resolving.get(name)
+        if waiting is None:
+            self._resolving[name] = [sub]
+            self._lookups.append(name)
+        else:
+            waiting.append(sub)
 
     def get_timer(self) -> float | None:
         """The absolute time at which :meth:`handle_timer` must next be called."""
@@ -410,7 +457,7 @@ class PresenceEngine:
             target=shared(contact.uri),
             route=shared(route) if route else None,
             transport=out_transport,
-            dest=shared(dest),
+            dest=dest if dest.__class__ is Unresolved else shared(dest),
             conn_id=out_conn,
             remote_cseq=req.cseq[0],
             expires_at=now + expires,
@@ -602,7 +649,11 @@ class PresenceEngine:
             out = transport if route is None else "udp"
         if out not in self.config.contacts:
             out = transport
-        dest = (_address(uri.host), uri.port or 5060)
+        address = _ip_address(uri.host)
+        if address is None:  # a name: resolved when the first NOTIFY is due, off the loop
+            reuse = out != "udp" and out == transport and route is None
+            return Unresolved((uri.host, uri.port or 5060)), out, conn_id if reuse else None
+        dest = (address, uri.port or 5060)
         reuse = out != "udp" and out == transport and (route is None or dest == source)
         return dest, out, conn_id if reuse else None
 
@@ -610,6 +661,9 @@ class PresenceEngine:
 
     def _send_notify(self, sub: Subscription, body: RenderedBody, now: float) -> None:
         """Build and queue one NOTIFY for ``sub`` with ``body`` and start its transaction."""
+        if sub.dest.__class__ is Unresolved:
+            self._await_address(sub)
+            return
         package = sub.package
         sub.cseq += 1
         branch = self._branch_prefix + token64()
@@ -786,14 +840,14 @@ def _route_uri(route: str) -> str:
     return parse_name_addr(route).uri
 
 
-def _address(host: str) -> str:
-    """A URI host as a socket wants it: IPv6 without brackets and in its one canonical text
-    (so responses, whose source the kernel spells canonically, match it); names unchanged."""
-    host = host.strip("[]")
+def _ip_address(host: str) -> str | None:
+    """A URI host that is an IP address, as a socket wants it: without brackets and in its one
+    canonical text (so responses, whose source the kernel spells canonically, match it); None
+    for a name."""
     try:
-        return ipaddress.ip_address(host).compressed
+        return ipaddress.ip_address(host.strip("[]")).compressed
     except ValueError:
-        return host
+        return None
 
 
 @functools.lru_cache(maxsize=4096)

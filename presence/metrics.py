@@ -56,7 +56,7 @@ def render_metrics(node: PresenceNode) -> str:
     metric("subscriptions_removed_total", "counter", "Subscriptions removed, by reason.",
            [({"reason": reason}, c["subscriptions_removed_" + reason])
             for reason in ("unsubscribe", "expired", "notify_rejected", "notify_timeout",
-                           "shutdown", "notify_error")])
+                           "shutdown", "notify_error", "unresolvable")])
     metric("subscribe_total", "counter", "SUBSCRIBE requests by outcome.",
            [({"outcome": "accepted"}, c["subscribe_accepted"]),
             ({"outcome": "rejected"}, c["subscribe_rejected"]),
@@ -96,6 +96,12 @@ def render_metrics(node: PresenceNode) -> str:
             ({"reason": "unused"}, tc["tcp_unused_closed"]),
             ({"reason": "idle"}, tc["tcp_idle_closed"]),
             ({"reason": "message_timeout"}, tc["tcp_message_timeouts"])])
+    rc = node.resolver.counters
+    metric("dns_lookups_total", "counter",
+           "Host-name lookups of NOTIFY destinations, by outcome.",
+           [({"outcome": outcome}, n) for outcome, n in rc.items()])
+    metric("dns_lookups_in_flight", "gauge", "Host-name lookups under way.",
+           [({}, node.resolver.in_flight)])
     metric("fd_exhausted_total", "counter",
            "Accepts that failed for want of a file descriptor (EMFILE/ENFILE).",
            [({}, tc["fd_exhausted"])])

@@ -108,6 +108,13 @@ def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
         node_id=config.node_id or "busylamp",
         on_control=bus.publish_control if bus is not None else None,
         transport_options=transport_options(config, raise_fd_limit()),
+        resolver_options={
+            "server": (config.dns_server.host, config.dns_server.port)
+            if config.dns_server else None,
+            "timeout": config.dns_timeout,
+            "max_in_flight": config.dns_max_lookups,
+            "ttl": config.dns_cache_ttl,
+        },
     )
     for listen in config.sip:
         try:
