@@ -114,5 +114,6 @@ def _backend(server: tuple[str, int] | None, timeout: float):
     from gevent.resolver.ares import Resolver as AresResolver
 
     host, port = server
+    # c-ares's own timeout is longer: the deadline in Resolver._run is the one that counts
     return AresResolver(use_environ=False, servers=[host], udp_port=port, tcp_port=port,
-                        timeout=max(0.1, timeout / 2), tries=1)
+                        timeout=timeout + 1.0, tries=1)
