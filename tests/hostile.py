@@ -86,7 +86,8 @@ def header(message: bytes, name: str) -> str | None:
 
 def subscribe(peer: RawPeer, *, presentity: str = "1001@example.com", call_id: str = "hostile-1",
               contact: str | None = None, extra: str = "", from_tag: str = "att1",
-              transport: str = "UDP", cseq: int = 1, branch: str | None = None) -> bytes:
+              transport: str = "UDP", cseq: int = 1, branch: str | None = None,
+              expires: int = 600) -> bytes:
     contact = contact if contact is not None else f"<sip:6666@127.0.0.1:{peer.port}>"
     lines = [
         f"SUBSCRIBE sip:{presentity} SIP/2.0",
@@ -99,7 +100,7 @@ def subscribe(peer: RawPeer, *, presentity: str = "1001@example.com", call_id: s
         f"Contact: {contact}",
         "Max-Forwards: 70",
         "Event: dialog",
-        "Expires: 600",
+        f"Expires: {expires}",
     ]
     if extra:
         lines.append(extra)

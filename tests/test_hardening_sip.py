@@ -254,3 +254,50 @@ def test_tcp_framing_and_handler_errors_are_counted(tmp_path, monkeypatch):
         assert 'busylamp_sip_transport_errors_total{kind="tcp_framing"} 1' in text
         assert 'busylamp_sip_transport_errors_total{kind="handler"} 2' in text
         watcher_is_served(tmp_path, node, transport="tcp")
+
+
+def test_a_broken_subscription_expiring_does_not_stop_the_timers(tmp_path, caplog):
+    with running_node(min_expires=1) as node:
+        peer = RawPeer(target=sip_address(node))
+        try:
+            seen = answers_until_ping(peer, subscribe(peer, expires=1), 1)
+            notify = next(m for m in peer.wait_for(
+                lambda ms: any(method(m) == "NOTIFY" for m in ms)) if method(m) == "NOTIFY")
+            assert status(seen[0]) == 200
+            peer.send(reply(notify))
+            wait_until(lambda: settled(node, PRESENTITY), message="initial NOTIFY answered")
+        finally:
+            peer.close()
+        _break(node.engine.subscriptions.watchers("dialog", PRESENTITY)[0])
+        # at expiry its final NOTIFY cannot be built: counted, and the clock loop goes on
+        wait_until(lambda: node.engine.counters["notify_errors"] == 1, timeout=5)
+        assert node.engine.counters["subscriptions_removed_expired"] == 1
+        assert "engine timer handling failed" not in caplog.text
+        watcher = Watcher(PRESENTITY).subscribe(expires=1).notify(count=2)
+        sipp = start_sipp(watcher.write(tmp_path / "w.xml"), sip_address(node), tmp_path / "w")
+        assert sipp.wait() == 0, sipp.errors()  # its own expiry NOTIFY came from the timers
+        assert sipp.received("NOTIFY")[1].header("Subscription-State") == \
+            "terminated;reason=timeout"
+
+
+def test_hostile_subscribe_then_sigterm_exits_0(tmp_path):
+    """`busylamp run` as a process: the hostile SUBSCRIBE gets its one 400, a phone is served,
+    and SIGTERM (terminating every subscription) exits 0 without a traceback."""
+    from tests.test_cli_subprocess import run_node
+
+    with run_node(tmp_path) as node:
+        peer = RawPeer(target=("127.0.0.1", node.sip_port))
+        try:
+            seen = answers_until_ping(peer, subscribe(peer, extra="Record-Route: <>"), 1)
+        finally:
+            peer.close()
+        assert [status(m) for m in seen] == [400]
+        watcher = Watcher(PRESENTITY).subscribe().notify(count=2)
+        sipp = start_sipp(watcher.write(tmp_path / "w.xml"), ("127.0.0.1", node.sip_port),
+                          tmp_path / "w")
+        wait_until(lambda: len(sipp.received("NOTIFY")) == 1, message="initial NOTIFY")
+        assert node.proc.stop(timeout=10) == 0, node.proc.stderr
+        assert sipp.wait() == 0, sipp.errors()
+        assert sipp.received("NOTIFY")[1].header("Subscription-State") == \
+            "terminated;reason=deactivated"
+        assert "Traceback" not in node.proc.stderr
