@@ -286,10 +286,14 @@ class PresenceEngine:
         except ParseError as exc:
             self.counters["sip_malformed"] += 1
             self._log_malformed(source, exc.reason, now)
-            if exc.request is not None:
-                self._respond(exc.request, exc.status, exc.reason, source, transport, conn_id, now)
-            else:
+            if exc.request is None:
                 self.counters["sip_dropped"] += 1
+            elif self.config.trusted and not self._is_trusted(source[0]):
+                self.counters["sip_untrusted"] += 1
+                self._respond(exc.request, 403, "Source not trusted", source, transport,
+                              conn_id, now)
+            else:
+                self._respond(exc.request, exc.status, exc.reason, source, transport, conn_id, now)
             return
         if isinstance(message, Response):
             self.counters["sip_responses_received"] += 1
