@@ -8,7 +8,8 @@ one ``sendall`` when their size is known, and streamed with chunked transfer-cod
 (``/tail``, ``/snapshot``, NDJSON listings). One greenlet per connection.
 
 Limits: at most ``max_connections`` open connections (one more is answered 503 and closed at
-once), a complete request head and body within ``request_timeout`` of its first byte (408), and
+once), a complete request head and body within ``request_timeout`` of its first byte — or, for
+a connection's first request, of the accept — (408), and
 the app's ``check_head(environ)`` — authorisation, Host, Content-Type — is asked before any body
 is read, so a refused request never costs its body's memory.
 """
@@ -154,10 +155,12 @@ class HttpServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.idle_timeout)
         pending = b""
+        first = True  # a new connection's first request is due within request_timeout too
         try:
             while True:
                 try:
-                    request = self._read_request(sock, pending, address)
+                    request = self._read_request(sock, pending, address, first)
+                    first = False
                 except _Reject as reject:
                     if reject.status == 408:
                         self.counters["request_timeouts"] += 1
@@ -190,9 +193,9 @@ class HttpServer:
                               ) from None
         return sock.recv(size)
 
-    def _read_request(self, sock: socket.socket, buf: bytes, address: tuple
-                      ) -> tuple[dict, bool, bytes] | None:
-        deadline = time.monotonic() + self.request_timeout if buf else None
+    def _read_request(self, sock: socket.socket, buf: bytes, address: tuple,
+                      first: bool = False) -> tuple[dict, bool, bytes] | None:
+        deadline = time.monotonic() + self.request_timeout if buf or first else None
         end = buf.find(b"\r\n\r\n")
         while end < 0:
             if len(buf) > MAX_HEAD:

@@ -191,7 +191,14 @@ def test_bad_cursor_or_limit_is_a_400(tmp_path, query):
 def test_connection_cap_and_request_deadline(tmp_path):
     with api_node(max_connections=4, request_timeout=0.5) as (node, server):
         port = server.server_port
+        # three keep-alive connections, idle after one request each: they hold their slots
         idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        for sock in idle:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200")
         try:
             # a slow head: the node answers 408 once its deadline passes, and closes
             slow = socket.create_connection(("127.0.0.1", port), timeout=5)
@@ -215,8 +222,12 @@ def test_connection_cap_and_request_deadline(tmp_path):
             for sock in idle:
                 sock.close()
         wait_until(lambda: server.active == 0, message="connections closed")
+        # a connection that never sends a request is not kept either
+        silent = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert read_answer(silent)[0] == 408
+        silent.close()
         text = node.metrics_text()
         assert 'busylamp_http_refused_total{reason="connection_limit"} 1' in text
-        assert 'busylamp_http_refused_total{reason="request_timeout"} 2' in text
+        assert 'busylamp_http_refused_total{reason="request_timeout"} 3' in text
         assert exchange(port, request(port, "GET", "/health"))[0] == 200
         phone_sees_http_publish(tmp_path, node, port)
