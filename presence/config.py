@@ -301,7 +301,8 @@ class RunConfig:
         "closed", _integer(1)))
     http_request_timeout: float = field(default=10.0, metadata=_meta(
         "http_request_timeout", "seconds an HTTP request may take to arrive complete (head and "
-        "body) from its first byte; later: 408 and closed", _seconds(0)))
+        "body) from its first byte, or a new connection's first request from the connect; "
+        "later: 408 and closed", _seconds(0)))
     esl: list[str] = field(default_factory=lambda: ["ClueCon@127.0.0.1:8021"], metadata=_meta(
         "esl", "FreeSWITCH event socket PASSWORD@HOST:PORT (repeatable)", _esl, multiple=True))
     bus: str = field(default="memory", metadata=_meta(
