@@ -840,10 +840,6 @@ def _hostport(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _route_uri(route: str) -> str:
-    return parse_name_addr(route).uri
-
-
 def _ip_address(host: str) -> str | None:
     """A URI host that is an IP address, as a socket wants it: without brackets and in its one
     canonical text (so responses, whose source the kernel spells canonically, match it); None
