@@ -102,6 +102,9 @@ def render_metrics(node: PresenceNode) -> str:
            [({"outcome": outcome}, n) for outcome, n in rc.items()])
     metric("dns_lookups_in_flight", "gauge", "Host-name lookups under way.",
            [({}, node.resolver.in_flight)])
+    metric("dns_lookups_queued", "gauge",
+           "Host-name lookups waiting because --dns-max-lookups are under way.",
+           [({}, node.resolver.queued)])
     metric("fd_exhausted_total", "counter",
            "Accepts that failed for want of a file descriptor (EMFILE/ENFILE).",
            [({}, tc["fd_exhausted"])])

@@ -120,6 +120,9 @@ def test_lookups_in_flight_are_bounded(tmp_path):
             finally:
                 peer.close()
             assert node.resolver.in_flight == 3 and node.resolver.queued == 7
+            text = node.metrics_text()
+            assert "busylamp_dns_lookups_in_flight 3" in text
+            assert "busylamp_dns_lookups_queued 7" in text
             wait_until(lambda: node.engine.counters["subscriptions_removed_unresolvable"] == 10,
                        timeout=15, message="all ten ended")
             assert set(dns.queries) == {f"phone-{n}.invalid" for n in range(10)}
