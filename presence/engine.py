@@ -511,9 +511,10 @@ class PresenceEngine:
             # SUBSCRIBE is a target refresh request (RFC 6665 4.1.2.1); an unusable new
             # target is refused and the dialog keeps the one it has.
             try:
-                target = self._usable_uri(contact.uri, "Contact")
-                first = self._usable_uri(parse_name_addr(sub.route[0]).uri, "Route") \
+                target = _dialog_uri(contact.uri, "Contact")
+                first = _dialog_uri(parse_name_addr(sub.route[0]).uri, "Route") \
                     if sub.route else None
+                _sendable(first or target, "Route" if first else "Contact")
             except ParseError as exc:
                 respond(exc.status, exc.reason, to_tag=to_tag)
                 return
@@ -589,8 +590,9 @@ class PresenceEngine:
 
         Raises ParseError (with the status and reason to answer) when anything a NOTIFY would
         be built from is unusable: a tag that is no token, a From or To URI that would not fit
-        in ``<...>``, a Contact or route entry that is not a plain ``sip:`` URI this node can
-        send to (``sips:`` needs TLS, which it has not).
+        in ``<...>``, a Contact or route entry that is no SIP URI, or a first hop (the first
+        route, else the Contact) this node cannot send to: ``sips:`` or ``transport=tls`` need
+        TLS, which it has not. Behind a proxy the Contact may be anything the proxy can reach.
         """
         if not is_token(req.from_.tag or ""):
             raise ParseError("Bad From tag")
@@ -599,7 +601,7 @@ class PresenceEngine:
                 parse_uri(text)
             except ParseError:
                 raise ParseError(f"Bad {what} URI") from None
-        target = self._usable_uri(contact, "Contact")
+        target = _dialog_uri(contact, "Contact")
         route: list[str] = []
         first: SipUri | None = None
         for value in req.record_routes:
@@ -607,32 +609,13 @@ class PresenceEngine:
                 entry = parse_name_addr(value)
             except ParseError:
                 raise ParseError("Bad Record-Route") from None
-            uri = self._usable_uri(entry.uri, "Record-Route")
+            uri = _dialog_uri(entry.uri, "Record-Route")
             if first is None:
                 first = uri
             route.append(str(entry))
+        _sendable(first or target, "Record-Route" if first else "Contact")
         dest, out, out_conn = self._destination(target, first, source, transport, conn_id)
         return (tuple(route) or None), dest, out, out_conn
-
-    @staticmethod
-    def _usable_uri(text: str, what: str) -> SipUri:
-        """``text`` parsed, when it is a ``sip:`` URI a NOTIFY can be sent to or routed by."""
-        try:
-            uri = parse_uri(text)
-        except ParseError:
-            raise ParseError(f"Bad {what} URI") from None
-        if uri.scheme == "sips":
-            raise ParseError(f"SIPS {what} needs TLS, which this node does not offer", 416)
-        if uri.scheme != "sip":
-            raise ParseError(f"{what} is not a SIP URI")
-        if uri.headers is not None:
-            raise ParseError(f"Headers in {what} URI")
-        if uri.port == 0:
-            raise ParseError(f"Bad {what} port")
-        out = uri.params.get("transport")
-        if out is not None and out.lower() not in SENDABLE_TRANSPORTS:
-            raise ParseError(f"{what} transport {out} not offered by this node")
-        return uri
 
     def _destination(
         self, contact: SipUri, route: SipUri | None, source: tuple[str, int],
@@ -838,6 +821,31 @@ def _hostport(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{host}:{port}"
+
+
+def _dialog_uri(text: str, what: str) -> SipUri:
+    """``text`` parsed, when it can stand in a NOTIFY as Request-URI or Route: a ``sip:`` or
+    ``sips:`` URI without headers."""
+    try:
+        uri = parse_uri(text)
+    except ParseError:
+        raise ParseError(f"Bad {what} URI") from None
+    if uri.scheme not in ("sip", "sips"):
+        raise ParseError(f"{what} is not a SIP URI")
+    if uri.headers is not None:
+        raise ParseError(f"Headers in {what} URI")
+    if uri.port == 0:
+        raise ParseError(f"Bad {what} port")
+    return uri
+
+
+def _sendable(uri: SipUri, what: str) -> None:
+    """Raise ParseError unless this node can send to ``uri`` (a first hop): no TLS, SCTP, WS."""
+    if uri.scheme == "sips":
+        raise ParseError(f"SIPS {what} needs TLS, which this node does not offer", 416)
+    out = uri.params.get("transport")
+    if out is not None and out.lower() not in SENDABLE_TRANSPORTS:
+        raise ParseError(f"{what} transport {out} not offered by this node")
 
 
 def _ip_address(host: str) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from presence.engine import PresenceEngine
-from tests.hostile import RawPeer, answers_until_ping, method, reply, status, subscribe
+from tests.hostile import RawPeer, answers_until_ping, header, method, reply, status, subscribe
 from tests.node_util import publish, running_node, settled, sip_address
 from tests.sipp_scenarios import Watcher
 from tests.sipp_util import start_sipp, wait_until
@@ -304,3 +304,26 @@ def test_hostile_subscribe_then_sigterm_exits_0(tmp_path):
         assert sipp.received("NOTIFY")[1].header("Subscription-State") == \
             "terminated;reason=deactivated"
         assert "Traceback" not in node.proc.stderr
+
+
+@pytest.mark.parametrize("contact", ["<sips:6666@phone.example>",
+                                     "<sip:6666@10.1.2.3:5066;transport=ws>",
+                                     "<sip:6666@10.1.2.3:5061;transport=tls>"])
+def test_behind_a_proxy_the_contact_may_need_what_only_the_proxy_has(tmp_path, contact):
+    """A TLS or WebSocket phone behind an edge proxy: the NOTIFY goes to the proxy (the first
+    route, plain SIP), with the phone's Contact as Request-URI."""
+    with running_node() as node:
+        proxy = RawPeer(target=sip_address(node))
+        try:
+            rr = f"Record-Route: <sip:127.0.0.1:{proxy.port};lr>, <sips:edge.example;lr>"
+            seen = answers_until_ping(proxy, subscribe(proxy, contact=contact, extra=rr), 1)
+            assert [status(m) for m in seen if status(m)] == [200]
+            notify = next(m for m in proxy.wait_for(
+                lambda ms: any(method(m) == "NOTIFY" for m in ms)) if method(m) == "NOTIFY")
+            assert notify.startswith(f"NOTIFY {contact[1:-1]} SIP/2.0".encode())
+            assert header(notify, "Route") == f"<sip:127.0.0.1:{proxy.port};lr>"
+            proxy.send(reply(notify))
+            wait_until(lambda: settled(node, PRESENTITY), message="NOTIFY answered")
+        finally:
+            proxy.close()
+        watcher_is_served(tmp_path, node)
