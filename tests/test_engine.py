@@ -477,3 +477,17 @@ def test_response_from_another_address_is_ignored():
     assert h.engine.counters["notify_responses_wrong_source"] == 1
     h.send(answer(notify, 481))
     assert len(h.engine.subscriptions) == 0
+
+
+def test_target_refresh_to_an_unusable_contact_is_refused_and_the_dialog_goes_on():
+    h = Harness()
+    resp, notify = h.subscribe_ok()
+    h.send(answer(notify))
+    tag = resp.to.tag
+    for n, contact in enumerate(("tel:+15550100", "sips:2000@10.0.0.7", "sip:x@10.0.0.7?a=b")):
+        out = h.send(subscribe(to_tag=tag, cseq=2 + n, branch=f"z9hG4bK-r{n}", contact=contact))
+        assert [m.status for _, _, m, _ in out] in ([400], [416])
+    sub, = h.engine.subscriptions
+    assert sub.target == "sip:2000@10.0.0.7:5062" and sub.dest == ("10.0.0.7", 5062)
+    out = h.send(subscribe(to_tag=tag, cseq=9, branch="z9hG4bK-r9"))
+    assert [type(m) for _, _, m, _ in out] == [Response, Request]
