@@ -148,7 +148,7 @@ class HttpServer:
             self.counters["connections_refused"] += 1
             sock.settimeout(1.0)
             self._send_error(sock, 503, f"more than {self.max_connections} connections open")
-            _lingering_close(sock)
+            _lingering_close(sock, budget=0.1)  # brief: these are outside the cap
             return
         self.active += 1
         with contextlib.suppress(OSError):
