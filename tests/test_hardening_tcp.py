@@ -9,6 +9,7 @@ import contextlib
 import resource
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from gevent import sleep, socket
@@ -221,3 +222,26 @@ def test_running_out_of_file_descriptors_is_quiet_and_recovers(tmp_path):
     assert proc.returncode == 0, text
     assert "Traceback" not in text
     assert text.count("out of file descriptors") == 2, text  # one line per listener a minute
+
+
+def test_soft_file_limit_is_raised_to_the_hard_limit_at_start(tmp_path):
+    sip_port, http_port = free_port(), free_port(socket.SOCK_STREAM)
+    args = ["prlimit", "--nofile=512:2048", *busylamp_command(), "run", "--role", "presence",
+            "--sip", f"udp:127.0.0.1:{sip_port}", "--sip", f"tcp:127.0.0.1:{sip_port}",
+            "--http", f"127.0.0.1:{http_port}", "--status-interval", "0"]
+    err = tmp_path / "node.err"
+    with open(tmp_path / "node.out", "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen(args, cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=stderr)
+    try:
+        wait_until(lambda: healthy(http_port) or proc.poll() is not None, timeout=10)
+        assert proc.poll() is None, err.read_text()
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()  # prlimit execs: same process
+        line = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
+        assert line.split()[3:5] == ["2048", "2048"], line
+        # and the SIP TCP cap follows it: 2048 - 256 (HTTP) - 64
+        assert "SIP TCP connections capped at 1728" in err.read_text()
+    finally:
+        proc.send_signal(15)
+        wait_until(lambda: proc.poll() is not None, timeout=10)
+    assert proc.returncode == 0
