@@ -172,6 +172,8 @@ class PresenceEngine:
             live = self.subscriptions.get(sub.tag) is sub
             dest = sub.dest
             if dest.__class__ is Unresolved and dest[0] == name:
+                if address is not None and _unreachable(address, sub.source[0]):
+                    address = None  # a name may not lead where its address could not
                 if address is None:
                     if live:
                         self.subscriptions.remove(sub)
@@ -515,13 +517,14 @@ class PresenceEngine:
                 first = _dialog_uri(parse_name_addr(sub.route[0]).uri, "Route") \
                     if sub.route else None
                 _sendable(first or target, "Route" if first else "Contact")
+                dest, out, out_conn = self._destination(target, first, source, transport, conn_id)
+                _reachable(dest, source, "Route" if first else "Contact")
             except ParseError as exc:
                 respond(exc.status, exc.reason, to_tag=to_tag)
                 return
             sub.target = self.subscriptions.shared(contact.uri)
-            sub.dest, sub.transport, out_conn = self._destination(
-                target, first, source, transport, conn_id
-            )
+            sub.dest = dest if dest.__class__ is Unresolved else self.subscriptions.shared(dest)
+            sub.transport = out
             self.subscriptions.set_conn(sub, out_conn)
         elif transport != "udp" and conn_id is not None and sub.route is None:
             self.subscriptions.set_conn(sub, conn_id)
@@ -613,8 +616,10 @@ class PresenceEngine:
             if first is None:
                 first = uri
             route.append(str(entry))
-        _sendable(first or target, "Record-Route" if first else "Contact")
+        what = "Record-Route" if first else "Contact"
+        _sendable(first or target, what)
         dest, out, out_conn = self._destination(target, first, source, transport, conn_id)
+        _reachable(dest, source, what)
         return (tuple(route) or None), dest, out, out_conn
 
     def _destination(
@@ -846,6 +851,32 @@ def _sendable(uri: SipUri, what: str) -> None:
     out = uri.params.get("transport")
     if out is not None and out.lower() not in SENDABLE_TRANSPORTS:
         raise ParseError(f"{what} transport {out} not offered by this node")
+
+
+def _unreachable(address: str, source_ip: str) -> str | None:
+    """Why NOTIFYs may not go to ``address`` for a SUBSCRIBE from ``source_ip``, or None: never to
+    an unspecified, multicast or broadcast address, and to a loopback address only for a sender
+    on this host (a remote sender must not aim NOTIFYs at this host's local services)."""
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified or ip.is_multicast or address == "255.255.255.255":
+        return "an unspecified, multicast or broadcast address"
+    if ip.is_loopback:
+        try:
+            local = ipaddress.ip_address(source_ip).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            return "a loopback address"
+    return None
+
+
+def _reachable(dest: tuple[str, int], source: tuple[str, int], what: str) -> None:
+    """Raise ParseError when ``dest`` (an address, not a name) is one NOTIFYs may not go to."""
+    if dest.__class__ is Unresolved:
+        return
+    reason = _unreachable(dest[0], source[0])
+    if reason is not None:
+        raise ParseError(f"{what} points at {reason}")
 
 
 def _ip_address(host: str) -> str | None:

@@ -491,3 +491,15 @@ def test_target_refresh_to_an_unusable_contact_is_refused_and_the_dialog_goes_on
     assert sub.target == "sip:2000@10.0.0.7:5062" and sub.dest == ("10.0.0.7", 5062)
     out = h.send(subscribe(to_tag=tag, cseq=9, branch="z9hG4bK-r9"))
     assert [type(m) for _, _, m, _ in out] == [Response, Request]
+
+
+def test_a_remote_sender_cannot_aim_notifies_at_loopback_even_through_dns():
+    h = Harness()
+    out = h.send(subscribe(contact="sip:2000@127.0.0.1:11211"))
+    assert [(m.status, m.reason) for _, _, m, _ in out] == [
+        (400, "Contact points at a loopback address")]
+    h.send(subscribe(branch="z9hG4bK-b2", contact="sip:2000@rebind.example"))
+    h.out()
+    h.engine.resolved("rebind.example", "127.0.0.1", h.clock.now)
+    assert h.out() == [] and len(h.engine.subscriptions) == 0
+    assert h.engine.counters["subscriptions_removed_unresolvable"] == 1

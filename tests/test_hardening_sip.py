@@ -65,6 +65,9 @@ HOSTILE = [
     (None, "<sip:6666@127.0.0.1:{port}?Subject=hi>", 400, "Headers in Contact"),
     (None, "<sip:6666@127.0.0.1:0>", 400, "port"),
     (None, "*", 400, "Contact"),
+    (None, "<sip:6666@0.0.0.0:5060>", 400, "Contact points at an unspecified"),
+    (None, "<sip:6666@224.0.0.1:5060>", 400, "Contact points at an unspecified, multicast"),
+    ("Record-Route: <sip:[::]:5060;lr>", None, 400, "Record-Route points at"),
 ]
 
 
@@ -340,4 +343,34 @@ def test_behind_a_proxy_the_contact_may_need_what_only_the_proxy_has(tmp_path, c
             wait_until(lambda: settled(node, PRESENTITY), message="NOTIFY answered")
         finally:
             proxy.close()
+        watcher_is_served(tmp_path, node)
+
+
+def _host_address() -> str | None:
+    """A non-loopback IPv4 address of this host, or None."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_a_remote_sender_cannot_aim_notifies_at_this_hosts_loopback(tmp_path):
+    host = _host_address()
+    if host is None:
+        pytest.skip("no non-loopback address on this host")
+    with running_node() as node:
+        remote = RawPeer(target=sip_address(node), host=host)
+        try:
+            contact = "<sip:6666@127.0.0.1:11211>"  # say, a memcached on the node's host
+            seen = answers_until_ping(remote, subscribe(remote, contact=contact), 1)
+        finally:
+            remote.close()
+        assert [status(m) for m in seen] == [400]
+        assert b"Contact points at a loopback address" in seen[0]
+        assert node.engine.counters["notify_sent"] == 0
         watcher_is_served(tmp_path, node)
