@@ -1,9 +1,11 @@
 """HTTP API of a presence node: a WSGI app over a `NodeControl`, served by presence.httpserver.
 
 Routes (JSON unless said otherwise; `Authorization: Bearer TOKEN` on all but /health when a
-token is configured):
+token is configured; a request whose Host is a name other than localhost, the listener's or one
+of --http-allowed-host needs the token too, so a browser tricked by DNS rebinding gets 403):
 
-- `POST /publish`: a pua_json-style update object or an array of them (or snapshots); validated
+- `POST /publish` (`Content-Type: application/json`, else 415): a pua_json-style update object
+  or an array of them (or snapshots); validated
   as a whole by `presence.updates.parse_updates` (nothing applied if any item is bad) → 202
   `{"accepted": n}`; 400 `{"error": ...}` naming the field and index; 413 over 8 MiB.
 - `GET /subscriptions?presentity=&watcher=&event=&cursor=&limit=` (limit 1..1000, default 100) →
@@ -31,12 +33,13 @@ import gevent
 import ujson
 
 from presence.config import ConfigError
-from presence.httpserver import HttpServer
+from presence.httpserver import MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_PAGE = 1000
+MAX_CURSOR_DIGITS = 12  # a trillion rows: far past any table, far below sys.maxsize
 DEFAULT_PAGE = 100
 HEARTBEAT_SECONDS = 15.0
 NDJSON_CHUNK_ROWS = 500
@@ -122,9 +125,11 @@ class ApiApp:
 
     def __init__(self, node: NodeControl, token: str | None = None, *,
                  parse: Parser | None = None, heartbeat: float = HEARTBEAT_SECONDS,
-                 max_body: int = MAX_BODY) -> None:
+                 max_body: int = MAX_BODY, allowed_hosts: Iterable[str] = ()) -> None:
         self.node = node
         self._token = f"Bearer {token}".encode() if token else None
+        self._allowed_hosts = frozenset(h.lower().strip("[]") for h in allowed_hosts)
+        self.refused = {"unauthorized": 0, "host": 0, "content_type": 0}
         self._parse = parse or _default_parser()
         self.heartbeat = heartbeat
         self.max_body = max_body
@@ -141,17 +146,7 @@ class ApiApp:
         path = environ.get("PATH_INFO") or "/"
         method = environ["REQUEST_METHOD"]
         try:
-            if path.startswith("/presentities/"):
-                allowed, handler = "GET", self._presentity
-            elif path in self._routes:
-                allowed, handler = self._routes[path]
-            else:
-                raise HttpError("404 Not Found", f"no such endpoint: {path}")
-            if method != allowed and not (allowed == "GET" and method == "HEAD"):
-                raise HttpError("405 Method Not Allowed", f"{path} accepts {allowed} only",
-                                [("Allow", allowed)])
-            if self._token is not None and path != "/health":
-                self._authorize(environ)
+            handler = self._check(environ)
             return handler(environ, start_response)
         except HttpError as err:
             return _json(err.status, {"error": str(err)}, start_response, err.headers)
@@ -160,11 +155,65 @@ class ApiApp:
             return _json("500 Internal Server Error",
                          {"error": f"{method} {path} failed; see the node log"}, start_response)
 
-    def _authorize(self, environ: dict) -> None:
-        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
-        if not hmac.compare_digest(given, self._token):
+    def check_head(self, environ: dict) -> tuple[str, str, list[tuple[str, str]]] | None:
+        """What the request's head alone earns when it is refused — (status, message, headers)
+        — or None; the server asks before it reads a body."""
+        try:
+            self._check(environ)
+        except HttpError as err:
+            return err.status, str(err), err.headers
+        return None
+
+    def _check(self, environ: dict) -> Callable[..., Iterable[bytes]]:
+        """The route's handler, once method, token, Host and Content-Type pass; else HttpError."""
+        path = environ.get("PATH_INFO") or "/"
+        method = environ["REQUEST_METHOD"]
+        if path.startswith("/presentities/"):
+            allowed, handler = "GET", self._presentity
+        elif path in self._routes:
+            allowed, handler = self._routes[path]
+        else:
+            raise HttpError("404 Not Found", f"no such endpoint: {path}")
+        if method != allowed and not (allowed == "GET" and method == "HEAD"):
+            raise HttpError("405 Method Not Allowed", f"{path} accepts {allowed} only",
+                            [("Allow", allowed)])
+        authorized = self._token is not None and self._authorized(environ)
+        if self._token is not None and path != "/health" and not authorized:
+            self.refused["unauthorized"] += 1
             raise HttpError("401 Unauthorized", "missing or wrong bearer token",
                             [("WWW-Authenticate", 'Bearer realm="busylamp"')])
+        if not authorized and not self._host_allowed(environ.get("HTTP_HOST")):
+            self.refused["host"] += 1
+            raise HttpError("403 Forbidden", "Host is not this node's address, localhost or an "
+                            "--http-allowed-host name; send the bearer token to use another name")
+        if method == "POST" and not _is_json(environ.get("CONTENT_TYPE")):
+            self.refused["content_type"] += 1
+            raise HttpError("415 Unsupported Media Type",
+                            f"{path} takes Content-Type: application/json",
+                            [("Accept-Post", "application/json")])
+        return handler
+
+    def _authorized(self, environ: dict) -> bool:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        return hmac.compare_digest(given, self._token)
+
+    def _host_allowed(self, host: str | None) -> bool:
+        """An IP literal, localhost, or a configured name (ports ignored). No Host at all is a
+        non-browser client (HTTP/1.0): allowed."""
+        if not host:
+            return True
+        host = host.strip().lower()
+        if host.startswith("["):
+            host = host[1:host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        if host == "localhost" or host.endswith(".localhost") or host in self._allowed_hosts:
+            return True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
 
     # --- POST /publish: the hot path, kept short -------------------------------------------
 
@@ -209,10 +258,13 @@ class ApiApp:
             start_response("200 OK", [("Content-Type", "application/x-ndjson")])
             return self._stream_subscriptions(filters)
         limit_text = query.get("limit", str(DEFAULT_PAGE))
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+        if not _digits(limit_text, 4) or not 1 <= int(limit_text) <= MAX_PAGE:
             raise HttpError("400 Bad Request", f"limit: must be an integer 1..{MAX_PAGE}")
-        rows, cursor = self.node.subscriptions(cursor=query.get("cursor") or None,
-                                               limit=int(limit_text), **filters)
+        cursor_text = query.get("cursor") or None
+        if cursor_text is not None and not _digits(cursor_text, MAX_CURSOR_DIGITS):
+            raise HttpError("400 Bad Request", "cursor: must be a next_cursor value")
+        rows, cursor = self.node.subscriptions(cursor=cursor_text, limit=int(limit_text),
+                                               **filters)
         return _json("200 OK", {"subscriptions": rows, "next_cursor": cursor}, start_response)
 
     def _stream_subscriptions(self, filters: dict) -> Iterator[bytes]:
@@ -292,6 +344,17 @@ class ApiApp:
             yield b"".join(chunk)
 
 
+def _digits(text: str, most: int) -> bool:
+    """ASCII digits only (str.isdigit also takes "²"), at most ``most`` of them."""
+    return text.isascii() and text.isdigit() and len(text) <= most
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
 def _query(environ: dict) -> dict[str, str]:
     parsed = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
     return {key: values[-1] for key, values in parsed.items()}
@@ -308,7 +371,9 @@ def is_loopback(host: str) -> bool:
 
 
 def serve_api(host: str, port: int, node: NodeControl, token: str | None, *,
-              parse: Parser | None = None, heartbeat: float = HEARTBEAT_SECONDS) -> HttpServer:
+              parse: Parser | None = None, heartbeat: float = HEARTBEAT_SECONDS,
+              allowed_hosts: Iterable[str] = (), max_connections: int = MAX_CONNECTIONS,
+              request_timeout: float = REQUEST_TIMEOUT) -> HttpServer:
     """Start the HTTP API in the current hub and return the started server (`.server_port`,
     `.stop()`). ConfigError (one line) for a non-loopback bind without a token, and for an
     address that cannot be bound (in use, not of this host, unresolvable): it names --http."""
@@ -317,12 +382,17 @@ def serve_api(host: str, port: int, node: NodeControl, token: str | None, *,
                           "(not loopback)", message=(
                               f"refusing to serve the HTTP API on {host}:{port} without "
                               "--http-token (only loopback binds may go without one)"))
-    app = ApiApp(node, token, parse=parse, heartbeat=heartbeat)
-    server = HttpServer((host, port), app)
+    app = ApiApp(node, token, parse=parse, heartbeat=heartbeat,
+                 allowed_hosts=[host, *allowed_hosts])
+    server = HttpServer((host, port), app, max_connections=max_connections,
+                        request_timeout=request_timeout)
     try:
         server.start()
     except OSError as err:
         raise _bind_error(host, port, err) from None
+    extra = getattr(node, "extra_metrics", None)
+    if extra is not None:
+        extra.append(http_metrics(server, app))
     log.info("HTTP API listening on %s:%d%s", host, server.server_port,
              " (bearer token required)" if token else "")
     return server
@@ -338,3 +408,19 @@ def _bind_error(host: str, port: int, err: OSError) -> ConfigError:
     reason = (err.strerror or str(err) or type(err).__name__).partition(": (")[0]
     return ConfigError("--http", "an address of this host", message=(
         f"cannot serve the HTTP API on {where}: {reason}: fix --http"))
+
+
+def http_metrics(server: HttpServer, app: ApiApp) -> Callable:
+    """The HTTP API's limits and refusals, for /metrics."""
+
+    def render(metric: Callable) -> None:
+        metric("http_connections", "gauge", "Open HTTP API connections.", [({}, server.active)])
+        refused = [({"reason": "connection_limit"}, server.counters["connections_refused"]),
+                   ({"reason": "request_timeout"}, server.counters["request_timeouts"])]
+        refused += [({"reason": reason}, n) for reason, n in app.refused.items()]
+        refused.append(({"reason": "fd_exhausted"}, server.fd_exhausted))
+        metric("http_refused_total", "counter",
+               "HTTP requests or connections refused, by reason (the limits and checks).",
+               refused)
+
+    return render

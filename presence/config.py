@@ -149,6 +149,13 @@ def _nsq_name(what: str) -> Callable[[str], str]:
     return parse
 
 
+def _host_name(text: str) -> str:
+    name = str(text).strip().lower()
+    if not name or not re.fullmatch(r"[a-z0-9.\-\[\]:]+", name):
+        raise _Bad("a host name such as busylamp.example.com")
+    return name
+
+
 def _text(text: str) -> str:
     return str(text)
 
@@ -249,6 +256,34 @@ class RunConfig:
     sip: list[Listen] = field(default_factory=_default_sip, metadata=_meta(
         "sip", "SIP listener transport:HOST:PORT (repeatable)", _listen, multiple=True,
         default_text="udp:0.0.0.0:5065, tcp:0.0.0.0:5065"))
+    sip_tcp_max_connections: int = field(default=10000, metadata=_meta(
+        "sip_tcp_max_connections", "SIP TCP connections at most (also kept below the open-file "
+        "limit); one more takes the place of the oldest that carries no subscription, or is "
+        "closed", _integer(1)))
+    sip_tcp_max_per_source: int = field(default=256, metadata=_meta(
+        "sip_tcp_max_per_source", "SIP TCP connections from one IP address at most (same rule)",
+        _integer(1)))
+    sip_tcp_unused_timeout: float = field(default=60.0, metadata=_meta(
+        "sip_tcp_unused_timeout", "seconds a SIP TCP connection that carries no subscription may "
+        "stay silent before it is closed", _seconds(0)))
+    sip_tcp_idle_timeout: float = field(default=3600.0, metadata=_meta(
+        "sip_tcp_idle_timeout", "seconds any SIP TCP connection may stay silent before it is "
+        "closed", _seconds(0)))
+    sip_tcp_message_timeout: float = field(default=10.0, metadata=_meta(
+        "sip_tcp_message_timeout", "seconds a SIP message may take to arrive complete over TCP "
+        "from its first byte; later the connection is closed", _seconds(0)))
+    dns_server: Address | None = field(default=None, metadata=_meta(
+        "dns_server", "DNS server HOST:PORT for the host names in Contacts and routes (unset: "
+        "the system resolver, in a thread pool)", _optional_address, default_text="system"))
+    dns_timeout: float = field(default=2.0, metadata=_meta(
+        "dns_timeout", "seconds a host-name lookup may take; a name that does not resolve in "
+        "time ends the subscriptions that need it", _seconds(0)))
+    dns_max_lookups: int = field(default=16, metadata=_meta(
+        "dns_max_lookups", "host-name lookups in flight at most (more wait in a queue)",
+        _integer(1)))
+    dns_cache_ttl: float = field(default=60.0, metadata=_meta(
+        "dns_cache_ttl", "seconds a looked-up address (or a failed lookup) is reused",
+        _seconds(0, inclusive=True)))
     advertise: Address | None = field(default=None, metadata=_meta(
         "advertise", "HOST:PORT put in Contact/Via when the listen address is not reachable "
         "(NAT, 0.0.0.0)", _optional_address, default_text="the listen address"))
@@ -257,6 +292,17 @@ class RunConfig:
     http_token: str | None = field(default=None, metadata=_meta(
         "http_token", "bearer token required by the HTTP API (required off loopback)",
         _optional_text, default_text="none"))
+    http_allowed_host: list[str] = field(default_factory=list, metadata=_meta(
+        "http_allowed_host", "host name the HTTP API answers without the token besides "
+        "localhost, IP literals and the --http host (repeatable; other names get 403: DNS "
+        "rebinding)", _host_name, multiple=True, default_text="none"))
+    http_max_connections: int = field(default=256, metadata=_meta(
+        "http_max_connections", "open HTTP API connections at most; one more gets 503 and is "
+        "closed", _integer(1)))
+    http_request_timeout: float = field(default=10.0, metadata=_meta(
+        "http_request_timeout", "seconds an HTTP request may take to arrive complete (head and "
+        "body) from its first byte, or a new connection's first request from the connect; "
+        "later: 408 and closed", _seconds(0)))
     esl: list[str] = field(default_factory=lambda: ["ClueCon@127.0.0.1:8021"], metadata=_meta(
         "esl", "FreeSWITCH event socket PASSWORD@HOST:PORT (repeatable)", _esl, multiple=True))
     bus: str = field(default="memory", metadata=_meta(

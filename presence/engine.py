@@ -12,8 +12,8 @@ subscription and that prebuilt body with the watcher's own ``version``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,12 +25,15 @@ from presence.sip.message import (
     ParseError,
     Request,
     Response,
+    SipUri,
     build_response,
+    is_token,
     parse_message,
     parse_name_addr,
     parse_uri,
     sniff_response,
 )
+from presence.sip.tokens import token64
 from presence.sip.transaction import ClientTransactions, ServerTransactions
 from presence.state import PresenceState
 from presence.subscriptions import Subscription, SubscriptionTable, new_tag
@@ -46,8 +49,19 @@ KNOWN_METHODS = frozenset(
 )
 SUPPORTED_EXTENSIONS = frozenset()
 NOTIFY_REMOVE_STATUSES = frozenset((404, 481))
+# Transports a Contact or route may name that this node can send over (no TLS, SCTP, WS).
+SENDABLE_TRANSPORTS = frozenset(("udp", "tcp"))
+ERROR_LOG_INTERVAL = 60.0
 
 Outgoing = tuple[str, tuple[str, int], bytes, int | None]  # (transport, dest, data, conn_id)
+AWAITING_ADDRESS = "dns"  # Subscription.inflight while its destination's name is looked up
+
+
+class Unresolved(tuple):
+    """A destination (name, port) whose name is still to be resolved: its subscription's next
+    NOTIFY waits for :meth:`PresenceEngine.resolved` instead of going out."""
+
+    __slots__ = ()
 
 
 @dataclass
@@ -91,9 +105,15 @@ class PresenceEngine:
         self.accepting = True  # False while warming up: SUBSCRIBE/OPTIONS get 503
         self._malformed_logged_at = float("-inf")
         self._malformed_logged_count = 0
+        self._notify_error_logged_at = float("-inf")
+        self._notify_error_logged_count = 0
         self._out: list[Outgoing] = []
+        self._lookups: list[str] = []
+        self._resolving: dict[str, list[Subscription]] = {}
+        self._trusted_cache: dict[str, bool] = {}
+        # A per-process prefix lets the response sniffer recognise our branches at a glance;
+        # the 64 random bits after it make each branch unguessable.
         self._branch_prefix = "z9hG4bK" + os.urandom(4).hex() + "."
-        self._branch_seq = itertools.count(1)
         self._allow_events = ", ".join(sorted(self.packages))
         self._server_header = config.server_name
         self._contact_hdr = {
@@ -109,6 +129,7 @@ class PresenceEngine:
             "sip_responses_received": 0,
             "sip_malformed": 0,
             "sip_dropped": 0,
+            "sip_untrusted": 0,
             "sip_retransmissions_received": 0,
             "subscribe_accepted": 0,
             "subscribe_rejected": 0,
@@ -117,11 +138,15 @@ class PresenceEngine:
             "notify_failed": 0,
             "notify_timeouts": 0,
             "notify_unmatched_responses": 0,
+            "notify_responses_wrong_source": 0,
+            "notify_errors": 0,
             "subscriptions_removed_unsubscribe": 0,
             "subscriptions_removed_expired": 0,
             "subscriptions_removed_notify_rejected": 0,
             "subscriptions_removed_notify_timeout": 0,
             "subscriptions_removed_shutdown": 0,
+            "subscriptions_removed_notify_error": 0,
+            "subscriptions_removed_unresolvable": 0,
             "updates_applied": 0,
         }
 
@@ -131,6 +156,44 @@ class PresenceEngine:
         """Everything queued for the transports since the last call."""
         out, self._out = self._out, []
         return out
+
+    def names_to_resolve(self) -> list[str]:
+        """Host names the caller is to look up (each once), answering with :meth:`resolved`."""
+        out, self._lookups = self._lookups, []
+        return out
+
+    def resolved(self, name: str, address: str | None, now: float) -> None:
+        """The lookup of ``name`` ended: its address, or None when it has none (or timed out);
+        the NOTIFYs waiting for it go out, or their subscriptions end."""
+        for sub in self._resolving.pop(name, ()):
+            if sub.inflight != AWAITING_ADDRESS:
+                continue
+            sub.inflight = None
+            live = self.subscriptions.get(sub.tag) is sub
+            dest = sub.dest
+            if dest.__class__ is Unresolved and dest[0] == name:
+                if address is not None and _unreachable(address, sub.source[0]):
+                    address = None  # a name may not lead where its address could not
+                if address is None:
+                    if live:
+                        self.subscriptions.remove(sub)
+                        self.counters["subscriptions_removed_unresolvable"] += 1
+                    continue
+                sub.dest = self.subscriptions.shared((address, dest[1]))
+            if live or sub.final_reason is not None:
+                self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+
+    def _await_address(self, sub: Subscription) -> None:
+        """Hold ``sub``'s NOTIFYs until its destination's name is resolved (one lookup per
+        name, however many subscriptions wait for it)."""
+        sub.inflight = AWAITING_ADDRESS
+        name = sub.dest[0]
+        waiting = self._resolving.get(name)
+        if waiting is None:
+            self._resolving[name] = [sub]
+            self._lookups.append(name)
+        else:
+            waiting.append(sub)
 
     def get_timer(self) -> float | None:
         """The absolute time at which :meth:`handle_timer` must next be called."""
@@ -201,8 +264,11 @@ class PresenceEngine:
             for sub in watchers:
                 if sub.inflight is not None:
                     sub.dirty = True
-                else:
+                    continue
+                try:
                     self._send_notify(sub, body, now)
+                except Exception as exc:  # one watcher's bad NOTIFY must not stop the others
+                    self._notify_broken(sub, exc, now)
 
     # -- SIP input ----------------------------------------------------------------------------
 
@@ -215,21 +281,25 @@ class PresenceEngine:
             if sniffed is not None and sniffed[1].startswith(self._branch_prefix):
                 # the answer to one of our NOTIFYs: no need for a full parse
                 self.counters["sip_responses_received"] += 1
-                self._notify_response(sniffed[1], sniffed[0], now)
+                self._notify_response(sniffed[1], sniffed[0], source, transport, conn_id, now)
                 return
         try:
             message = parse_message(data, stream=transport != "udp")
         except ParseError as exc:
             self.counters["sip_malformed"] += 1
             self._log_malformed(source, exc.reason, now)
-            if exc.request is not None:
-                self._respond(exc.request, exc.status, exc.reason, source, transport, conn_id, now)
-            else:
+            if exc.request is None:
                 self.counters["sip_dropped"] += 1
+            elif self.config.trusted and not self._is_trusted(source[0]):
+                self.counters["sip_untrusted"] += 1
+                self._respond(exc.request, 403, "Source not trusted", source, transport,
+                              conn_id, now)
+            else:
+                self._respond(exc.request, exc.status, exc.reason, source, transport, conn_id, now)
             return
         if isinstance(message, Response):
             self.counters["sip_responses_received"] += 1
-            self._handle_response(message, now)
+            self._handle_response(message, source, transport, conn_id, now)
             return
         self.counters["sip_requests_received"] += 1
         try:
@@ -262,6 +332,14 @@ class PresenceEngine:
             self._out.append((transport, source, previous, conn_id))
             return
         respond = self._responder(req, key, source, transport, conn_id, now)
+        if self.config.trusted and not self._is_trusted(source[0]):
+            # --trusted covers every request, in a dialog or not, and comes before any answer
+            # that would tell an outsider about this node (489 Allow-Events, 481, OPTIONS)
+            self.counters["sip_untrusted"] += 1
+            if method == "SUBSCRIBE":
+                self.counters["subscribe_rejected"] += 1
+            respond(403, "Source not trusted")
+            return
         cseq_num, cseq_method = req.cseq
         if cseq_method != method:
             respond(400, "CSeq method does not match the request")
@@ -289,6 +367,14 @@ class PresenceEngine:
             respond(405, None, [("Allow", ALLOW)])
         else:
             respond(501, None, [("Allow", ALLOW)])
+
+    def _is_trusted(self, ip: str) -> bool:
+        trusted = self._trusted_cache.get(ip)
+        if trusted is None:
+            if len(self._trusted_cache) >= 4096:
+                self._trusted_cache.clear()
+            trusted = self._trusted_cache[ip] = _trusted(ip, self.config.trusted)
+        return trusted
 
     def _capabilities(self) -> list[tuple[str, str]]:
         accept = ", ".join(p.content_type for p in self.packages.values())
@@ -336,9 +422,6 @@ class PresenceEngine:
         package = self._package_for(req, respond)
         if package is None:
             return
-        if self.config.trusted and not _trusted(source[0], self.config.trusted):
-            self._reject(respond, 403, "Source not trusted")
-            return
         expires = self._expires_for(req, package, respond)
         if expires is None:
             return
@@ -359,10 +442,15 @@ class PresenceEngine:
         if not self.config.cross_domain and _domain(watcher_aor) != _domain(presentity):
             self._reject(respond, 403, "Cross-domain subscription not allowed")
             return
-        route = tuple(req.record_routes) or None
-        dest, out_transport, out_conn = self._destination(
-            contact.uri, route, source, transport, conn_id
-        )
+        # Everything the NOTIFYs will carry is checked now, before the 200: a dialog that
+        # cannot be notified is never accepted.
+        try:
+            route, dest, out_transport, out_conn = self._dialog_target(
+                req, contact.uri, source, transport, conn_id
+            )
+        except ParseError as exc:
+            self._reject(respond, exc.status, exc.reason)
+            return
         shared = self.subscriptions.shared
         sub = Subscription(
             tag=new_tag(),
@@ -375,7 +463,7 @@ class PresenceEngine:
             target=shared(contact.uri),
             route=shared(route) if route else None,
             transport=out_transport,
-            dest=shared(dest),
+            dest=dest if dest.__class__ is Unresolved else shared(dest),
             conn_id=out_conn,
             remote_cseq=req.cseq[0],
             expires_at=now + expires,
@@ -388,10 +476,10 @@ class PresenceEngine:
             # A fetch (RFC 6665 4.4.3): one terminated NOTIFY with the state, nothing kept.
             self.counters["subscribe_fetch"] += 1
             sub.final_reason = "timeout"
-            self._send_notify(sub, body, now)
+            self._notify(sub, body, now)
             return
         self.subscriptions.add(sub)
-        self._send_notify(sub, body, now)
+        self._notify(sub, body, now)
         if package.name == "message-summary" and not self.state.records(package.name, presentity):
             self._control({"Event-Name": "mwi_query", "Presentity": presentity})
 
@@ -420,16 +508,27 @@ class PresenceEngine:
         expires = self._expires_for(req, sub.package, respond, to_tag=to_tag)
         if expires is None:
             return
-        sub.remote_cseq = cseq
         contact = req.contact
         if contact is not None and contact.uri != sub.target:
-            # SUBSCRIBE is a target refresh request (RFC 6665 4.1.2.1).
-            sub.target = contact.uri
-            sub.dest, sub.transport, sub.conn_id = self._destination(
-                contact.uri, sub.route, source, transport, conn_id
-            )
+            # SUBSCRIBE is a target refresh request (RFC 6665 4.1.2.1); an unusable new
+            # target is refused and the dialog keeps the one it has.
+            try:
+                target = _dialog_uri(contact.uri, "Contact")
+                first = _dialog_uri(parse_name_addr(sub.route[0]).uri, "Route") \
+                    if sub.route else None
+                _sendable(first or target, "Route" if first else "Contact")
+                dest, out, out_conn = self._destination(target, first, source, transport, conn_id)
+                _reachable(dest, source, "Route" if first else "Contact")
+            except ParseError as exc:
+                respond(exc.status, exc.reason, to_tag=to_tag)
+                return
+            sub.target = self.subscriptions.shared(contact.uri)
+            sub.dest = dest if dest.__class__ is Unresolved else self.subscriptions.shared(dest)
+            sub.transport = out
+            self.subscriptions.set_conn(sub, out_conn)
         elif transport != "udp" and conn_id is not None and sub.route is None:
-            sub.conn_id = conn_id
+            self.subscriptions.set_conn(sub, conn_id)
+        sub.remote_cseq = cseq
         respond(200, None, self._ok_headers(sub, expires), to_tag=to_tag)
         if expires == 0:
             self.counters["subscriptions_removed_unsubscribe"] += 1
@@ -441,7 +540,7 @@ class PresenceEngine:
         if sub.inflight is not None:
             sub.dirty = True
         else:
-            self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
 
     def _package_for(self, req: Request, respond: Callable[..., None]) -> EventPackage | None:
         event = req.event
@@ -486,8 +585,45 @@ class PresenceEngine:
             ("Allow-Events", self._allow_events),
         ]
 
+    def _dialog_target(
+        self, req: Request, contact: str, source: tuple[str, int], transport: str,
+        conn_id: int | None,
+    ) -> tuple[tuple[str, ...] | None, tuple[str, int], str, int | None]:
+        """The checked route set and destination of a new dialog's NOTIFYs.
+
+        Raises ParseError (with the status and reason to answer) when anything a NOTIFY would
+        be built from is unusable: a tag that is no token, a From or To URI that would not fit
+        in ``<...>``, a Contact or route entry that is no SIP URI, or a first hop (the first
+        route, else the Contact) this node cannot send to: ``sips:`` or ``transport=tls`` need
+        TLS, which it has not. Behind a proxy the Contact may be anything the proxy can reach.
+        """
+        if not is_token(req.from_.tag or ""):
+            raise ParseError("Bad From tag")
+        for what, text in (("From", req.from_.uri), ("To", req.to.uri)):
+            try:
+                parse_uri(text)
+            except ParseError:
+                raise ParseError(f"Bad {what} URI") from None
+        target = _dialog_uri(contact, "Contact")
+        route: list[str] = []
+        first: SipUri | None = None
+        for value in req.record_routes:
+            try:
+                entry = parse_name_addr(value)
+            except ParseError:
+                raise ParseError("Bad Record-Route") from None
+            uri = _dialog_uri(entry.uri, "Record-Route")
+            if first is None:
+                first = uri
+            route.append(str(entry))
+        what = "Record-Route" if first else "Contact"
+        _sendable(first or target, what)
+        dest, out, out_conn = self._destination(target, first, source, transport, conn_id)
+        _reachable(dest, source, what)
+        return (tuple(route) or None), dest, out, out_conn
+
     def _destination(
-        self, contact: str, route: tuple[str, ...] | None, source: tuple[str, int],
+        self, contact: SipUri, route: SipUri | None, source: tuple[str, int],
         transport: str, conn_id: int | None,
     ) -> tuple[tuple[str, int], str, int | None]:
         """Where this dialog's NOTIFYs go: (address, transport, stream connection to reuse).
@@ -499,16 +635,17 @@ class PresenceEngine:
         """
         if self.config.nat_send_to_source:
             return source, transport, conn_id
-        try:
-            uri = parse_uri(_route_uri(route[0]) if route else contact)
-        except ParseError:
-            return source, transport, conn_id
+        uri = route or contact
         out = (uri.params.get("transport") or "").lower()
         if not out:
-            out = transport if route is None else ("tcp" if uri.scheme == "sips" else "udp")
+            out = transport if route is None else "udp"
         if out not in self.config.contacts:
             out = transport
-        dest = (uri.host.strip("[]"), uri.port or (5061 if uri.scheme == "sips" else 5060))
+        address = _ip_address(uri.host)
+        if address is None:  # a name: resolved when the first NOTIFY is due, off the loop
+            reuse = out != "udp" and out == transport and route is None
+            return Unresolved((uri.host, uri.port or 5060)), out, conn_id if reuse else None
+        dest = (address, uri.port or 5060)
         reuse = out != "udp" and out == transport and (route is None or dest == source)
         return dest, out, conn_id if reuse else None
 
@@ -516,9 +653,12 @@ class PresenceEngine:
 
     def _send_notify(self, sub: Subscription, body: RenderedBody, now: float) -> None:
         """Build and queue one NOTIFY for ``sub`` with ``body`` and start its transaction."""
+        if sub.dest.__class__ is Unresolved:
+            self._await_address(sub)
+            return
         package = sub.package
         sub.cseq += 1
-        branch = self._branch_prefix + format(next(self._branch_seq), "x")
+        branch = self._branch_prefix + token64()
         if sub.final_reason is not None:
             sub_state = "terminated;reason=" + sub.final_reason
         else:
@@ -530,13 +670,11 @@ class PresenceEngine:
             payload = body.prefix
         transport = sub.transport
         route = sub.route
-        if route is not None and ";lr" not in route[0]:
-            # Strict routing (RFC 3261 12.2.1.1): the first route becomes the Request-URI.
-            request_uri = _route_uri(route[0])
-            route_lines = "".join(f"Route: {r}\r\n" for r in route[1:]) + f"Route: <{sub.target}>\r\n"
-        else:
+        if route is None:
             request_uri = sub.target
-            route_lines = "".join(f"Route: {r}\r\n" for r in route) if route else ""
+            route_lines = ""
+        else:
+            request_uri, route_lines = _routed(route, sub.target)
         head = (
             f"NOTIFY {request_uri} SIP/2.0\r\n"
             f"Via: {self._via_sent_by.get(transport) or next(iter(self._via_sent_by.values()))}"
@@ -561,7 +699,10 @@ class PresenceEngine:
         self.counters["notify_sent"] += 1
         self._out.append((transport, sub.dest, data, sub.conn_id))
 
-    def _handle_response(self, resp: Response, now: float) -> None:
+    def _handle_response(
+        self, resp: Response, source: tuple[str, int], transport: str, conn_id: int | None,
+        now: float,
+    ) -> None:
         try:
             vias = resp.vias
             branch = vias[0].branch if vias else None
@@ -572,15 +713,27 @@ class PresenceEngine:
         if branch is None or method != "NOTIFY":
             self.counters["notify_unmatched_responses"] += 1
             return
-        self._notify_response(branch, resp.status, now)
+        self._notify_response(branch, resp.status, source, transport, conn_id, now)
 
-    def _notify_response(self, branch: str, status: int, now: float) -> None:
-        sub = self.client_transactions.on_response(branch, status, now)
-        if sub is None:
+    def _notify_response(
+        self, branch: str, status: int, source: tuple[str, int], transport: str,
+        conn_id: int | None, now: float,
+    ) -> None:
+        """A response to one of our NOTIFYs counts only when it comes from where that NOTIFY
+        went: the same connection, or (UDP, or a stream opened anew) the destination address.
+        A forged response from anywhere else cannot end or disturb a subscription."""
+        clients = self.client_transactions
+        dest = clients.destination(branch)
+        if dest is None:
             if status >= 200:
                 self.counters["notify_unmatched_responses"] += 1
             return
-        self._notify_done(sub, status, now)
+        if not _from_destination(dest, source, transport, conn_id):
+            self.counters["notify_responses_wrong_source"] += 1
+            return
+        sub = clients.on_response(branch, status, now)
+        if sub is not None:
+            self._notify_done(sub, status, now)
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
         sub.inflight = None
@@ -592,7 +745,7 @@ class PresenceEngine:
         if status >= 300:
             self.counters["notify_failed"] += 1
         if sub.dirty:
-            self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
 
     def _notify_timed_out(self, sub: Subscription, now: float) -> None:
         sub.inflight = None
@@ -607,7 +760,31 @@ class PresenceEngine:
         if sub.inflight is not None:
             sub.dirty = True
         else:
-            self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+
+    def _notify(self, sub: Subscription, body: RenderedBody, now: float) -> None:
+        """:meth:`_send_notify`, with a failure confined to ``sub`` (see :meth:`_notify_broken`)."""
+        try:
+            self._send_notify(sub, body, now)
+        except Exception as exc:
+            self._notify_broken(sub, exc, now)
+
+    def _notify_broken(self, sub: Subscription, exc: Exception, now: float) -> None:
+        """A NOTIFY that could not be built ends its subscription, and only that one: counted,
+        logged at most once a minute, and never in the way of fan-out, timers or shutdown."""
+        self.counters["notify_errors"] += 1
+        sub.inflight = None
+        sub.dirty = False
+        if self.subscriptions.remove(sub):
+            self.counters["subscriptions_removed_notify_error"] += 1
+        if now < self._notify_error_logged_at + ERROR_LOG_INTERVAL:
+            return
+        count = self.counters["notify_errors"] - self._notify_error_logged_count
+        self._notify_error_logged_at = now
+        self._notify_error_logged_count = self.counters["notify_errors"]
+        log.warning("NOTIFY for subscription %s (%s) failed, subscription removed: %r; "
+                    "%d such failures since the last report",
+                    sub.tag, sub.remote_uri, exc, count)
 
     def terminate_all(self, reason: str, now: float, limit: int | None = None) -> int:
         """Terminate up to ``limit`` subscriptions (shutdown); returns how many were ended."""
@@ -651,8 +828,92 @@ def _hostport(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _route_uri(route: str) -> str:
-    return parse_name_addr(route).uri
+def _dialog_uri(text: str, what: str) -> SipUri:
+    """``text`` parsed, when it can stand in a NOTIFY as Request-URI or Route: a ``sip:`` or
+    ``sips:`` URI without headers."""
+    try:
+        uri = parse_uri(text)
+    except ParseError:
+        raise ParseError(f"Bad {what} URI") from None
+    if uri.scheme not in ("sip", "sips"):
+        raise ParseError(f"{what} is not a SIP URI")
+    if uri.headers is not None:
+        raise ParseError(f"Headers in {what} URI")
+    if uri.port == 0:
+        raise ParseError(f"Bad {what} port")
+    return uri
+
+
+def _sendable(uri: SipUri, what: str) -> None:
+    """Raise ParseError unless this node can send to ``uri`` (a first hop): no TLS, SCTP, WS."""
+    if uri.scheme == "sips":
+        raise ParseError(f"SIPS {what} needs TLS, which this node does not offer", 416)
+    out = uri.params.get("transport")
+    if out is not None and out.lower() not in SENDABLE_TRANSPORTS:
+        raise ParseError(f"{what} transport {out} not offered by this node")
+
+
+def _unreachable(address: str, source_ip: str) -> str | None:
+    """Why NOTIFYs may not go to ``address`` for a SUBSCRIBE from ``source_ip``, or None: never to
+    an unspecified, multicast or broadcast address, and to a loopback address only for a sender
+    on this host (a remote sender must not aim NOTIFYs at this host's local services)."""
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified or ip.is_multicast or address == "255.255.255.255":
+        return "an unspecified, multicast or broadcast address"
+    if ip.is_loopback:
+        try:
+            local = ipaddress.ip_address(source_ip).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            return "a loopback address"
+    return None
+
+
+def _reachable(dest: tuple[str, int], source: tuple[str, int], what: str) -> None:
+    """Raise ParseError when ``dest`` (an address, not a name) is one NOTIFYs may not go to."""
+    if dest.__class__ is Unresolved:
+        return
+    reason = _unreachable(dest[0], source[0])
+    if reason is not None:
+        raise ParseError(f"{what} points at {reason}")
+
+
+def _ip_address(host: str) -> str | None:
+    """A URI host that is an IP address, as a socket wants it: without brackets and in its one
+    canonical text (so responses, whose source the kernel spells canonically, match it); None
+    for a name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).compressed
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _routed(route: tuple[str, ...], target: str) -> tuple[str, str]:
+    """(Request-URI, Route header lines) of a NOTIFY in a dialog with a route set.
+
+    Strict routing (RFC 3261 12.2.1.1) when the first route has no ``lr``: it becomes the
+    Request-URI and the remote target goes last. Cached: a phone's dialogs share both inputs.
+    """
+    first = parse_name_addr(route[0]).uri
+    if "lr" in parse_uri(first).params:
+        return target, "".join(f"Route: {r}\r\n" for r in route)
+    return first, "".join(f"Route: {r}\r\n" for r in route[1:]) + f"Route: <{target}>\r\n"
+
+
+def _from_destination(
+    dest: tuple[str, tuple[str, int], int | None], source: tuple[str, int], transport: str,
+    conn_id: int | None,
+) -> bool:
+    """Whether a response arriving from ``source`` (``conn_id`` on streams) can answer a request
+    sent to ``dest`` (transport, address, connection)."""
+    out, addr, out_conn = dest
+    if transport != out:
+        return False
+    if conn_id is not None and conn_id == out_conn:
+        return True
+    return source[0] == addr[0] and source[1] == addr[1]
 
 
 def _domain(aor: str) -> str:

@@ -6,15 +6,24 @@ writes). This server does what the API needs and nothing else: keep-alive connec
 request bodies framed by Content-Length (no chunked request bodies: 411), responses written in
 one ``sendall`` when their size is known, and streamed with chunked transfer-coding when not
 (``/tail``, ``/snapshot``, NDJSON listings). One greenlet per connection.
+
+Limits: at most ``max_connections`` open connections (one more is answered 503 and closed at
+once), a complete request head and body within ``request_timeout`` of its first byte — or, for
+a connection's first request, of the accept — (408), and
+the app's ``check_head(environ)`` — authorisation, Host, Content-Type — is asked before any body
+is read, so a refused request never costs its body's memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
+import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
@@ -28,9 +37,66 @@ WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 MAX_HEAD = 64 * 1024
 MAX_BODY = 8 * 1024 * 1024 + 64 * 1024  # the app answers 413 above its own 8 MiB limit
 IDLE_TIMEOUT = 300.0
+MAX_CONNECTIONS = 256
+REQUEST_TIMEOUT = 10.0
 
-_REASONS = {400: "Bad Request", 411: "Length Required", 413: "Content Too Large",
-            431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 411: "Length Required",
+            413: "Content Too Large", 431: "Request Header Fields Too Large",
+            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+
+
+FD_LOG_INTERVAL = 60.0
+_FD_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+class _QuietServer(StreamServer):
+    """A StreamServer that meets EMFILE quietly: counted, logged once a minute, one waiting
+    connection shed with a spare descriptor, accepting paused 0.1 s — instead of gevent's
+    traceback per failed accept."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fd_exhausted = 0
+        self._fd_logged_at = float("-inf")
+        self._fd_logged_count = 0
+        self._spare = _open_spare()
+
+    def do_read(self):
+        try:
+            return super().do_read()
+        except OSError as exc:
+            if exc.errno not in _FD_ERRORS:
+                raise
+        self.fd_exhausted += 1
+        if self._spare is not None:
+            os.close(self._spare)
+            with contextlib.suppress(OSError):
+                fd, _ = self.socket._accept()
+                os.close(fd)
+            self._spare = _open_spare()
+        now = time.monotonic()
+        if now >= self._fd_logged_at + FD_LOG_INTERVAL:
+            log.warning("out of file descriptors accepting HTTP connections (%d times since the "
+                        "last report)", self.fd_exhausted - self._fd_logged_count)
+            self._fd_logged_at = now
+            self._fd_logged_count = self.fd_exhausted
+        self.stop_accepting()
+        self._timer = self.loop.timer(0.1)
+        self._timer.start(self._start_accepting_if_started)
+        return None
+
+    def close(self) -> None:
+        super().close()
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+
+
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 class _Reject(Exception):
@@ -44,17 +110,28 @@ class HttpServer:
     """Serve ``app`` on ``address``; ``start()``, ``stop()``, ``server_port``."""
 
     def __init__(self, address: tuple[str, int], app: WsgiApp, *, max_body: int = MAX_BODY,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.app = app
         self.max_body = max_body
         self.idle_timeout = idle_timeout
-        self._server = StreamServer(address, self._handle, backlog=1024)
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self.counters = {"connections_refused": 0, "request_timeouts": 0,
+                         "refused_before_body": 0}
+        self.active = 0
+        self._check_head = getattr(app, "check_head", None)
+        self._server = _QuietServer(address, self._handle, backlog=1024)
 
     def start(self) -> None:
         self._server.start()
 
     def stop(self, timeout: float | None = None) -> None:
         self._server.stop(timeout=timeout)
+
+    @property
+    def fd_exhausted(self) -> int:
+        return self._server.fd_exhausted
 
     @property
     def server_port(self) -> int:
@@ -67,37 +144,67 @@ class HttpServer:
     # -- one connection -----------------------------------------------------------------------
 
     def _handle(self, sock: socket.socket, address: tuple) -> None:
+        if self.active >= self.max_connections:
+            self.counters["connections_refused"] += 1
+            sock.settimeout(1.0)
+            self._send_error(sock, 503, f"more than {self.max_connections} connections open")
+            _lingering_close(sock, budget=0.1)  # brief: these are outside the cap
+            return
+        self.active += 1
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.idle_timeout)
         pending = b""
+        first = True  # a new connection's first request is due within request_timeout too
         try:
             while True:
                 try:
-                    request = self._read_request(sock, pending)
+                    request = self._read_request(sock, pending, address, first)
+                    first = False
                 except _Reject as reject:
+                    if reject.status == 408:
+                        self.counters["request_timeouts"] += 1
                     self._send_error(sock, reject.status, reject.detail)
+                    _lingering_close(sock)
                     return
                 if request is None:
                     return
                 environ, keep_alive, pending = request
-                environ["REMOTE_ADDR"] = str(address[0])
-                environ["REMOTE_PORT"] = str(address[1]) if len(address) > 1 else ""
                 if not self._respond(sock, environ, keep_alive) or not keep_alive:
                     return
+                sock.settimeout(self.idle_timeout)
         except (OSError, TimeoutError):
             return  # the client went away or idled out
         finally:
+            self.active -= 1
             sock.close()
 
-    def _read_request(self, sock: socket.socket, buf: bytes) -> tuple[dict, bool, bytes] | None:
+    def _recv(self, sock: socket.socket, size: int, deadline: float | None) -> bytes:
+        """One recv; once a request has begun, within what is left of its deadline."""
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Reject(408, f"request not complete within {self.request_timeout:g}s")
+            sock.settimeout(min(left, self.idle_timeout))
+            try:
+                return sock.recv(size)
+            except TimeoutError:
+                raise _Reject(408, f"request not complete within {self.request_timeout:g}s"
+                              ) from None
+        return sock.recv(size)
+
+    def _read_request(self, sock: socket.socket, buf: bytes, address: tuple,
+                      first: bool = False) -> tuple[dict, bool, bytes] | None:
+        deadline = time.monotonic() + self.request_timeout if buf or first else None
         end = buf.find(b"\r\n\r\n")
         while end < 0:
             if len(buf) > MAX_HEAD:
                 raise _Reject(431, "request head too large")
-            chunk = sock.recv(65536)
+            chunk = self._recv(sock, 65536, deadline)
             if not chunk:
                 return None
+            if deadline is None:  # the first bytes of a request: its deadline starts now
+                deadline = time.monotonic() + self.request_timeout
             buf += chunk
             end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(chunk) - 3))
         head = buf[:end].decode("latin-1")
@@ -148,13 +255,23 @@ class HttpServer:
                         connection = value.lower()
                     key = "HTTP_" + name.upper().replace("-", "_")
                     environ[key] = f"{environ[key]},{value}" if key in environ else value
+        environ["REMOTE_ADDR"] = str(address[0])
+        environ["REMOTE_PORT"] = str(address[1]) if len(address) > 1 else ""
+        if length and self._check_head is not None:
+            refused = self._check_head(environ)  # before the body costs any memory
+            if refused is not None:
+                self.counters["refused_before_body"] += 1
+                status, detail, headers = refused
+                self._send_error(sock, status, detail, headers=headers)
+                _lingering_close(sock)
+                return None
         if length is None:
             body = b""
         elif length > self.max_body:
             raise _Reject(413, f"request body over {self.max_body} bytes")
         else:
             while len(buf) < length:
-                chunk = sock.recv(max(65536, length - len(buf)))
+                chunk = self._recv(sock, min(1 << 20, max(65536, length - len(buf))), deadline)
                 if not chunk:
                     return None
                 buf += chunk
@@ -228,10 +345,32 @@ class HttpServer:
                 close()
 
     @staticmethod
-    def _send_error(sock: socket.socket, status: int, detail: str, *, keep: bool = False) -> None:
+    def _send_error(sock: socket.socket, status: int | str, detail: str, *, keep: bool = False,
+                    headers: Iterable[tuple[str, str]] = ()) -> None:
         body = ujson.dumps({"error": detail}).encode()
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        line = status if isinstance(status, str) else f"{status} {_REASONS.get(status, 'Error')}"
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        head = (f"HTTP/1.1 {line}\r\n{extra}"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                 f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n").encode()
         with contextlib.suppress(OSError):
             sock.sendall(head + body)
+
+
+def _lingering_close(sock: socket.socket, budget: float = 0.5, most: int = 256 * 1024) -> None:
+    """Close after an error answer without resetting the connection: stop writing, then read
+    and drop what the client still sends (a little, briefly), so that the answer is not lost to
+    an RST caused by unread bytes."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + budget
+        while most > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            most -= len(chunk)
+    sock.close()

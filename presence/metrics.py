@@ -49,13 +49,14 @@ def render_metrics(node: PresenceNode) -> str:
            [({}, engine.client_transactions.retransmissions)])
     metric("notify_failed_total", "counter", "NOTIFYs answered with a failure status, by outcome.",
            [({"outcome": "rejected"}, c["notify_failed"]),
-            ({"outcome": "timeout"}, c["notify_timeouts"])])
+            ({"outcome": "timeout"}, c["notify_timeouts"]),
+            ({"outcome": "error"}, c["notify_errors"])])
     metric("notify_in_flight", "gauge", "NOTIFY client transactions awaiting a final response.",
            [({}, len(engine.client_transactions))])
     metric("subscriptions_removed_total", "counter", "Subscriptions removed, by reason.",
            [({"reason": reason}, c["subscriptions_removed_" + reason])
             for reason in ("unsubscribe", "expired", "notify_rejected", "notify_timeout",
-                           "shutdown")])
+                           "shutdown", "notify_error", "unresolvable")])
     metric("subscribe_total", "counter", "SUBSCRIBE requests by outcome.",
            [({"outcome": "accepted"}, c["subscribe_accepted"]),
             ({"outcome": "rejected"}, c["subscribe_rejected"]),
@@ -75,6 +76,38 @@ def render_metrics(node: PresenceNode) -> str:
            [({}, dropped)])
     metric("sip_unmatched_responses_total", "counter", "Responses matching no NOTIFY transaction.",
            [({}, c["notify_unmatched_responses"])])
+    metric("sip_responses_wrong_source_total", "counter",
+           "Responses to a NOTIFY from another address or connection than it went to (ignored).",
+           [({}, c["notify_responses_wrong_source"])])
+    metric("sip_untrusted_total", "counter", "Requests refused 403 because of --trusted.",
+           [({}, c["sip_untrusted"])])
+    tc = node.transports.counters
+    metric("sip_transport_errors_total", "counter",
+           "SIP transport failures, by kind (handler exceptions, failed sends, TCP framing).",
+           [({"kind": "handler"}, tc["handler_errors"]),
+            ({"kind": "send"}, tc["send_errors"]),
+            ({"kind": "tcp_framing"}, tc["tcp_framing_closed"])])
+    metric("sip_tcp_connections", "gauge", "Open SIP TCP connections.",
+           [({}, node.transports.connection_count())])
+    metric("sip_tcp_closed_total", "counter",
+           "SIP TCP connections refused or closed by a limit, by reason.",
+           [({"reason": "refused"}, tc["tcp_refused"]),
+            ({"reason": "evicted"}, tc["tcp_evicted"]),
+            ({"reason": "unused"}, tc["tcp_unused_closed"]),
+            ({"reason": "idle"}, tc["tcp_idle_closed"]),
+            ({"reason": "message_timeout"}, tc["tcp_message_timeouts"])])
+    rc = node.resolver.counters
+    metric("dns_lookups_total", "counter",
+           "Host-name lookups of NOTIFY destinations, by outcome.",
+           [({"outcome": outcome}, n) for outcome, n in rc.items()])
+    metric("dns_lookups_in_flight", "gauge", "Host-name lookups under way.",
+           [({}, node.resolver.in_flight)])
+    metric("dns_lookups_queued", "gauge",
+           "Host-name lookups waiting because --dns-max-lookups are under way.",
+           [({}, node.resolver.queued)])
+    metric("fd_exhausted_total", "counter",
+           "Accepts that failed for want of a file descriptor (EMFILE/ENFILE).",
+           [({}, tc["fd_exhausted"])])
     pc = node.publish_counters
     metric("publishes_total", "counter", "Presence updates by outcome.",
            [({"outcome": "accepted"}, pc["accepted"]),

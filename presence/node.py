@@ -24,6 +24,7 @@ from presence.engine import EngineConfig, PresenceEngine
 from presence.metrics import render_metrics
 from presence.packages import REGISTRY
 from presence.packages.base import PackageOptions
+from presence.resolver import Resolver
 from presence.sip.transport import SipTransports
 from presence.state import PresenceState
 from presence.updates import Snapshot, Update, UpdateError, parse_update
@@ -71,6 +72,8 @@ class PresenceNode:
         node_id: str = "busylamp",
         clock: Callable[[], float] = time.monotonic,
         on_control: Callable[[dict], None] | None = None,
+        transport_options: dict | None = None,
+        resolver_options: dict | None = None,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
@@ -79,7 +82,11 @@ class PresenceNode:
             engine_config, self.state, REGISTRY, on_control=self._on_control
         )
         self._control_sink = on_control
-        self.transports = SipTransports(self._on_sip)
+        # a stream connection that carries a subscription is never closed as unused or evicted
+        self.transports = SipTransports(
+            self._on_sip, in_use=lambda conn_id: self.engine.subscriptions.uses_conn(conn_id),
+            **(transport_options or {}))
+        self.resolver = Resolver(self._on_resolved, clock=clock, **(resolver_options or {}))
         self.listeners: list[tuple[str, tuple[str, int]]] = []
         self.ready = True
         self.started_at = time.time()
@@ -145,6 +152,7 @@ class PresenceNode:
             self._loop.kill()
             self._housekeeper.kill()
             self._loop = None
+        self.resolver.close()
         self.transports.close()
 
     def shutdown_subscriptions(self, rate: int, timeout: float = 10.0) -> int:
@@ -190,13 +198,23 @@ class PresenceNode:
 
     def _flush(self) -> bool:
         """Send what the engine queued; True when anything was sent (and so maybe timed)."""
-        out = self.engine.datagrams_to_send()
+        engine = self.engine
+        out = engine.datagrams_to_send()
+        names = engine.names_to_resolve()
+        if names:
+            for name in names:
+                self.resolver.lookup(name)  # a cached answer comes back (and flushes) at once
         if not out:
             return False
         send = self.transports.send
         for transport, dest, data, conn_id in out:
             send(transport, dest, data, conn_id)
         return True
+
+    def _on_resolved(self, name: str, address: str | None) -> None:
+        self.engine.resolved(name, address, self.clock())
+        if self._flush():
+            self._poke()
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -313,7 +331,8 @@ class PresenceNode:
         self, *, presentity: str | None, watcher: str | None, event: str | None,
         cursor: str | None, limit: int,
     ) -> tuple[list[dict], str | None]:
-        offset = int(cursor) if cursor and cursor.isdigit() else 0
+        offset = int(cursor) if cursor and cursor.isascii() and cursor.isdigit() else 0
+        offset = min(offset, 2**40)  # islice takes at most sys.maxsize
         now = self.clock()
         it = self.engine.iter_subscriptions(presentity, watcher, event)
         page = list(itertools.islice(it, offset, offset + limit + 1))  # the skip runs in C

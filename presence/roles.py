@@ -76,8 +76,29 @@ def _guess_local_address() -> str:
     return address
 
 
+def transport_options(config: RunConfig, fd_limit: int) -> dict:
+    """The SIP transports' limits; the TCP cap stays below what the open-file limit leaves
+    after the HTTP API's connections and a reserve, so /health and new phones are still served
+    when that many connections are open."""
+    budget = fd_limit - (config.http_max_connections if config.http is not None else 0) - 64
+    tcp_max = min(config.sip_tcp_max_connections, max(16, budget))
+    if tcp_max < config.sip_tcp_max_connections:
+        log.warning("open-file limit %d: SIP TCP connections capped at %d, below "
+                    "--sip-tcp-max-connections %d", fd_limit, tcp_max,
+                    config.sip_tcp_max_connections)
+    return {
+        "max_tcp_connections": tcp_max,
+        "max_tcp_per_source": config.sip_tcp_max_per_source,
+        "tcp_unused_timeout": config.sip_tcp_unused_timeout,
+        "tcp_idle_timeout": config.sip_tcp_idle_timeout,
+        "tcp_message_timeout": config.sip_tcp_message_timeout,
+    }
+
+
 def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
     """Bind the SIP listeners and build the presence node (not started yet)."""
+    from presence.sip.transport import raise_fd_limit
+
     node = PresenceNode(
         EngineConfig(contacts={"udp": ("127.0.0.1", 0)}),
         package_options=PackageOptions(
@@ -86,6 +107,14 @@ def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
         ),
         node_id=config.node_id or "busylamp",
         on_control=bus.publish_control if bus is not None else None,
+        transport_options=transport_options(config, raise_fd_limit()),
+        resolver_options={
+            "server": (config.dns_server.host, config.dns_server.port)
+            if config.dns_server else None,
+            "timeout": config.dns_timeout,
+            "max_in_flight": config.dns_max_lookups,
+            "ttl": config.dns_cache_ttl,
+        },
     )
     for listen in config.sip:
         try:
@@ -165,7 +194,11 @@ def run_roles(config: RunConfig) -> None:
             from presence.api import serve_api
 
             try:
-                api_server = serve_api(config.http.host, config.http.port, node, config.http_token)
+                api_server = serve_api(
+                    config.http.host, config.http.port, node, config.http_token,
+                    allowed_hosts=config.http_allowed_host,
+                    max_connections=config.http_max_connections,
+                    request_timeout=config.http_request_timeout)
             except OSError as exc:
                 node.transports.close()
                 if exc.errno == errno.EADDRINUSE:

@@ -9,11 +9,10 @@ subscription moved on is skipped when the bucket comes due. No timer object per 
 from __future__ import annotations
 
 import heapq
-import os
-import random
 from collections.abc import Iterator
 
 from presence.packages.base import EventPackage
+from presence.sip.tokens import token64
 
 
 class Subscription:
@@ -101,13 +100,10 @@ class Subscription:
         }
 
 
-_tag_random = random.Random(os.urandom(16))  # seeded once from the OS, no syscall per tag
-
-
 def new_tag() -> str:
-    """A random 64-bit To-tag (RFC 3261 19.3 asks for 32 bits of randomness at least), unique
-    enough to key the dialog table on its own."""
-    return f"{_tag_random.getrandbits(64):016x}"
+    """A To-tag of 64 bits from the OS CSPRNG (RFC 3261 19.3 asks for 32 bits at least): unique
+    enough to key the dialog table on its own, and not predictable from tags seen before."""
+    return token64()
 
 
 class SubscriptionTable:
@@ -119,6 +115,7 @@ class SubscriptionTable:
         self._watchers: dict[tuple[str, str], dict[str, Subscription]] = {}
         self._wheel: dict[int, list[Subscription]] = {}
         self._wheel_heap: list[int] = []
+        self._conn_use: dict[int, int] = {}  # stream connection -> subscriptions notified on it
 
     def __len__(self) -> int:
         return len(self._by_tag)
@@ -145,6 +142,8 @@ class SubscriptionTable:
         if watchers is None:
             watchers = self._watchers[key] = {}
         watchers[sub.tag] = sub
+        if sub.conn_id is not None:
+            self._conn_use[sub.conn_id] = self._conn_use.get(sub.conn_id, 0) + 1
         self._schedule(sub)
 
     def remove(self, sub: Subscription) -> bool:
@@ -157,7 +156,31 @@ class SubscriptionTable:
             watchers.pop(sub.tag, None)
             if not watchers:
                 del self._watchers[key]
+        if sub.conn_id is not None:
+            self._release_conn(sub.conn_id)
         return True
+
+    def set_conn(self, sub: Subscription, conn_id: int | None) -> None:
+        """Move ``sub``'s NOTIFYs to another stream connection (or to none)."""
+        if conn_id == sub.conn_id:
+            return
+        if self._by_tag.get(sub.tag) is sub:
+            if sub.conn_id is not None:
+                self._release_conn(sub.conn_id)
+            if conn_id is not None:
+                self._conn_use[conn_id] = self._conn_use.get(conn_id, 0) + 1
+        sub.conn_id = conn_id
+
+    def uses_conn(self, conn_id: int) -> bool:
+        """Whether any subscription's NOTIFYs go over stream connection ``conn_id``."""
+        return conn_id in self._conn_use
+
+    def _release_conn(self, conn_id: int) -> None:
+        left = self._conn_use.get(conn_id, 0) - 1
+        if left > 0:
+            self._conn_use[conn_id] = left
+        else:
+            self._conn_use.pop(conn_id, None)
 
     def refresh(self, sub: Subscription, expires_at: float) -> None:
         sub.expires_at = expires_at

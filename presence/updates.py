@@ -336,16 +336,46 @@ def _presence(obj: dict) -> tuple[str, dict[str, str]]:
 
 
 def _check_values(obj: dict) -> None:
-    """Reject oversized strings and non-finite numbers anywhere in the object's top level."""
+    """Reject oversized strings, non-finite numbers and text that is not Unicode (lone
+    surrogates such as "\\ud800", which cannot be encoded as UTF-8) anywhere in the object's
+    top level; nested arrays and objects are checked for such text too."""
     for key, value in obj.items():
         kind = type(value)  # exact types first: this runs for every field of every update
         if kind is str or kind is int:
-            if kind is str and len(value) > MAX_FIELD_LENGTH:
-                raise UpdateError(f"longer than {MAX_FIELD_LENGTH} characters", str(key))
+            if kind is str:
+                if len(value) > MAX_FIELD_LENGTH:
+                    raise UpdateError(f"longer than {MAX_FIELD_LENGTH} characters", str(key))
+                if not value.isascii() and _SURROGATE.search(value):  # isascii() is O(1)
+                    raise UpdateError(_NOT_UNICODE, _safe_key(key))
         elif isinstance(value, str) and len(value) > MAX_FIELD_LENGTH:
             raise UpdateError(f"longer than {MAX_FIELD_LENGTH} characters", str(key))
         elif isinstance(value, float) and not math.isfinite(value):
             raise UpdateError("must be a finite number", str(key))
+        elif isinstance(value, list | dict) and _has_surrogate(value):
+            raise UpdateError(_NOT_UNICODE, _safe_key(key))
+        if type(key) is str and not key.isascii() and _SURROGATE.search(key):
+            raise UpdateError(_NOT_UNICODE, _safe_key(key))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_UNICODE = "not valid Unicode text (a lone surrogate cannot be encoded as UTF-8)"
+
+
+def _safe_key(key: object) -> str:
+    return str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _has_surrogate(value: object, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        return not value.isascii() and _SURROGATE.search(value) is not None
+    if depth > 32:
+        return False
+    if isinstance(value, dict):
+        return any(_has_surrogate(k, depth + 1) or _has_surrogate(v, depth + 1)
+                   for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v, depth + 1) for v in value)
+    return False
 
 
 def _present(obj: dict, name: str) -> bool:

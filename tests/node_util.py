@@ -15,13 +15,14 @@ from tests.sipp_util import free_port
 @contextmanager
 def running_node(
     *, transports: tuple[str, ...] = ("udp", "tcp"), package_options: PackageOptions | None = None,
-    **engine_kwargs,
+    transport_options: dict | None = None, resolver_options: dict | None = None, **engine_kwargs,
 ) -> Iterator[PresenceNode]:
     """A started PresenceNode listening on 127.0.0.1 (same port for UDP and TCP)."""
     port = free_port()
     contacts = {t: ("127.0.0.1", port) for t in transports}
     node = PresenceNode(EngineConfig(contacts=contacts, **engine_kwargs),
-                        package_options=package_options)
+                        package_options=package_options, transport_options=transport_options,
+                        resolver_options=resolver_options)
     for transport in transports:
         node.listen(transport, "127.0.0.1", port)
     node.start()

@@ -131,6 +131,12 @@ class Watcher:
                 )
         return self
 
+    def reply(self, status: int = 200) -> Watcher:
+        """Answer the last request received (after ``notify(answer=None)`` and a pause)."""
+        self.steps.append(_ANSWER.format(status=status, reason="OK" if status == 200 else
+                                         "Whatever", watcher=self.watcher))
+        return self
+
     def pause(self, ms: int) -> Watcher:
         self.steps.append(_PAUSE.format(ms=ms))
         return self

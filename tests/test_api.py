@@ -150,8 +150,11 @@ def secured(node):
 
 def call(server, method, path, body=None, headers=None):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    headers = dict(headers or {})
+    if method == "POST":
+        headers.setdefault("Content-Type", "application/json")
     try:
-        conn.request(method, path, body=body, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:

@@ -435,3 +435,71 @@ def test_subscribe_without_expires_gets_the_package_default_within_bounds():
     h = Harness(default_expires=120)
     ok, _ = h.subscribe_ok(expires=None)
     assert ok.headers.get("Expires") == "120"
+
+
+def test_host_name_destination_waits_for_its_lookup():
+    h = Harness()
+    out = h.send(subscribe(contact="sip:2000@phone.example:5062"))
+    assert [m.status for _, _, m, _ in out] == [200]  # the NOTIFY waits for the address
+    assert h.engine.names_to_resolve() == ["phone.example"]
+    h.publish(dialog_update("early"))  # coalesced into the NOTIFY that goes once resolved
+    h.engine.resolved("phone.example", "10.0.0.9", h.clock.now)
+    (transport, dest, notify, _), = h.out()
+    assert dest == ("10.0.0.9", 5062) and dialogs(notify) == [("call-1", "early")]
+    # its answer must come from the resolved address
+    assert h.send(answer(notify), source=("10.0.0.9", 5062)) == []
+    assert h.engine.subscriptions.watchers("dialog", "1001@example.com")[0].inflight is None
+
+
+def test_unresolvable_name_ends_the_subscription_and_a_refresh_follows_the_new_name():
+    h = Harness()
+    h.send(subscribe(contact="sip:2000@gone.example"))
+    h.send(subscribe(call_id="cid-2", from_tag="ft2", branch="z9hG4bK-b3",
+                     contact="sip:2000@moves.example"))
+    assert h.engine.names_to_resolve() == ["gone.example", "moves.example"]
+    h.engine.resolved("gone.example", None, h.clock.now)
+    assert h.out() == []
+    assert h.engine.counters["subscriptions_removed_unresolvable"] == 1
+    sub, = h.engine.subscriptions
+    out = h.send(subscribe(call_id="cid-2", from_tag="ft2", to_tag=sub.tag, cseq=2,
+                           branch="z9hG4bK-b2", contact="sip:2000@10.0.0.8:5070"))
+    assert [m.status for _, _, m, _ in out] == [200]
+    h.engine.resolved("moves.example", "10.0.0.9", h.clock.now)  # stale: the target moved on
+    (_, dest, notify, _), = h.out()
+    assert dest == ("10.0.0.8", 5070)
+
+
+def test_response_from_another_address_is_ignored():
+    h = Harness()
+    _, notify = h.subscribe_ok()
+    assert h.send(answer(notify, 481), source=("10.6.6.6", 5062)) == []
+    assert len(h.engine.subscriptions) == 1
+    assert h.engine.counters["notify_responses_wrong_source"] == 1
+    h.send(answer(notify, 481))
+    assert len(h.engine.subscriptions) == 0
+
+
+def test_target_refresh_to_an_unusable_contact_is_refused_and_the_dialog_goes_on():
+    h = Harness()
+    resp, notify = h.subscribe_ok()
+    h.send(answer(notify))
+    tag = resp.to.tag
+    for n, contact in enumerate(("tel:+15550100", "sips:2000@10.0.0.7", "sip:x@10.0.0.7?a=b")):
+        out = h.send(subscribe(to_tag=tag, cseq=2 + n, branch=f"z9hG4bK-r{n}", contact=contact))
+        assert [m.status for _, _, m, _ in out] in ([400], [416])
+    sub, = h.engine.subscriptions
+    assert sub.target == "sip:2000@10.0.0.7:5062" and sub.dest == ("10.0.0.7", 5062)
+    out = h.send(subscribe(to_tag=tag, cseq=9, branch="z9hG4bK-r9"))
+    assert [type(m) for _, _, m, _ in out] == [Response, Request]
+
+
+def test_a_remote_sender_cannot_aim_notifies_at_loopback_even_through_dns():
+    h = Harness()
+    out = h.send(subscribe(contact="sip:2000@127.0.0.1:11211"))
+    assert [(m.status, m.reason) for _, _, m, _ in out] == [
+        (400, "Contact points at a loopback address")]
+    h.send(subscribe(branch="z9hG4bK-b2", contact="sip:2000@rebind.example"))
+    h.out()
+    h.engine.resolved("rebind.example", "127.0.0.1", h.clock.now)
+    assert h.out() == [] and len(h.engine.subscriptions) == 0
+    assert h.engine.counters["subscriptions_removed_unresolvable"] == 1

@@ -153,6 +153,11 @@ def _split_outside(text: str, sep: str, *, angle: bool) -> tuple[list[str], bool
     return out, in_quote
 
 
+def is_token(text: str) -> bool:
+    """True when ``text`` is an RFC 3261 token (a tag, a method, a parameter name)."""
+    return _TOKEN_RE.fullmatch(text) is not None
+
+
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quoted strings and <...>; drop empties."""
     if "," not in value:
@@ -846,6 +851,11 @@ class StreamFramer:
         self.max_buffer = max_buffer
         self.pings = 0
         self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete message waiting for the rest."""
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf

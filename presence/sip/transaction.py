@@ -121,6 +121,11 @@ class ClientTransactions:
     def _push(self, record: _ClientTransaction) -> None:
         heapq.heappush(self._heap, (record.due, next(self._seq), record))
 
+    def destination(self, branch: str) -> Any:
+        """The ``dest`` a live transaction's request was sent to, or None for an unknown branch."""
+        record = self._records.get(branch)
+        return None if record is None else record.dest
+
     def on_response(self, branch: str, status: int, now: float) -> object | None:
         """Final response: end the transaction and return its owner. Provisional: switch Timer E
         to T2 and return None. Unknown branch: None."""

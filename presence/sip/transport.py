@@ -3,15 +3,25 @@
 Incoming messages go to `handler(data, source, transport, conn_id)` inline from the reading
 greenlet. TCP is framed by `StreamFramer`; outgoing TCP data is queued per connection and written
 by a short-lived writer greenlet so `send()` never blocks its caller.
+
+TCP limits: at most ``max_tcp_connections`` connections and ``max_tcp_per_source`` from one IP
+address; a new connection over either cap takes the place of the oldest one that carries no
+subscription (``in_use(conn_id)`` says which do), or is closed when there is none. A connection
+that carries no subscription is closed after ``tcp_unused_timeout`` without input, any connection
+after ``tcp_idle_timeout``; a message must arrive complete within ``tcp_message_timeout`` of its
+first byte. Running out of file descriptors (EMFILE) is counted and logged once a minute.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import resource
 import socket as _stdsocket
 import time
 from collections.abc import Callable
-from itertools import count
+from itertools import count, islice
 
 import gevent
 import gevent.pool
@@ -28,6 +38,23 @@ Handler = Callable[[bytes, tuple[str, int], str, int | None], None]
 SOCKET_BUFFER = 8 * 1024 * 1024
 CONNECT_TIMEOUT = 5.0
 ERROR_LOG_INTERVAL = 10.0
+FD_LOG_INTERVAL = 60.0
+EVICT_SCAN = 64  # connections looked at for one eviction, at most
+_FD_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft file-descriptor limit to its hard limit; return the soft limit
+    now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
 
 
 def _family(host: str) -> int:
@@ -39,7 +66,8 @@ def _peer(addr: tuple) -> tuple[str, int]:
 
 
 class _Connection:
-    __slots__ = ("conn_id", "peer", "sock", "framer", "out", "out_bytes", "writer", "closed")
+    __slots__ = ("conn_id", "peer", "sock", "framer", "out", "out_bytes", "writer", "closed",
+                 "last_input", "partial_since")
 
     def __init__(self, conn_id: int, peer: tuple[str, int], sock: socket.socket | None,
                  max_buffer: int):
@@ -51,34 +79,54 @@ class _Connection:
         self.out_bytes = 0
         self.writer: gevent.Greenlet | None = None
         self.closed = False
+        self.last_input = time.monotonic()
+        self.partial_since: float | None = None  # when an incomplete message began arriving
 
 
 class SipTransports:
     """UDP and TCP listeners plus outgoing TCP connections for the presence engine."""
 
     def __init__(self, handler: Handler, *, max_datagram: int = 65507,
-                 max_tcp_buffer: int = 65536, tcp_idle_timeout: float = 3600.0):
+                 max_tcp_buffer: int = 65536, tcp_idle_timeout: float = 3600.0,
+                 max_tcp_connections: int = 10000, max_tcp_per_source: int = 256,
+                 tcp_unused_timeout: float = 60.0, tcp_message_timeout: float = 10.0,
+                 in_use: Callable[[int], bool] | None = None):
         self.handler = handler
         self.max_datagram = max_datagram
         self.max_tcp_buffer = max_tcp_buffer
         self.tcp_idle_timeout = tcp_idle_timeout
+        self.max_tcp_connections = max_tcp_connections
+        self.max_tcp_per_source = max_tcp_per_source
+        self.tcp_unused_timeout = tcp_unused_timeout
+        self.tcp_message_timeout = tcp_message_timeout
+        self.in_use = in_use or (lambda conn_id: False)
         self.counters: dict[str, int] = {
             "datagrams_oversized": 0,
             "tcp_overflow_closed": 0,
             "tcp_framing_closed": 0,
             "tcp_connections": 0,
+            "tcp_refused": 0,
+            "tcp_evicted": 0,
+            "tcp_unused_closed": 0,
+            "tcp_idle_closed": 0,
+            "tcp_message_timeouts": 0,
+            "fd_exhausted": 0,
             "send_errors": 0,
             "handler_errors": 0,
         }
         self._udp: list[socket.socket] = []
         self._listeners: list[socket.socket] = []
-        self._conns: dict[int, _Connection] = {}
+        self._conns: dict[int, _Connection] = {}  # oldest first (scans move busy ones back)
+        self._by_source: dict[str, dict[int, _Connection]] = {}
         self._by_peer: dict[tuple[str, int], _Connection] = {}
         self._ids = count(1)
         self._group = gevent.pool.Group()
         self._closed = False
         self._last_error_log = 0.0
         self._suppressed_errors = 0
+        self._fd_logged_at = float("-inf")
+        self._fd_logged_count = 0
+        self._spare_fd: int | None = self._open_spare()
 
     # ------------------------------------------------------------------ listening
 
@@ -137,22 +185,101 @@ class SipTransports:
             except OSError as exc:
                 if self._closed or listener.fileno() < 0:
                     return
-                log.debug("tcp accept failed: %s", exc)
+                if exc.errno in _FD_ERRORS:
+                    self._out_of_fds(listener)
+                else:
+                    log.debug("tcp accept failed: %s", exc)
                 gevent.sleep(0.01)
                 continue
-            conn = self._register(_peer(addr), sock)
+            peer = _peer(addr)
+            if not self._admit(peer[0]):
+                self.counters["tcp_refused"] += 1
+                sock.close()
+                continue
+            conn = self._register(peer, sock)
             self._group.spawn(self._tcp_reader, conn)
 
+    # ------------------------------------------------------------------ file descriptors
+
+    @staticmethod
+    def _open_spare() -> int | None:
+        try:
+            return os.open(os.devnull, os.O_RDONLY)
+        except OSError:
+            return None
+
+    def _out_of_fds(self, listener: socket.socket) -> None:
+        """EMFILE on accept: counted and logged once a minute; the spare descriptor kept for
+        this moment is given up to accept and close one waiting connection, so the backlog
+        drains instead of spinning."""
+        self.counters["fd_exhausted"] += 1
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+            try:
+                sock, _ = listener.accept()
+                sock.close()
+            except OSError:
+                pass
+            self._spare_fd = self._open_spare()
+        now = time.monotonic()
+        if now >= self._fd_logged_at + FD_LOG_INTERVAL:
+            count = self.counters["fd_exhausted"] - self._fd_logged_count
+            self._fd_logged_at = now
+            self._fd_logged_count = self.counters["fd_exhausted"]
+            log.warning("out of file descriptors accepting SIP over TCP (%d times since the last "
+                        "report): lower --sip-tcp-max-connections or raise the open-file limit",
+                        count)
+
     # ------------------------------------------------------------------ tcp connections
+
+    def _admit(self, ip: str) -> bool:
+        """Room for one more connection from ``ip``, made by closing an unused one if need be."""
+        same = self._by_source.get(ip)
+        if same is not None and len(same) >= self.max_tcp_per_source and not self._evict(same):
+            return False
+        return len(self._conns) < self.max_tcp_connections or self._evict(self._conns)
+
+    def _evict(self, table: dict[int, _Connection]) -> bool:
+        """Close the oldest connection of ``table`` that carries no subscription (looking at a
+        few only); those found busy move to the back. False when none could go."""
+        for conn_id, conn in list(islice(table.items(), EVICT_SCAN)):
+            if conn.sock is None or self.in_use(conn_id):
+                del table[conn_id]
+                table[conn_id] = conn
+                continue
+            self.counters["tcp_evicted"] += 1
+            self._close_conn(conn)
+            return True
+        return False
 
     def _register(self, peer: tuple[str, int], sock: socket.socket | None) -> _Connection:
         conn = _Connection(next(self._ids), peer, sock, self.max_tcp_buffer)
         self._conns[conn.conn_id] = conn
+        self._by_source.setdefault(peer[0], {})[conn.conn_id] = conn
         self._by_peer[peer] = conn
         if sock is not None:
-            sock.settimeout(self.tcp_idle_timeout)
             self.counters["tcp_connections"] += 1
         return conn
+
+    def _read_timeout(self, conn: _Connection, now: float) -> float:
+        due = conn.last_input + min(self.tcp_idle_timeout, self.tcp_unused_timeout)
+        if conn.partial_since is not None:
+            due = min(due, conn.partial_since + self.tcp_message_timeout)
+        return max(0.01, due - now)
+
+    def _timed_out(self, conn: _Connection, now: float) -> bool:
+        """After a read timeout: whether ``conn`` is to be closed now (and why, counted)."""
+        if conn.partial_since is not None and now >= conn.partial_since + self.tcp_message_timeout:
+            self.counters["tcp_message_timeouts"] += 1
+            return True
+        if now >= conn.last_input + self.tcp_idle_timeout:
+            self.counters["tcp_idle_closed"] += 1
+            return True
+        if now >= conn.last_input + self.tcp_unused_timeout and not self.in_use(conn.conn_id):
+            self.counters["tcp_unused_closed"] += 1
+            return True
+        return False
 
     def _tcp_reader(self, conn: _Connection) -> None:
         sock = conn.sock
@@ -160,12 +287,18 @@ class SipTransports:
         framer = conn.framer
         try:
             while not conn.closed:
+                sock.settimeout(self._read_timeout(conn, time.monotonic()))
                 try:
                     data = sock.recv(65536)
-                except (TimeoutError, OSError):
+                except TimeoutError:
+                    if self._timed_out(conn, time.monotonic()):
+                        return
+                    continue
+                except OSError:
                     return
                 if not data:
                     return
+                now = conn.last_input = time.monotonic()
                 pings = framer.pings
                 try:
                     messages = framer.feed(data)
@@ -174,6 +307,10 @@ class SipTransports:
                     self.counters[key] += 1
                     log.debug("closing tcp connection %s: %s", conn.peer, exc.reason)
                     return
+                if not framer.pending:
+                    conn.partial_since = None
+                elif messages or conn.partial_since is None:
+                    conn.partial_since = now  # the deadline runs from a message's first bytes
                 if framer.pings != pings:
                     self._queue(conn, b"\r\n" * (framer.pings - pings))
                 for message in messages:
@@ -184,7 +321,7 @@ class SipTransports:
     def _connect_and_read(self, conn: _Connection) -> None:
         try:
             sock = socket.create_connection(conn.peer, timeout=CONNECT_TIMEOUT)
-        except OSError as exc:
+        except (OSError, ValueError, OverflowError) as exc:
             log.debug("tcp connect to %s failed: %s", conn.peer, exc)
             self.counters["send_errors"] += 1
             self._close_conn(conn)
@@ -193,7 +330,7 @@ class SipTransports:
             sock.close()
             return
         conn.sock = sock
-        sock.settimeout(self.tcp_idle_timeout)
+        conn.last_input = time.monotonic()
         self.counters["tcp_connections"] += 1
         self._start_writer(conn)
         self._tcp_reader(conn)
@@ -203,6 +340,11 @@ class SipTransports:
             return
         conn.closed = True
         self._conns.pop(conn.conn_id, None)
+        same = self._by_source.get(conn.peer[0])
+        if same is not None:
+            same.pop(conn.conn_id, None)
+            if not same:
+                del self._by_source[conn.peer[0]]
         if self._by_peer.get(conn.peer) is conn:
             del self._by_peer[conn.peer]
         conn.out.clear()
@@ -268,13 +410,16 @@ class SipTransports:
             sock = next((s for s in self._udp if s.family == family), self._udp[0])
         try:
             sock.sendto(data, (dest[0], dest[1]))
-        except OSError as exc:
+        except (OSError, ValueError, OverflowError) as exc:  # ValueError: UnicodeError (IDNA)
             log.debug("udp send to %s failed: %s", dest, exc)
             self.counters["send_errors"] += 1
             return False
         return True
 
     # ------------------------------------------------------------------ misc
+
+    def connection_count(self) -> int:
+        return len(self._conns)
 
     def _dispatch(self, data: bytes, source: tuple[str, int], transport: str,
                   conn_id: int | None) -> None:
@@ -301,3 +446,6 @@ class SipTransports:
         self._udp.clear()
         self._listeners.clear()
         self._group.kill(block=True, timeout=2.0)
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
