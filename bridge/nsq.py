@@ -28,6 +28,9 @@ import ujson
 log = logging.getLogger(__name__)
 
 MPUB_BATCH = 500
+MPUB_MAX_BYTES = 1 << 20  # bodies per MPUB, well under nsqd's --max-body-size (5 MiB default)
+MAX_MSG_SIZE = 1 << 20  # nsqd's --max-msg-size default: it refuses a bigger body
+REFUSALS = (b"E_BAD_MESSAGE", b"E_BAD_BODY", b"E_BAD_TOPIC")  # sending again cannot help
 
 
 class _RefusedConnectFilter(logging.Filter):
@@ -54,6 +57,15 @@ def quiet_pynsq_logs() -> None:
         tornado_app.addFilter(_RefusedConnectFilter())
 
 
+def _refusal(error: Any) -> bool:
+    """Whether ``error`` is nsqd's error frame about the messages themselves (too big, bad
+    topic), as opposed to a connection that failed."""
+    if type(error) is not nsq.Error or not error.args:
+        return False
+    text = error.args[0]
+    return isinstance(text, bytes) and text.startswith(REFUSALS)
+
+
 class NsqLoop:
     """The single tornado loop of the process, running in one greenlet."""
 
@@ -64,11 +76,11 @@ class NsqLoop:
         self._asyncio_loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, timeout: float = 5.0) -> None:
-        if self._greenlet is not None:
-            return
-        quiet_pynsq_logs()
-        self._greenlet = gevent.spawn(self._run)
-        if not self._started.wait(timeout):
+        """Start the loop greenlet (idempotent); every caller returns once the loop runs."""
+        if self._greenlet is None:
+            quiet_pynsq_logs()
+            self._greenlet = gevent.spawn(self._run)
+        if gevent.getcurrent() is not self._greenlet and not self._started.wait(timeout):
             raise RuntimeError("tornado loop did not start")
 
     def _run(self) -> None:
@@ -154,11 +166,14 @@ class NsqPublisher:
     with MPUB, one batch in flight at a time, so order is kept. A failed batch goes back to the
     front of the queue and is sent again after the reconnect. When the buffer is full the OLDEST
     message is dropped and counted (``dropped``): for presence, newer state matters more, and
-    the engine turns the Sequence gap into a resync.
+    the engine turns the Sequence gap into a resync. A message over ``max_msg_size`` (nsqd's
+    ``--max-msg-size``) is never queued, and a batch nsqd refuses for its content is not sent
+    again: both are logged and counted (``refused``).
     """
 
     def __init__(self, loop: NsqLoop, nsqd: list[str], topic: str, max_buffer: int = 10000,
-                 backoff_initial: float = 0.5, backoff_max: float = 15.0) -> None:
+                 backoff_initial: float = 0.5, backoff_max: float = 15.0,
+                 max_msg_size: int = MAX_MSG_SIZE) -> None:
         self.loop = loop
         self.nsqd = list(nsqd)
         self.topic = topic
@@ -170,16 +185,26 @@ class NsqPublisher:
         self.connected = False
         self._queue: deque[bytes] = deque()
         self._in_flight: list[bytes] | None = None
+        self.refused = 0
+        self.max_msg_size = max_msg_size
         self._writer: _Writer | None = None
         self._scheduled = False
         self._outage = False
+        self._started = False
+        self._closed = False
 
     def start(self) -> None:
+        """Create the pynsq Writer in the loop: idempotent, from any greenlet, never waits for
+        the loop (what is published meanwhile is queued and sent once connected)."""
+        if self._started:
+            return
+        self._started = True
         self.loop.start()
-        self.loop.run(self._create)
+        self.loop.call(self._create)
 
     def _create(self) -> None:
-        self._writer = _Writer(self, self.nsqd)  # pynsq connects from its own _run callback
+        if self._writer is None and not self._closed:
+            self._writer = _Writer(self, self.nsqd)  # pynsq connects from its own _run callback
 
     @property
     def buffered(self) -> int:
@@ -187,7 +212,13 @@ class NsqPublisher:
 
     def publish(self, message: dict[str, Any]) -> None:
         """Queue one message; never blocks, never raises for broker trouble."""
-        self._queue.append(ujson.dumps(message).encode())
+        body = ujson.dumps(message).encode()
+        if len(body) > self.max_msg_size:
+            self.refused += 1
+            log.error("not publishing a %d-byte message to %s: nsqd takes at most %d bytes",
+                      len(body), self.topic, self.max_msg_size)
+            return
+        self._queue.append(body)
         while len(self._queue) + len(self._in_flight or ()) > self.max_buffer and self._queue:
             self._queue.popleft()
             self.dropped += 1
@@ -200,12 +231,22 @@ class NsqPublisher:
         writer = self._writer
         if writer is None or self._in_flight is not None or not self._queue or not self.connected:
             return
-        batch = [self._queue.popleft() for _ in range(min(MPUB_BATCH, len(self._queue)))]
+        batch = [self._queue.popleft()]
+        size = len(batch[0])
+        while self._queue and len(batch) < MPUB_BATCH and size + len(self._queue[0]) <= MPUB_MAX_BYTES:
+            size += len(self._queue[0])
+            batch.append(self._queue.popleft())
         self._in_flight = batch
         writer.mpub(self.topic, batch, callback=self._on_sent)
 
     def _on_sent(self, conn: Any, data: Any) -> None:
         batch, self._in_flight = self._in_flight or [], None
+        if _refusal(data):
+            self.refused += len(batch)
+            log.error("nsqd refused %d messages for %s (%s): not sending them again",
+                      len(batch), self.topic, data)
+            self._flush()
+            return
         if isinstance(data, nsq.Error):
             self._queue.extendleft(reversed(batch))
             while len(self._queue) > self.max_buffer:
@@ -236,13 +277,17 @@ class NsqPublisher:
             self._mark_outage(f"connection {conn_id} closed")
 
     def close(self) -> None:
+        """Close the connections (in the loop, after a pending ``_create``)."""
+        self._closed = True
+        if self.loop.running:
+            self.loop.call(self._shutdown)
+
+    def _shutdown(self) -> None:
         writer, self._writer = self._writer, None
-        if writer is not None and self.loop.running:
-            def shutdown() -> None:
-                for conn in list(writer.conns.values()):
-                    conn.close()
-                writer.reconnect_interval = 1e9
-            self.loop.call(shutdown)
+        if writer is not None:
+            for conn in list(writer.conns.values()):
+                conn.close()
+            writer.reconnect_interval = 1e9
 
 
 class _Reader(nsq.Reader):
@@ -324,12 +369,20 @@ class NsqConsumer:
         self.malformed = 0
         self.errors = 0
         self._reader: _Reader | None = None
+        self._started = False
+        self._closed = False
 
     def start(self) -> None:
+        """Create the pynsq Reader in the loop: idempotent, never waits for the loop."""
+        if self._started:
+            return
+        self._started = True
         self.loop.start()
-        self.loop.run(self._create)
+        self.loop.call(self._create)
 
     def _create(self) -> None:
+        if self._reader is not None or self._closed:
+            return
         self._reader = _Reader(
             self.reconnect_interval,
             message_handler=self._handle, topic=self.topic, channel=self.channel,
@@ -368,9 +421,15 @@ class NsqConsumer:
         return True
 
     def close(self) -> None:
+        """Stop consuming (in the loop, after a pending ``_create``)."""
+        self._closed = True
+        if self.loop.running:
+            self.loop.call(self._shutdown)
+
+    def _shutdown(self) -> None:
         reader, self._reader = self._reader, None
-        if reader is not None and self.loop.running:
-            self.loop.call(reader.close)
+        if reader is not None:
+            reader.close()
 
 
 class NsqBus:
@@ -395,19 +454,14 @@ class NsqBus:
         self.publisher = NsqPublisher(loop, nsqd_tcp, self.topic, max_buffer=max_buffer)
         self.control_publisher = NsqPublisher(loop, nsqd_tcp, self.control_topic, max_buffer=max_buffer)
         self.consumers: list[NsqConsumer] = []
-        self._started_publishers: set[int] = set()
-
-    def _ensure(self, publisher: NsqPublisher) -> NsqPublisher:
-        if id(publisher) not in self._started_publishers:
-            self._started_publishers.add(id(publisher))
-            publisher.start()
-        return publisher
 
     def publish(self, message: dict[str, Any]) -> None:
-        self._ensure(self.publisher).publish(message)
+        self.publisher.start()  # idempotent, never waits: safe from any greenlet
+        self.publisher.publish(message)
 
     def publish_control(self, message: dict[str, Any]) -> None:
-        self._ensure(self.control_publisher).publish(message)
+        self.control_publisher.start()
+        self.control_publisher.publish(message)
 
     def _consume(self, topic: str, handler: Callable[[dict[str, Any]], None],
                  on_malformed: Callable[[str], None] | None = None) -> NsqConsumer:
