@@ -91,6 +91,16 @@ def render_metrics(node: PresenceNode) -> str:
     metric("update_gaps_total", "counter",
            "Updates missing from a bridge's sequence (lost on the bus); each triggers a resync.",
            [({}, stats.gaps)])
+    snaps = engine.snapshots.counters
+    metric("snapshots_assembled_total", "counter",
+           "Snapshots sent in parts and applied as one once the last part arrived.",
+           [({}, snaps["assembled"])])
+    metric("snapshots_incomplete_dropped_total", "counter",
+           "Incomplete snapshots dropped, by reason (a newer one came, or parts stopped coming).",
+           [({"reason": "superseded"}, snaps["incomplete_superseded"]),
+            ({"reason": "timed_out"}, snaps["incomplete_timed_out"])])
+    metric("snapshots_pending", "gauge", "Snapshots waiting for more parts.",
+           [({}, engine.snapshots.pending)])
     metric("records_expired_total", "counter", "Records removed because their Expires ran out.",
            [({}, stats.expired)])
     metric("presentities_watched", "gauge", "Presentities with at least one watcher.",
