@@ -294,7 +294,9 @@ class _Reader(nsq.Reader):
     """pynsq Reader with a short, bounded reconnect to direct nsqd addresses.
 
     pynsq reconnects direct nsqd connections only after 15 s and throttles attempts to one per
-    10 s; the bridge wants to be back within ``reconnect_interval`` after an nsqd restart.
+    10 s; the bridge wants to be back within ``reconnect_interval`` after an nsqd restart. It
+    listens to each connection's public ``ready``/``close`` events (registered after pynsq's
+    own handlers, so they run after them).
     """
 
     def __init__(self, reconnect_interval: float, **kwargs: Any) -> None:
@@ -303,21 +305,23 @@ class _Reader(nsq.Reader):
         self._outage = False
         super().__init__(**kwargs)
 
-    def _on_connection_ready(self, conn: Any, **kwargs: Any) -> None:
-        super()._on_connection_ready(conn, **kwargs)
-        if self._outage:
-            self._outage = False
-            log.info("nsqd %s:%s back: consuming %s/%s again", conn.host, conn.port,
-                     self.topic, self.channel)
-
     def connect_to_nsqd(self, host: str, port: int) -> Any:
         self.connection_attempts.pop(f"{host}:{port}", None)
         if self._closing:
             return None
-        return super().connect_to_nsqd(host, port)
+        conn = super().connect_to_nsqd(host, port)
+        if conn is not None:  # the connect itself completes later, in the loop
+            conn.on("ready", self._ready)
+            conn.on("close", self._closed)
+        return conn
 
-    def _on_connection_close(self, conn: Any, **kwargs: Any) -> None:
-        super()._on_connection_close(conn, **kwargs)
+    def _ready(self, conn: Any, **kwargs: Any) -> None:
+        if self._outage and self.conns.get(conn.id) is conn:
+            self._outage = False
+            log.info("nsqd %s:%s back: consuming %s/%s again", conn.host, conn.port,
+                     self.topic, self.channel)
+
+    def _closed(self, conn: Any, **kwargs: Any) -> None:
         if not self._closing and not self.conns and not self._outage:
             self._outage = True
             log.warning("nsqd %s:%s unreachable: consumer of %s/%s retrying every %.1fs",
