@@ -255,6 +255,12 @@ def _cluster(tmp_path: Path, nodes: int, entries: int) -> Iterator[Cluster]:
         cluster.start_edge(entries)
         started = [cluster.start_node(i) for i in range(nodes)]
         wait_until(lambda: all(n.ready() for n in started), 20, message="nodes not ready")
+        # each node's warm start asked the bridges for a resync on the control topic, and
+        # nothing died on the way (a warm start once failed there against the real nsqd)
+        wait_until(lambda: broker.message_count(f"{TOPIC}.control") == nodes, 10,
+                   message="not every node published its warm-start resync request")
+        for node in started:
+            assert "Traceback" not in node.log() and "warm start done" in node.log(), node.log()
         wait_until(lambda: cluster.both_consume(nodes), 10, message="nodes not consuming")
         wait_until(lambda: all(cluster.edge_sees_up(n) for n in started), 10,
                    message="edge does not see the nodes up")
@@ -481,3 +487,5 @@ def test_consumption_resumes_after_nsqd_restart(cluster):
     cluster.publish(dialog_update("confirmed", "call-7", 2))
     wait_until(lambda: all(n.states(f"1001@{DOMAIN}") == {"call-7": "confirmed"}
                            for n in cluster.nodes), 5, message="update after restart lost")
+    for node in cluster.nodes:
+        assert "Traceback" not in node.log(), node.log()
