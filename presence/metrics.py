@@ -147,6 +147,9 @@ def nsq_metrics(bus) -> Callable[[_Writer], None]:
         metric("nsq_publisher_dropped_total", "counter",
                "Messages dropped because the buffer was full while nsqd was unreachable.",
                [({"topic": p.topic}, p.dropped) for p in publishers])
+        metric("nsq_publisher_refused_total", "counter",
+               "Messages not sent because nsqd refuses them (over its --max-msg-size).",
+               [({"topic": p.topic}, p.refused) for p in publishers])
         metric("nsq_messages_received_total", "counter", "Messages consumed, per topic.",
                [({"topic": c.topic}, c.received) for c in bus.consumers])
         metric("nsq_messages_malformed_total", "counter",

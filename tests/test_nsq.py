@@ -222,3 +222,32 @@ def test_message_over_max_msg_size_is_refused_by_nsqd(nsq, loop):
     publisher.publish({"n": 3})
     wait_for(lambda: bodies(got) == [1, 3], timeout=10, message=f"got {bodies(got)}")
     assert publisher.refused == 1
+
+
+def test_batch_refused_by_nsqd_is_counted_not_resent(nsq_kit, tmp_path, loop):
+    """nsqd started with a smaller --max-msg-size than the publisher assumes: it answers the MPUB
+    with E_BAD_MESSAGE and closes the connection. The publisher counts the batch as refused,
+    reconnects and goes on with what follows."""
+    from tests.nsq_kit import NsqCluster
+
+    small = NsqCluster(nsq_kit, tmp_path / "small", extra_args=("--max-msg-size=1000",)).start()
+    try:
+        topic, got = topic_name(), []
+        consumer = NsqConsumer(loop, topic, "engine#ephemeral", got.append,
+                               nsqd_tcp=[small.tcp_address])
+        consumer.start()
+        wait_for(lambda: consumer.connections == 1)
+        publisher = NsqPublisher(loop, [small.tcp_address], topic, backoff_initial=0.05,
+                                 backoff_max=0.2)
+        publisher.start()
+        publisher.publish({"n": 1})
+        wait_for(lambda: bodies(got) == [1])
+        publisher.publish({"n": 2, "pad": "x" * 2000})
+        wait_for(lambda: publisher.refused == 1, message="refusal not counted")
+        publisher.publish({"n": 3})
+        wait_for(lambda: bodies(got) == [1, 3], timeout=10, message=f"got {bodies(got)}")
+        assert publisher.buffered == 0 and small.message_count(topic) == 2
+        consumer.close()
+        publisher.close()
+    finally:
+        small.stop()
