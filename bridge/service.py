@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 EVENTS = ("CHANNEL_CALLSTATE", "PRESENCE_IN", "MESSAGE_WAITING", "HEARTBEAT",
           "CUSTOM valet_parking::info")
+# ``show channels as json`` of a big switch (tens of MB) takes longer than an ordinary command
+RESYNC_TIMEOUT = 60.0
 UpdateTap = Callable[[EslEvent, list[dict[str, Any]]], None]
 
 
@@ -43,7 +45,8 @@ class BridgeService:
                  epoch: int | None = None, mailboxes: Sequence[str] = (),
                  on_update: UpdateTap | None = None, events: Sequence[str] = EVENTS,
                  esl_options: Mapping[str, Any] | None = None,
-                 max_timer_sleep: float = 1.0, snapshot_part_bytes: int = PART_BYTES) -> None:
+                 max_timer_sleep: float = 1.0, snapshot_part_bytes: int = PART_BYTES,
+                 resync_timeout: float = RESYNC_TIMEOUT) -> None:
         self.targets = list(targets)
         self.bus = bus
         self.config = config
@@ -56,6 +59,7 @@ class BridgeService:
         self.esl_options = dict(esl_options or {})
         self.max_timer_sleep = max_timer_sleep
         self.snapshot_part_bytes = snapshot_part_bytes
+        self.resync_timeout = resync_timeout
         self.counters: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.clients: list[EslClient] = []
@@ -161,7 +165,8 @@ class BridgeService:
         if switch_id is None:
             return False
         try:
-            snapshot = snapshot_from_channels(client.api("show channels as json"), switch_id, self.config)
+            answer = client.api("show channels as json", timeout=self.resync_timeout)
+            snapshot = snapshot_from_channels(answer, switch_id, self.config)
         except (EslError, SnapshotError) as exc:
             self.counters["errors"] += 1
             log.warning("%s: snapshot failed: %s", client.target, exc)

@@ -86,8 +86,7 @@ def test_resync_of_20000_calls_over_the_real_nsqd_is_applied_as_one(nsq):
                        message="node not consuming")
             started = time.monotonic()
             service = BridgeService([EslTarget(host, port, "ClueCon")], bridge_bus,
-                                    NormalizeConfig(), bridge_id="bridge-1",
-                                    esl_options={"command_timeout": 60.0})
+                                    NormalizeConfig(), bridge_id="bridge-1")
             service.start()  # on connect: show channels as json -> snapshot parts -> nsqd
             wait_until(lambda: node.engine.snapshots.counters["assembled"] == 1, 120,
                        interval=0.1, message=f"{len(arrivals)} parts arrived, not assembled")
