@@ -6,7 +6,8 @@ and runs it inside one dedicated greenlet. The asyncio loop is built on
 the process is monkey-patched: tornado callbacks and gevent greenlets progress together. Every
 pynsq Writer/Reader is created and used inside that loop (``NsqLoop.call`` schedules a function
 into it with ``add_callback``; gevent code hands data over through plain Python objects, the
-same OS thread).
+same OS thread). No greenlet waits for work done in the loop: publishers and consumers are
+created there on first use (``start`` only schedules it), so any greenlet may publish first.
 """
 
 from __future__ import annotations
@@ -194,13 +195,15 @@ class NsqPublisher:
         self._closed = False
 
     def start(self) -> None:
-        """Create the pynsq Writer in the loop: idempotent, from any greenlet, never waits for
-        the loop (what is published meanwhile is queued and sent once connected)."""
+        """Create the pynsq Writer in the loop: idempotent, from any greenlet, and no caller
+        waits for it (only, once, for the loop greenlet itself to run); what is published
+        meanwhile is queued and sent once connected."""
         if self._started:
             return
-        self._started = True
         self.loop.start()
-        self.loop.call(self._create)
+        if not self._started:
+            self._started = True
+            self.loop.call(self._create)
 
     def _create(self) -> None:
         if self._writer is None and not self._closed:
@@ -377,12 +380,14 @@ class NsqConsumer:
         self._closed = False
 
     def start(self) -> None:
-        """Create the pynsq Reader in the loop: idempotent, never waits for the loop."""
+        """Create the pynsq Reader in the loop: idempotent, from any greenlet, and no caller
+        waits for it (only, once, for the loop greenlet itself to run)."""
         if self._started:
             return
-        self._started = True
         self.loop.start()
-        self.loop.call(self._create)
+        if not self._started:
+            self._started = True
+            self.loop.call(self._create)
 
     def _create(self) -> None:
         if self._reader is not None or self._closed:
