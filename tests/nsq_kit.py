@@ -198,6 +198,10 @@ class NsqCluster:
         """Messages nsqd accepted on ``topic`` since it started."""
         return int((self.topic(topic) or {}).get("message_count", 0))
 
+    def message_count_all(self) -> int:
+        """Messages nsqd accepted on all topics since it started."""
+        return sum(int(t.get("message_count", 0)) for t in self.stats().get("topics") or [])
+
     def depth(self, topic: str, channel: str) -> int:
         return int((self.channel(topic, channel) or {}).get("depth", 0))
 
