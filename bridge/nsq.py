@@ -46,16 +46,32 @@ class _RefusedConnectFilter(logging.Filter):
         )
 
 
+class _ClosedSendFilter(logging.Filter):
+    """Drop pynsq's traceback for a publish that met a connection nsqd had just closed
+    (``Writer._pub``: "failed to send"): the publisher puts the batch back, sends it after the
+    reconnect and logs the outage once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (
+            isinstance(exc, tornado.iostream.StreamClosedError)
+            and "failed to send" in record.getMessage()
+        )
+
+
 def quiet_pynsq_logs() -> None:
     """pynsq logs every (re)connect attempt at INFO: keep its WARNINGs and errors only (our own
-    code logs one line per outage) unless debug logging is on, and drop the refused-connect
-    traceback. Idempotent."""
+    code logs one line per outage) unless debug logging is on, and drop the tracebacks of a
+    refused connect and of a publish on a connection nsqd just closed. Idempotent."""
     pynsq = logging.getLogger("nsq")
     if pynsq.level == logging.NOTSET and not logging.getLogger().isEnabledFor(logging.DEBUG):
         pynsq.setLevel(logging.WARNING)
     tornado_app = logging.getLogger("tornado.application")
     if not any(isinstance(f, _RefusedConnectFilter) for f in tornado_app.filters):
         tornado_app.addFilter(_RefusedConnectFilter())
+    writer = logging.getLogger("nsq.writer")  # a logger's filters see only its own records
+    if not any(isinstance(f, _ClosedSendFilter) for f in writer.filters):
+        writer.addFilter(_ClosedSendFilter())
 
 
 def _refusal(error: Any) -> bool:
