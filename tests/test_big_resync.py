@@ -148,5 +148,8 @@ def test_the_memory_bus_carries_the_same_parts():
             assert all(count == 1 and lit for _, count, lit in arrivals)
             assert applied == [4 * 200]
             assert states(node, "ghost") == {} and states(node, "a7") and states(node, "b7")
+            metrics = node.metrics_text()
+            assert "busylamp_snapshots_assembled_total 1\n" in metrics
+            assert "busylamp_snapshots_pending 0\n" in metrics
     finally:
         sim.stop()
