@@ -128,7 +128,8 @@ class NsqLoop:
         self._asyncio_loop.call_soon_threadsafe(fn, *args)
 
     def run(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Run ``fn()`` inside the loop and wait for its result (from a greenlet).
+        """Run ``fn()`` inside the loop and wait for its result (from a greenlet; for tools and
+        tests: the bus itself never waits for the loop).
 
         Called from the loop's own greenlet (a consumer's handler publishing, say a resync
         request), ``fn`` runs right away: waiting there for the loop would wait forever.
