@@ -174,6 +174,12 @@ class NsqCluster:
         if status != 200:
             raise AssertionError(f"/mpub {topic}: {status} {answer!r}")
 
+    def create_topic(self, topic: str) -> None:
+        """Create ``topic`` (nsqd registers it with nsqlookupd, so consumers can find it)."""
+        status, answer = http_request(self.nsqd.http, "POST", f"/topic/create?topic={quote(topic)}")
+        if status != 200:
+            raise AssertionError(f"/topic/create {topic}: {status} {answer!r}")
+
     def stats(self, topic: str | None = None) -> dict[str, Any]:
         path = "/stats?format=json" + (f"&topic={quote(topic)}" if topic else "")
         status, body = http_request(self.nsqd.http, "GET", path)

@@ -3,7 +3,8 @@
 Every presence node is a real ``busylamp run --role presence --bus nsq`` subprocess; the edge is
 contrib/kamailio-edge/kamailio.cfg in a real Kamailio; phones are sipp over UDP through the edge.
 The broker is the real nsqd + nsqlookupd of the kit (tests/nsq_kit.py), started by the tests on
-their own ports and restarted by them. Updates are published to NSQ, never to a node directly.
+their own ports and restarted by them; nodes find nsqd through nsqlookupd, as deployed. Updates
+are published to NSQ, never to a node directly.
 
 The edge hashes initial SUBSCRIBEs on the From URI; with a two-node dispatcher list the users in
 ``SECOND_NODE_WATCHERS`` land on the second node. The tests do not trust that: they assert where
@@ -181,7 +182,9 @@ class Cluster:
         log_path = self.tmp_path / f"{name}.log"
         args = [
             sys.executable, "-c", "import cli; cli.main(prog_name=\"busylamp\")", "run", "--role", "presence",
+            # as deployed: publish to the nearest nsqd, consume what nsqlookupd finds
             "--bus", "nsq", "--nsqd", self.broker.tcp_address, "--topic", TOPIC,
+            "--lookupd", f"http://{self.broker.lookupd_address}", "--lookupd-poll-interval", "1",
             "--node-id", name, "--sip", f"udp:127.0.0.1:{sip_port}",
             "--http", f"127.0.0.1:{http_port}", "--t1", "0.1", "--timer-f", "2",
             "--max-expires", "600", "--default-expires", "600", "--min-expires", "1", "--status-interval", "0",
@@ -245,6 +248,9 @@ class Cluster:
 def _cluster(tmp_path: Path, nodes: int, entries: int) -> Iterator[Cluster]:
     broker = NsqCluster(require_nsq(), tmp_path / "nsq")
     broker.start()
+    broker.create_topic(TOPIC)  # the bridges' topic: nodes find its nsqd through nsqlookupd
+    wait_until(lambda: broker.lookup(TOPIC) == [broker.tcp_address], 10,
+               message="nsqlookupd does not know the topic")
     ports = []
     while len(ports) < entries:
         pair = (free_port(), free_port())
