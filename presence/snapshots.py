@@ -49,6 +49,12 @@ def _lower(a: Snapshot, b: Snapshot) -> Snapshot:
     return b if (b.bridge_epoch or 0, b.sequence) < (a.bridge_epoch or 0, a.sequence) else a
 
 
+def _stamp_of(snap: Snapshot) -> Snapshot:
+    """The snapshot without its updates: what is kept to recognise its stragglers."""
+    return Snapshot(snap.switch_id, snap.bridge_id, snap.bridge_epoch, snap.sequence, [],
+                    snap.snapshot_id)
+
+
 class SnapshotAssembler:
     """Collects snapshot parts per switch; ``add`` returns a whole snapshot once complete."""
 
@@ -69,7 +75,7 @@ class SnapshotAssembler:
         if part.parts <= 1 or part.snapshot_id is None:
             if pending is not None and _newer_or_same(part, pending.first):
                 self._drop(part.switch_id, "superseded")
-            self._last[part.switch_id] = part
+            self._last[part.switch_id] = _stamp_of(part)
             return part
         last = self._last.get(part.switch_id)
         if last is not None and last.snapshot_id != part.snapshot_id \
@@ -105,7 +111,7 @@ class SnapshotAssembler:
         updates = [u for index in range(pending.parts) for u in pending.received[index]]
         whole = Snapshot(first.switch_id, first.bridge_id, first.bridge_epoch, first.sequence,
                          updates, pending.snapshot_id, 0, 1)
-        self._last[part.switch_id] = whole
+        self._last[part.switch_id] = _stamp_of(whole)
         return whole
 
     def _drop(self, switch_id: str, reason: str) -> None:
