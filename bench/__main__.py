@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     nsq = sub.add_parser("nsq", help="updates/s through the NSQ consumer")
     nsq.add_argument("--updates", type=int, default=100_000)
     nsq.add_argument("--nsqd", help="host:port of a running nsqd (default: nsqd on PATH, "
-                     "else the gevent broker double)")
+                     "else the kit's nsqd: TESTKIT_NSQ or ../shared/nsq)")
     nsq.set_defaults(func=cmd_nsq)
     args = p.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the servers and tools started here are stopped

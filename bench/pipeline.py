@@ -3,9 +3,8 @@
 * ESL: CHANNEL_CALLSTATE frames through ``esl.protocol`` (framing + event parsing), then
   ``bridge.normalize.normalize``, then ``presence.updates.parse_update`` and
   ``PresenceEngine.apply`` (no watchers: the cost of handing updates to the engine, not fan-out).
-* NSQ: update dicts consumed by ``bridge.nsq.NsqConsumer`` from an nsqd (a real one given with
-  ``--nsqd`` or found on PATH; otherwise the project's gevent broker double, which shares the
-  core with the consumer, so that figure is a lower bound).
+* NSQ: update dicts consumed by ``bridge.nsq.NsqConsumer`` from a real nsqd: the one given with
+  ``--nsqd``, else one started from PATH or from the test kit (``TESTKIT_NSQ``, ``../shared/nsq``).
 """
 
 from __future__ import annotations
@@ -117,12 +116,18 @@ def nsq_throughput(updates: int = 100_000, nsqd: str | None = None) -> dict[str,
     from bridge.nsq import NsqConsumer, NsqLoop, NsqPublisher
     from presence.updates import parse_update
 
-    proc = double = None
+    proc = None
     broker = "nsqd"
-    if nsqd is None and shutil.which("nsqd"):
+    if nsqd is None:
+        from tests.kits import find_nsq
+
+        kit = find_nsq()
+        binary = shutil.which("nsqd") or (str(kit.nsqd) if kit is not None else None)
+        if binary is None:
+            raise SystemExit("no nsqd: give --nsqd HOST:PORT, put nsqd on PATH or set TESTKIT_NSQ")
         tcp, http = _free_tcp_port(), _free_tcp_port()
         data = tempfile.mkdtemp(prefix="bench-nsqd-")
-        proc = subprocess.Popen(["nsqd", f"--tcp-address=127.0.0.1:{tcp}",
+        proc = subprocess.Popen([binary, f"--tcp-address=127.0.0.1:{tcp}",
                                  f"--http-address=127.0.0.1:{http}", f"--data-path={data}",
                                  f"--mem-queue-size={updates + 1}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -134,13 +139,6 @@ def nsq_throughput(updates: int = 100_000, nsqd: str | None = None) -> dict[str,
                 break
             except OSError:
                 time.sleep(0.05)
-    elif nsqd is None:
-        from tests.nsqd_double import NsqdDouble
-
-        double = NsqdDouble(mem_queue_size=updates + 1)
-        double.start()
-        nsqd = double.tcp_address
-        broker = "python broker double (same process: lower bound)"
     loop = NsqLoop()
     topic = f"bench_{os.getpid()}_{int(time.time())}"
     try:
@@ -171,8 +169,6 @@ def nsq_throughput(updates: int = 100_000, nsqd: str | None = None) -> dict[str,
                 "seconds": elapsed, "updates_per_s": applied / elapsed if elapsed else 0.0}
     finally:
         loop.stop()
-        if double is not None:
-            double.stop()
         if proc is not None:
             proc.terminate()
             proc.wait(10)

@@ -6,7 +6,8 @@ and runs it inside one dedicated greenlet. The asyncio loop is built on
 the process is monkey-patched: tornado callbacks and gevent greenlets progress together. Every
 pynsq Writer/Reader is created and used inside that loop (``NsqLoop.call`` schedules a function
 into it with ``add_callback``; gevent code hands data over through plain Python objects, the
-same OS thread).
+same OS thread). No greenlet waits for work done in the loop: publishers and consumers are
+created there on first use (``start`` only schedules it), so any greenlet may publish first.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import ujson
 log = logging.getLogger(__name__)
 
 MPUB_BATCH = 500
+MPUB_MAX_BYTES = 1 << 20  # bodies per MPUB, well under nsqd's --max-body-size (5 MiB default)
+MAX_MSG_SIZE = 1 << 20  # nsqd's --max-msg-size default: it refuses a bigger body
+REFUSALS = (b"E_BAD_MESSAGE", b"E_BAD_BODY", b"E_BAD_TOPIC")  # sending again cannot help
 
 
 class _RefusedConnectFilter(logging.Filter):
@@ -42,16 +46,41 @@ class _RefusedConnectFilter(logging.Filter):
         )
 
 
+class _ClosedSendFilter(logging.Filter):
+    """Drop pynsq's traceback for a publish that met a connection nsqd had just closed
+    (``Writer._pub``: "failed to send"): the publisher puts the batch back, sends it after the
+    reconnect and logs the outage once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (
+            isinstance(exc, tornado.iostream.StreamClosedError)
+            and "failed to send" in record.getMessage()
+        )
+
+
 def quiet_pynsq_logs() -> None:
     """pynsq logs every (re)connect attempt at INFO: keep its WARNINGs and errors only (our own
-    code logs one line per outage) unless debug logging is on, and drop the refused-connect
-    traceback. Idempotent."""
+    code logs one line per outage) unless debug logging is on, and drop the tracebacks of a
+    refused connect and of a publish on a connection nsqd just closed. Idempotent."""
     pynsq = logging.getLogger("nsq")
     if pynsq.level == logging.NOTSET and not logging.getLogger().isEnabledFor(logging.DEBUG):
         pynsq.setLevel(logging.WARNING)
     tornado_app = logging.getLogger("tornado.application")
     if not any(isinstance(f, _RefusedConnectFilter) for f in tornado_app.filters):
         tornado_app.addFilter(_RefusedConnectFilter())
+    writer = logging.getLogger("nsq.writer")  # a logger's filters see only its own records
+    if not any(isinstance(f, _ClosedSendFilter) for f in writer.filters):
+        writer.addFilter(_ClosedSendFilter())
+
+
+def _refusal(error: Any) -> bool:
+    """Whether ``error`` is nsqd's error frame about the messages themselves (too big, bad
+    topic), as opposed to a connection that failed."""
+    if type(error) is not nsq.Error or not error.args:
+        return False
+    text = error.args[0]
+    return isinstance(text, bytes) and text.startswith(REFUSALS)
 
 
 class NsqLoop:
@@ -64,11 +93,11 @@ class NsqLoop:
         self._asyncio_loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, timeout: float = 5.0) -> None:
-        if self._greenlet is not None:
-            return
-        quiet_pynsq_logs()
-        self._greenlet = gevent.spawn(self._run)
-        if not self._started.wait(timeout):
+        """Start the loop greenlet (idempotent); every caller returns once the loop runs."""
+        if self._greenlet is None:
+            quiet_pynsq_logs()
+            self._greenlet = gevent.spawn(self._run)
+        if gevent.getcurrent() is not self._greenlet and not self._started.wait(timeout):
             raise RuntimeError("tornado loop did not start")
 
     def _run(self) -> None:
@@ -99,7 +128,8 @@ class NsqLoop:
         self._asyncio_loop.call_soon_threadsafe(fn, *args)
 
     def run(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Run ``fn()`` inside the loop and wait for its result (from a greenlet).
+        """Run ``fn()`` inside the loop and wait for its result (from a greenlet; for tools and
+        tests: the bus itself never waits for the loop).
 
         Called from the loop's own greenlet (a consumer's handler publishing, say a resync
         request), ``fn`` runs right away: waiting there for the loop would wait forever.
@@ -154,11 +184,14 @@ class NsqPublisher:
     with MPUB, one batch in flight at a time, so order is kept. A failed batch goes back to the
     front of the queue and is sent again after the reconnect. When the buffer is full the OLDEST
     message is dropped and counted (``dropped``): for presence, newer state matters more, and
-    the engine turns the Sequence gap into a resync.
+    the engine turns the Sequence gap into a resync. A message over ``max_msg_size`` (nsqd's
+    ``--max-msg-size``) is never queued, and a batch nsqd refuses for its content is not sent
+    again: both are logged and counted (``refused``).
     """
 
     def __init__(self, loop: NsqLoop, nsqd: list[str], topic: str, max_buffer: int = 10000,
-                 backoff_initial: float = 0.5, backoff_max: float = 15.0) -> None:
+                 backoff_initial: float = 0.5, backoff_max: float = 15.0,
+                 max_msg_size: int = MAX_MSG_SIZE) -> None:
         self.loop = loop
         self.nsqd = list(nsqd)
         self.topic = topic
@@ -170,16 +203,28 @@ class NsqPublisher:
         self.connected = False
         self._queue: deque[bytes] = deque()
         self._in_flight: list[bytes] | None = None
+        self.refused = 0
+        self.max_msg_size = max_msg_size
         self._writer: _Writer | None = None
         self._scheduled = False
         self._outage = False
+        self._started = False
+        self._closed = False
 
     def start(self) -> None:
+        """Create the pynsq Writer in the loop: idempotent, from any greenlet, and no caller
+        waits for it (only, once, for the loop greenlet itself to run); what is published
+        meanwhile is queued and sent once connected."""
+        if self._started:
+            return
         self.loop.start()
-        self.loop.run(self._create)
+        if not self._started:
+            self._started = True
+            self.loop.call(self._create)
 
     def _create(self) -> None:
-        self._writer = _Writer(self, self.nsqd)  # pynsq connects from its own _run callback
+        if self._writer is None and not self._closed:
+            self._writer = _Writer(self, self.nsqd)  # pynsq connects from its own _run callback
 
     @property
     def buffered(self) -> int:
@@ -187,7 +232,13 @@ class NsqPublisher:
 
     def publish(self, message: dict[str, Any]) -> None:
         """Queue one message; never blocks, never raises for broker trouble."""
-        self._queue.append(ujson.dumps(message).encode())
+        body = ujson.dumps(message).encode()
+        if len(body) > self.max_msg_size:
+            self.refused += 1
+            log.error("not publishing a %d-byte message to %s: nsqd takes at most %d bytes",
+                      len(body), self.topic, self.max_msg_size)
+            return
+        self._queue.append(body)
         while len(self._queue) + len(self._in_flight or ()) > self.max_buffer and self._queue:
             self._queue.popleft()
             self.dropped += 1
@@ -200,12 +251,22 @@ class NsqPublisher:
         writer = self._writer
         if writer is None or self._in_flight is not None or not self._queue or not self.connected:
             return
-        batch = [self._queue.popleft() for _ in range(min(MPUB_BATCH, len(self._queue)))]
+        batch = [self._queue.popleft()]
+        size = len(batch[0])
+        while self._queue and len(batch) < MPUB_BATCH and size + len(self._queue[0]) <= MPUB_MAX_BYTES:
+            size += len(self._queue[0])
+            batch.append(self._queue.popleft())
         self._in_flight = batch
         writer.mpub(self.topic, batch, callback=self._on_sent)
 
     def _on_sent(self, conn: Any, data: Any) -> None:
         batch, self._in_flight = self._in_flight or [], None
+        if _refusal(data):
+            self.refused += len(batch)
+            log.error("nsqd refused %d messages for %s (%s): not sending them again",
+                      len(batch), self.topic, data)
+            self._flush()
+            return
         if isinstance(data, nsq.Error):
             self._queue.extendleft(reversed(batch))
             while len(self._queue) > self.max_buffer:
@@ -236,20 +297,26 @@ class NsqPublisher:
             self._mark_outage(f"connection {conn_id} closed")
 
     def close(self) -> None:
+        """Close the connections (in the loop, after a pending ``_create``)."""
+        self._closed = True
+        if self.loop.running:
+            self.loop.call(self._shutdown)
+
+    def _shutdown(self) -> None:
         writer, self._writer = self._writer, None
-        if writer is not None and self.loop.running:
-            def shutdown() -> None:
-                for conn in list(writer.conns.values()):
-                    conn.close()
-                writer.reconnect_interval = 1e9
-            self.loop.call(shutdown)
+        if writer is not None:
+            for conn in list(writer.conns.values()):
+                conn.close()
+            writer.reconnect_interval = 1e9
 
 
 class _Reader(nsq.Reader):
     """pynsq Reader with a short, bounded reconnect to direct nsqd addresses.
 
     pynsq reconnects direct nsqd connections only after 15 s and throttles attempts to one per
-    10 s; the bridge wants to be back within ``reconnect_interval`` after an nsqd restart.
+    10 s; the bridge wants to be back within ``reconnect_interval`` after an nsqd restart. It
+    listens to each connection's public ``ready``/``close`` events (registered after pynsq's
+    own handlers, so they run after them).
     """
 
     def __init__(self, reconnect_interval: float, **kwargs: Any) -> None:
@@ -258,21 +325,23 @@ class _Reader(nsq.Reader):
         self._outage = False
         super().__init__(**kwargs)
 
-    def _on_connection_ready(self, conn: Any, **kwargs: Any) -> None:
-        super()._on_connection_ready(conn, **kwargs)
-        if self._outage:
-            self._outage = False
-            log.info("nsqd %s:%s back: consuming %s/%s again", conn.host, conn.port,
-                     self.topic, self.channel)
-
     def connect_to_nsqd(self, host: str, port: int) -> Any:
         self.connection_attempts.pop(f"{host}:{port}", None)
         if self._closing:
             return None
-        return super().connect_to_nsqd(host, port)
+        conn = super().connect_to_nsqd(host, port)
+        if conn is not None:  # the connect itself completes later, in the loop
+            conn.on("ready", self._ready)
+            conn.on("close", self._closed)
+        return conn
 
-    def _on_connection_close(self, conn: Any, **kwargs: Any) -> None:
-        super()._on_connection_close(conn, **kwargs)
+    def _ready(self, conn: Any, **kwargs: Any) -> None:
+        if self._outage and self.conns.get(conn.id) is conn:
+            self._outage = False
+            log.info("nsqd %s:%s back: consuming %s/%s again", conn.host, conn.port,
+                     self.topic, self.channel)
+
+    def _closed(self, conn: Any, **kwargs: Any) -> None:
         if not self._closing and not self.conns and not self._outage:
             self._outage = True
             log.warning("nsqd %s:%s unreachable: consumer of %s/%s retrying every %.1fs",
@@ -324,12 +393,22 @@ class NsqConsumer:
         self.malformed = 0
         self.errors = 0
         self._reader: _Reader | None = None
+        self._started = False
+        self._closed = False
 
     def start(self) -> None:
+        """Create the pynsq Reader in the loop: idempotent, from any greenlet, and no caller
+        waits for it (only, once, for the loop greenlet itself to run)."""
+        if self._started:
+            return
         self.loop.start()
-        self.loop.run(self._create)
+        if not self._started:
+            self._started = True
+            self.loop.call(self._create)
 
     def _create(self) -> None:
+        if self._reader is not None or self._closed:
+            return
         self._reader = _Reader(
             self.reconnect_interval,
             message_handler=self._handle, topic=self.topic, channel=self.channel,
@@ -368,9 +447,15 @@ class NsqConsumer:
         return True
 
     def close(self) -> None:
+        """Stop consuming (in the loop, after a pending ``_create``)."""
+        self._closed = True
+        if self.loop.running:
+            self.loop.call(self._shutdown)
+
+    def _shutdown(self) -> None:
         reader, self._reader = self._reader, None
-        if reader is not None and self.loop.running:
-            self.loop.call(reader.close)
+        if reader is not None:
+            reader.close()
 
 
 class NsqBus:
@@ -395,19 +480,14 @@ class NsqBus:
         self.publisher = NsqPublisher(loop, nsqd_tcp, self.topic, max_buffer=max_buffer)
         self.control_publisher = NsqPublisher(loop, nsqd_tcp, self.control_topic, max_buffer=max_buffer)
         self.consumers: list[NsqConsumer] = []
-        self._started_publishers: set[int] = set()
-
-    def _ensure(self, publisher: NsqPublisher) -> NsqPublisher:
-        if id(publisher) not in self._started_publishers:
-            self._started_publishers.add(id(publisher))
-            publisher.start()
-        return publisher
 
     def publish(self, message: dict[str, Any]) -> None:
-        self._ensure(self.publisher).publish(message)
+        self.publisher.start()  # idempotent, never waits: safe from any greenlet
+        self.publisher.publish(message)
 
     def publish_control(self, message: dict[str, Any]) -> None:
-        self._ensure(self.control_publisher).publish(message)
+        self.control_publisher.start()
+        self.control_publisher.publish(message)
 
     def _consume(self, topic: str, handler: Callable[[dict[str, Any]], None],
                  on_malformed: Callable[[str], None] | None = None) -> NsqConsumer:

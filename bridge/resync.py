@@ -14,9 +14,19 @@ remote party = ``dest`` (fallback ``callee_num``) for an initiator, ``cid_num`` 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Callable
 from typing import Any
 
+import ujson
+
 from bridge.normalize import NormalizeConfig, channel_updates
+
+# Encoded updates per snapshot part: far below nsqd's --max-msg-size (1 MiB by default), so a
+# part with its envelope always fits one bus message, and no part holds more than the engine's
+# per-message item limit (presence.updates.MAX_ITEMS).
+PART_BYTES = 256 * 1024
+PART_UPDATES = 5000
 
 
 class SnapshotError(ValueError):
@@ -79,3 +89,28 @@ def snapshot_from_channels(json_text: str, switch_id: str, config: NormalizeConf
         "Switch-ID": switch_id,
         "Updates": updates_from_rows(rows, switch_id, config),
     }
+
+
+def split_snapshot(snapshot: dict[str, Any], part_bytes: int = PART_BYTES,
+                   part_updates: int = PART_UPDATES,
+                   new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> list[dict[str, Any]]:
+    """The parts of ``snapshot`` (at least one), each with at most ``part_bytes`` of encoded
+    updates (one oversized update still gets a part of its own) and ``part_updates`` updates.
+
+    Every part is the snapshot's envelope plus ``Snapshot-ID``, ``Snapshot-Part`` (0-based),
+    ``Snapshot-Parts`` and its share of ``Updates``; the engine applies them as one.
+    """
+    groups: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for update in snapshot.get("Updates") or []:
+        length = len(ujson.dumps(update)) + 1
+        if groups[-1] and (size + length > part_bytes or len(groups[-1]) >= part_updates):
+            groups.append([])
+            size = 0
+        groups[-1].append(update)
+        size += length
+    envelope = {k: v for k, v in snapshot.items() if k != "Updates"}
+    snapshot_id = new_id()
+    return [{**envelope, "Snapshot-ID": snapshot_id, "Snapshot-Part": index,
+             "Snapshot-Parts": len(groups), "Updates": group}
+            for index, group in enumerate(groups)]

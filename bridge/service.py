@@ -23,7 +23,7 @@ import gevent.event
 from bridge.bus import Bus
 from bridge.calls import CallTable
 from bridge.normalize import NormalizeConfig, normalize, split_aor
-from bridge.resync import SnapshotError, snapshot_from_channels
+from bridge.resync import PART_BYTES, SnapshotError, snapshot_from_channels, split_snapshot
 from bridge.sequence import Sequencer
 from esl.connection import EslClient, EslError, EslTarget
 from esl.protocol import EslEvent
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 EVENTS = ("CHANNEL_CALLSTATE", "PRESENCE_IN", "MESSAGE_WAITING", "HEARTBEAT",
           "CUSTOM valet_parking::info")
+# ``show channels as json`` of a big switch (tens of MB) takes longer than an ordinary command
+RESYNC_TIMEOUT = 60.0
 UpdateTap = Callable[[EslEvent, list[dict[str, Any]]], None]
 
 
@@ -43,7 +45,8 @@ class BridgeService:
                  epoch: int | None = None, mailboxes: Sequence[str] = (),
                  on_update: UpdateTap | None = None, events: Sequence[str] = EVENTS,
                  esl_options: Mapping[str, Any] | None = None,
-                 max_timer_sleep: float = 1.0) -> None:
+                 max_timer_sleep: float = 1.0, snapshot_part_bytes: int = PART_BYTES,
+                 resync_timeout: float = RESYNC_TIMEOUT) -> None:
         self.targets = list(targets)
         self.bus = bus
         self.config = config
@@ -55,6 +58,8 @@ class BridgeService:
         self.events = list(events)
         self.esl_options = dict(esl_options or {})
         self.max_timer_sleep = max_timer_sleep
+        self.snapshot_part_bytes = snapshot_part_bytes
+        self.resync_timeout = resync_timeout
         self.counters: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.clients: list[EslClient] = []
@@ -147,8 +152,7 @@ class BridgeService:
             log.info("%s restarted (Core-UUID %s -> %s): dropping its old calls",
                      client.target, old, switch_id)
             self.calls.forget_switch(old)
-            self._send({"Event-Name": "snapshot", "Switch-ID": old, "Updates": []})
-            self.counters["snapshots"] += 1
+            self._send_snapshot({"Event-Name": "snapshot", "Switch-ID": old, "Updates": []})
         self.resync(client)
         self.query_mailboxes(client, sorted(self.mailboxes))
 
@@ -161,16 +165,25 @@ class BridgeService:
         if switch_id is None:
             return False
         try:
-            snapshot = snapshot_from_channels(client.api("show channels as json"), switch_id, self.config)
+            answer = client.api("show channels as json", timeout=self.resync_timeout)
+            snapshot = snapshot_from_channels(answer, switch_id, self.config)
         except (EslError, SnapshotError) as exc:
             self.counters["errors"] += 1
             log.warning("%s: snapshot failed: %s", client.target, exc)
             return False
         self.calls.replace_switch(switch_id, snapshot["Updates"], self.clock())
-        self._send(snapshot)
-        self.counters["snapshots"] += 1
+        self._send_snapshot(snapshot)
         self._wakeup.set()
         return True
+
+    def _send_snapshot(self, snapshot: dict[str, Any]) -> None:
+        """Publish a snapshot in parts that each fit one bus message (on every bus: the same
+        path), stamped one after the other with nothing in between."""
+        parts = split_snapshot(snapshot, self.snapshot_part_bytes)
+        for part in parts:
+            self._send(part)
+        self.counters["snapshots"] += 1
+        self.counters["snapshot_parts"] += len(parts)
 
     def query_mailboxes(self, client: EslClient, mailboxes: Sequence[str]) -> None:
         for mailbox in mailboxes:

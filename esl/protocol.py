@@ -18,7 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-MAX_FRAME = 4 * 1024 * 1024
+MAX_FRAME = 4 * 1024 * 1024  # header blocks and event bodies
+# ``api`` reply bodies: ``show channels as json`` of a switch with tens of thousands of channels
+# (~1 kB each) runs to tens of MB. Still bounded, so a broken peer cannot grow the buffer forever.
+MAX_REPLY = 256 * 1024 * 1024
+API_RESPONSE = "api/response"
 UNDEF = "_undef_"
 EVENT_PLAIN = "text/event-plain"
 
@@ -56,14 +60,19 @@ class EslEvent:
 
 
 class FrameParser:
-    """Incremental LF framer.  ``feed`` never raises; bad header blocks are skipped and counted."""
+    """Incremental LF framer.  ``feed`` never raises; bad header blocks are skipped and counted.
 
-    __slots__ = ("_buf", "_pending", "max_frame", "corrupt_frames")
+    A body may be ``max_frame`` bytes, an ``api/response`` body ``max_reply`` (the answer to
+    ``show channels as json`` grows with the switch); anything longer is counted corrupt.
+    """
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    __slots__ = ("_buf", "_pending", "max_frame", "max_reply", "corrupt_frames")
+
+    def __init__(self, max_frame: int = MAX_FRAME, max_reply: int = MAX_REPLY) -> None:
         self._buf = bytearray()
         self._pending: tuple[dict[str, str], int] | None = None
         self.max_frame = max_frame
+        self.max_reply = max(max_reply, max_frame)  # api/response bodies only
         self.corrupt_frames = 0
 
     def feed(self, data: bytes) -> list[EslFrame]:
@@ -105,7 +114,8 @@ class FrameParser:
                 length = int(length_text)
             except ValueError:
                 length = -1
-            if length < 0 or length > self.max_frame:
+            limit = self.max_reply if headers["Content-Type"] == API_RESPONSE else self.max_frame
+            if length < 0 or length > limit:
                 self.corrupt_frames += 1
                 continue
             self._pending = (headers, length)

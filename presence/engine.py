@@ -35,6 +35,7 @@ from presence.sip.message import (
 )
 from presence.sip.tokens import token64
 from presence.sip.transaction import ClientTransactions, ServerTransactions
+from presence.snapshots import SNAPSHOT_TIMEOUT, SnapshotAssembler
 from presence.state import PresenceState
 from presence.subscriptions import Subscription, SubscriptionTable, new_tag
 from presence.updates import Snapshot, Update
@@ -80,6 +81,7 @@ class EngineConfig:
     t2: float = 4.0
     timer_f: float | None = None  # None: 64*T1
     server_name: str = SERVER
+    snapshot_timeout: float = SNAPSHOT_TIMEOUT  # an incomplete snapshot is dropped after this
 
 
 class PresenceEngine:
@@ -102,6 +104,7 @@ class PresenceEngine:
             t1=config.t1, t2=config.t2, timer_f=config.timer_f
         )
         self.on_control = on_control
+        self.snapshots = SnapshotAssembler(config.snapshot_timeout)
         self.accepting = True  # False while warming up: SUBSCRIBE/OPTIONS get 503
         self._malformed_logged_at = float("-inf")
         self._malformed_logged_count = 0
@@ -204,6 +207,7 @@ class PresenceEngine:
                 self.server_transactions.get_timer(),
                 self.state.get_timer(),
                 self.subscriptions.next_expiry(),
+                self.snapshots.get_timer(),
             )
             if t is not None
         ]
@@ -217,6 +221,7 @@ class PresenceEngine:
         for sub in timeouts:
             self._notify_timed_out(sub, now)
         self.server_transactions.handle_timer(now)
+        self.snapshots.handle_timer(now)
         changed = self.state.handle_timer(now)
         if changed:
             self._fan_out(changed, now)
@@ -227,12 +232,18 @@ class PresenceEngine:
     # -- presence updates ---------------------------------------------------------------------
 
     def apply(self, items: Iterable[Update | Snapshot], now: float) -> int:
-        """Apply validated updates and snapshots; NOTIFY every watcher whose state changed."""
+        """Apply validated updates and snapshots (a snapshot in parts once its last part is
+        here); NOTIFY every watcher whose state changed."""
         changed: set[tuple[str, str]] = set()
         count = 0
         for item in items:
             if isinstance(item, Snapshot):
-                changed |= self.state.apply_snapshot(item, now)
+                if item.parts > 1:  # each part is a message of the bridge's sequence
+                    self.state.note_sequence(item.bridge_id, item.bridge_epoch, item.sequence,
+                                             item.switch_id)
+                whole = self.snapshots.add(item, now)
+                if whole is not None:  # the parts of a snapshot are applied as one
+                    changed |= self.state.apply_snapshot(whole, now)
             else:
                 changed |= self.state.apply(item, now)
             count += 1

@@ -124,6 +124,16 @@ def render_metrics(node: PresenceNode) -> str:
     metric("update_gaps_total", "counter",
            "Updates missing from a bridge's sequence (lost on the bus); each triggers a resync.",
            [({}, stats.gaps)])
+    snaps = engine.snapshots.counters
+    metric("snapshots_assembled_total", "counter",
+           "Snapshots sent in parts and applied as one once the last part arrived.",
+           [({}, snaps["assembled"])])
+    metric("snapshots_incomplete_dropped_total", "counter",
+           "Incomplete snapshots dropped, by reason (a newer one came, or parts stopped coming).",
+           [({"reason": "superseded"}, snaps["incomplete_superseded"]),
+            ({"reason": "timed_out"}, snaps["incomplete_timed_out"])])
+    metric("snapshots_pending", "gauge", "Snapshots waiting for more parts.",
+           [({}, engine.snapshots.pending)])
     metric("records_expired_total", "counter", "Records removed because their Expires ran out.",
            [({}, stats.expired)])
     metric("presentities_watched", "gauge", "Presentities with at least one watcher.",
@@ -170,6 +180,9 @@ def nsq_metrics(bus) -> Callable[[_Writer], None]:
         metric("nsq_publisher_dropped_total", "counter",
                "Messages dropped because the buffer was full while nsqd was unreachable.",
                [({"topic": p.topic}, p.dropped) for p in publishers])
+        metric("nsq_publisher_refused_total", "counter",
+               "Messages not sent because nsqd refuses them (over its --max-msg-size).",
+               [({"topic": p.topic}, p.refused) for p in publishers])
         metric("nsq_messages_received_total", "counter", "Messages consumed, per topic.",
                [({"topic": c.topic}, c.received) for c in bus.consumers])
         metric("nsq_messages_malformed_total", "counter",

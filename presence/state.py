@@ -201,6 +201,13 @@ class PresenceState:
         self._changed(key)
         return True
 
+    def note_sequence(
+        self, bridge_id: str | None, epoch: int | None, sequence: int | None, switch_id: str | None
+    ) -> None:
+        """Track a bridge message's Sequence (gaps) before its content is applied (a part of
+        a snapshot waiting for the others)."""
+        self._note_sequence(bridge_id, epoch, sequence, switch_id)
+
     def _note_sequence(
         self, bridge_id: str | None, epoch: int | None, sequence: int | None, switch_id: str | None
     ) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "FIELD_TABLE",
     "MAX_FIELD_LENGTH",
     "MAX_ITEMS",
+    "MAX_SNAPSHOT_PARTS",
     "PRESENCE_STATES",
     "DIALOG_STATES",
     "Snapshot",
@@ -30,6 +31,7 @@ __all__ = [
 
 MAX_FIELD_LENGTH = 1024
 MAX_ITEMS = 10_000
+MAX_SNAPSHOT_PARTS = 100_000
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 DIALOG_STATES = ("early", "confirmed", "terminated", "trying", "proceeding")
@@ -80,13 +82,20 @@ class Update:
 
 @dataclass(slots=True)
 class Snapshot:
-    """Every record one FreeSWITCH (`switch_id`) currently has; replaces that switch's records."""
+    """Every record one FreeSWITCH (`switch_id`) currently has; replaces that switch's records.
+
+    A big snapshot travels in parts (`part` of `parts`, 0-based, one `snapshot_id`); the engine
+    applies them as one once all have arrived (presence/snapshots.py).
+    """
 
     switch_id: str
     bridge_id: str | None
     bridge_epoch: int | None
     sequence: int | None
     updates: list[Update]
+    snapshot_id: str | None = None
+    part: int = 0
+    parts: int = 1
 
 
 # (field, required, allowed values, default, meaning) per package; "common" applies to all
@@ -170,7 +179,34 @@ FIELD_TABLE: dict[str, list[FieldRow]] = {
     ],
     "snapshot": [
         ("Switch-ID", True, "string", "", "FreeSWITCH whose records the snapshot replaces"),
-        ("Updates", True, f"array of update objects (<= {MAX_ITEMS})", "", "the switch's records"),
+        (
+            "Updates",
+            True,
+            f"array of update objects (<= {MAX_ITEMS} per message)",
+            "",
+            "the switch's records (of this part)",
+        ),
+        (
+            "Snapshot-ID",
+            False,
+            "string",
+            "",
+            "names one snapshot sent in parts (required with Snapshot-Parts > 1)",
+        ),
+        (
+            "Snapshot-Part",
+            False,
+            "integer >= 0, < Snapshot-Parts",
+            "0",
+            "index of this part; all parts are applied as one when the last arrives",
+        ),
+        (
+            "Snapshot-Parts",
+            False,
+            f"integer 1..{MAX_SNAPSHOT_PARTS}",
+            "1",
+            "how many parts the snapshot has; a newer snapshot drops an incomplete one",
+        ),
         ("Bridge-ID", False, "string", "", "as for updates"),
         ("Bridge-Epoch", False, "integer >= 0", "0", "as for updates"),
         ("Sequence", False, "integer >= 0", "", "as for updates"),
@@ -222,6 +258,11 @@ def _parse_snapshot(obj: dict) -> Snapshot:
     bridge_id = _string(obj, "Bridge-ID")
     epoch = _integer(obj, "Bridge-Epoch", minimum=0)
     sequence = _integer(obj, "Sequence", minimum=0)
+    snapshot_id = _string(obj, "Snapshot-ID")
+    parts = _integer(obj, "Snapshot-Parts", minimum=1, maximum=MAX_SNAPSHOT_PARTS) or 1
+    part = _integer(obj, "Snapshot-Part", minimum=0, maximum=parts - 1)
+    if parts > 1 and snapshot_id is None:
+        raise UpdateError("required when Snapshot-Parts is more than 1", "Snapshot-ID")
     updates = []
     for i, item in enumerate(items):
         try:
@@ -238,7 +279,7 @@ def _parse_snapshot(obj: dict) -> Snapshot:
         elif update.switch_id != switch_id:
             raise UpdateError(f"item {i}: Switch-ID differs from the snapshot's", "Updates")
         updates.append(update)
-    return Snapshot(switch_id, bridge_id, epoch, sequence, updates)
+    return Snapshot(switch_id, bridge_id, epoch, sequence, updates, snapshot_id, part or 0, parts)
 
 
 def _parse_one(obj: dict) -> Update:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.kits import FreeSwitchKit, NsqKit, require_freeswitch, require_nsq
+from tests.nsq_kit import NsqCluster
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -29,13 +31,10 @@ def freeswitch_kit() -> FreeSwitchKit:
 
 
 @pytest.fixture
-def nsq_endpoints():
-    """(nsqd TCP address, nsqlookupd HTTP address or None, the double or None)."""
-    from tests.nsqd_double import NsqdDouble
-
-    double = NsqdDouble()
-    double.start()
+def nsq(nsq_kit: NsqKit, tmp_path: Path) -> Iterator[NsqCluster]:
+    """A real nsqlookupd + nsqd (the kit) on this test's own free ports, stopped at teardown."""
+    cluster = NsqCluster(nsq_kit, tmp_path / "nsq")
     try:
-        yield double.tcp_address, double.lookupd_address, double
+        yield cluster.start()
     finally:
-        double.stop()
+        cluster.stop()

@@ -1,19 +1,16 @@
-"""busylamp publish/tail/run over NSQ, as subprocesses, against the NSQ double (or a real nsqd
-when NSQD_TCP_ADDRESS / NSQLOOKUPD_HTTP_ADDRESS are set).
+"""busylamp publish/tail/run over NSQ, as subprocesses, against the real nsqd and nsqlookupd of
+the kit (tests/nsq_kit.py), started on this test's own ports.
 
-The double serves from this process's gevent hub: every wait here yields to gevent (the helpers
-of tests/test_cli_subprocess.py do), never a blocking `subprocess.run`.
+Every wait here yields to gevent (the helpers of tests/test_cli_subprocess.py do), never a
+blocking `subprocess.run`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
 
 import gevent
-import pytest
 
 from tests.sipp_scenarios import Watcher
 from tests.sipp_util import start_sipp, wait_until
@@ -29,7 +26,6 @@ from tests.test_cli_subprocess import (
     subscribed,
 )
 
-REAL = bool(os.environ.get("NSQD_TCP_ADDRESS"))
 MALFORMED = 'busylamp_publishes_total{outcome="malformed_bus"}'
 
 
@@ -56,8 +52,8 @@ def publish_raw(nsqd: str, topic: str, workdir, body: bytes) -> None:
 
 # --- publish and tail ---------------------------------------------------------------------------
 
-def test_publish_to_nsqd_and_tail_nsqd_json(nsq_endpoints, tmp_path):
-    nsqd, _, double = nsq_endpoints
+def test_publish_to_nsqd_and_tail_nsqd_json(nsq, tmp_path):
+    nsqd = nsq.tcp_address
     topic = topic_name()
     tail = Proc.start(["tail", "--nsqd", nsqd, "--topic", topic, "--json"], tmp_path, "tail")
     try:
@@ -71,20 +67,19 @@ def test_publish_to_nsqd_and_tail_nsqd_json(nsq_endpoints, tmp_path):
         ours = [u for u in json_lines(tail.stdout) if u.get("Call-ID") == "call-7"]
         assert len(ours) == 1
         assert ours[0]["State"] == "confirmed" and ours[0]["From"] == f"sip:{PRESENTITY}"
-        if double is not None:
-            published = [json.loads(body) for body in double.published(topic)]
-            assert ours[0] in published
+        # the probes and call-7, each taken once by nsqd; nothing left on tail's channel
+        assert nsq.message_count(topic) == len(json_lines(tail.stdout))
+        wait_until(lambda: nsq.settled(topic), timeout=5, message="tail left messages unfinished")
         assert "Traceback" not in tail.stderr
     finally:
         tail.kill()
 
 
-def test_tail_lookupd_json_count(nsq_endpoints, tmp_path):
-    nsqd, lookupd, _ = nsq_endpoints
-    if not lookupd:
-        pytest.skip("no nsqlookupd (NSQLOOKUPD_HTTP_ADDRESS unset)")
+def test_tail_lookupd_json_count(nsq, tmp_path):
+    nsqd, lookupd = nsq.tcp_address, nsq.lookupd_address
     topic = topic_name()
     publish_dialog(nsqd, topic, tmp_path, "early", "call-1")  # the topic exists for lookupd
+    wait_until(lambda: nsq.lookup(topic) == [nsqd], timeout=5, message="topic not in lookupd")
     tail = Proc.start(["tail", "--lookupd", lookupd, "--topic", topic, "--json", "--count", "2",
                        "--presentity", PRESENTITY], tmp_path, "tail")
     try:
@@ -112,8 +107,8 @@ def test_publish_to_unreachable_nsqd_exits_1(tmp_path):
 
 # --- a presence node consuming the topic ---------------------------------------------------------
 
-def test_run_bus_nsq_notifies_and_survives_malformed_messages(nsq_endpoints, tmp_path):
-    nsqd, _, _ = nsq_endpoints
+def test_run_bus_nsq_notifies_and_survives_malformed_messages(nsq, tmp_path):
+    nsqd = nsq.tcp_address
     topic = topic_name()
     # initial NOTIFY, confirmed, early (after the malformed ones), terminated at SIGTERM
     scenario = Watcher(PRESENTITY).subscribe().notify(count=4).write(tmp_path / "watch.xml")
@@ -150,8 +145,8 @@ def test_run_bus_nsq_notifies_and_survives_malformed_messages(nsq_endpoints, tmp
             sipp.kill()
 
 
-def test_run_bus_nsq_counts_non_json_bodies_as_malformed(nsq_endpoints, tmp_path):
-    nsqd, _, _ = nsq_endpoints
+def test_run_bus_nsq_counts_non_json_bodies_as_malformed(nsq, tmp_path):
+    nsqd = nsq.tcp_address
     topic = topic_name()
     with run_node(tmp_path, "--nsqd", nsqd, "--topic", topic, bus="nsq", ready_timeout=9) as node:
         publish_raw(nsqd, topic, tmp_path, b"{not json")

@@ -6,7 +6,7 @@ operator mistakes (bad flags, ports in use, an unreachable node or FreeSWITCH) m
 line and the documented exit code, never a traceback.
 
 The helpers here (`Proc`, `busylamp`, `run_node`, ...) are shared with tests/test_cli_nsq.py. Every
-wait yields to gevent, so an in-process gevent server (the NSQ double) keeps serving meanwhile.
+wait yields to gevent, so in-process gevent servers (the ESL simulator, say) keep serving meanwhile.
 """
 
 from __future__ import annotations

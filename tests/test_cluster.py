@@ -2,9 +2,9 @@
 
 Every presence node is a real ``busylamp run --role presence --bus nsq`` subprocess; the edge is
 contrib/kamailio-edge/kamailio.cfg in a real Kamailio; phones are sipp over UDP through the edge.
-The broker is the in-process NSQ double (tests/nsqd_double.py), or a real nsqd when NSQD_BIN is
-set (these tests restart the broker, so they need to own it: an external NSQD_TCP_ADDRESS is
-not enough). Updates are published to NSQ, never to a node directly.
+The broker is the real nsqd + nsqlookupd of the kit (tests/nsq_kit.py), started by the tests on
+their own ports and restarted by them; nodes find nsqd through nsqlookupd, as deployed. Updates
+are published to NSQ, never to a node directly.
 
 The edge hashes initial SUBSCRIBEs on the From URI; with a two-node dispatcher list the users in
 ``SECOND_NODE_WATCHERS`` land on the second node. The tests do not trust that: they assert where
@@ -31,7 +31,8 @@ import pytest
 import ujson
 
 from tests.kamailio_util import AUTO_PORT, KamailioProcess, start_kamailio
-from tests.nsqd_double import NsqdDouble
+from tests.kits import require_nsq
+from tests.nsq_kit import NsqCluster
 from tests.sipp_util import SippRun, free_port, parse_trace, start_sipp, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ SECOND_NODE_WATCHERS = ["carol", "dave", "frank", "heidi"]
 
 
 def http_get(address: tuple[str, int], path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET over gevent sockets, so the in-process NSQ double keeps running meanwhile."""
+    """GET over gevent sockets (the tests' greenlets keep running meanwhile)."""
     sock = gevent.socket.create_connection(address, timeout=timeout)
     try:
         sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {address[0]}\r\n\r\n".encode())
@@ -68,19 +69,6 @@ def http_get(address: tuple[str, int], path: str, timeout: float = 5.0) -> tuple
         sock.close()
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
-
-
-def http_post(address: tuple[str, int], path: str, body: bytes, timeout: float = 5.0) -> int:
-    sock = gevent.socket.create_connection(address, timeout=timeout)
-    try:
-        sock.sendall(f"POST {path} HTTP/1.0\r\nHost: {address[0]}\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    finally:
-        sock.close()
-    return int(data.split(b" ", 2)[1])
 
 
 def dialog_update(state: str, call_id: str, seq: int, user: str = "1001") -> dict:
@@ -96,87 +84,6 @@ def dialogs(body: str) -> list[tuple[str, str]]:
     """(id, state) of every dialog in a dialog-info body."""
     root = ET.fromstring(body)
     return [(d.get("id"), d.find("d:state", NS).text) for d in root.findall("d:dialog", NS)]
-
-
-# ------------------------------------------------------------------------------------ broker
-
-
-class RealNsqd:
-    """A real nsqd (NSQD_BIN) on ephemeral loopback ports; restartable on the same ports."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.tcp_port = free_port()
-        self.http_port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def tcp_address(self) -> str:
-        return f"127.0.0.1:{self.tcp_port}"
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "nsqd.log", "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(
-            [self.binary, f"--tcp-address=127.0.0.1:{self.tcp_port}",
-             f"--http-address=127.0.0.1:{self.http_port}", f"--data-path={self.workdir}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
-        wait_until(self._answers, 10, message="nsqd did not start")
-
-    def _answers(self) -> bool:
-        try:
-            return http_get(("127.0.0.1", self.http_port), "/ping", timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            wait_until(lambda: self.process.poll() is not None, 10, message="nsqd did not stop")
-        self.process = None
-
-    def restart(self, downtime: float = 0.0) -> None:
-        self.stop()
-        gevent.sleep(downtime)
-        self.start()
-
-    def inject(self, topic: str, body: bytes) -> None:
-        assert http_post(("127.0.0.1", self.http_port), f"/pub?topic={topic}", body) == 200
-
-    def channels(self, topic: str) -> list[str]:
-        status, body = http_get(("127.0.0.1", self.http_port), f"/stats?format=json&topic={topic}")
-        stats = ujson.loads(body) if status == 200 else {}
-        stats = stats.get("data", stats)
-        return [c["channel_name"] for t in stats.get("topics", []) if t["topic_name"] == topic
-                for c in t.get("channels", [])]
-
-    def settled(self, topic: str) -> bool:
-        """Nothing in flight, queued or requeued on any channel of ``topic``."""
-        status, body = http_get(("127.0.0.1", self.http_port), f"/stats?format=json&topic={topic}")
-        stats = ujson.loads(body)
-        stats = stats.get("data", stats)
-        return all(c["in_flight_count"] == 0 and c["depth"] == 0 and c["requeue_count"] == 0
-                   for t in stats.get("topics", []) if t["topic_name"] == topic
-                   for c in t.get("channels", []))
-
-
-class DoubleBroker(NsqdDouble):
-    """The NSQ double with the same inspection methods as RealNsqd."""
-
-    def channels(self, topic: str) -> list[str]:
-        status, body = http_get(tuple_address(self.lookupd_address), f"/lookup?topic={topic}")
-        return ujson.loads(body)["channels"] if status == 200 else []
-
-    def settled(self, topic: str) -> bool:
-        return (self.in_flight() == 0 and b"REQ" not in self.commands
-                and all(self.channel_depth(topic, c) == 0 for c in self.channels(topic)))
-
-
-def tuple_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
 
 
 # ------------------------------------------------------------------------------------ nodes
@@ -258,7 +165,7 @@ class Cluster:
     """Broker + edge + presence nodes; ``start_node`` adds one (all stopped at teardown)."""
 
     tmp_path: Path
-    broker: DoubleBroker | RealNsqd
+    broker: NsqCluster
     node_ports: list[tuple[int, int]]
     edge: KamailioProcess | None = None
     nodes: list[Node] = field(default_factory=list)
@@ -275,7 +182,9 @@ class Cluster:
         log_path = self.tmp_path / f"{name}.log"
         args = [
             sys.executable, "-c", "import cli; cli.main(prog_name=\"busylamp\")", "run", "--role", "presence",
+            # as deployed: publish to the nearest nsqd, consume what nsqlookupd finds
             "--bus", "nsq", "--nsqd", self.broker.tcp_address, "--topic", TOPIC,
+            "--lookupd", f"http://{self.broker.lookupd_address}", "--lookupd-poll-interval", "1",
             "--node-id", name, "--sip", f"udp:127.0.0.1:{sip_port}",
             "--http", f"127.0.0.1:{http_port}", "--t1", "0.1", "--timer-f", "2",
             "--max-expires", "600", "--default-expires", "600", "--min-expires", "1", "--status-interval", "0",
@@ -312,7 +221,7 @@ class Cluster:
 
     def publish(self, *updates: dict) -> None:
         for update in updates:
-            self.broker.inject(TOPIC, ujson.dumps(update).encode())
+            self.broker.pub(TOPIC, ujson.dumps(update).encode())
 
     def both_consume(self, count: int) -> bool:
         return len(self.broker.channels(TOPIC)) >= count
@@ -337,10 +246,11 @@ class Cluster:
 
 @contextmanager
 def _cluster(tmp_path: Path, nodes: int, entries: int) -> Iterator[Cluster]:
-    binary = os.environ.get("NSQD_BIN")
-    broker: DoubleBroker | RealNsqd = (RealNsqd(binary, tmp_path / "nsqd") if binary
-                                       else DoubleBroker())
+    broker = NsqCluster(require_nsq(), tmp_path / "nsq")
     broker.start()
+    broker.create_topic(TOPIC)  # the bridges' topic: nodes find its nsqd through nsqlookupd
+    wait_until(lambda: broker.lookup(TOPIC) == [broker.tcp_address], 10,
+               message="nsqlookupd does not know the topic")
     ports = []
     while len(ports) < entries:
         pair = (free_port(), free_port())
@@ -351,6 +261,12 @@ def _cluster(tmp_path: Path, nodes: int, entries: int) -> Iterator[Cluster]:
         cluster.start_edge(entries)
         started = [cluster.start_node(i) for i in range(nodes)]
         wait_until(lambda: all(n.ready() for n in started), 20, message="nodes not ready")
+        # each node's warm start asked the bridges for a resync on the control topic, and
+        # nothing died on the way (a warm start once failed there against the real nsqd)
+        wait_until(lambda: broker.message_count(f"{TOPIC}.control") == nodes, 10,
+                   message="not every node published its warm-start resync request")
+        for node in started:
+            assert "Traceback" not in node.log() and "warm start done" in node.log(), node.log()
         wait_until(lambda: cluster.both_consume(nodes), 10, message="nodes not consuming")
         wait_until(lambda: all(cluster.edge_sees_up(n) for n in started), 10,
                    message="edge does not see the nodes up")
@@ -558,8 +474,8 @@ def test_late_node_first_notifies_carry_state_published_before_it_started(tmp_pa
 
 
 def test_malformed_bus_messages_are_finished_and_counted(cluster):
-    cluster.broker.inject(TOPIC, b"{not json")
-    cluster.broker.inject(TOPIC, b'{"Event-Name": "update", "Event-Package": "dialog"}')
+    cluster.broker.pub(TOPIC, b"{not json")
+    cluster.broker.pub(TOPIC, b'{"Event-Name": "update", "Event-Package": "dialog"}')
     cluster.publish(dialog_update("early", "call-6", 1))
     wait_until(lambda: all(n.states(f"1001@{DOMAIN}") == {"call-6": "early"}
                            for n in cluster.nodes), 5, message="good update not applied")
@@ -572,8 +488,10 @@ def test_malformed_bus_messages_are_finished_and_counted(cluster):
 def test_consumption_resumes_after_nsqd_restart(cluster):
     cluster.publish(dialog_update("early", "call-7", 1))
     wait_until(lambda: all(n.states(f"1001@{DOMAIN}") for n in cluster.nodes), 5)
-    cluster.broker.restart(downtime=0.3)
+    cluster.broker.restart_nsqd(downtime=0.3)
     wait_until(lambda: cluster.both_consume(2), 10, message="nodes did not come back to nsqd")
     cluster.publish(dialog_update("confirmed", "call-7", 2))
     wait_until(lambda: all(n.states(f"1001@{DOMAIN}") == {"call-7": "confirmed"}
                            for n in cluster.nodes), 5, message="update after restart lost")
+    for node in cluster.nodes:
+        assert "Traceback" not in node.log(), node.log()

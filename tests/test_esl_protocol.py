@@ -214,3 +214,15 @@ def test_esl_package_imports_neither_presence_nor_bridge() -> None:
         text = path.read_text()
         for forbidden in ("presence", "bridge"):
             assert f"import {forbidden}" not in text and f"from {forbidden}" not in text, path
+
+
+def test_api_replies_may_exceed_the_frame_cap_up_to_their_own_bound() -> None:
+    parser = FrameParser(max_frame=1000, max_reply=10_000)
+    body = b"x" * 5000
+    frames = parser.feed(b"Content-Type: api/response\nContent-Length: 5000\n\n" + body)
+    assert parser.corrupt_frames == 0
+    assert [f.body for f in frames] == [body]
+    too_big = b"Content-Type: api/response\nContent-Length: 20000\n\n"
+    assert parser.feed(too_big) == [] and parser.corrupt_frames == 1
+    event = b"Content-Type: text/event-plain\nContent-Length: 5000\n\n"
+    assert parser.feed(event) == [] and parser.corrupt_frames == 2  # events keep max_frame
