@@ -2,7 +2,7 @@
 
 One :class:`esl.connection.EslClient` per FreeSWITCH. On every (re)connect the service asks the
 switch for its Core-UUID (``api global_getvar core_uuid``, the Switch-ID), publishes a snapshot
-built from ``api show channels as json`` and sends ``MESSAGE_QUERY`` for every mailbox it has seen
+built from ``api show channels as json`` and ``api valet_info`` (occupied park slots) and sends ``MESSAGE_QUERY`` for every mailbox it has seen
 (mod_voicemail answers with MESSAGE_WAITING). When the Core-UUID changed (FreeSWITCH restarted),
 an empty snapshot for the old Switch-ID is published first: none of its calls survived.
 Control messages from engines: ``resync`` (Switch-ID or ``*``) and ``mwi_query`` (Presentity).
@@ -161,7 +161,9 @@ class BridgeService:
         if switch_id is None:
             return False
         try:
-            snapshot = snapshot_from_channels(client.api("show channels as json"), switch_id, self.config)
+            channels = client.api("show channels as json")
+            snapshot = snapshot_from_channels(channels, switch_id, self.config,
+                                              client.api("valet_info"))
         except (EslError, SnapshotError) as exc:
             self.counters["errors"] += 1
             log.warning("%s: snapshot failed: %s", client.target, exc)
