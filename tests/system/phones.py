@@ -571,3 +571,27 @@ def message_summary(body: str) -> dict[str, str]:
         if sep and name.strip():
             fields[name.strip().lower()] = value.strip()
     return fields
+
+
+class SteadyWatcher(LampWatcher):
+    """A :class:`LampWatcher` that survives a loaded machine: a NOTIFY retransmitted while sipp is
+    still answering the first copy is answered 200 (``-aa``) instead of aborting the watcher,
+    and a retransmission sipp does take in its loop is counted once (by CSeq)."""
+
+    def start(self) -> SteadyWatcher:
+        folder = self.workdir / f"watch-{self.presentity}-{self.event}-{free_port()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        scenario = folder / "watch.xml"
+        scenario.write_text(watcher_xml(self.presentity, self.watcher, self.event,
+                                        _ACCEPT[self.event]))
+        self.run = start_sipp(scenario, self.busylamp_sip, folder, timeout=3600, extra=["-aa"])
+        return self
+
+    def notifies(self) -> list[Traced]:
+        seen: set[str | None] = set()
+        unique = []
+        for notify in super().notifies():
+            if notify.header("CSeq") not in seen:
+                seen.add(notify.header("CSeq"))
+                unique.append(notify)
+        return unique

@@ -14,7 +14,7 @@ import pytest
 
 from tests.sipp_util import wait_until
 from tests.system.freeswitch import DOMAIN, PHONES_DOC, originate, valet_slots
-from tests.system.phones import Caller, CallerPlan, LampWatcher, lamp
+from tests.system.phones import Caller, CallerPlan, LampWatcher, SteadyWatcher, lamp
 from tests.test_cli_subprocess import metric
 
 AFTER_TERMINATED = 'busylamp_updates_dropped_total{reason="after_terminated"}'
@@ -39,7 +39,7 @@ def last_lamp(watch: LampWatcher) -> str | None:
 
 
 def watch_all(node, tmp_path, *presentities: str) -> list[LampWatcher]:
-    watchers = [LampWatcher(p, ("127.0.0.1", node.sip_port), tmp_path).start() for p in presentities]
+    watchers = [SteadyWatcher(p, ("127.0.0.1", node.sip_port), tmp_path).start() for p in presentities]
     for watch in watchers:
         wait_until(lambda w=watch: w.notifies(), timeout=10, message=f"{watch.presentity}: no NOTIFY")
     return watchers
