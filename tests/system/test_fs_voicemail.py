@@ -7,6 +7,7 @@ switch, and so its voicemail storage, is shared by the module).
 
 from __future__ import annotations
 
+import re
 import time
 import wave
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.sipp_util import wait_until
-from tests.system.freeswitch import DOMAIN, PHONES_DOC
+from tests.system.freeswitch import DOMAIN, PHONES_DOC, FreeSwitch
 from tests.system.phones import LampWatcher, NotifySink, SteadyWatcher, message_summary
 from tests.test_cli_subprocess import run_node
 
@@ -134,3 +135,48 @@ def test_switch_still_sends_its_own_mwi_as_documented(fs, busylamp_all, message_
     finally:
         watch.stop()
         phone.stop()
+
+
+def documented_mwi_account(user: str) -> tuple[str, str]:
+    """The directory ``<param>`` docs/phones.md gives to stop FreeSWITCH's own MWI, for ``user``."""
+    text = PHONES_DOC.read_text()
+    section = text[text.index("### FreeSWITCH's own MWI NOTIFYs"):]
+    block = re.search(r"```xml\n(.*?)```", section, re.S).group(1)
+    comment = re.search(r"directory/default/(\d+)\.xml", block).group(1)
+    name, value = re.search(r'<param name="([^"]+)" value="([^"]*)"\s*/>', block).groups()
+    return name, value.replace(comment, user)
+
+
+def test_documented_mwi_account_leaves_busylamp_the_only_mwi_source(
+        freeswitch_kit, message_wav, tmp_path):
+    """docs/phones.md's way to stop FreeSWITCH's own MWI NOTIFYs, applied to 1004 as written:
+    1004's phone gets none from the switch while busylamp still shows its mailbox; 1005, left
+    as it was, still gets the switch's (sent after 1004's: mod_sofia handles MWI in order)."""
+    name, value = documented_mwi_account("1004")
+    switch = FreeSwitch(freeswitch_kit, tmp_path / "fs")
+    user = switch.conf / "directory" / "default" / "1004.xml"
+    user.write_text(user.read_text().replace(
+        "<params>", f'<params>\n      <param name="{name}" value="{value}"/>', 1))
+    switch.start()
+    try:
+        quiet = NotifySink("1004", switch.sip, tmp_path).start()
+        control = NotifySink("1005", switch.sip, tmp_path).start()
+        with run_node(tmp_path / "busylamp", "--esl", switch.esl, role="all",
+                      ready_timeout=15) as node:
+            watch = mwi_watcher(node, "1004", tmp_path)
+            try:
+                wait_until(lambda: watch.notifies(), timeout=10, message="no first NOTIFY")
+                inject(switch, "1004", message_wav)
+                inject(switch, "1005", message_wav)
+                wait_until(lambda: summaries(watch)[-1][0] == "yes", timeout=10,
+                           message=f"busylamp lost 1004's mailbox: {summaries(watch)}")
+                assert counts(summaries(watch)[-1][1]) == "1/0"
+                wait_until(lambda: control.notifies("message-summary"), timeout=10,
+                           message="the switch sent 1005 no MWI NOTIFY")
+                assert quiet.notifies("message-summary") == []
+            finally:
+                watch.stop()
+        quiet.stop()
+        control.stop()
+    finally:
+        switch.stop()
