@@ -107,3 +107,23 @@ def test_slot_dialog_names_the_parked_caller_and_dials_the_slot(fs, busylamp_all
     wait_until(lambda: last_lamp(watch) == "idle", timeout=5,
                message=f"slot 7002 still lit after the caller hung up: {lamps(watch)}")
     watch.stop()
+
+
+def test_lot_lamp_stays_lit_until_its_last_slot_empties(fs, busylamp_all, tmp_path):
+    """The lot's lamp holds one dialog per parked call: lit while any slot is taken."""
+    (lot,) = watch_all(busylamp_all, tmp_path, f"busylamp_lot@{DOMAIN}")
+    originate(fs, "7003", presence_user="1007")
+    originate(fs, "7004", presence_user="1008")
+    wait_until(lambda: {"7003", "7004"} <= set(valet_slots(fs)), timeout=10,
+               message=f"not both parked: {valet_slots(fs)}")
+    wait_until(lambda: len(lot.dialogs()[-1]) == 2, timeout=5,
+               message=f"the lot does not show both calls: {lot.dialogs()}")
+    assert last_lamp(lot) == "confirmed"
+    originate(fs, "7003", presence_user="1009")  # retrieve one
+    wait_until(lambda: len([d for d in lot.dialogs()[-1] if d.state == "confirmed"]) == 1,
+               timeout=5, message=f"the retrieved call is still in the lot: {lot.dialogs()}")
+    assert last_lamp(lot) == "confirmed"
+    originate(fs, "7004", presence_user="1009")
+    wait_until(lambda: last_lamp(lot) == "idle", timeout=5,
+               message=f"the empty lot is still lit: {lamps(lot)}")
+    lot.stop()
