@@ -18,10 +18,11 @@ event                         update(s)
 CHANNEL_CALLSTATE             ``dialog`` + ``presence`` for presentity ``Channel-Presence-ID``
                               (missing -> skipped "no presence id"); Call-ID = ``Unique-ID``
 PRESENCE_IN, no Unique-ID     ``presence`` for ``from`` (user presence: registrations, PUBLISH)
-PRESENCE_IN, proto=park       ``dialog`` for ``park+<slot>@domain`` (valet_park lot/slot lamps)
+PRESENCE_IN, proto=park       skipped (names no parked channel; valet_parking::info does)
 PRESENCE_IN of a channel      skipped "channel presence" (CHANNEL_CALLSTATE covers calls)
-CUSTOM valet_parking::info    ``dialog`` for ``park+<Valet-Extension>@domain``: hold -> confirmed
-                              (remote = the parked caller), bridge/exit -> terminated
+CUSTOM valet_parking::info    ``dialog`` for ``<slot>``, ``park+<slot>``, ``<lot>``, ``park+<lot>``
+                              @domain, Call-ID = the parked channel's ``Unique-ID``: hold ->
+                              confirmed (remote = the parked caller), bridge/exit -> terminated
 MESSAGE_WAITING               ``message-summary`` for ``MWI-Message-Account``
 CHANNEL_PARK                  skipped: the ``park`` application has no slot (see below)
 anything else                 skipped "unsupported event <name>"
@@ -61,16 +62,20 @@ after at most 10 minutes.
 
 Parking: a channel whose presence id user starts with ``park+`` is a park slot lamp: it is
 ``confirmed`` (direction recipient, remote = the parked caller) until HANGUP. mod_valet_parking
-itself fires ``PRESENCE_IN`` with ``proto: park`` (``from: <slot|lot>@domain``, ``answer-state``
-confirmed/early/terminated, ``force-status`` "Holding"/"Active"/"Active (N callers)"/"Empty") and
-``CUSTOM valet_parking::info`` (``Action`` hold/bridge/exit with the parked caller's channel
-data). The CUSTOM event is used for occupied slots (it names the caller); ``PRESENCE_IN`` is used
-for lot-level lamps and for emptied slots (the ``PRESENCE_IN`` for an occupied slot is skipped
-because it would overwrite the caller identity with nothing). The Call-ID of a slot dialog is
-``park+<slot>@domain`` so the terminated update replaces the confirmed one. ``CHANNEL_PARK`` is
-fired by the plain ``park`` application (the 2023 capture: a sipp call parked on answer): it has
-no slot number, the caller's own lamp is already driven by its CHANNEL_CALLSTATE, so it is
-skipped with reason "park application has no slot".
+(checked against FreeSWITCH 1.11) fires, on park, ``CUSTOM valet_parking::info`` ``Action: hold``
+with the parked channel's data, then ``PRESENCE_IN`` ``proto: park`` for the lot (``from:
+<lot>@domain``, ``force-status`` "Active (N callers)") and the slot (``from: <slot>@domain``,
+"Holding"); on retrieval ``Action: bridge`` (the parked channel's data, ``Bridge-To-UUID``), then
+``PRESENCE_IN`` "Empty" for lot and slot and ``Action: exit``; when the parked caller hangs up,
+the "Empty" ones and ``exit``. Its ``PRESENCE_IN`` carries ``unique-id: <slot or lot>``, never the
+parked channel, so only the CUSTOM event is used: every occupation is a dialog of its own
+(Call-ID = the parked channel's uuid), shown at the slot number (what a phone's BLF key watches
+and dials, ``<slot>@domain``), at ``park+<slot>@domain`` (alias), and at the lot (``<lot>@domain``
+and ``park+<lot>@domain``: lit while any slot is taken). The domain is the lot name's (``lot@domain``),
+else the parked channel's. The resync snapshot builds the same dialogs from ``valet_info``
+(bridge/resync.py). ``CHANNEL_PARK`` is fired by the plain ``park`` application (the 2023 capture:
+a sipp call parked on answer): it has no slot number, the caller's own lamp is already driven by
+its CHANNEL_CALLSTATE, so it is skipped with reason "park application has no slot".
 
 Message waiting (mod_voicemail / ``sendevent MESSAGE_WAITING``): presentity from
 ``MWI-Message-Account`` (``sip:`` stripped; no domain -> ``domain_default``),
@@ -452,32 +457,33 @@ def _park_domain(h: _Headers, config: NormalizeConfig, lot: str | None) -> str |
     return h.first("variable_domain_name", "variable_sip_to_host") or config.domain_default
 
 
-def _slot_update(slot: str, domain: str, state: str, remote: str, config: NormalizeConfig) -> dict[str, Any]:
-    presentity_user = f"{PARK_PREFIX}{slot}"
-    return dialog_update(
-        user=presentity_user, domain=domain, call_id=f"{presentity_user}@{domain}", state=state,
-        direction="recipient", remote=remote, config=config,
-    )
+def park_presentities(slot: str, lot: str | None) -> list[str]:
+    """The users whose lamps show a parked call: the slot number (what a BLF key dials, and
+    FreeSWITCH's own name for it), ``park+SLOT`` (alias), and the lot (``LOT``, ``park+LOT``)."""
+    users = [slot, f"{PARK_PREFIX}{slot}"]
+    lot_user = (lot or "").split("@", 1)[0]
+    if lot_user and lot_user != slot:
+        users += [lot_user, f"{PARK_PREFIX}{lot_user}"]
+    return users
+
+
+def park_updates(*, slot: str, lot: str | None, domain: str, parked_uuid: str, state: str,
+                 caller: str, config: NormalizeConfig) -> list[dict[str, Any]]:
+    """One occupation of a valet slot: a dialog per lamp, its id the parked channel's uuid (so a
+    slot parked again at once is a new dialog, never swallowed by the last one's tombstone);
+    the remote target is the slot, so pressing the lit key dials the slot and retrieves the call."""
+    return [
+        dialog_update(user=user, domain=domain, call_id=parked_uuid, state=state,
+                      direction="recipient", remote=caller, config=config,
+                      remote_target=f"sip:{slot}@{domain}")
+        for user in park_presentities(slot, lot)
+    ]
 
 
 def _valet_presence(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
-    aor = split_aor(h.get("from"), config.domain_default)
-    if aor is None:
-        return NormalizeResult(skipped="park presence without from")
-    slot, domain = aor
-    answer = (h.get("answer-state") or "").lower()
-    force_status = h.get("force-status") or ""
-    if answer == "terminated":
-        state = "terminated"
-    elif answer in ("confirmed", "early"):
-        if not force_status.lower().startswith("active ("):
-            return NormalizeResult(skipped="park slot occupied: valet_parking::info names the caller")
-        state = "confirmed"
-    else:
-        return NormalizeResult(skipped=f"park presence answer-state {answer or '(none)'}")
-    update = _slot_update(slot, domain, state, slot, config)
-    update.update(_event_fields(h))
-    return NormalizeResult([update])
+    # mod_valet_parking's PRESENCE_IN names the slot or lot but not the parked channel (its
+    # "unique-id" is the slot number): valet_parking::info, which does, drives every park lamp.
+    return NormalizeResult(skipped="park presence: valet_parking::info carries the parked call")
 
 
 def _valet_info(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
@@ -493,10 +499,16 @@ def _valet_info(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
         state = "terminated"
     else:
         return NormalizeResult(skipped=f"valet action {action or '(none)'}")
+    parked_uuid = h.get("Unique-ID")
+    if not parked_uuid:
+        return NormalizeResult(skipped="valet event without unique id")
     caller = h.first("Caller-Caller-ID-Number", "Caller-Caller-ID-Name") or "unknown"
-    update = _slot_update(slot, domain, state, caller, config)
-    update.update(_event_fields(h))
-    return NormalizeResult([update])
+    updates = park_updates(slot=slot, lot=lot, domain=domain, parked_uuid=parked_uuid,
+                           state=state, caller=caller, config=config)
+    extra = _event_fields(h)
+    for update in updates:
+        update.update(extra)
+    return NormalizeResult(updates)
 
 
 def _channel_park(h: _Headers, config: NormalizeConfig) -> NormalizeResult:

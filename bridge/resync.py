@@ -9,18 +9,30 @@ same rule as a CHANNEL_CALLSTATE event (bridge.normalize.channel_updates): ``cal
 ``direction`` inbound -> initiator / outbound -> recipient, ``presence_id`` as the presentity;
 remote party = ``dest`` (fallback ``callee_num``) for an initiator, ``cid_num`` (fallback
 ``cid_name``) for a recipient. Rows without a presence id or in state DOWN are left out.
+
+Valet parking slots are not channel state: ``show channels`` lists a parked channel under its
+own presence id, in application ``valet_park``. The occupied slots come from ``api valet_info``
+(``<lots><lot name="LOT"><extension uuid="UUID">SLOT</extension>...``, the slots whose call
+still waits); a slot is in the snapshot when its channel is listed and still in ``valet_park``
+(a retrieved one is already bridged), with the same dialogs the live events give
+(bridge.normalize.park_updates: Call-ID = the parked channel's uuid). Without mod_valet_parking
+(``-ERR``) there are no slots.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import ujson
 
-from bridge.normalize import NormalizeConfig, channel_updates
+from bridge.normalize import NormalizeConfig, channel_updates, park_updates, split_aor
+
+_LOT = re.compile(r'<lot name="([^"]*)">(.*?)</lot>', re.S)
+_SLOT = re.compile(r'<extension uuid="([^"]*)">([^<]*)</extension>')
 
 # Encoded updates per snapshot part: far below nsqd's --max-msg-size (1 MiB by default), so a
 # part with its envelope always fits one bus message, and no part holds more than the engine's
@@ -81,13 +93,53 @@ def updates_from_rows(rows: list[dict[str, Any]], switch_id: str, config: Normal
     return updates
 
 
-def snapshot_from_channels(json_text: str, switch_id: str, config: NormalizeConfig) -> dict[str, Any]:
-    """Snapshot message (without ordering fields) for one FreeSWITCH; SnapshotError if garbage."""
+def parse_valet_info(text: str | None) -> list[tuple[str, str, str]]:
+    """``(lot, slot, parked uuid)`` of every occupied slot in ``valet_info``'s answer; [] for
+    none or ``-ERR`` (no mod_valet_parking); SnapshotError for anything else."""
+    stripped = (text or "").strip()
+    if not stripped or stripped.startswith("-ERR"):
+        return []
+    if not stripped.startswith("<lots>"):
+        raise SnapshotError(f"valet_info: unexpected answer {stripped[:80]!r}")
+    return [(lot, slot.strip(), uuid)
+            for lot, body in _LOT.findall(stripped)
+            for uuid, slot in _SLOT.findall(body) if uuid and slot.strip()]
+
+
+def park_updates_from(slots: list[tuple[str, str, str]], rows: list[dict[str, Any]],
+                      switch_id: str, config: NormalizeConfig) -> list[dict[str, Any]]:
+    """The park lamps of the slots whose channel is still parked (listed, in ``valet_park``)."""
+    by_uuid = {str(row.get("uuid")): row for row in rows}
+    updates: list[dict[str, Any]] = []
+    for lot, slot, parked_uuid in slots:
+        row = by_uuid.get(parked_uuid)
+        if row is None or row.get("application", "valet_park") != "valet_park":
+            continue
+        domain = lot.rsplit("@", 1)[1] if "@" in lot else None
+        if not domain:
+            aor = split_aor(_text(row, "presence_id"), None)
+            domain = aor[1] if aor else config.domain_default
+        if not domain:
+            continue
+        for update in park_updates(slot=slot, lot=lot, domain=domain, parked_uuid=parked_uuid,
+                                   state="confirmed", caller=_text(row, "cid_num", "cid_name")
+                                   or "unknown", config=config):
+            update["Switch-ID"] = switch_id
+            updates.append(update)
+    return updates
+
+
+def snapshot_from_channels(json_text: str, switch_id: str, config: NormalizeConfig,
+                           valet_text: str | None = None) -> dict[str, Any]:
+    """Snapshot message (without ordering fields) for one FreeSWITCH: its calls and, given
+    ``valet_info``'s answer, its occupied park slots; SnapshotError if garbage."""
     rows = parse_channel_rows(json_text)
+    updates = updates_from_rows(rows, switch_id, config)
+    updates += park_updates_from(parse_valet_info(valet_text), rows, switch_id, config)
     return {
         "Event-Name": "snapshot",
         "Switch-ID": switch_id,
-        "Updates": updates_from_rows(rows, switch_id, config),
+        "Updates": updates,
     }
 
 

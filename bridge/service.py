@@ -2,11 +2,13 @@
 
 One :class:`esl.connection.EslClient` per FreeSWITCH. On every (re)connect the service asks the
 switch for its Core-UUID (``api global_getvar core_uuid``, the Switch-ID), publishes a snapshot
-built from ``api show channels as json`` and sends ``MESSAGE_QUERY`` for every mailbox it has seen
+built from ``api show channels as json`` and ``api valet_info`` (occupied park slots) and sends ``MESSAGE_QUERY`` for every mailbox it has seen
 (mod_voicemail answers with MESSAGE_WAITING). When the Core-UUID changed (FreeSWITCH restarted),
 an empty snapshot for the old Switch-ID is published first: none of its calls survived.
 Control messages from engines: ``resync`` (Switch-ID or ``*``) and ``mwi_query`` (Presentity).
-One greenlet republishes live calls, driven by ``CallTable.get_timer``.
+One greenlet republishes live calls, driven by ``CallTable.get_timer``. ``first_round`` is set once
+every switch has had its first chance: its first snapshot sent (or tried), or its first connect
+attempt failed; a presence node in the same process serves SUBSCRIBEs only then (``--esl-warmup``).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class BridgeService:
         self._timer_greenlet: gevent.Greenlet | None = None
         self._wakeup = gevent.event.Event()
         self._running = False
+        self.first_round = gevent.event.Event()
+        self._settled: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -76,8 +80,11 @@ class BridgeService:
         for target in self.targets:
             client = EslClient(target, self.events, self._on_event,
                                on_connect=self._on_connect, on_disconnect=self._on_disconnect,
-                               **self.esl_options)
+                               on_connect_failed=self._on_connect_failed, **self.esl_options)
             self.clients.append(client)
+        if not self.clients:
+            self.first_round.set()
+        for client in self.clients:
             client.start()
         self._timer_greenlet = gevent.spawn(self._republish_loop)
 
@@ -137,7 +144,22 @@ class BridgeService:
 
     # ------------------------------------------------------------------ (re)connect and resync
 
+    def _settle(self, client: EslClient) -> None:
+        """``client``'s switch had its first chance (snapshot sent or tried, or connect failed)."""
+        self._settled.add(id(client))
+        if len(self._settled) >= len(self.clients):
+            self.first_round.set()
+
+    def _on_connect_failed(self, client: EslClient, reason: str) -> None:
+        self._settle(client)
+
     def _on_connect(self, client: EslClient) -> None:
+        try:
+            self._connect_and_resync(client)
+        finally:
+            self._settle(client)
+
+    def _connect_and_resync(self, client: EslClient) -> None:
         try:
             switch_id = client.api("global_getvar core_uuid").strip()
         except EslError as exc:
@@ -165,8 +187,9 @@ class BridgeService:
         if switch_id is None:
             return False
         try:
-            answer = client.api("show channels as json", timeout=self.resync_timeout)
-            snapshot = snapshot_from_channels(answer, switch_id, self.config)
+            channels = client.api("show channels as json", timeout=self.resync_timeout)
+            snapshot = snapshot_from_channels(channels, switch_id, self.config,
+                                              client.api("valet_info"))
         except (EslError, SnapshotError) as exc:
             self.counters["errors"] += 1
             log.warning("%s: snapshot failed: %s", client.target, exc)

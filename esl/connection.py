@@ -203,6 +203,7 @@ class EslClient:
                  on_event: Callable[[EslEvent], None], *,
                  on_connect: Callable[[EslClient], None] | None = None,
                  on_disconnect: Callable[[EslClient, str], None] | None = None,
+                 on_connect_failed: Callable[[EslClient, str], None] | None = None,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0, jitter: float = 0.2,
                  dead_after: float = 60.0, command_timeout: float = 5.0,
                  connect_timeout: float = 5.0) -> None:
@@ -214,6 +215,7 @@ class EslClient:
         self.on_event = on_event
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
+        self.on_connect_failed = on_connect_failed
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.jitter = jitter
@@ -324,6 +326,7 @@ class EslClient:
                     log.error("auth failed for %s: check --esl PASSWORD@HOST:PORT", self.target)
                     auth_logged = True
                 session.close("auth failed")
+                self._connect_failed("auth failed")
                 self._sleep(self.backoff_max)
                 continue
             except (OSError, EslError, NotConnectedError) as exc:
@@ -333,6 +336,7 @@ class EslClient:
                     log.warning("cannot connect to FreeSWITCH at %s: %s (retrying)",
                                 self.target, exc or type(exc).__name__)
                     outage_logged = True
+                self._connect_failed(str(exc) or type(exc).__name__)
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_max)
                 continue
@@ -365,6 +369,13 @@ class EslClient:
                     log.exception("ESL on_disconnect callback failed")
             self._sleep(backoff)
         self.state = "stopped"
+
+    def _connect_failed(self, reason: str) -> None:
+        if self.on_connect_failed is not None:
+            try:
+                self.on_connect_failed(self, reason)
+            except Exception:
+                log.exception("ESL on_connect_failed callback failed")
 
     def _learn_core_uuid(self, session: _Session) -> None:
         try:

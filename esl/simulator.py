@@ -26,6 +26,8 @@ from esl.fsheaders import (
     Leg,
     SwitchInfo,
     callstate_headers,
+    channel_data,
+    event_base,
     message_waiting_headers,
     presence_in_headers,
 )
@@ -109,6 +111,7 @@ class FreeSwitchSimulator:
         self.connections = 0
         self.auth_failures = 0
         self.mailboxes: dict[str, tuple[int, int]] = {}
+        self.lots: dict[str, dict[str, str]] = {}  # valet lot -> slot -> parked channel uuid
         self._clients: list[_Client] = []
         self._sequence = 0
         self._silent = False
@@ -145,6 +148,7 @@ class FreeSwitchSimulator:
             self.switch.core_uuid = self.new_uuid()
         if not keep_calls:
             self.channels.clear()
+            self.lots.clear()
         self._silent = False
 
     def drop_connections(self) -> None:
@@ -395,19 +399,66 @@ class FreeSwitchSimulator:
             if leg is None or leg.callstate == "HANGUP":
                 continue
             leg.hangup_cause, leg.hangup_us = cause, now
+            self._unpark(leg)
             self._set_callstate(leg, "HANGUP", "CS_HANGUP", "CS_HANGUP")
             if leg in self.channels:
                 self.channels.remove(leg)
 
-    def park(self, caller: str, slot: str) -> Call:
-        """Valet park: one answered inbound leg with presence_id park+SLOT@domain."""
-        a = self._new_leg("inbound", caller, caller, caller, slot, True,
-                          presence_id=f"park+{slot}@{self.domain}")
-        a.application, a.application_data = "valet_park", f"{self.domain} {slot}"
+    def park(self, caller: str, slot: str, lot: str | None = None) -> Call:
+        """Valet park (mod_valet_parking as FreeSWITCH 1.11 does it): one answered inbound leg,
+        presence id the caller's own, in application ``valet_park LOT SLOT``; the slot is
+        announced by ``CUSTOM valet_parking::info`` ``Action: hold`` with the parked channel's
+        data, then ``PRESENCE_IN`` ``proto: park`` for the lot and the slot. Hanging up the call
+        (:meth:`hangup`) empties the slot as mod_valet_parking does."""
+        lot = lot or f"valet_lot@{self.domain}"
+        a = self._new_leg("inbound", caller, caller, caller, slot, True)
+        a.application, a.application_data = "valet_park", f"{lot} {slot}"
         self._set_callstate(a, "RINGING", "CS_ROUTING", "CS_ROUTING")
         a.answered, a.answered_us = True, self._now_us()
         self._set_callstate(a, "ACTIVE", "CS_EXECUTE", "answered")
+        self.lots.setdefault(lot, {})[slot] = a.uuid
+        self._valet_event(a, lot, slot, "hold")
+        self._valet_presence(lot, slot)
         return Call(a)
+
+    def _valet_event(self, leg: Leg, lot: str, slot: str, action: str) -> None:
+        seq, ts = self._base()
+        h = event_base("CUSTOM", self.switch, seq, ts, "mod_valet_parking.c",
+                       "valet_parking_function", 706)
+        h.update({"Event-Subclass": "valet_parking::info", "Valet-Lot-Name": lot,
+                  "Valet-Extension": slot, "Action": action})
+        h.update(channel_data(leg))
+        self.emit(h)
+
+    def _valet_presence(self, lot: str, slot: str) -> None:
+        """valet_send_presence: the lot (callers or Empty), then the slot (Holding or Empty)."""
+        lot_user, _, domain = lot.partition("@")
+        domain = domain or self.domain
+        count = len(self.lots.get(lot, {}))
+        holding = slot in self.lots.get(lot, {})
+        for user, status, answer in (
+                (lot_user, f"Active ({count} caller{'' if count == 1 else 's'})" if count else "Empty",
+                 "confirmed" if count else "terminated"),
+                (slot, "Holding" if holding else "Empty", "confirmed" if holding else "terminated")):
+            seq, ts = self._base()
+            h = event_base("PRESENCE_IN", self.switch, seq, ts, "mod_valet_parking.c",
+                           "valet_send_presence", 340)
+            h.update({"proto": "park", "login": user, "from": f"{user}@{domain}",
+                      "force-status": status, "rpid": "active" if answer == "confirmed" else "unknown",
+                      "event_type": "presence", "alt_event_type": "dialog",
+                      "event_count": str(seq), "unique-id": user,
+                      "channel-state": "CS_ROUTING" if answer == "confirmed" else "CS_HANGUP",
+                      "answer-state": answer, "call-direction": "inbound"})
+            self.emit(h)
+
+    def _unpark(self, leg: Leg) -> None:
+        """The parked caller left (hung up): the slot empties, then ``Action: exit``."""
+        for lot, slots in self.lots.items():
+            for slot, uuid in list(slots.items()):
+                if uuid == leg.uuid:
+                    del slots[slot]
+                    self._valet_presence(lot, slot)
+                    self._valet_event(leg, lot, slot, "exit")
 
     def leave_voicemail(self, mailbox: str, new: int = 1, saved: int = 0) -> None:
         """Set a mailbox's counts and fire MESSAGE_WAITING (mod_voicemail update_mwi)."""
@@ -434,6 +485,14 @@ class FreeSwitchSimulator:
             lines = [",".join(CHANNEL_COLUMNS)]
             lines += [",".join(row[c] for c in CHANNEL_COLUMNS) for row in rows]
             return "\n".join(lines) + f"\n\n{len(rows)} total.\n"
+        if words[:1] == ["valet_info"]:
+            lines = ["<lots>"]
+            for lot, slots in self.lots.items():
+                lines.append(f'  <lot name="{lot}">')
+                lines += [f'    <extension uuid="{uuid}">{slot}</extension>'
+                          for slot, uuid in slots.items()]
+                lines.append("  </lot>")
+            return "\n".join([*lines, "</lots>", ""])
         if words[:1] == ["status"]:
             return f"UP 0 years, 0 days\nFreeSWITCH ({self.switch.hostname}) is ready\n"
         return f"-ERR {words[0] if words else ''} Command not found!\n"

@@ -377,6 +377,10 @@ class RunConfig:
     esl_dead_after: float = field(default=60.0, metadata=_meta(
         "esl_dead_after", "seconds without any ESL traffic before the connection is dropped",
         _seconds(0)))
+    esl_warmup: float = field(default=5.0, metadata=_meta(
+        "esl_warmup", "with a bridge in the process: longest time in seconds new SUBSCRIBEs get "
+        "503 after start, until every switch gave its first snapshot or failed a first connect "
+        "(0 = serve at once)", _seconds(0, inclusive=True)))
     log_level: str = field(default="info", metadata=_meta(
         "log_level", "debug, info, warning or error", _choice("debug", "info", "warning", "error")))
     log_format: str = field(default="text", metadata=_meta(

@@ -258,6 +258,25 @@ class PresenceNode:
         if self._warm_buffer is None:
             self._warm_buffer = []
 
+    def prepare_esl_warmup(self) -> None:
+        """Answer new SUBSCRIBEs 503 (Retry-After) until :meth:`finish_esl_warmup`: right after a
+        start the state holds no calls yet, and an idle lamp followed by the real one ~20 ms later
+        is a wrong lamp (the bridge in this process is about to send its first snapshots)."""
+        self.ready = False
+        self.engine.accepting = False
+
+    def finish_esl_warmup(self, first_round: gevent.event.Event, timeout: float) -> bool:
+        """Serve once ``first_round`` is set (every switch answered or failed once), at the latest
+        after ``timeout`` seconds; True when the switches were heard in time."""
+        started = time.monotonic()
+        heard = bool(first_round.wait(timeout))
+        self.engine.accepting = True
+        self.ready = True
+        log.info("serving SUBSCRIBEs: %s after %.2fs",
+                 "every switch's first snapshot (or failed connect) in" if heard
+                 else "--esl-warmup ran out", time.monotonic() - started)
+        return heard
+
     def warm_start(
         self, peers: list[str], *, token: str | None = None, resync: bool = False,
         resync_wait: float = 3.0,

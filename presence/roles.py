@@ -186,6 +186,7 @@ def run_roles(config: RunConfig) -> None:
     node: PresenceNode | None = None
     api_server = None
     bridge_service = None
+    warm = False
     stop = gevent.event.Event()
 
     if config.role in ("all", "presence"):
@@ -220,9 +221,13 @@ def run_roles(config: RunConfig) -> None:
                          resync=not config.peer)
     if config.role in ("all", "bridge"):
         bridge_service = build_bridge(config, bus)
+        if node is not None and not warm and config.esl_warmup > 0:
+            node.prepare_esl_warmup()
         bridge_service.start()
         if node is not None:
             node.extra_metrics.append(bridge_metrics(bridge_service))
+            if not node.ready and not warm:
+                gevent.spawn(node.finish_esl_warmup, bridge_service.first_round, config.esl_warmup)
     if node is not None and config.bus == "nsq":
         node.extra_metrics.append(nsq_metrics(bus))
 

@@ -162,8 +162,25 @@ def test_park_slot_lamp_from_simulator(rig):
     sim, service, seen, _, _ = rig
     wait_for(lambda: snapshots(seen))
     call = sim.park("1001", "701")
-    slot = wait_for(lambda: dialogs(seen, "park+701"))
-    assert {d["State"] for d in slot} == {"confirmed"}
-    assert slot[-1]["To-User"] == "1001" and slot[-1]["Direction"] == "recipient"
+    for user in ("701", "park+701"):
+        slot = wait_for(lambda u=user: dialogs(seen, u))
+        assert {d["State"] for d in slot} == {"confirmed"}
+        assert slot[-1]["To-User"] == "1001" and slot[-1]["Direction"] == "recipient"
+        assert slot[-1]["Call-ID"] == call.a.uuid
     sim.hangup(call)
-    wait_for(lambda: dialogs(seen, "park+701")[-1]["State"] == "terminated")
+    wait_for(lambda: dialogs(seen, "701")[-1]["State"] == "terminated")
+
+
+def test_reconnect_snapshot_keeps_the_parked_slot(rig):
+    """Defect 4 (the simulator now parks as FreeSWITCH does): the resync after a reconnect
+    holds the occupied slot, so it does not terminate it."""
+    sim, service, seen, _, _ = rig
+    wait_for(lambda: snapshots(seen))
+    call = sim.park("1001", "701")
+    wait_for(lambda: dialogs(seen, "701"))
+    before = len(snapshots(seen))
+    sim.drop_connections()
+    wait_for(lambda: len(snapshots(seen)) > before)
+    slots = {(u["Presentity-User"], u["Call-ID"], u["State"]) for u in snapshots(seen)[-1]["Updates"]
+             if u["Event-Package"] == "dialog"}
+    assert {("701", call.a.uuid, "confirmed"), ("park+701", call.a.uuid, "confirmed")} <= slots

@@ -176,12 +176,29 @@ def test_call_scenario_events(sim: FreeSwitchSimulator, client: RawClient) -> No
     assert sim.channels == []
 
 
-def test_park_uses_park_presence_id(sim: FreeSwitchSimulator, client: RawClient) -> None:
-    call = sim.park("1001", "5901")
-    events = client.events(4)
-    assert {e.headers["Channel-Presence-ID"] for e in events} == {"park+5901@example.com"}
-    assert events[-1].headers["Channel-Call-State"] == "ACTIVE"
+def test_park_as_mod_valet_parking_does(sim: FreeSwitchSimulator, client: RawClient) -> None:
+    """As FreeSWITCH 1.11 parks (tests/system/test_fs_parking.py): the parked leg keeps the
+    caller's presence id; CUSTOM valet_parking::info names lot, slot and the parked channel;
+    mod_valet_parking's PRESENCE_IN names the lot and the slot; valet_info lists the slot."""
+    client.command("event plain CHANNEL_CALLSTATE PRESENCE_IN CUSTOM valet_parking::info")
+    call = sim.park("1001", "5901", lot="lot1@example.com")
+    events = client.events(7)
+    assert {e.headers.get("Channel-Presence-ID") for e in events if e.name != "PRESENCE_IN"
+            or "proto" not in e.headers} == {"1001@example.com"}
+    (hold,) = [e for e in events if e.name == "CUSTOM"]
+    assert (hold.headers["Event-Subclass"], hold.headers["Action"], hold.headers["Valet-Extension"],
+            hold.headers["Valet-Lot-Name"], hold.headers["Unique-ID"]) == (
+        "valet_parking::info", "hold", "5901", "lot1@example.com", call.a.uuid)
+    park = [(e.headers["from"], e.headers["force-status"]) for e in events
+            if e.headers.get("proto") == "park"]
+    assert park == [("lot1@example.com", "Active (1 caller)"), ("5901@example.com", "Holding")]
     assert call.b is None
+    info = client.command("api valet_info").body.decode()
+    assert f'<extension uuid="{call.a.uuid}">5901</extension>' in info
+    sim.hangup(call)
+    actions = [e.headers.get("Action") for e in client.events(5) if e.name == "CUSTOM"]
+    assert actions == ["exit"]
+    assert "<extension" not in client.command("api valet_info").body.decode()
 
 
 def test_show_channels_as_json(sim: FreeSwitchSimulator, client: RawClient) -> None:

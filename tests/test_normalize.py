@@ -223,22 +223,44 @@ def valet_presence(slot: str, answer: str, status: str) -> dict[str, str]:
             "answer-state": answer, "call-direction": "inbound"}
 
 
+def valet_info(action: str, uuid: str = "parked-1", **extra: str) -> dict[str, str]:
+    # the headers of mod_valet_parking's CUSTOM valet_parking::info as FreeSWITCH 1.11 sent them
+    return {"Event-Subclass": "valet_parking::info", "Valet-Lot-Name": "lot1@example.com",
+            "Valet-Extension": "701", "Action": action, "Unique-ID": uuid,
+            "Caller-Caller-ID-Number": "1000", "Channel-Presence-ID": "1000@example.com",
+            "Core-UUID": "core-1", **extra}
+
+
 def test_valet_parking_slot_lifecycle():
-    hold = {"Event-Subclass": "valet_parking::info", "Valet-Lot-Name": "lot1",
-            "Valet-Extension": "701", "Action": "hold", "Caller-Caller-ID-Number": "1000",
-            "Channel-Presence-ID": "1000@example.com"}
-    (update,) = normalize("CUSTOM", hold, CFG).updates
-    assert update["Presentity"] == "sip:park+701@example.com"
-    assert (update["State"], update["To-User"], update["Call-ID"]) == ("confirmed", "1000", "park+701@example.com")
-    # the PRESENCE_IN for the occupied slot would lose the caller: skipped
-    assert "valet_parking::info" in normalize("PRESENCE_IN", valet_presence("701", "confirmed", "Holding"), CFG).skipped
-    # lot lamp and the emptied slot come from PRESENCE_IN
-    (lot,) = normalize("PRESENCE_IN", valet_presence("lot1", "confirmed", "Active (1 caller)"), CFG).updates
-    assert (lot["Presentity"], lot["State"]) == ("sip:park+lot1@example.com", "confirmed")
-    (empty,) = normalize("PRESENCE_IN", valet_presence("701", "terminated", "Empty"), CFG).updates
-    assert (empty["Call-ID"], empty["State"]) == ("park+701@example.com", "terminated")
-    (exit_,) = normalize("CUSTOM", {**hold, "Action": "exit"}, CFG).updates
-    assert exit_["State"] == "terminated"
+    updates = normalize("CUSTOM", valet_info("hold"), CFG).updates
+    assert [u["Presentity"] for u in updates] == [
+        "sip:701@example.com", "sip:park+701@example.com",
+        "sip:lot1@example.com", "sip:park+lot1@example.com"]
+    for update in updates:
+        assert (update["State"], update["To-User"], update["Call-ID"]) == ("confirmed", "1000", "parked-1")
+        assert update["To-URI"] == "sip:701@example.com"  # pressing the lit key retrieves
+        assert update["Switch-ID"] == "core-1"
+    # mod_valet_parking's own PRESENCE_IN names no channel (unique-id is the slot): skipped
+    for slot, answer, status in [("701", "confirmed", "Holding"), ("701", "terminated", "Empty"),
+                                 ("lot1", "confirmed", "Active (1 caller)")]:
+        assert "valet_parking::info" in normalize("PRESENCE_IN", valet_presence(slot, answer, status), CFG).skipped
+    for action in ("bridge", "exit"):
+        ended = normalize("CUSTOM", valet_info(action), CFG).updates
+        assert {(u["Call-ID"], u["State"]) for u in ended} == {("parked-1", "terminated")}
+        assert len(ended) == 4
+
+
+def test_valet_parking_again_is_a_new_dialog():
+    """Defect 2: every occupation has its own id, so the last one's tombstone cannot hide it."""
+    first = normalize("CUSTOM", valet_info("exit", "parked-1"), CFG).updates[0]
+    again = normalize("CUSTOM", valet_info("hold", "parked-2"), CFG).updates[0]
+    assert first["Presentity"] == again["Presentity"] and first["Call-ID"] != again["Call-ID"]
+
+
+def test_valet_event_without_channel_is_skipped():
+    headers = valet_info("hold")
+    del headers["Unique-ID"]
+    assert normalize("CUSTOM", headers, CFG).skipped == "valet event without unique id"
 
 
 # ---------------------------------------------------------------- resync snapshot
@@ -285,3 +307,46 @@ def test_snapshot_empty_answers(text):
 def test_snapshot_garbage_raises(text):
     with pytest.raises(SnapshotError):
         snapshot_from_channels(text, "core-1", CFG)
+
+
+# valet_info as FreeSWITCH 1.11 answered it with one call parked on 7001 (captured)
+VALET_INFO = """<lots>
+  <lot name="busylamp_lot@127.0.0.1">
+    <extension uuid="0fb286d8-3160-413f-a446-06bb2c0fe929">7001</extension>
+  </lot>
+</lots>
+"""
+
+
+def test_snapshot_holds_the_occupied_park_slots():
+    """Defect 4: a resync keeps a parked call's slot lit (same dialogs as the live events)."""
+    parked = {**ROW, "uuid": "0fb286d8-3160-413f-a446-06bb2c0fe929", "direction": "inbound",
+              "cid_num": "1003", "dest": "7001", "application": "valet_park",
+              "application_data": "busylamp_lot@127.0.0.1 7001", "presence_id": "1003@127.0.0.1"}
+    text = json.dumps({"row_count": 1, "rows": [parked]})
+    snap = snapshot_from_channels(text, "core-1", CFG, VALET_INFO)
+    park = [u for u in snap["Updates"] if u["Call-ID"] == parked["uuid"] and u["Presentity-User"] != "1003"]
+    assert [u["Presentity"] for u in park] == [
+        "sip:7001@127.0.0.1", "sip:park+7001@127.0.0.1",
+        "sip:busylamp_lot@127.0.0.1", "sip:park+busylamp_lot@127.0.0.1"]
+    live = normalize("CUSTOM", {"Event-Subclass": "valet_parking::info", "Action": "hold",
+                                "Valet-Lot-Name": "busylamp_lot@127.0.0.1", "Valet-Extension": "7001",
+                                "Unique-ID": parked["uuid"], "Caller-Caller-ID-Number": "1003",
+                                "Core-UUID": "core-1"}, CFG).updates
+    assert park == live
+    # retrieved (the channel is bridged, no longer in valet_park) or gone: no slot
+    bridged = {**parked, "application": "uuid_bridge"}
+    for rows in ([bridged], []):
+        text = json.dumps({"row_count": len(rows), "rows": rows})
+        updates = snapshot_from_channels(text, "core-1", CFG, VALET_INFO)["Updates"]
+        assert not [u for u in updates if "7001" in u["Presentity"]]
+
+
+@pytest.mark.parametrize("text", ["", "-ERR valet_info Command not found!\n", "<lots>\n</lots>\n"])
+def test_snapshot_without_valet_slots(text):
+    assert snapshot_from_channels('{"row_count":0}', "core-1", CFG, text)["Updates"] == []
+
+
+def test_snapshot_valet_garbage_raises():
+    with pytest.raises(SnapshotError):
+        snapshot_from_channels('{"row_count":0}', "core-1", CFG, "garbage")

@@ -220,3 +220,23 @@ class FreeSwitch:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --- calls placed with originate (where a phone is not the point) ---------------------------------
+
+def originate(fs: FreeSwitch, destination: str, *, presence_user: str, caller: str | None = None,
+              app: str = "&park()") -> str:
+    """``originate`` a loopback call into the default context with ``presence_id`` and caller id
+    ``presence_user`` (the kit README's way); the A leg's uuid."""
+    caller = caller or presence_user
+    answer = fs.api(f"originate {{presence_id={presence_user}@{DOMAIN},"
+                    f"origination_caller_id_number={caller}}}loopback/{destination}/default {app}")
+    if not answer.startswith("+OK "):
+        raise AssertionError(f"originate {destination} failed: {answer!r}")
+    return answer.split()[1]
+
+
+def valet_slots(fs: FreeSwitch) -> dict[str, str]:
+    """``slot -> parked uuid`` from ``valet_info`` (the switch's own view of its park lots)."""
+    return {slot: uuid for uuid, slot in
+            re.findall(r'<extension uuid="([^"]+)">([^<]+)</extension>', fs.api("valet_info"))}

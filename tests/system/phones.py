@@ -522,3 +522,76 @@ def lamp(dialogs: list[Dialog]) -> str:
     if states & {"early", "trying", "proceeding"}:
         return "early"
     return "idle"
+
+
+# --- a registered phone that takes unsolicited NOTIFYs (MWI from the switch) ---------------------
+
+def notify_sink_xml(user: str) -> str:
+    """A server scenario: every out-of-dialog NOTIFY (one sipp call each) is answered 200."""
+    return (_HEAD.format(name=f"notify sink {user}") + '  <recv request="NOTIFY" crlf="true"/>\n'
+            + _OK_TO_REQUEST + "</scenario>\n")
+
+
+@dataclass
+class NotifySink:
+    """A phone registered at the switch that answers and records every NOTIFY sent to it."""
+
+    user: str
+    fs_sip: tuple[str, int]
+    workdir: Path
+    run: SippRun | None = None
+    port: int = field(default_factory=lambda: free_port(socket.SOCK_DGRAM))
+
+    def start(self) -> NotifySink:
+        folder = self.workdir / f"sink-{self.user}-{self.port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        scenario = folder / "sink.xml"
+        scenario.write_text(notify_sink_xml(self.user))
+        self.run = start_sipp(scenario, self.fs_sip, folder, port=self.port, calls=1000,
+                              timeout=3600, extra=["-rsa", f"{self.fs_sip[0]}:{self.fs_sip[1]}"])
+        register(self.user, self.port, self.fs_sip, self.workdir)
+        return self
+
+    def notifies(self, event: str | None = None) -> list[Traced]:
+        assert self.run is not None
+        return [m for m in parse_timed_trace(self.run.messages_log())
+                if m.received and m.method == "NOTIFY"
+                and (event is None or (m.header("Event") or "").lower() == event)]
+
+    def stop(self) -> None:
+        if self.run is not None:
+            self.run.kill()
+
+
+def message_summary(body: str) -> dict[str, str]:
+    """An ``application/simple-message-summary`` body as ``{lower-case name: value}``."""
+    fields: dict[str, str] = {}
+    for line in body.replace("\r\n", "\n").split("\n"):
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            fields[name.strip().lower()] = value.strip()
+    return fields
+
+
+class SteadyWatcher(LampWatcher):
+    """A :class:`LampWatcher` that survives a loaded machine: a NOTIFY retransmitted while sipp is
+    still answering the first copy is answered 200 (``-aa``) instead of aborting the watcher,
+    and a retransmission sipp does take in its loop is counted once (by CSeq)."""
+
+    def start(self) -> SteadyWatcher:
+        folder = self.workdir / f"watch-{self.presentity}-{self.event}-{free_port()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        scenario = folder / "watch.xml"
+        scenario.write_text(watcher_xml(self.presentity, self.watcher, self.event,
+                                        _ACCEPT[self.event]))
+        self.run = start_sipp(scenario, self.busylamp_sip, folder, timeout=3600, extra=["-aa"])
+        return self
+
+    def notifies(self) -> list[Traced]:
+        seen: set[str | None] = set()
+        unique = []
+        for notify in super().notifies():
+            if notify.header("CSeq") not in seen:
+                seen.add(notify.header("CSeq"))
+                unique.append(notify)
+        return unique
