@@ -17,6 +17,8 @@ event                         update(s)
 ============================  ==================================================================
 CHANNEL_CALLSTATE             ``dialog`` + ``presence`` for presentity ``Channel-Presence-ID``
                               (missing -> skipped "no presence id"); Call-ID = ``Unique-ID``
+CHANNEL_PROGRESS, inbound leg the same rule for the caller's leg when the far end rings (see
+                              "The caller's leg" below); outbound legs: skipped
 PRESENCE_IN, no Unique-ID     ``presence`` for ``from`` (user presence: registrations, PUBLISH)
 PRESENCE_IN, proto=park       ``dialog`` for ``park+<slot>@domain`` (valet_park lot/slot lamps)
 PRESENCE_IN of a channel      skipped "channel presence" (CHANNEL_CALLSTATE covers calls)
@@ -44,6 +46,17 @@ call came into FreeSWITCH from the presentity's phone) -> ``initiator``, ``outbo
 ``recipient``. While a call rings, FreeSWITCH's mod_sofia and Kazoo show the caller's own lamp as
 ``confirmed`` (it is busy, nothing to pick up); only the callee's lamp shows ``early`` (blinking,
 pickable). ``initiator_ringing_state`` keeps that rule by default and can be set to ``early``.
+
+The caller's leg: real FreeSWITCH moves an inbound leg to RINGING when it starts routing, before
+the dialplan sets ``presence_id``, so that CHANNEL_CALLSTATE has no ``Channel-Presence-ID``; without
+early media (no ``ringback``) the leg's next call state is ACTIVE at the answer. The leg's
+CHANNEL_PROGRESS (fired when the far end rings and FreeSWITCH passes the 180 on) is the first event
+that carries both the presence id and the ringing state, so it lights the caller's lamp.
+
+Voicemail legs: a loopback leg running voicemail (``Channel-Name`` ``loopback/voicemail-a|b``, the
+vanilla ``loopback/app=voicemail:...`` fallback) is skipped ("voicemail leg") even when it carries a
+``presence_id``: nobody can pick up a call that is leaving a message, and the mailbox owner's
+phone is free. The caller's own leg keeps its lamp lit; MWI follows the mailbox.
 
 Identities: local ``From`` = ``sip:<presence user>@<domain>``; remote ``To`` for an initiator =
 ``Caller-Destination-Number`` (fallback ``Other-Leg-Destination-Number``), for a recipient =
@@ -102,6 +115,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RINGING_STATES = frozenset({"RINGING", "RING_WAIT", "EARLY", "DIALING"})
+_VOICEMAIL_LEG = re.compile(r"^loopback/voicemail-[ab]$")
 TALKING_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
 PARK_PREFIX = "park+"
 _VOICE_MESSAGE = re.compile(r"^\s*(\d+)/(\d+)(?:\s*\((\d+)/(\d+)\))?\s*$")
@@ -317,11 +331,14 @@ def channel_updates(
     config: NormalizeConfig,
     local_tag: str | None = None,
     remote_tag: str | None = None,
+    channel_name: str | None = None,
 ) -> NormalizeResult:
     """The shared channel rule used by CHANNEL_CALLSTATE and by the resync snapshot."""
     aor = split_aor(presence_id, config.domain_default)
     if aor is None:
         return NormalizeResult(skipped="no presence id")
+    if channel_name and _VOICEMAIL_LEG.match(channel_name):
+        return NormalizeResult(skipped="voicemail leg")
     if not call_id:
         return NormalizeResult(skipped="no unique id")
     user, domain = aor
@@ -376,11 +393,19 @@ def _callstate(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
         config=config,
         local_tag=from_tag if inbound else to_tag,
         remote_tag=to_tag if inbound else from_tag,
+        channel_name=h.get("Channel-Name"),
     )
     extra = _event_fields(h)
     for update in result.updates:
         update.update(extra)
     return result
+
+
+def _progress(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+    # Only the caller's leg: an outbound leg's ringing is its own CHANNEL_CALLSTATE RINGING
+    if (h.first("Presence-Call-Direction", "Call-Direction") or "").lower() != "inbound":
+        return NormalizeResult(skipped="progress of an outbound leg")
+    return _callstate(h, config)
 
 
 def _message_waiting(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
@@ -505,6 +530,7 @@ def _channel_park(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
 
 _HANDLERS = {
     "CHANNEL_CALLSTATE": _callstate,
+    "CHANNEL_PROGRESS": _progress,
     "MESSAGE_WAITING": _message_waiting,
     "PRESENCE_IN": _presence_in,
     "CHANNEL_PARK": _channel_park,
