@@ -378,10 +378,12 @@ def channel_updates(
 # --------------------------------------------------------------------------- handlers
 
 
-def _callstate(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+def _callstate(h: _Headers, config: NormalizeConfig, with_tags: bool = True) -> NormalizeResult:
     fs_direction = h.first("Presence-Call-Direction", "Call-Direction")
     inbound = (fs_direction or "").lower() == "inbound"
-    from_tag, to_tag = h.get("variable_sip_from_tag"), h.get("variable_sip_to_tag")
+    from_tag = to_tag = None
+    if with_tags:
+        from_tag, to_tag = h.get("variable_sip_from_tag"), h.get("variable_sip_to_tag")
     result = channel_updates(
         presence_id=h.get("Channel-Presence-ID"),
         call_id=h.get("Unique-ID"),
@@ -405,7 +407,9 @@ def _progress(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
     # Only the caller's leg: an outbound leg's ringing is its own CHANNEL_CALLSTATE RINGING
     if (h.first("Presence-Call-Direction", "Call-Direction") or "").lower() != "inbound":
         return NormalizeResult(skipped="progress of an outbound leg")
-    return _callstate(h, config)
+    # CHANNEL_PROGRESS is an "extended" event (variable_* headers) while CHANNEL_CALLSTATE is not:
+    # tags taken from it would vanish again at the next call state and cost the phone a NOTIFY
+    return _callstate(h, config, with_tags=False)
 
 
 def _message_waiting(h: _Headers, config: NormalizeConfig) -> NormalizeResult:

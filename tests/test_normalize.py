@@ -307,6 +307,8 @@ def test_real_caller_progress_lights_the_caller_lamp(fixtures_dir):
     assert dialog["Direction"] == "initiator" and dialog["State"] == "confirmed"
     assert dialog["To"] == "sip:1001@127.0.0.1"
     assert dialog["Call-ID"] == headers["Unique-ID"]
+    # it carries variable_sip_*_tag, CHANNEL_CALLSTATE does not: no tags, one body for both
+    assert headers["variable_sip_from_tag"] and "From-Tag" not in dialog and "To-Tag" not in dialog
     [pidf] = [u for u in result.updates if u["Event-Package"] == "presence"]
     assert pidf["State"] == "confirmed"
 
