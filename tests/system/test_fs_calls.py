@@ -32,9 +32,14 @@ LATENCIES: list[tuple[str, float]] = []  # (what, seconds), printed at the end o
 
 
 @pytest.fixture(scope="module", autouse=True)
-def voicemail_prompts(fs):
-    """Silent 3 s voicemail prompts: a caller sent to voicemail stays there, as with real sounds."""
+def switch_ready(fs, tmp_path_factory):
+    """Silent 3 s voicemail prompts (a caller sent to voicemail stays there, as with real sounds),
+    and one call nobody watches: a freshly started FreeSWITCH hands the events of its first call
+    to event-socket clients ~0.5 s late (measured with a bare socket, busylamp not involved)."""
     use_silent_prompts(fs, 3.0)
+    workdir = tmp_path_factory.mktemp("warm-up")
+    Callee("1001", CalleePlan(ring_ms=100, answer=200), fs.sip, workdir).start()
+    Caller("1000", "1001", CallerPlan(talk_ms=100), fs.sip, workdir).start().wait(30)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -315,6 +320,11 @@ def test_blind_transfer(fs, lamps, tmp_path):
     assert lamps.states("1001") == [(), ("early",), ("confirmed",), ("terminated",)]
     assert lamps.states("1003") == [(), ("early",), ("confirmed",), ("terminated",)]
     assert collapse(lamps.states("1000")) == [(), ("confirmed",), ("terminated",)]
+    # 1000's dialog stays one (same Call-ID) and names its new far end once transferred
+    remotes = [lamp.dialogs[0].remote_target for lamp in lamps.of("1000")[1:]]
+    assert remotes[0] == f"sip:1001@{DOMAIN}" and remotes[-1] == f"sip:1003@{DOMAIN}", remotes
+    assert len({lamp.dialogs[0].id for lamp in lamps.of("1000")[1:]}) == 1
+    check_latency("transfer: caller INVITE -> confirmed", invite_sent(caller), lamps.of("1000")[1])
     refer = first(transferor.trace(), sent=True, method="REFER")
     bye_1001 = first(transferor.trace(), method="BYE")
     check_latency("transfer: BYE at 1001 -> 1001 terminated", bye_1001, lamps.of("1001")[3])
