@@ -45,7 +45,7 @@ from presence.config import (
 log = logging.getLogger("busylamp")
 
 DEFAULT_HTTP = "127.0.0.1:8080"
-TAIL_EVENTS = ("CHANNEL_CALLSTATE", "PRESENCE_IN", "MESSAGE_WAITING")
+TAIL_EVENTS = ("CHANNEL_CALLSTATE", "CHANNEL_PROGRESS", "PRESENCE_IN", "MESSAGE_WAITING")
 DIALPLAN_SUBDIR = Path("contrib") / "freeswitch-dialplan"
 
 

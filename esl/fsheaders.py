@@ -1,4 +1,5 @@
-"""Header sets FreeSWITCH puts on CHANNEL_CALLSTATE, PRESENCE_IN and MESSAGE_WAITING events.
+"""Header sets FreeSWITCH puts on CHANNEL_CALLSTATE, CHANNEL_PROGRESS, PRESENCE_IN and
+MESSAGE_WAITING events.
 
 Pure functions (no sockets, no clock): the simulator and the synthesized fixtures both build their
 events here.  Field order and names follow current FreeSWITCH:
@@ -189,6 +190,18 @@ def callstate_headers(
                    "switch_channel.c", "switch_channel_perform_set_callstate", 302)
     h["Original-Channel-Call-State"] = original
     h["Channel-Call-State-Number"] = str(CALLSTATE_NUMBERS[leg.callstate])
+    h.update(channel_data(leg))
+    return h
+
+
+def progress_headers(
+    leg: Leg, switch: SwitchInfo, sequence: int, timestamp_us: int,
+) -> dict[str, str]:
+    """CHANNEL_PROGRESS for ``leg`` (switch_channel_perform_mark_ring_ready_value): the leg's 180
+    (outbound) or the 180 passed on to the caller (inbound). Real FreeSWITCH adds the channel's
+    ``variable_*`` headers (an "extended" event); the simulator leaves them out."""
+    h = event_base("CHANNEL_PROGRESS", switch, sequence, timestamp_us,
+                   "switch_channel.c", "switch_channel_perform_mark_ring_ready_value", 3507)
     h.update(channel_data(leg))
     return h
 

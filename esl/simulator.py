@@ -28,6 +28,7 @@ from esl.fsheaders import (
     callstate_headers,
     message_waiting_headers,
     presence_in_headers,
+    progress_headers,
 )
 from esl.protocol import encode_event, encode_frame
 
@@ -343,19 +344,31 @@ class FreeSwitchSimulator:
         self.channels.append(leg)
         return leg
 
+    def _progress(self, leg: Leg) -> None:
+        seq, ts = self._base()
+        self.emit(progress_headers(leg, self.switch, seq, ts))
+
     def originate(self, caller: str, callee: str, *, caller_presence: bool = True,
                   callee_presence: bool = True, early_media: bool = False) -> Call:
-        """Caller dials callee: A leg RINGING, B leg created and RINGING (EARLY with media)."""
-        a = self._new_leg("inbound", caller, caller, caller, callee, caller_presence)
+        """Caller dials callee as real FreeSWITCH with busylamp's dialplan does: the A leg turns
+        RINGING when routing starts, before the dialplan sets its presence_id; the B leg rings
+        (CHANNEL_PROGRESS, RINGING; EARLY with media) and the 180 reaches the A leg, whose
+        CHANNEL_PROGRESS is its first event with the presence id."""
+        a = self._new_leg("inbound", caller, caller, caller, callee, False)
         a.application, a.application_data = "bridge", f"user/{callee}@{self.domain}"
         self._set_callstate(a, "RINGING", "CS_ROUTING", "CS_ROUTING")
+        if caller_presence:
+            a.presence_id = f"{caller}@{self.domain}"  # the dialplan's set presence_id=...
         a.state = "CS_EXECUTE"
         b = self._new_leg("outbound", callee, caller, caller, callee, callee_presence)
         b.call_uuid = a.uuid
         b.callee_name = b.callee_num = callee
         b.other, b.other_type = a, "originator"
         b.progress_us = self._now_us()
+        self._progress(b)
         self._set_callstate(b, "RINGING", "CS_CONSUME_MEDIA", "CS_CONSUME_MEDIA")
+        a.progress_us = self._now_us()
+        self._progress(a)
         if early_media:
             for leg in (b, a):
                 leg.early_media = True
@@ -374,6 +387,8 @@ class FreeSwitchSimulator:
                 leg.bridged_us = now
             if leg is call.a and call.b is not None:
                 leg.other, leg.other_type = call.b, "originatee"
+                # real FreeSWITCH: the caller's leg gets the media first (EARLY), then ACTIVE
+                self._set_callstate(leg, "EARLY", None, None)
             self._set_callstate(leg, "ACTIVE", "CS_EXCHANGE_MEDIA", "answered")
 
     def hold(self, call: Call, leg: str = "a") -> None:
