@@ -132,6 +132,13 @@ def invite_sent(caller: Caller) -> Traced:
     return first(caller.trace(), sent=True, method="INVITE")
 
 
+def handled_by_snippet(fs, destination: str, snippet: str = "busylamp_local_extension") -> None:
+    """The last call to ``destination`` ran ``snippet``'s actions and no vanilla call handler."""
+    ran = fs.handled_by(destination)[-1]
+    assert ran[-1] == snippet, ran
+    assert not {"Local_Extension", "intercept-ext"} & set(ran), ran
+
+
 # --------------------------------------------------------------------------- the install
 
 
@@ -165,6 +172,7 @@ def test_answered_call(fs, lamps, tmp_path, hangs_up):
     assert callee.run.wait(10) == 0, callee.run.errors()
     assert fs.handled_by("1001")[-1] == ["busylamp_caller_presence", "global",
                                          "busylamp_local_extension"]
+    handled_by_snippet(fs, "1001")
 
     # the callee's key: blinking with the pickup target, then lit, then off
     assert lamps.states("1001") == [(), ("early",), ("confirmed",), ("terminated",)]
@@ -202,6 +210,7 @@ def test_cancelled_call(fs, lamps, tmp_path):
     caller.wait(30)
     lamps.wait_for("1001", ("terminated",))
     lamps.wait_for("1000", ("terminated",))
+    handled_by_snippet(fs, "1001")
     assert lamps.states("1001") == [(), ("early",), ("terminated",)]
     assert lamps.states("1000") == [(), ("confirmed",), ("terminated",)]
     cancel = first(caller.trace(), sent=True, method="CANCEL")
@@ -249,6 +258,7 @@ def test_call_to_an_unregistered_user(fs, lamps, tmp_path):
     caller.wait(30)
     lamps.wait_for("1000", ("terminated",))
     assert "USER_NOT_REGISTERED" in fs.log_text()
+    handled_by_snippet(fs, "1005")
     assert lamps.states("1000") == [(), ("confirmed",), ("terminated",)]
     check_latency("caller INVITE -> confirmed", invite_sent(caller), lamps.of("1000")[1])
     check_latency("caller BYE -> terminated", first(caller.trace(), sent=True, method="BYE"),
@@ -282,8 +292,9 @@ def test_pickup_from_the_advertised_target(fs, lamps, tmp_path):
     check_latency("pickup: CANCEL at 1001 -> 1001 terminated", cancel, lamps.of("1001")[2])
     check_latency("pickup: picker INVITE -> 1002 confirmed", invite_sent(picker),
                   lamps.of("1002")[1])
-    check_latency("pickup: picker BYE -> 1002 terminated",
-                  first(picker.trace(), sent=True, method="BYE"), lamps.of("1002")[2])
+    picker_bye = first(picker.trace(), sent=True, method="BYE")
+    check_latency("pickup: picker BYE -> 1002 terminated", picker_bye, lamps.of("1002")[2])
+    check_latency("pickup: picker BYE -> 1000 terminated", picker_bye, lamps.of("1000")[-1])
 
 
 def test_hold_and_resume_keep_the_lamps_lit(fs, lamps, tmp_path):
@@ -299,6 +310,7 @@ def test_hold_and_resume_keep_the_lamps_lit(fs, lamps, tmp_path):
     changes = re.findall(r"\(sofia/internal/1000@[^)]*\) Callstate Change (\w+) -> (\w+)",
                          fs.log_text()[log_start:])
     assert ("ACTIVE", "HELD") in changes and ("HELD", "UNHELD") in changes, changes
+    handled_by_snippet(fs, "1001")
     assert lamps.states("1001") == [(), ("early",), ("confirmed",), ("terminated",)]
     assert lamps.states("1000") == [(), ("confirmed",), ("terminated",)]
 
@@ -317,6 +329,8 @@ def test_blind_transfer(fs, lamps, tmp_path):
     assert target.run.wait(10) == 0, target.run.errors()
     lamps.wait_for("1003", ("terminated",))
     lamps.wait_for("1000", ("terminated",))
+    handled_by_snippet(fs, "1001")
+    handled_by_snippet(fs, "1003")  # the transferred caller's leg, routed again
     assert lamps.states("1001") == [(), ("early",), ("confirmed",), ("terminated",)]
     assert lamps.states("1003") == [(), ("early",), ("confirmed",), ("terminated",)]
     assert collapse(lamps.states("1000")) == [(), ("confirmed",), ("terminated",)]
