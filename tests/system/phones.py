@@ -96,7 +96,9 @@ class CalleePlan:
     ring_ms: int = 300  # 180 Ringing, then this long before the final answer
     answer: int | None = 200  # 200, a refusal (486, 603...) or None: ring until CANCEL
     talk_ms: int | None = None  # answered: hang up after this long; None: wait for BYE
-    reinvite_hold: bool = False  # answered: expect a re-INVITE (hold), then another (resume)
+    # answered: expect a re-INVITE (hold), then another (resume). FreeSWITCH 1.11 sends none when
+    # the other phone holds: it plays hold_music to this one (tests/system, hold test)
+    reinvite_hold: bool = False
 
 
 _REASONS = {200: "OK", 486: "Busy Here", 603: "Decline", 480: "Temporarily Unavailable",
