@@ -27,7 +27,10 @@ from tests.system.phones import (
 )
 
 LAMP_DEADLINE = 1.0  # s from the SIP event at a phone to the NOTIFY at the watcher
-CLOCK_SLACK = 0.02  # two sipp processes log their own times: allow this much "before"
+# sipp stamps a message it receives with its clock as read before it waited for the socket: an
+# idle sipp (a watcher waiting for the next NOTIFY) was seen stamping a NOTIFY 93 ms before the
+# SIP event (stamped by another sipp) that caused it. A NOTIFY earlier than that is a test error.
+CLOCK_SLACK = 0.15
 LATENCIES: list[tuple[str, float]] = []  # (what, seconds), printed at the end of the module
 
 
@@ -184,7 +187,8 @@ def test_answered_call(fs, lamps, tmp_path, hangs_up):
     assert ended.dialogs[0].id == early.dialogs[0].id == talking.dialogs[0].id
     ring = first(callee.trace(), sent=True, status=180)
     answer = first(callee.trace(), sent=True, status=200, cseq_method="INVITE")
-    bye = first(callee.trace(), method="BYE")
+    # the hanging-up phone's own trace: a sent message carries a fresh time
+    bye = first((callee if hangs_up == "callee" else caller).trace(), sent=True, method="BYE")
     check_latency("callee 180 -> early", ring, early)
     check_latency("callee 200 -> confirmed", answer, talking)
     check_latency(f"BYE ({hangs_up}) -> callee terminated", bye, ended)
@@ -196,7 +200,7 @@ def test_answered_call(fs, lamps, tmp_path, hangs_up):
     assert lit.dialogs[0].remote_target == f"sip:1001@{DOMAIN}"
     check_latency("caller INVITE -> confirmed", invite_sent(caller), lit)
     assert lit.at < answer.at, "the caller's lamp must be lit while the callee rings"
-    check_latency(f"BYE ({hangs_up}) -> caller terminated", first(caller.trace(), method="BYE"), off)
+    check_latency(f"BYE ({hangs_up}) -> caller terminated", bye, off)
 
 
 # --------------------------------------------------------------------------- calls that fail
@@ -340,7 +344,7 @@ def test_blind_transfer(fs, lamps, tmp_path):
     assert len({lamp.dialogs[0].id for lamp in lamps.of("1000")[1:]}) == 1
     check_latency("transfer: caller INVITE -> confirmed", invite_sent(caller), lamps.of("1000")[1])
     refer = first(transferor.trace(), sent=True, method="REFER")
-    bye_1001 = first(transferor.trace(), method="BYE")
+    bye_1001 = first(transferor.trace(), method="BYE")  # from the switch: received
     check_latency("transfer: BYE at 1001 -> 1001 terminated", bye_1001, lamps.of("1001")[3])
     ring = first(target.trace(), sent=True, status=180)
     answer = first(target.trace(), sent=True, status=200, cseq_method="INVITE")
