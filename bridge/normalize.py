@@ -21,7 +21,9 @@ CHANNEL_PROGRESS, inbound leg the same rule for the caller's leg when the far en
                               "The caller's leg" below); outbound legs: skipped
 PRESENCE_IN, no Unique-ID     ``presence`` for ``from`` (user presence: registrations, PUBLISH)
 PRESENCE_IN, proto=park       ``dialog`` for ``park+<slot>@domain`` (valet_park lot/slot lamps)
-PRESENCE_IN of a channel      skipped "channel presence" (CHANNEL_CALLSTATE covers calls)
+PRESENCE_IN of a ringing      the CHANNEL_CALLSTATE rule (``proto`` any; see "The caller's leg")
+inbound channel
+PRESENCE_IN of a channel      otherwise skipped "channel presence" (CHANNEL_CALLSTATE covers calls)
 CUSTOM valet_parking::info    ``dialog`` for ``park+<Valet-Extension>@domain``: hold -> confirmed
                               (remote = the parked caller), bridge/exit -> terminated
 MESSAGE_WAITING               ``message-summary`` for ``MWI-Message-Account``
@@ -49,9 +51,12 @@ pickable). ``initiator_ringing_state`` keeps that rule by default and can be set
 
 The caller's leg: real FreeSWITCH moves an inbound leg to RINGING when it starts routing, before
 the dialplan sets ``presence_id``, so that CHANNEL_CALLSTATE has no ``Channel-Presence-ID``; without
-early media (no ``ringback``) the leg's next call state is ACTIVE at the answer. The leg's
-CHANNEL_PROGRESS (fired when the far end rings and FreeSWITCH passes the 180 on) is the first event
-that carries both the presence id and the ringing state, so it lights the caller's lamp.
+early media (no ``ringback``) the leg's next call state is ACTIVE at the answer. Two later events
+carry both the presence id and the ringing state, and either lights the caller's lamp: the
+leg's PRESENCE_IN with ``status`` CS_ROUTING (fired by the state machine's ``check_presence`` as
+routing ends, when the dialplan set ``presence_id`` *inline*, as 00_busylamp_presence.xml does:
+milliseconds after the INVITE, whether or not the far end ever rings), and its CHANNEL_PROGRESS
+(the far end rang and FreeSWITCH passed the 180 on; also with a plain ``set``).
 
 Voicemail legs: a loopback leg running voicemail (``Channel-Name`` ``loopback/voicemail-a|b``, the
 vanilla ``loopback/app=voicemail:...`` fallback) is skipped ("voicemail leg") even when it carries a
@@ -458,6 +463,10 @@ def _presence_in(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
     if (h.get("proto") or "").lower() == "park":
         return _valet_presence(h, config)
     if h.get("Unique-ID") is not None:
+        inbound = (h.first("Presence-Call-Direction", "Call-Direction") or "").lower() == "inbound"
+        ringing = (h.get("Channel-Call-State") or "").upper() in RINGING_STATES
+        if inbound and ringing and (h.get("proto") or "any").lower() == "any":
+            return _callstate(h, config, with_tags=False)  # the caller's leg, see the docstring
         return NormalizeResult(skipped="channel presence")
     aor = split_aor(h.first("from", "login"), config.domain_default)
     if aor is None:

@@ -209,7 +209,7 @@ def progress_headers(
 def presence_in_headers(
     leg: Leg, status: str, switch: SwitchInfo, sequence: int, timestamp_us: int,
     *, presence_id: str | None = None, calling_function: str = "switch_channel_perform_mark_answered",
-    calling_line: int = 3906,
+    calling_line: int = 3906, calling_file: str = "src/switch_channel.c",
 ) -> dict[str, str]:
     """PRESENCE_IN for ``leg`` (switch_channel_perform_presence); bumps ``leg.event_count``."""
     h = event_base("PRESENCE_IN", switch, sequence, timestamp_us,
@@ -235,7 +235,7 @@ def presence_in_headers(
         "presence-call-info-state": info_state,
         "presence-call-direction": leg.direction,
         "event_count": str(leg.event_count),
-        "Presence-Calling-File": "src/switch_channel.c",
+        "Presence-Calling-File": calling_file,
         "Presence-Calling-Function": calling_function,
         "Presence-Calling-Line": str(calling_line),
     })

@@ -351,14 +351,20 @@ class FreeSwitchSimulator:
     def originate(self, caller: str, callee: str, *, caller_presence: bool = True,
                   callee_presence: bool = True, early_media: bool = False) -> Call:
         """Caller dials callee as real FreeSWITCH with busylamp's dialplan does: the A leg turns
-        RINGING when routing starts, before the dialplan sets its presence_id; the B leg rings
-        (CHANNEL_PROGRESS, RINGING; EARLY with media) and the 180 reaches the A leg, whose
-        CHANNEL_PROGRESS is its first event with the presence id."""
+        RINGING when routing starts, before the dialplan sets its presence_id (PRESENCE_IN
+        "CS_ROUTING" once it has); the B leg rings (CHANNEL_PROGRESS, RINGING; EARLY with media)
+        and the 180 reaches the A leg (its CHANNEL_PROGRESS)."""
         a = self._new_leg("inbound", caller, caller, caller, callee, False)
         a.application, a.application_data = "bridge", f"user/{callee}@{self.domain}"
         self._set_callstate(a, "RINGING", "CS_ROUTING", "CS_ROUTING")
         if caller_presence:
-            a.presence_id = f"{caller}@{self.domain}"  # the dialplan's set presence_id=...
+            # 00_busylamp_presence.xml sets it inline, during routing: the state machine's
+            # check_presence then fires PRESENCE_IN "CS_ROUTING" for the leg
+            a.presence_id = f"{caller}@{self.domain}"
+            seq, ts = self._base()
+            self.emit(presence_in_headers(
+                a, "CS_ROUTING", self.switch, seq, ts, calling_function="check_presence",
+                calling_line=521, calling_file="src/switch_core_state_machine.c"))
         a.state = "CS_EXECUTE"
         b = self._new_leg("outbound", callee, caller, caller, callee, callee_presence)
         b.call_uuid = a.uuid

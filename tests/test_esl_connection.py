@@ -91,17 +91,16 @@ def test_connect_subscribe_and_receive(sim: FreeSwitchSimulator, rec: Recorder) 
         assert client.core_uuid == sim.core_uuid
         call = sim.originate("1001", "1002")
         sim.leave_voicemail("1001")
-        wait_for(lambda: len(rec.events) == 4)
-        # the caller's RINGING comes before its presence_id (as on real FreeSWITCH): no PRESENCE_IN
-        assert [e.name for e in rec.events] == ["CHANNEL_CALLSTATE"] * 2 + [
-            "PRESENCE_IN", "MESSAGE_WAITING"]
+        wait_for(lambda: len(rec.events) == 5)
+        assert [e.name for e in rec.events] == ["CHANNEL_CALLSTATE", "PRESENCE_IN"] * 2 + [
+            "MESSAGE_WAITING"]
         assert rec.events[0].headers["Unique-ID"] == call.a.uuid
         assert '"row_count":2' in client.api("show channels as json")
         reply = client.send_event("MESSAGE_QUERY", {"Message-Account": "sip:1001@example.com"})
         assert reply.startswith("+OK ")
-        wait_for(lambda: len(rec.events) == 5)
+        wait_for(lambda: len(rec.events) == 6)
         assert rec.events[-1].headers["MWI-Message-Account"] == "sip:1001@example.com"
-        assert client.counters["events"] == 5 and client.counters["reconnects"] == 0
+        assert client.counters["events"] == 6 and client.counters["reconnects"] == 0
     finally:
         client.stop()
     assert client.state == "stopped"

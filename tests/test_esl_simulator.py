@@ -134,13 +134,14 @@ def test_only_subscribed_events_are_sent(sim: FreeSwitchSimulator) -> None:
 
 def test_call_scenario_events(sim: FreeSwitchSimulator, client: RawClient) -> None:
     call = sim.originate("1001", "1002", early_media=True)
-    events = client.events(9)
+    events = client.events(10)
     got = [(e.name, e.headers["Unique-ID"], e.headers["Channel-Call-State"]) for e in events]
     a, b = call.a.uuid, call.b.uuid
     # as real FreeSWITCH 1.11 with busylamp's dialplan (tests/system): the A leg's RINGING comes
-    # before the dialplan set its presence_id; its CHANNEL_PROGRESS (the 180 passed on) has it
+    # before the dialplan set its presence_id (inline), then PRESENCE_IN "CS_ROUTING" has it, and
+    # its CHANNEL_PROGRESS (the 180 passed on) too
     assert got == [
-        ("CHANNEL_CALLSTATE", a, "RINGING"),
+        ("CHANNEL_CALLSTATE", a, "RINGING"), ("PRESENCE_IN", a, "RINGING"),
         ("CHANNEL_PROGRESS", b, "DOWN"),
         ("CHANNEL_CALLSTATE", b, "RINGING"), ("PRESENCE_IN", b, "RINGING"),
         ("CHANNEL_PROGRESS", a, "RINGING"),
@@ -150,18 +151,21 @@ def test_call_scenario_events(sim: FreeSwitchSimulator, client: RawClient) -> No
     ring_a = events[0].headers
     assert ring_a["Call-Direction"] == "inbound" and "Channel-Presence-ID" not in ring_a
     assert ring_a["Original-Channel-Call-State"] == "DOWN" and ring_a["Answer-State"] == "ringing"
-    progress_a = events[4].headers
+    routing_a = events[1].headers
+    assert (routing_a["status"], routing_a["from"]) == ("CS_ROUTING", "1001@example.com")
+    assert routing_a["presence-call-info-state"] == "alerting"
+    assert routing_a["Presence-Calling-Function"] == "check_presence"
+    progress_a = events[5].headers
     assert progress_a["Channel-Presence-ID"] == "1001@example.com"
     assert progress_a["Event-Calling-Function"] == "switch_channel_perform_mark_ring_ready_value"
-    ring_b = events[2].headers
+    ring_b = events[3].headers
     assert ring_b["Call-Direction"] == "outbound" and ring_b["Channel-Presence-ID"] == "1002@example.com"
     assert ring_b["Other-Type"] == "originator" and ring_b["Other-Leg-Unique-ID"] == a
     assert ring_b["Channel-Call-UUID"] == a
-    assert events[3].headers["presence-call-info-state"] == "progressing"
-    assert events[8].headers["presence-call-info-state"] == "alerting"
-    assert events[5].headers["Answer-State"] == "early"
+    assert events[4].headers["presence-call-info-state"] == "progressing"
+    assert events[6].headers["Answer-State"] == "early"
     seqs = [int(e.headers["Event-Sequence"]) for e in events]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 9
+    assert seqs == sorted(seqs) and len(set(seqs)) == 10
 
     sim.answer(call)
     answered = client.events(4)
@@ -197,7 +201,7 @@ def test_show_channels_as_json(sim: FreeSwitchSimulator, client: RawClient) -> N
     assert empty.body == b'{"row_count": 0}\n'
     assert client.command("api show channels").body == b"\n0 total.\n"
     call = sim.originate("1001", "1002")
-    client.events(5)
+    client.events(6)
     data = json.loads(client.command("api show channels as json").body)
     assert data["row_count"] == 2
     assert [list(row) for row in data["rows"]] == [list(CHANNEL_COLUMNS)] * 2
@@ -299,7 +303,7 @@ def synth_frames() -> dict[str, bytes]:
         c.login()
         c.command("event plain CHANNEL_CALLSTATE PRESENCE_IN MESSAGE_WAITING")
         call = sim.originate("1001", "1002", early_media=True)
-        frames = [c.next() for _ in range(7)]  # the A leg's RINGING has no presence: no PRESENCE_IN
+        frames = [c.next() for _ in range(8)]
         sim.answer(call)
         frames += [c.next() for _ in range(4)]
         sim.hold(call)
@@ -320,13 +324,13 @@ def synth_frames() -> dict[str, bytes]:
 
     a_leg = call.a.uuid
     picks = {
-        "channel_callstate_early.txt": frames[5],     # A leg RINGING -> EARLY
-        "channel_callstate_active.txt": frames[9],    # A leg EARLY -> ACTIVE, bridged
-        "channel_callstate_held.txt": frames[11],
-        "channel_callstate_unheld.txt": frames[13],
-        "channel_callstate_hangup.txt": frames[15],
-        "presence_in_early.txt": frames[4],           # B leg, outbound, progressing
-        "message_waiting.txt": frames[19],
+        "channel_callstate_early.txt": frames[6],     # A leg RINGING -> EARLY
+        "channel_callstate_active.txt": frames[10],   # A leg EARLY -> ACTIVE, bridged
+        "channel_callstate_held.txt": frames[12],
+        "channel_callstate_unheld.txt": frames[14],
+        "channel_callstate_hangup.txt": frames[16],
+        "presence_in_early.txt": frames[5],           # B leg, outbound, progressing
+        "message_waiting.txt": frames[20],
     }
     for name, frame in picks.items():
         assert frame.content_type == EVENT_PLAIN

@@ -333,3 +333,26 @@ def test_snapshot_skips_voicemail_legs():
         "uuid": "u1", "direction": "outbound", "name": "loopback/voicemail-a",
         "presence_id": "1001@127.0.0.1", "callstate": "EARLY", "cid_num": "1000", "dest": "voicemail"}]}
     assert snapshot_from_channels(json.dumps(rows), "sw", CFG)["Updates"] == []
+
+
+def test_real_caller_routing_presence_lights_the_caller_lamp(fixtures_dir):
+    # 00_busylamp_presence.xml sets presence_id inline: the state machine's check_presence fires
+    # PRESENCE_IN "CS_ROUTING" for the caller's leg as routing ends, before anything rings.
+    event, headers = load(fixtures_dir, "presence_in_caller_routing_1.11.txt")
+    assert (headers["status"], headers["Channel-Call-State"]) == ("CS_ROUTING", "RINGING")
+    dialog = dialog_of(normalize(event, headers, CFG))
+    assert dialog["Presentity"] == "sip:1000@127.0.0.1"
+    assert (dialog["Direction"], dialog["State"]) == ("initiator", "confirmed")
+    assert dialog["To"] == "sip:1001@127.0.0.1"
+
+
+@pytest.mark.parametrize("change", [
+    {"Channel-Call-State": "ACTIVE"},  # answered: CHANNEL_CALLSTATE says it
+    {"Call-Direction": "outbound", "Presence-Call-Direction": "outbound"},  # a callee's leg
+    {"proto": "conf"},  # another module's presence about the channel
+])
+def test_other_channel_presence_is_skipped(fixtures_dir, change):
+    # labelled: the real frame with one header changed
+    event, headers = load(fixtures_dir, "presence_in_caller_routing_1.11.txt")
+    headers.update(change)
+    assert normalize(event, headers, CFG).skipped == "channel presence"

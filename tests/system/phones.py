@@ -94,6 +94,7 @@ class CalleePlan:
     """What the called phone does with one INVITE."""
 
     ring_ms: int = 300  # 180 Ringing, then this long before the final answer
+    trying_ms: int = 0  # this long between the INVITE and the 180 (a phone slow to ring)
     answer: int | None = 200  # 200, a refusal (486, 603...) or None: ring until CANCEL
     talk_ms: int | None = None  # answered: hang up after this long; None: wait for BYE
     # answered: expect a re-INVITE (hold), then another (resume). FreeSWITCH 1.11 sends none when
@@ -135,7 +136,10 @@ def callee_xml(user: str, plans: list[CalleePlan]) -> str:
                             body_headers="Content-Type: application/sdp\n      ",
                             body="      " + sdp)
 
-    steps = [_INVITE_RECV, send(180)]
+    steps = [_INVITE_RECV]
+    if plan.trying_ms:
+        steps.append(f'  <pause milliseconds="{plan.trying_ms}"/>\n')
+    steps.append(send(180))
     if plan.answer is None:
         # the 487 answers the INVITE: its CSeq, not the CANCEL's
         steps += ['  <recv request="CANCEL"/>\n', send(200),

@@ -203,6 +203,26 @@ def test_answered_call(fs, lamps, tmp_path, hangs_up):
     check_latency(f"BYE ({hangs_up}) -> caller terminated", bye, off)
 
 
+def test_caller_lamp_lights_before_the_callee_rings(fs, lamps, tmp_path):
+    """Defect 1 without help from the callee: its phone takes 2 s to send 180; the caller's key is
+    lit within 1 s of the INVITE all the same (the caller leg's PRESENCE_IN "CS_ROUTING", fired
+    because 00_busylamp_presence.xml sets presence_id inline)."""
+    lamps.watch("1000", "1001")
+    callee = Callee("1001", CalleePlan(trying_ms=2000, ring_ms=300, answer=200), fs.sip,
+                    tmp_path).start()
+    caller = Caller("1000", "1001", CallerPlan(talk_ms=500), fs.sip, tmp_path).start()
+    caller.wait(30)
+    lamps.wait_for("1000", ("terminated",))
+    lamps.wait_for("1001", ("terminated",))
+    assert lamps.states("1000") == [(), ("confirmed",), ("terminated",)]
+    lit = lamps.of("1000")[1]
+    check_latency("slow callee: caller INVITE -> confirmed", invite_sent(caller), lit)
+    ring = first(callee.trace(), sent=True, status=180)
+    assert ring.at - lit.at > 1.0, "lit only when the callee rang"
+    assert lamps.states("1001") == [(), ("early",), ("confirmed",), ("terminated",)]
+    check_latency("slow callee: 180 -> early", ring, lamps.of("1001")[1])
+
+
 # --------------------------------------------------------------------------- calls that fail
 
 
