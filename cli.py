@@ -18,6 +18,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import struct
@@ -44,7 +45,7 @@ from presence.config import (
 log = logging.getLogger("busylamp")
 
 DEFAULT_HTTP = "127.0.0.1:8080"
-TAIL_EVENTS = ("CHANNEL_CALLSTATE", "PRESENCE_IN", "MESSAGE_WAITING")
+TAIL_EVENTS = ("CHANNEL_CALLSTATE", "CHANNEL_PROGRESS", "PRESENCE_IN", "MESSAGE_WAITING")
 DIALPLAN_SUBDIR = Path("contrib") / "freeswitch-dialplan"
 
 
@@ -801,6 +802,19 @@ def dialplan_install(conf_dir: Path, dry_run: bool, force: bool, source: Path | 
         old = dest.read_text(encoding="utf-8", errors="replace") if dest.exists() else None
         plan.append((relative, dest, old, new))
     conflicts = [rel for rel, _, old, new in plan if old is not None and old != new]
+    default_xml = conf_dir / DEFAULT_XML
+    edits: list[str] = []
+    if default_xml.is_file():
+        old = default_xml.read_text(encoding="utf-8", errors="replace")
+        try:
+            new, edits = edit_default_xml(old)
+        except DialplanEditError as exc:
+            raise click.ClickException(str(exc)) from None
+        plan.append((DEFAULT_XML, default_xml, old, new))
+    else:
+        click.echo(f"note: no {DEFAULT_XML} in {conf_dir}: include default/00_busylamp_presence.xml "
+                   "at the top of your context and disable the extensions that take 1000-1019 and "
+                   "**<ext> before the snippets do", err=True)
     if dry_run:
         for relative, _, old, new in plan:
             if old != new:
@@ -825,7 +839,11 @@ def dialplan_install(conf_dir: Path, dry_run: bool, force: bool, source: Path | 
         if old is not None:
             backup = _backup_path(dest, stamp)
             shutil.copy2(dest, backup)
-            click.echo(f"replaced   {relative} (backup {backup.name})")
+            verb = "edited  " if relative == DEFAULT_XML else "replaced"
+            click.echo(f"{verb}   {relative} (backup {backup.name})")
+            if relative == DEFAULT_XML:
+                for note in edits:
+                    click.echo(f"             {note}")
         else:
             click.echo(f"installed  {relative}")
         dest.write_text(new, encoding="utf-8")
@@ -834,6 +852,62 @@ def dialplan_install(conf_dir: Path, dry_run: bool, force: bool, source: Path | 
         click.echo("now run: fs_cli -x reloadxml")
     else:
         click.echo("nothing to do: the snippets are already installed")
+
+
+# The vanilla default.xml hunts its own extensions before the default/*.xml includes: these
+# vanilla extensions would take the calls busylamp's snippets are written for.
+VANILLA_REPLACED = {
+    "Local_Extension": "dialplan/default/10_busylamp_local_extension.xml",
+    "intercept-ext": "dialplan/default/20_busylamp_intercept.xml",
+}
+DEFAULT_XML = Path("dialplan") / "default.xml"
+TOP_INCLUDE = '<X-PRE-PROCESS cmd="include" data="default/00_busylamp_presence.xml"/>'
+VANILLA_GUARD = '<condition field="${busylamp_vanilla}" expression="^enabled$"/>'
+_CONTEXT = re.compile(r'<context\s+name="default"\s*>')
+
+
+class DialplanEditError(ValueError):
+    """default.xml does not have the shape the install edits; the message says what to do."""
+
+
+def edit_default_xml(text: str) -> tuple[str, list[str]]:
+    """busylamp's edits of the vanilla ``dialplan/default.xml`` (pure, idempotent).
+
+    Includes ``00_busylamp_presence.xml`` at the top of the ``default`` context (the caller's
+    presence_id before any extension acts) and disables each vanilla extension of
+    :data:`VANILLA_REPLACED` with a first condition that never holds (its text stays as it was).
+    Returns the new text and one line per change.
+    """
+    notes: list[str] = []
+    if TOP_INCLUDE not in text:
+        context = _CONTEXT.search(text)
+        if context is None:
+            raise DialplanEditError(
+                f'{DEFAULT_XML}: no <context name="default">; add {TOP_INCLUDE} as the first line '
+                "of the context your phones' calls use")
+        indent = "\n    "
+        text = (text[:context.end()] + indent
+                + "<!-- busylamp (dialplan install): the caller's presence_id first -->"
+                + indent + TOP_INCLUDE + text[context.end():])
+        notes.append("includes default/00_busylamp_presence.xml at the top of the context")
+    for name, snippet in VANILLA_REPLACED.items():
+        pattern = re.compile(rf'(<extension\s+name="{re.escape(name)}"[^>]*>)(\s*)')
+        pieces: list[str] = []
+        last = 0
+        for match in pattern.finditer(text):
+            pieces.append(text[last:match.end()])
+            last = match.end()
+            if text.startswith(VANILLA_GUARD, match.end()) or text.startswith("<!-- busylamp:",
+                                                                                match.end()):
+                continue
+            indent = match.group(2) or "\n      "
+            pieces.append(f"<!-- busylamp: disabled by busylamp dialplan install, {snippet} "
+                          f"replaces it; delete this line and the next to enable it again -->"
+                          f"{indent}{VANILLA_GUARD}{indent}")
+            notes.append(f"disables vanilla extension {name} ({snippet} replaces it)")
+        pieces.append(text[last:])
+        text = "".join(pieces)
+    return text, notes
 
 
 def _backup_path(dest: Path, stamp: str) -> Path:

@@ -17,9 +17,13 @@ event                         update(s)
 ============================  ==================================================================
 CHANNEL_CALLSTATE             ``dialog`` + ``presence`` for presentity ``Channel-Presence-ID``
                               (missing -> skipped "no presence id"); Call-ID = ``Unique-ID``
+CHANNEL_PROGRESS, inbound leg the same rule for the caller's leg when the far end rings (see
+                              "The caller's leg" below); outbound legs: skipped
 PRESENCE_IN, no Unique-ID     ``presence`` for ``from`` (user presence: registrations, PUBLISH)
 PRESENCE_IN, proto=park       skipped (names no parked channel; valet_parking::info does)
-PRESENCE_IN of a channel      skipped "channel presence" (CHANNEL_CALLSTATE covers calls)
+PRESENCE_IN of a ringing      the CHANNEL_CALLSTATE rule (``proto`` any; see "The caller's leg")
+inbound channel
+PRESENCE_IN of a channel      otherwise skipped "channel presence" (CHANNEL_CALLSTATE covers calls)
 CUSTOM valet_parking::info    ``dialog`` for ``<slot>``, ``park+<slot>``, ``<lot>``, ``park+<lot>``
                               @domain, Call-ID = the parked channel's ``Unique-ID``: hold ->
                               confirmed (remote = the parked caller), bridge/exit -> terminated
@@ -45,6 +49,20 @@ call came into FreeSWITCH from the presentity's phone) -> ``initiator``, ``outbo
 ``recipient``. While a call rings, FreeSWITCH's mod_sofia and Kazoo show the caller's own lamp as
 ``confirmed`` (it is busy, nothing to pick up); only the callee's lamp shows ``early`` (blinking,
 pickable). ``initiator_ringing_state`` keeps that rule by default and can be set to ``early``.
+
+The caller's leg: real FreeSWITCH moves an inbound leg to RINGING when it starts routing, before
+the dialplan sets ``presence_id``, so that CHANNEL_CALLSTATE has no ``Channel-Presence-ID``; without
+early media (no ``ringback``) the leg's next call state is ACTIVE at the answer. Two later events
+carry both the presence id and the ringing state, and either lights the caller's lamp: the
+leg's PRESENCE_IN with ``status`` CS_ROUTING (fired by the state machine's ``check_presence`` as
+routing ends, when the dialplan set ``presence_id`` *inline*, as 00_busylamp_presence.xml does:
+milliseconds after the INVITE, whether or not the far end ever rings), and its CHANNEL_PROGRESS
+(the far end rang and FreeSWITCH passed the 180 on; also with a plain ``set``).
+
+Voicemail legs: a loopback leg running voicemail (``Channel-Name`` ``loopback/voicemail-a|b``, the
+vanilla ``loopback/app=voicemail:...`` fallback) is skipped ("voicemail leg") even when it carries a
+``presence_id``: nobody can pick up a call that is leaving a message, and the mailbox owner's
+phone is free. The caller's own leg keeps its lamp lit; MWI follows the mailbox.
 
 Identities: local ``From`` = ``sip:<presence user>@<domain>``; remote ``To`` for an initiator =
 ``Caller-Destination-Number`` (fallback ``Other-Leg-Destination-Number``), for a recipient =
@@ -107,6 +125,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RINGING_STATES = frozenset({"RINGING", "RING_WAIT", "EARLY", "DIALING"})
+_VOICEMAIL_LEG = re.compile(r"^loopback/voicemail-[ab]$")
 TALKING_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
 PARK_PREFIX = "park+"
 _VOICE_MESSAGE = re.compile(r"^\s*(\d+)/(\d+)(?:\s*\((\d+)/(\d+)\))?\s*$")
@@ -322,11 +341,14 @@ def channel_updates(
     config: NormalizeConfig,
     local_tag: str | None = None,
     remote_tag: str | None = None,
+    channel_name: str | None = None,
 ) -> NormalizeResult:
     """The shared channel rule used by CHANNEL_CALLSTATE and by the resync snapshot."""
     aor = split_aor(presence_id, config.domain_default)
     if aor is None:
         return NormalizeResult(skipped="no presence id")
+    if channel_name and _VOICEMAIL_LEG.match(channel_name):
+        return NormalizeResult(skipped="voicemail leg")
     if not call_id:
         return NormalizeResult(skipped="no unique id")
     user, domain = aor
@@ -366,10 +388,12 @@ def channel_updates(
 # --------------------------------------------------------------------------- handlers
 
 
-def _callstate(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+def _callstate(h: _Headers, config: NormalizeConfig, with_tags: bool = True) -> NormalizeResult:
     fs_direction = h.first("Presence-Call-Direction", "Call-Direction")
     inbound = (fs_direction or "").lower() == "inbound"
-    from_tag, to_tag = h.get("variable_sip_from_tag"), h.get("variable_sip_to_tag")
+    from_tag = to_tag = None
+    if with_tags:
+        from_tag, to_tag = h.get("variable_sip_from_tag"), h.get("variable_sip_to_tag")
     result = channel_updates(
         presence_id=h.get("Channel-Presence-ID"),
         call_id=h.get("Unique-ID"),
@@ -381,11 +405,21 @@ def _callstate(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
         config=config,
         local_tag=from_tag if inbound else to_tag,
         remote_tag=to_tag if inbound else from_tag,
+        channel_name=h.get("Channel-Name"),
     )
     extra = _event_fields(h)
     for update in result.updates:
         update.update(extra)
     return result
+
+
+def _progress(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
+    # Only the caller's leg: an outbound leg's ringing is its own CHANNEL_CALLSTATE RINGING
+    if (h.first("Presence-Call-Direction", "Call-Direction") or "").lower() != "inbound":
+        return NormalizeResult(skipped="progress of an outbound leg")
+    # CHANNEL_PROGRESS is an "extended" event (variable_* headers) while CHANNEL_CALLSTATE is not:
+    # tags taken from it would vanish again at the next call state and cost the phone a NOTIFY
+    return _callstate(h, config, with_tags=False)
 
 
 def _message_waiting(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
@@ -434,6 +468,10 @@ def _presence_in(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
     if (h.get("proto") or "").lower() == "park":
         return _valet_presence(h, config)
     if h.get("Unique-ID") is not None:
+        inbound = (h.first("Presence-Call-Direction", "Call-Direction") or "").lower() == "inbound"
+        ringing = (h.get("Channel-Call-State") or "").upper() in RINGING_STATES
+        if inbound and ringing and (h.get("proto") or "any").lower() == "any":
+            return _callstate(h, config, with_tags=False)  # the caller's leg, see the docstring
         return NormalizeResult(skipped="channel presence")
     aor = split_aor(h.first("from", "login"), config.domain_default)
     if aor is None:
@@ -517,6 +555,7 @@ def _channel_park(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
 
 _HANDLERS = {
     "CHANNEL_CALLSTATE": _callstate,
+    "CHANNEL_PROGRESS": _progress,
     "MESSAGE_WAITING": _message_waiting,
     "PRESENCE_IN": _presence_in,
     "CHANNEL_PARK": _channel_park,

@@ -84,6 +84,7 @@ def updates_from_rows(rows: list[dict[str, Any]], switch_id: str, config: Normal
             destination=_text(row, "dest", "callee_num"),
             caller=_text(row, "cid_num", "cid_name"),
             config=config,
+            channel_name=_text(row, "name"),
         )
         for update in result.updates:
             if update.get("State") == "terminated":

@@ -32,7 +32,9 @@ from esl.protocol import EslEvent
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("CHANNEL_CALLSTATE", "PRESENCE_IN", "MESSAGE_WAITING", "HEARTBEAT",
+# CHANNEL_PROGRESS: the caller's leg gets its presence id only after its RINGING call state (see
+# bridge/normalize.py, "The caller's leg"); two events per call
+EVENTS = ("CHANNEL_CALLSTATE", "CHANNEL_PROGRESS", "PRESENCE_IN", "MESSAGE_WAITING", "HEARTBEAT",
           "CUSTOM valet_parking::info")
 # ``show channels as json`` of a big switch (tens of MB) takes longer than an ordinary command
 RESYNC_TIMEOUT = 60.0

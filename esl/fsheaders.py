@@ -1,4 +1,5 @@
-"""Header sets FreeSWITCH puts on CHANNEL_CALLSTATE, PRESENCE_IN and MESSAGE_WAITING events.
+"""Header sets FreeSWITCH puts on CHANNEL_CALLSTATE, CHANNEL_PROGRESS, PRESENCE_IN and
+MESSAGE_WAITING events.
 
 Pure functions (no sockets, no clock): the simulator and the synthesized fixtures both build their
 events here.  Field order and names follow current FreeSWITCH:
@@ -193,10 +194,22 @@ def callstate_headers(
     return h
 
 
+def progress_headers(
+    leg: Leg, switch: SwitchInfo, sequence: int, timestamp_us: int,
+) -> dict[str, str]:
+    """CHANNEL_PROGRESS for ``leg`` (switch_channel_perform_mark_ring_ready_value): the leg's 180
+    (outbound) or the 180 passed on to the caller (inbound). Real FreeSWITCH adds the channel's
+    ``variable_*`` headers (an "extended" event); the simulator leaves them out."""
+    h = event_base("CHANNEL_PROGRESS", switch, sequence, timestamp_us,
+                   "switch_channel.c", "switch_channel_perform_mark_ring_ready_value", 3507)
+    h.update(channel_data(leg))
+    return h
+
+
 def presence_in_headers(
     leg: Leg, status: str, switch: SwitchInfo, sequence: int, timestamp_us: int,
     *, presence_id: str | None = None, calling_function: str = "switch_channel_perform_mark_answered",
-    calling_line: int = 3906,
+    calling_line: int = 3906, calling_file: str = "src/switch_channel.c",
 ) -> dict[str, str]:
     """PRESENCE_IN for ``leg`` (switch_channel_perform_presence); bumps ``leg.event_count``."""
     h = event_base("PRESENCE_IN", switch, sequence, timestamp_us,
@@ -222,7 +235,7 @@ def presence_in_headers(
         "presence-call-info-state": info_state,
         "presence-call-direction": leg.direction,
         "event_count": str(leg.event_count),
-        "Presence-Calling-File": "src/switch_channel.c",
+        "Presence-Calling-File": calling_file,
         "Presence-Calling-Function": calling_function,
         "Presence-Calling-Line": str(calling_line),
     })

@@ -30,6 +30,7 @@ from esl.fsheaders import (
     event_base,
     message_waiting_headers,
     presence_in_headers,
+    progress_headers,
 )
 from esl.protocol import encode_event, encode_frame
 
@@ -347,19 +348,37 @@ class FreeSwitchSimulator:
         self.channels.append(leg)
         return leg
 
+    def _progress(self, leg: Leg) -> None:
+        seq, ts = self._base()
+        self.emit(progress_headers(leg, self.switch, seq, ts))
+
     def originate(self, caller: str, callee: str, *, caller_presence: bool = True,
                   callee_presence: bool = True, early_media: bool = False) -> Call:
-        """Caller dials callee: A leg RINGING, B leg created and RINGING (EARLY with media)."""
-        a = self._new_leg("inbound", caller, caller, caller, callee, caller_presence)
+        """Caller dials callee as real FreeSWITCH with busylamp's dialplan does: the A leg turns
+        RINGING when routing starts, before the dialplan sets its presence_id (PRESENCE_IN
+        "CS_ROUTING" once it has); the B leg rings (CHANNEL_PROGRESS, RINGING; EARLY with media)
+        and the 180 reaches the A leg (its CHANNEL_PROGRESS)."""
+        a = self._new_leg("inbound", caller, caller, caller, callee, False)
         a.application, a.application_data = "bridge", f"user/{callee}@{self.domain}"
         self._set_callstate(a, "RINGING", "CS_ROUTING", "CS_ROUTING")
+        if caller_presence:
+            # 00_busylamp_presence.xml sets it inline, during routing: the state machine's
+            # check_presence then fires PRESENCE_IN "CS_ROUTING" for the leg
+            a.presence_id = f"{caller}@{self.domain}"
+            seq, ts = self._base()
+            self.emit(presence_in_headers(
+                a, "CS_ROUTING", self.switch, seq, ts, calling_function="check_presence",
+                calling_line=521, calling_file="src/switch_core_state_machine.c"))
         a.state = "CS_EXECUTE"
         b = self._new_leg("outbound", callee, caller, caller, callee, callee_presence)
         b.call_uuid = a.uuid
         b.callee_name = b.callee_num = callee
         b.other, b.other_type = a, "originator"
         b.progress_us = self._now_us()
+        self._progress(b)
         self._set_callstate(b, "RINGING", "CS_CONSUME_MEDIA", "CS_CONSUME_MEDIA")
+        a.progress_us = self._now_us()
+        self._progress(a)
         if early_media:
             for leg in (b, a):
                 leg.early_media = True
@@ -378,6 +397,8 @@ class FreeSwitchSimulator:
                 leg.bridged_us = now
             if leg is call.a and call.b is not None:
                 leg.other, leg.other_type = call.b, "originatee"
+                # real FreeSWITCH: the caller's leg gets the media first (EARLY), then ACTIVE
+                self._set_callstate(leg, "EARLY", None, None)
             self._set_callstate(leg, "ACTIVE", "CS_EXCHANGE_MEDIA", "answered")
 
     def hold(self, call: Call, leg: str = "a") -> None:

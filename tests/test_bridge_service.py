@@ -70,7 +70,9 @@ def test_call_lifecycle_published_with_ordering_fields(rig):
     callee = [d["State"] for d in dialogs(seen, "1002")]
     caller = [d["State"] for d in dialogs(seen, "1001")]
     assert callee == ["early", "confirmed", "terminated"]
-    assert caller == ["confirmed", "confirmed", "terminated"]  # initiator: confirmed while ringing
+    # initiator: confirmed while ringing (PRESENCE_IN CS_ROUTING, CHANNEL_PROGRESS), EARLY then
+    # ACTIVE at the answer
+    assert caller == ["confirmed"] * 4 + ["terminated"]
     assert dialogs(seen, "1002")[0]["To-URI"] == "sip:**1002@example.com"
     sequences = [m["Sequence"] for m in seen]
     assert sequences == list(range(1, len(seen) + 1))

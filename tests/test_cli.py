@@ -439,3 +439,67 @@ def test_dialplan_found_from_the_checkout():
     if not (real.is_dir() and cli.snippet_files(real)):
         pytest.skip("contrib/freeswitch-dialplan has no snippets yet")
     assert cli.dialplan_source() == real
+
+
+_VANILLA_DEFAULT_XML = """<?xml version="1.0" encoding="utf-8"?>
+<include>
+  <context name="default">
+
+    <extension name="intercept-ext">
+      <condition field="destination_number" expression="^\\*\\*(\\d+)$">
+\t<action application="intercept" data="${hash(select/${domain_name}-last_dial_ext/$1)}"/>
+      </condition>
+    </extension>
+
+    <extension name="Local_Extension">
+      <condition field="destination_number" expression="^(10[01][0-9])$">
+\t<!-- bind_meta_app can have these args <key> [a|b|ab] [a|b|o|s] <app> -->
+\t<action application="bridge" data="user/${dialed_extension}@${domain_name}"/>
+      </condition>
+    </extension>
+
+    <X-PRE-PROCESS cmd="include" data="default/*.xml"/>
+  </context>
+</include>
+"""
+
+
+def test_default_xml_edit_includes_caller_presence_first_and_disables_vanilla():
+    text, notes = cli.edit_default_xml(_VANILLA_DEFAULT_XML)
+    context = text.index('<context name="default">')
+    assert text.index(cli.TOP_INCLUDE) > context
+    assert text.index(cli.TOP_INCLUDE) < text.index("<extension")
+    for name in ("Local_Extension", "intercept-ext"):
+        head = text.index(f'<extension name="{name}">')
+        first_condition = text.index("<condition", head)
+        assert text.startswith(cli.VANILLA_GUARD, first_condition), name
+    assert len(notes) == 3
+    # nothing of the vanilla text is lost: removing the added lines gives it back
+    stripped = "\n".join(line for line in text.splitlines()
+                         if "busylamp" not in line)
+    assert stripped == _VANILLA_DEFAULT_XML.rstrip("\n")
+    assert cli.edit_default_xml(text) == (text, [])  # idempotent
+
+
+def test_default_xml_without_the_context_names_the_edit():
+    with pytest.raises(cli.DialplanEditError, match="00_busylamp_presence.xml"):
+        cli.edit_default_xml("<include><context name=\"other\"></context></include>")
+
+
+def test_dialplan_install_edits_default_xml_with_a_backup(runner, snippets, tmp_path):
+    conf = tmp_path / "conf"
+    (conf / "dialplan").mkdir(parents=True)
+    default_xml = conf / "dialplan" / "default.xml"
+    default_xml.write_text(_VANILLA_DEFAULT_XML)
+    args = ["dialplan", "install", "--freeswitch-conf", str(conf), "--source", str(snippets)]
+    result = runner.invoke(cli.main, [*args, "--dry-run"])
+    assert result.exit_code == 0 and "+++ b/dialplan/default.xml" in result.output
+    assert default_xml.read_text() == _VANILLA_DEFAULT_XML
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    assert "disables vanilla extension Local_Extension" in result.output
+    assert cli.VANILLA_GUARD in default_xml.read_text()
+    [backup] = list((conf / "dialplan").glob("default.xml.busylamp-bak-*"))
+    assert backup.read_text() == _VANILLA_DEFAULT_XML
+    result = runner.invoke(cli.main, args)
+    assert result.exit_code == 0 and "nothing to do" in result.output

@@ -72,6 +72,10 @@ def test_presence_id_is_set_where_a_lamp_is_involved(path):
             app, data = action.get("application"), action.get("data", "")
             if app not in PRESENCE_APPS or (app == "bridge" and "sofia/gateway/" in data):
                 continue
+            if app == "bridge" and "loopback/app=voicemail:" in data:
+                # A caller leaving a message lights no lamp of the mailbox owner (nothing to pick up)
+                assert "presence_id" not in data, data
+                continue
             if app == "valet_park":
                 # Slot presence comes from mod_valet_parking; it needs the domain in the lot name.
                 assert data.split()[0].endswith("@${domain_name}"), data
@@ -86,6 +90,11 @@ def test_local_extension_bridge_carries_the_callee_presence_id():
     assert bridges[0] == (
         "{presence_id=${dialed_extension}@${domain_name}}user/${dialed_extension}@${domain_name}"
     )
+    # The voicemail fallback leg carries no presence id: it would blink the callee's lamp as
+    # ringing and pickable while the caller leaves a message.
+    assert bridges[1].startswith("loopback/app=voicemail:"), bridges
+    # No ringback: FreeSWITCH must not send the caller early media the callee did not send.
+    assert not any(a.get("data", "").startswith("ringback=") for a in _actions(extension))
     # The uuid the ** intercept looks up must be stored by the same extension.
     hashes = [a.get("data") for a in _actions(extension) if a.get("application") == "hash"]
     assert "insert/${domain_name}-last_dial_ext/${dialed_extension}/${uuid}" in hashes
@@ -97,6 +106,10 @@ def test_caller_presence_continues_and_does_not_override():
     fields = {c.get("field"): c.get("expression") for c in extension.findall("condition")}
     assert fields["${presence_id}"] == "^$"
     assert _sets_presence_id(extension)
+    # inline: set while the dialplan is hunted, so a second inclusion of the file (the top of the
+    # context and default/*.xml) sees it and does not set it again
+    (action,) = _actions(extension)
+    assert action.get("inline") == "true"
 
 
 def test_intercept_matches_the_blf_pickup_target():

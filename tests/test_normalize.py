@@ -350,3 +350,73 @@ def test_snapshot_without_valet_slots(text):
 def test_snapshot_valet_garbage_raises():
     with pytest.raises(SnapshotError):
         snapshot_from_channels('{"row_count":0}', "core-1", CFG, "garbage")
+
+# ---------------------------------------------------------------- real FreeSWITCH 1.11 (kit)
+
+
+def test_real_caller_ringing_has_no_presence_id_yet(fixtures_dir):
+    # The caller's leg turns RINGING when routing starts, before the dialplan set presence_id.
+    event, headers = load(fixtures_dir, "channel_callstate_caller_ringing_1.11.txt")
+    assert headers["Channel-Call-State"] == "RINGING" and headers["Call-Direction"] == "inbound"
+    assert normalize(event, headers, CFG).skipped == "no presence id"
+
+
+def test_real_caller_progress_lights_the_caller_lamp(fixtures_dir):
+    # The caller leg's CHANNEL_PROGRESS (1001 rang) is its first event with a presence id.
+    event, headers = load(fixtures_dir, "channel_progress_caller_1.11.txt")
+    assert event == "CHANNEL_PROGRESS"
+    result = normalize(event, headers, CFG)
+    dialog = dialog_of(result)
+    assert dialog["Presentity"] == "sip:1000@127.0.0.1"
+    assert dialog["Direction"] == "initiator" and dialog["State"] == "confirmed"
+    assert dialog["To"] == "sip:1001@127.0.0.1"
+    assert dialog["Call-ID"] == headers["Unique-ID"]
+    # it carries variable_sip_*_tag, CHANNEL_CALLSTATE does not: no tags, one body for both
+    assert headers["variable_sip_from_tag"] and "From-Tag" not in dialog and "To-Tag" not in dialog
+    [pidf] = [u for u in result.updates if u["Event-Package"] == "presence"]
+    assert pidf["State"] == "confirmed"
+
+
+def test_progress_of_an_outbound_leg_is_skipped(fixtures_dir):
+    # labelled: the real caller frame turned into the callee leg's (outbound) progress
+    event, headers = load(fixtures_dir, "channel_progress_caller_1.11.txt")
+    headers["Call-Direction"] = headers["Presence-Call-Direction"] = "outbound"
+    assert normalize(event, headers, CFG).skipped == "progress of an outbound leg"
+
+
+def test_real_voicemail_leg_lights_no_lamp(fixtures_dir):
+    # The vanilla-style fallback bridged loopback/app=voicemail with the callee's presence_id:
+    # its EARLY would blink 1001 as ringing and pickable while the caller leaves a message.
+    event, headers = load(fixtures_dir, "channel_callstate_voicemail_leg_1.11.txt")
+    assert headers["Channel-Presence-ID"] == "1001@127.0.0.1"
+    assert normalize(event, headers, CFG).skipped == "voicemail leg"
+
+
+def test_snapshot_skips_voicemail_legs():
+    rows = {"row_count": 1, "rows": [{
+        "uuid": "u1", "direction": "outbound", "name": "loopback/voicemail-a",
+        "presence_id": "1001@127.0.0.1", "callstate": "EARLY", "cid_num": "1000", "dest": "voicemail"}]}
+    assert snapshot_from_channels(json.dumps(rows), "sw", CFG)["Updates"] == []
+
+
+def test_real_caller_routing_presence_lights_the_caller_lamp(fixtures_dir):
+    # 00_busylamp_presence.xml sets presence_id inline: the state machine's check_presence fires
+    # PRESENCE_IN "CS_ROUTING" for the caller's leg as routing ends, before anything rings.
+    event, headers = load(fixtures_dir, "presence_in_caller_routing_1.11.txt")
+    assert (headers["status"], headers["Channel-Call-State"]) == ("CS_ROUTING", "RINGING")
+    dialog = dialog_of(normalize(event, headers, CFG))
+    assert dialog["Presentity"] == "sip:1000@127.0.0.1"
+    assert (dialog["Direction"], dialog["State"]) == ("initiator", "confirmed")
+    assert dialog["To"] == "sip:1001@127.0.0.1"
+
+
+@pytest.mark.parametrize("change", [
+    {"Channel-Call-State": "ACTIVE"},  # answered: CHANNEL_CALLSTATE says it
+    {"Call-Direction": "outbound", "Presence-Call-Direction": "outbound"},  # a callee's leg
+    {"proto": "conf"},  # another module's presence about the channel
+])
+def test_other_channel_presence_is_skipped(fixtures_dir, change):
+    # labelled: the real frame with one header changed
+    event, headers = load(fixtures_dir, "presence_in_caller_routing_1.11.txt")
+    headers.update(change)
+    assert normalize(event, headers, CFG).skipped == "channel presence"

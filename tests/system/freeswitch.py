@@ -240,3 +240,37 @@ def valet_slots(fs: FreeSwitch) -> dict[str, str]:
     """``slot -> parked uuid`` from ``valet_info`` (the switch's own view of its park lots)."""
     return {slot: uuid for uuid, slot in
             re.findall(r'<extension uuid="([^"]+)">([^<]+)</extension>', fs.api("valet_info"))}
+
+# --- appended helpers (real-call tests) ------------------------------------------------------
+
+# Prompts mod_voicemail plays before it records a message (lang/en/vm/sounds.xml). The kit has no
+# sounds: without them voicemail says "goodbye" (a missing file) and hangs up within a second.
+VOICEMAIL_PROMPTS = ("voicemail/vm-person.wav", "voicemail/vm-not_available.wav",
+                     "voicemail/vm-record_message.wav")
+
+
+def write_silence(path: Path, seconds: float, rate: int = 8000) -> None:
+    """A mono 16-bit WAV of silence (mod_sndfile plays it)."""
+    import wave
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\0\0" * int(rate * seconds))
+
+
+def use_silent_prompts(fs: FreeSwitch, seconds: float,
+                       prompts: tuple[str, ...] = VOICEMAIL_PROMPTS) -> Path:
+    """Point the switch's ``sound_prefix`` at silent prompts of ``seconds`` each (then reloadxml),
+    so a caller stays in voicemail's greeting that long. Test equipment only."""
+    folder = fs.workdir / "sounds"
+    for prompt in prompts:
+        write_silence(folder / prompt, seconds)
+    vars_xml = fs.conf / "vars.xml"
+    vars_xml.write_text(re.sub(r'data="sound_prefix=[^"]*"', f'data="sound_prefix={folder}"',
+                               vars_xml.read_text(), count=1))
+    if fs.pid is not None:
+        fs.api("reloadxml")
+    return folder

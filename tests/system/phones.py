@@ -94,12 +94,16 @@ class CalleePlan:
     """What the called phone does with one INVITE."""
 
     ring_ms: int = 300  # 180 Ringing, then this long before the final answer
+    trying_ms: int = 0  # this long between the INVITE and the 180 (a phone slow to ring)
     answer: int | None = 200  # 200, a refusal (486, 603...) or None: ring until CANCEL
     talk_ms: int | None = None  # answered: hang up after this long; None: wait for BYE
-    reinvite_hold: bool = False  # answered: expect a re-INVITE (hold), then another (resume)
+    # answered: expect a re-INVITE (hold), then another (resume). FreeSWITCH 1.11 sends none when
+    # the other phone holds: it plays hold_music to this one (tests/system, hold test)
+    reinvite_hold: bool = False
 
 
-_REASONS = {200: "OK", 486: "Busy Here", 603: "Decline", 480: "Temporarily Unavailable"}
+_REASONS = {200: "OK", 486: "Busy Here", 603: "Decline", 480: "Temporarily Unavailable",
+            180: "Ringing", 487: "Request Terminated"}
 
 
 def callee_xml(user: str, plans: list[CalleePlan]) -> str:
@@ -132,9 +136,15 @@ def callee_xml(user: str, plans: list[CalleePlan]) -> str:
                             body_headers="Content-Type: application/sdp\n      ",
                             body="      " + sdp)
 
-    steps = ['  <recv request="INVITE" crlf="true"/>\n', send(180)]
+    steps = [_INVITE_RECV]
+    if plan.trying_ms:
+        steps.append(f'  <pause milliseconds="{plan.trying_ms}"/>\n')
+    steps.append(send(180))
     if plan.answer is None:
-        steps += ['  <recv request="CANCEL"/>\n', send(200), send(487), '  <recv request="ACK"/>\n']
+        # the 487 answers the INVITE: its CSeq, not the CANCEL's
+        steps += ['  <recv request="CANCEL"/>\n', send(200),
+                  send(487).replace("[last_CSeq:]", "CSeq:[$invite_cseq]"),
+                  '  <recv request="ACK"/>\n']
     elif plan.answer != 200:
         steps += [f'  <pause milliseconds="{plan.ring_ms}"/>\n', send(plan.answer),
                   '  <recv request="ACK"/>\n']
@@ -154,13 +164,27 @@ def callee_xml(user: str, plans: list[CalleePlan]) -> str:
     return _HEAD.format(name=f"callee {user}") + "".join(steps) + "</scenario>\n"
 
 
+# The callee remembers the INVITE's From, To and Contact: a request it sends in the dialog goes to
+# the switch's Contact, From = the INVITE's To with its own tag, To = the INVITE's From.
+_INVITE_RECV = """  <recv request="INVITE" crlf="true">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="peer"/>
+      <ereg regexp=".*" search_in="hdr" header="To:" assign_to="me"/>
+      <ereg regexp="sip:[^>;]*" search_in="hdr" header="Contact:" assign_to="peer_contact"/>
+      <ereg regexp=".*" search_in="hdr" header="Call-ID:" assign_to="dialog_call_id"/>
+      <ereg regexp=".*" search_in="hdr" header="CSeq:" assign_to="invite_cseq"/>
+    </action>
+  </recv>
+  <Reference variables="peer,me,peer_contact,dialog_call_id,invite_cseq"/>
+"""
+
 _BYE_FROM_CALLEE = """  <send retrans="500">
     <![CDATA[
-      BYE [next_url] SIP/2.0
+      BYE [$peer_contact] SIP/2.0
       Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch]
-      [last_To:]
-      [last_From:]
-      [last_Call-ID:]
+      From:[$me];tag=[pid]callee[call_number]
+      To:[$peer]
+      Call-ID:[$dialog_call_id]
       CSeq: 1 BYE
       Max-Forwards: 70
       Content-Length: 0
@@ -185,12 +209,15 @@ class Callee:
         folder = self.workdir / f"callee-{self.user}"
         folder.mkdir(parents=True, exist_ok=True)
         scenario = folder / "callee.xml"
-        scenario.write_text(callee_xml(self.user, [self.plan]))
+        scenario.write_text(self.scenario_xml())
         self.run = start_sipp(scenario, self.fs_sip, folder, port=self.port, timeout=60,
                               extra=["-rsa", f"{self.fs_sip[0]}:{self.fs_sip[1]}"])
         if register_too:
             register(self.user, self.port, self.fs_sip, self.workdir)
         return self
+
+    def scenario_xml(self) -> str:
+        return callee_xml(self.user, [self.plan])
 
     def trace(self) -> list[Traced]:
         assert self.run is not None
@@ -295,13 +322,14 @@ def caller_xml(user: str, dest: str, plan: CallerPlan) -> str:
                       in_dialog.format(method="BYE", cseq=cseq, extra="", body="", **f),
                       '  <recv response="200"/>\n']
     elif plan.cancel_after_ms is not None:
-        steps += ['  <recv response="180" optional="true" response_txn="invite"/>\n',
+        # sipp refuses an optional receive right before a pause: the callee does ring
+        steps += ['  <recv response="180" response_txn="invite"/>\n',
                   f'  <pause milliseconds="{plan.cancel_after_ms}"/>\n',
                   _CANCEL.format(**f),
                   '  <recv response="200"/>\n',
                   '  <recv response="487" response_txn="invite"/>\n',
                   ack.format(ack_txn=' ack_txn="invite"', ruri=f"sip:{dest}@{DOMAIN}",
-                             via="Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch_invite]",
+                             via="[last_Via:]",  # the 487's: the INVITE's branch
                              cseq=2, auth="", **f)]
     else:
         steps += ['  <recv response="180" optional="true" response_txn="invite"/>\n',
@@ -595,3 +623,106 @@ class SteadyWatcher(LampWatcher):
                 seen.add(notify.header("CSeq"))
                 unique.append(notify)
         return unique
+
+# --- appended: phones that transfer, timing helpers ----------------------------------------------
+
+_OK_IN_DIALOG = """  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:{user}@[local_ip]:[local_port]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+
+
+def transferring_callee_xml(user: str, ring_ms: int, talk_ms: int, refer_to: str) -> str:
+    """Answer, talk ``talk_ms``, then blind-transfer the caller with REFER to ``refer_to``; answer
+    the switch's NOTIFYs (sipfrag) and its BYE in whatever order they come."""
+    contact = f"<sip:{user}@[local_ip]:[local_port]>"
+    tag = "[pid]callee[call_number]"
+    answer = f"""  <send>
+    <![CDATA[
+      SIP/2.0 {{status}}
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag={tag}
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: {contact}
+      {{body_headers}}Content-Length: [len]
+
+{{body}}    ]]>
+  </send>
+"""
+    refer = f"""  <send retrans="500">
+    <![CDATA[
+      REFER [$peer_contact] SIP/2.0
+      Via: SIP/2.0/UDP [local_ip]:[local_port];branch=[branch]
+      From:[$me];tag={tag}
+      To:[$peer]
+      Call-ID:[$dialog_call_id]
+      CSeq: 1 REFER
+      Contact: {contact}
+      Refer-To: <sip:{refer_to}@{DOMAIN}>
+      Referred-By: <sip:{user}@{DOMAIN}>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"""
+    steps = [
+        _INVITE_RECV,
+        answer.format(status="180 Ringing", body_headers="", body=""),
+        f'  <pause milliseconds="{ring_ms}"/>\n',
+        answer.format(status="200 OK", body_headers="Content-Type: application/sdp\n      ",
+                      body="      " + _sdp()),
+        '  <recv request="ACK"/>\n',
+        f'  <pause milliseconds="{talk_ms}"/>\n',
+        refer,
+        '  <recv response="202"/>\n',
+        '  <label id="10"/>\n',
+        '  <recv request="NOTIFY" optional="true" next="11"/>\n',
+        '  <recv request="BYE" next="12"/>\n',
+        '  <label id="11"/>\n',
+        _OK_IN_DIALOG.format(user=user),
+        '  <nop next="10"/>\n',
+        '  <label id="12"/>\n',
+        _OK_IN_DIALOG.format(user=user),
+    ]
+    return _HEAD.format(name=f"transferring callee {user}") + "".join(steps) + "</scenario>\n"
+
+
+@dataclass
+class TransferringCallee(Callee):
+    """A registered phone that answers, then blind-transfers the caller (REFER)."""
+
+    refer_to: str = ""
+    talk_ms: int = 800
+
+    def scenario_xml(self) -> str:
+        return transferring_callee_xml(self.user, self.plan.ring_ms, self.talk_ms, self.refer_to)
+
+
+def first(messages: list[Traced], *, sent: bool | None = None, method: str | None = None,
+          status: int | None = None, cseq_method: str | None = None) -> Traced:
+    """The first traced message that matches (AssertionError naming the wish when none does)."""
+    for m in messages:
+        if sent is not None and m.received == sent:
+            continue
+        if method is not None and m.method != method:
+            continue
+        if status is not None and m.status != status:
+            continue
+        if cseq_method is not None and not (m.header("CSeq") or "").endswith(cseq_method):
+            continue
+        return m
+    raise AssertionError(f"no message sent={sent} method={method} status={status} "
+                         f"cseq={cseq_method} in the trace")
