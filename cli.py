@@ -859,6 +859,7 @@ def dialplan_install(conf_dir: Path, dry_run: bool, force: bool, source: Path | 
 VANILLA_REPLACED = {
     "Local_Extension": "dialplan/default/10_busylamp_local_extension.xml",
     "intercept-ext": "dialplan/default/20_busylamp_intercept.xml",
+    "vmain": "dialplan/default/40_busylamp_voicemail.xml",
 }
 DEFAULT_XML = Path("dialplan") / "default.xml"
 TOP_INCLUDE = '<X-PRE-PROCESS cmd="include" data="default/00_busylamp_presence.xml"/>'

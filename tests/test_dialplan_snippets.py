@@ -125,7 +125,10 @@ def test_valet_slots_and_voicemail_numbers_match():
     slot_re = re.compile(slot.find("condition").get("expression"))
     assert slot_re.match("7001") and slot_re.match("7099")
     assert slot_re.match("7000") is None
-    check, deposit = _extensions(BY_NAME["40_busylamp_voicemail.xml"])
+    check, any_box, deposit = _extensions(BY_NAME["40_busylamp_voicemail.xml"])
     assert re.match(deposit.find("condition").get("expression"), "*981001").group(1) == "1001"
+    any_re = any_box.find("condition").get("expression")
+    assert re.match(any_re, "*98") and re.match(any_re, "*981001") is None
+    assert re.match(check.find("condition").get("expression"), "4000")
     apps = {a.get("application") for a in _actions(check) + _actions(deposit)}
     assert apps >= {"voicemail"}
