@@ -230,6 +230,10 @@ class EslSession:
         return events
 
     @property
+    def wants_to_send(self) -> bool:
+        return bool(self._out)
+
+    @property
     def closed(self) -> bool:
         return self.state == "closed"
 
