@@ -298,3 +298,38 @@ def test_server_that_never_sends_auth_request(rec: Recorder) -> None:
         client.stop()
         server.stop(timeout=0)
     assert client.state == "stopped"
+
+
+def test_several_switches_at_once(sim: FreeSwitchSimulator) -> None:
+    other = FreeSwitchSimulator(heartbeat_interval=None)
+    other.start()
+    first, second = Recorder(), Recorder()
+    clients = [make_client(sim, first), make_client(other, second)]
+    try:
+        wait_for(lambda: first.connects == 1 and second.connects == 1)
+        assert [c.core_uuid for c in clients] == [sim.core_uuid, other.core_uuid]
+        other.drop_connections()  # one switch's trouble is its own
+        sim.leave_voicemail("1001")
+        wait_for(lambda: [e.name for e in first.events] == ["MESSAGE_WAITING"])
+        wait_for(lambda: second.connects == 2)
+        other.leave_voicemail("1002")
+        wait_for(lambda: [e.name for e in second.events] == ["MESSAGE_WAITING"])
+        assert first.connects == 1 and clients[0].counters["reconnects"] == 0
+    finally:
+        for client in clients:
+            client.stop()
+        other.stop()
+
+
+def test_big_api_reply_over_the_socket(sim: FreeSwitchSimulator, rec: Recorder,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    body = "x" * (40 * 1024 * 1024)
+    real_api = sim.api
+    monkeypatch.setattr(sim, "api", lambda command: body if command == "big" else real_api(command))
+    client = make_client(sim, rec)
+    try:
+        wait_for(lambda: rec.connects == 1)
+        assert len(client.api("big", timeout=30.0)) == len(body)
+        assert client.api("global_getvar core_uuid") == sim.core_uuid  # FIFO still aligned
+    finally:
+        client.stop()
