@@ -118,6 +118,13 @@ def cmd_esl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_esl_socket(args: argparse.Namespace) -> int:
+    from bench.esl_socket import esl_client_throughput
+
+    print(json.dumps(esl_client_throughput(args.events)))
+    return 0
+
+
 def cmd_engine(args: argparse.Namespace) -> int:
     from bench.engine import engine_throughput
 
@@ -179,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     esl = sub.add_parser("esl", help="events/s through esl.protocol + bridge.normalize")
     esl.add_argument("--events", type=int, default=100_000)
     esl.set_defaults(func=cmd_esl)
+    esl_socket = sub.add_parser("esl-socket", help="events/s through EslClient over loopback TCP")
+    esl_socket.add_argument("--events", type=int, default=200_000)
+    esl_socket.set_defaults(func=cmd_esl_socket)
     eng = sub.add_parser("engine", help="the sans-IO engine alone: SUBSCRIBE/s, NOTIFY/s")
     eng.add_argument("--presentities", type=int, default=2500)
     eng.add_argument("--keys", type=int, default=4)

@@ -8,6 +8,7 @@ pynsq Writer/Reader is created and used inside that loop (``NsqLoop.call`` sched
 into it with ``add_callback``; gevent code hands data over through plain Python objects, the
 same OS thread). No greenlet waits for work done in the loop: publishers and consumers are
 created there on first use (``start`` only schedules it), so any greenlet may publish first.
+pynsq itself is reached through ``bridge/pynsq_adapter.py`` only.
 """
 
 from __future__ import annotations
@@ -21,66 +22,22 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.selectors
-import nsq
 import tornado.ioloop
-import tornado.iostream
 import ujson
+
+from bridge.pynsq_adapter import (
+    BoundedReader,
+    ObservedWriter,
+    is_error,
+    is_refusal,
+    quiet_pynsq_logs,
+)
 
 log = logging.getLogger(__name__)
 
 MPUB_BATCH = 500
 MPUB_MAX_BYTES = 1 << 20  # bodies per MPUB, well under nsqd's --max-body-size (5 MiB default)
 MAX_MSG_SIZE = 1 << 20  # nsqd's --max-msg-size default: it refuses a bigger body
-REFUSALS = (b"E_BAD_MESSAGE", b"E_BAD_BODY", b"E_BAD_TOPIC")  # sending again cannot help
-
-
-class _RefusedConnectFilter(logging.Filter):
-    """Drop pynsq's traceback for a refused connect (tornado logs it as "Exception in callback"
-    from ``AsyncConn._connect_callback``): the publisher and consumer log each outage once."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (
-            isinstance(exc, tornado.iostream.StreamClosedError)
-            and "_connect_callback" in record.getMessage()
-        )
-
-
-class _ClosedSendFilter(logging.Filter):
-    """Drop pynsq's traceback for a publish that met a connection nsqd had just closed
-    (``Writer._pub``: "failed to send"): the publisher puts the batch back, sends it after the
-    reconnect and logs the outage once."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (
-            isinstance(exc, tornado.iostream.StreamClosedError)
-            and "failed to send" in record.getMessage()
-        )
-
-
-def quiet_pynsq_logs() -> None:
-    """pynsq logs every (re)connect attempt at INFO: keep its WARNINGs and errors only (our own
-    code logs one line per outage) unless debug logging is on, and drop the tracebacks of a
-    refused connect and of a publish on a connection nsqd just closed. Idempotent."""
-    pynsq = logging.getLogger("nsq")
-    if pynsq.level == logging.NOTSET and not logging.getLogger().isEnabledFor(logging.DEBUG):
-        pynsq.setLevel(logging.WARNING)
-    tornado_app = logging.getLogger("tornado.application")
-    if not any(isinstance(f, _RefusedConnectFilter) for f in tornado_app.filters):
-        tornado_app.addFilter(_RefusedConnectFilter())
-    writer = logging.getLogger("nsq.writer")  # a logger's filters see only its own records
-    if not any(isinstance(f, _ClosedSendFilter) for f in writer.filters):
-        writer.addFilter(_ClosedSendFilter())
-
-
-def _refusal(error: Any) -> bool:
-    """Whether ``error`` is nsqd's error frame about the messages themselves (too big, bad
-    topic), as opposed to a connection that failed."""
-    if type(error) is not nsq.Error or not error.args:
-        return False
-    text = error.args[0]
-    return isinstance(text, bytes) and text.startswith(REFUSALS)
 
 
 class NsqLoop:
@@ -158,25 +115,6 @@ class NsqLoop:
         self._started.clear()
 
 
-class _Writer(nsq.Writer):
-    """pynsq Writer that reports readiness/closure to the publisher and backs off reconnects."""
-
-    def __init__(self, owner: NsqPublisher, nsqd: list[str], **kwargs: Any) -> None:
-        self._owner = owner
-        super().__init__(nsqd, reconnect_interval=owner.backoff_initial, **kwargs)
-
-    def _on_connection_ready(self, conn: Any, **kwargs: Any) -> None:
-        super()._on_connection_ready(conn, **kwargs)
-        self.reconnect_interval = self._owner.backoff_initial
-        self._owner._connected()
-
-    def _on_connection_close(self, conn: Any, **kwargs: Any) -> None:
-        if self.conns.get(conn.id) is conn or not self._owner.connected:
-            self._owner._disconnected(conn.id)  # not for a duplicate connection pynsq dropped
-        super()._on_connection_close(conn, **kwargs)
-        self.reconnect_interval = min(self.reconnect_interval * 2, self._owner.backoff_max)
-
-
 class NsqPublisher:
     """Non-blocking, ordered publisher; buffers (bounded) while nsqd is unreachable.
 
@@ -205,7 +143,7 @@ class NsqPublisher:
         self._in_flight: list[bytes] | None = None
         self.refused = 0
         self.max_msg_size = max_msg_size
-        self._writer: _Writer | None = None
+        self._writer: ObservedWriter | None = None
         self._scheduled = False
         self._outage = False
         self._started = False
@@ -224,7 +162,9 @@ class NsqPublisher:
 
     def _create(self) -> None:
         if self._writer is None and not self._closed:
-            self._writer = _Writer(self, self.nsqd)  # pynsq connects from its own _run callback
+            # pynsq connects from its own _run callback
+            self._writer = ObservedWriter(self.nsqd, self._connected, self._disconnected,
+                                          self.backoff_initial, self.backoff_max)
 
     @property
     def buffered(self) -> int:
@@ -261,13 +201,13 @@ class NsqPublisher:
 
     def _on_sent(self, conn: Any, data: Any) -> None:
         batch, self._in_flight = self._in_flight or [], None
-        if _refusal(data):
+        if is_refusal(data):
             self.refused += len(batch)
             log.error("nsqd refused %d messages for %s (%s): not sending them again",
                       len(batch), self.topic, data)
             self._flush()
             return
-        if isinstance(data, nsq.Error):
+        if is_error(data):
             self._queue.extendleft(reversed(batch))
             while len(self._queue) > self.max_buffer:
                 self._queue.popleft()
@@ -290,9 +230,10 @@ class NsqPublisher:
             log.info("nsqd %s back: flushing %d buffered messages", ",".join(self.nsqd), len(self._queue))
         self._flush()
 
-    def _disconnected(self, conn_id: str) -> None:
-        self.connected = bool(self._writer and any(
-            c.connected() for c in self._writer.conns.values() if c.id != conn_id))
+    def _disconnected(self, conn_id: str, live: bool) -> None:
+        if not live and self.connected:
+            return  # a duplicate connection pynsq dropped because another one won
+        self.connected = bool(self._writer and self._writer.connected_other_than(conn_id))
         if not self.connected:
             self._mark_outage(f"connection {conn_id} closed")
 
@@ -305,61 +246,7 @@ class NsqPublisher:
     def _shutdown(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
-            for conn in list(writer.conns.values()):
-                conn.close()
-            writer.reconnect_interval = 1e9
-
-
-class _Reader(nsq.Reader):
-    """pynsq Reader with a short, bounded reconnect to direct nsqd addresses.
-
-    pynsq reconnects direct nsqd connections only after 15 s and throttles attempts to one per
-    10 s; the bridge wants to be back within ``reconnect_interval`` after an nsqd restart. It
-    listens to each connection's public ``ready``/``close`` events (registered after pynsq's
-    own handlers, so they run after them).
-    """
-
-    def __init__(self, reconnect_interval: float, **kwargs: Any) -> None:
-        self._reconnect_interval = reconnect_interval
-        self._closing = False
-        self._outage = False
-        super().__init__(**kwargs)
-
-    def connect_to_nsqd(self, host: str, port: int) -> Any:
-        self.connection_attempts.pop(f"{host}:{port}", None)
-        if self._closing:
-            return None
-        conn = super().connect_to_nsqd(host, port)
-        if conn is not None:  # the connect itself completes later, in the loop
-            conn.on("ready", self._ready)
-            conn.on("close", self._closed)
-        return conn
-
-    def _ready(self, conn: Any, **kwargs: Any) -> None:
-        if self._outage and self.conns.get(conn.id) is conn:
-            self._outage = False
-            log.info("nsqd %s:%s back: consuming %s/%s again", conn.host, conn.port,
-                     self.topic, self.channel)
-
-    def _closed(self, conn: Any, **kwargs: Any) -> None:
-        if not self._closing and not self.conns and not self._outage:
-            self._outage = True
-            log.warning("nsqd %s:%s unreachable: consumer of %s/%s retrying every %.1fs",
-                        conn.host, conn.port, self.topic, self.channel, self._reconnect_interval)
-        if not self._closing and f"{conn.host}:{conn.port}" in self.nsqd_tcp_addresses:
-            self.io_loop.call_later(self._reconnect_interval, self._retry, conn.host, conn.port)
-
-    def _retry(self, host: str, port: int) -> None:
-        if self._closing or f"{host}:{port}" in self.conns:
-            return
-        conn = self.connect_to_nsqd(host, port)
-        if conn is not None and conn.id not in self.conns:
-            # a refused connect closes too, and that close schedules the next attempt
-            return
-
-    def close(self) -> None:
-        self._closing = True
-        super().close()
+            writer.shutdown()
 
 
 class NsqConsumer:
@@ -392,7 +279,7 @@ class NsqConsumer:
         self.received = 0
         self.malformed = 0
         self.errors = 0
-        self._reader: _Reader | None = None
+        self._reader: BoundedReader | None = None
         self._started = False
         self._closed = False
 
@@ -409,7 +296,7 @@ class NsqConsumer:
     def _create(self) -> None:
         if self._reader is not None or self._closed:
             return
-        self._reader = _Reader(
+        self._reader = BoundedReader(
             self.reconnect_interval,
             message_handler=self._handle, topic=self.topic, channel=self.channel,
             nsqd_tcp_addresses=self.nsqd_tcp or None, lookupd_http_addresses=self.lookupd_http or None,
@@ -419,7 +306,7 @@ class NsqConsumer:
 
     @property
     def connections(self) -> int:
-        return len(self._reader.conns) if self._reader is not None else 0
+        return self._reader.connections if self._reader is not None else 0
 
     def _handle(self, message: Any) -> bool:
         self.received += 1

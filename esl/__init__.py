@@ -1,4 +1,4 @@
-"""FreeSWITCH event socket: sans-IO protocol, gevent client, and a FreeSWITCH simulator."""
+"""FreeSWITCH event socket: sans-IO protocol and session, gevent client, and a FreeSWITCH simulator."""
 
 from esl.protocol import EslEvent, EslFrame, FrameParser, encode_event, parse_event
 

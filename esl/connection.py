@@ -1,8 +1,11 @@
-"""Inbound event-socket client over greenswitch, with reconnect, timeouts and dead-peer detection.
+"""Inbound event-socket client: gevent at the edges of the sans-IO :class:`esl.session.EslSession`.
 
-``_Session`` subclasses ``greenswitch.esl.InboundESL`` (its ``authenticate`` and ``send`` command
-API are kept) and replaces the readline parser with one ``recv(65536)`` loop feeding
-``FrameParser``.  ``EslClient`` owns one supervisor greenlet that reconnects forever.
+Per :class:`EslClient`: one supervisor greenlet (connect, handshake, ``on_connect``, wait for the
+end, back off, again, forever).  Per connection: one reader greenlet (``recv`` -> session) and
+one timer greenlet that sleeps until ``session.get_timer()`` (woken when a command brings the
+deadline forward) and calls ``handle_timer``.  Commands are written by the greenlet that issues
+them and wait on an ``AsyncResult`` the session's outcome event settles: a reply, a timeout, or
+the end of the connection, so ``api()`` never hangs.
 """
 
 from __future__ import annotations
@@ -19,9 +22,20 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.socket
-from greenswitch.esl import InboundESL, NotConnectedError
 
-from esl.protocol import EVENT_PLAIN, EslEvent, EslFrame, FrameParser, parse_event
+from esl.protocol import EslEvent, EslFrame
+from esl.session import (
+    Authenticated,
+    AuthFailed,
+    Backoff,
+    Closed,
+    CommandFailed,
+    CommandReply,
+    CommandTimedOut,
+    CorruptFrames,
+    EslSession,
+    EventReceived,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,128 +86,143 @@ class EslTarget:
         return f"{host}:{self.port}"
 
 
-class _Session(InboundESL):
-    """One TCP connection: greenswitch's connect/auth/send API on top of FrameParser."""
+class _Connection:
+    """One TCP connection driving one :class:`EslSession`: a reader and a timer greenlet."""
 
-    def __init__(self, target: EslTarget, on_frame_event: Callable[[EslEvent], None],
-                 on_corrupt: Callable[[int], None], connect_timeout: float,
-                 dead_after: float) -> None:
-        super().__init__(target.host, target.port, target.password, timeout=connect_timeout)
-        self._on_event = on_frame_event
-        self._on_corrupt = on_corrupt
-        self._dead_after = dead_after
-        self._parser = FrameParser()
-        self._send_lock = gevent.lock.Semaphore()
+    def __init__(self, client: EslClient, sock: gevent.socket.socket) -> None:
+        self.sock = sock
+        self.client = client
+        self.clock = client.clock
+        self.session = EslSession(client.target.password, self.clock(),
+                                  dead_after=client.dead_after, auth_timeout=client.connect_timeout,
+                                  command_timeout=client.command_timeout)
+        self.auth: gevent.event.AsyncResult = gevent.event.AsyncResult()
         self.closed = gevent.event.Event()
         self.close_reason = ""
-        self.sock: gevent.socket.socket | None = None
+        self._waiters: dict[int, gevent.event.AsyncResult] = {}
+        self._send_lock = gevent.lock.Semaphore()
+        self._wake = gevent.event.Event()
+        self._reader = gevent.spawn(self._read)
+        self._timer = gevent.spawn(self._run_timer)
 
-    def connect(self) -> None:
-        """TCP connect (IPv4/IPv6, keepalive), wait for auth/request, authenticate."""
-        sock = gevent.socket.create_connection((self.host, self.port), timeout=self.timeout)
-        sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_KEEPALIVE, 1)
-        sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
-        for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
-            if hasattr(pysocket, name):
-                sock.setsockopt(pysocket.IPPROTO_TCP, getattr(pysocket, name), value)
-        sock.settimeout(self._dead_after)
-        self.sock = sock
-        self.connected = True
-        self._receive_events_greenlet = gevent.spawn(self.receive_events)
-        if not self._auth_request_event.wait(self.timeout):
-            self.close(f"no auth/request within {self.timeout:.1f}s")
-            raise EslError(self.close_reason)
-        if not self.connected:
-            raise EslError(self.close_reason or "closed before auth/request")
-        try:
-            self.authenticate()
-        except ValueError:
-            self.close("auth failed")
-            raise EslAuthError("-ERR invalid") from None
+    @property
+    def connected(self) -> bool:
+        return self.session.state == "authenticated"
 
-    def send(self, data: str, timeout: float | None = None) -> EslFrame:  # type: ignore[override]
-        """Send one command and wait for its reply frame (FIFO)."""
-        if not self.connected or self.sock is None:
-            raise EslError("not connected")
+    def command(self, send: Callable[[EslSession, float], int], what: str,
+                timeout: float | None) -> EslFrame:
+        """Queue a command with ``send(session, now)``, write it, wait for its outcome."""
         result: gevent.event.AsyncResult = gevent.event.AsyncResult()
         with self._send_lock:
-            self._commands_sent.append(result)
-            try:
-                self.sock.sendall((data + "\n\n").encode("utf-8"))
-            except OSError as exc:
-                self.close(f"send failed: {exc}")
-        try:
-            return result.get(timeout=timeout if timeout is not None else self.timeout)
+            if not self.connected:
+                raise EslError(f"not connected ({self.close_reason or self.session.state})")
+            command_id = send(self.session, self.clock())
+            self._waiters[command_id] = result
+            self._wake.set()  # the timer may have to wake sooner for this one
+            self._write_locked()
+        self._process()
+        limit = self.client.command_timeout if timeout is None else timeout
+        try:  # the session settles every command; the margin only guards against a bug
+            return result.get(timeout=limit + 5.0)
         except gevent.Timeout:
-            raise EslError(f"timeout waiting for reply to {data.split(' ', 1)[0]!r}") from None
-        except NotConnectedError as exc:
-            raise EslError(str(exc) or "connection lost") from None
+            raise EslError(f"timeout waiting for reply to {what!r}") from None
 
-    def receive_events(self) -> None:
-        """Reader greenlet: recv → FrameParser → replies to waiters, events to the callback."""
-        reason = "closed by server"
-        sock = self.sock
-        parser = self._parser
-        try:
-            while self.connected:
-                try:
-                    data = sock.recv(65536)
-                except TimeoutError:
-                    reason = f"no data for {self._dead_after:g}s (dead peer)"
-                    break
-                except OSError as exc:
-                    reason = f"read failed: {exc}"
-                    break
-                if not data:
-                    break
-                before = parser.corrupt_frames
-                frames = parser.feed(data)
-                if parser.corrupt_frames != before:
-                    self._on_corrupt(parser.corrupt_frames - before)
-                for frame in frames:
-                    self._dispatch(frame)
-        finally:
-            self.close(reason)
-
-    def _dispatch(self, frame: EslFrame) -> None:
-        ctype = frame.content_type
-        if ctype == EVENT_PLAIN:
-            event = parse_event(frame)
-            if event is None:
-                self._on_corrupt(1)
-            else:
-                self._on_event(event)
-        elif ctype in ("command/reply", "api/response"):
-            if self._commands_sent:
-                self._commands_sent.pop(0).set(frame)
-        elif ctype == "auth/request":
-            self._auth_request_event.set()
-        elif ctype == "text/disconnect-notice":
-            if frame.headers.get("Content-Disposition") != "linger":
-                self.close_reason = "disconnect notice"
-        elif ctype == "text/rude-rejection":
-            self.close("rejected by server ACL: " + frame.body.decode("utf-8", "replace").strip())
-
-    def close(self, reason: str = "closed") -> None:
-        """Idempotent: fail pending commands, close the socket, signal ``closed``."""
-        if self.closed.is_set():
-            return
-        self.connected = False
-        self.close_reason = self.close_reason or reason
-        pending, self._commands_sent = self._commands_sent, []
-        for result in pending:
-            result.set_exception(NotConnectedError(self.close_reason))
-        self._auth_request_event.set()
-        if self.sock is not None:
-            self.sock.close()
-        self.closed.set()
+    def close(self, reason: str) -> None:
+        """Idempotent: end the session, fail pending commands, close the socket."""
+        self.session.close(reason)
+        self._process()
 
     def stop(self) -> None:
         """Polite ``exit`` when possible, then close."""
         if self.connected:
             with contextlib.suppress(EslError):
-                self.send("exit", timeout=min(1.0, self.timeout))
+                self.command(lambda s, now: s.send_command("exit", now, 1.0), "exit",
+                             min(1.0, self.client.command_timeout))
         self.close("stopped")
+
+    # -- greenlets -----------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        sock, session, clock = self.sock, self.session, self.clock
+        try:
+            while not session.closed:
+                try:
+                    data = sock.recv(65536)
+                except OSError as exc:
+                    session.connection_lost(f"read failed: {exc}")
+                    break
+                session.receive_data(data, clock())
+                self._process()
+        finally:
+            session.connection_lost("reader stopped")  # no-op unless killed
+            self._process()
+
+    def _run_timer(self) -> None:
+        session, clock, wake = self.session, self.clock, self._wake
+        while True:
+            wake.clear()
+            deadline = session.get_timer()
+            if deadline is None:
+                return
+            now = clock()
+            if now >= deadline:
+                session.handle_timer(now)
+                self._process()
+            else:
+                wake.wait(deadline - now)
+
+    # -- session output ------------------------------------------------------------------------
+
+    def _write_locked(self) -> None:
+        data = self.session.data_to_send()
+        if data:
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                self.session.connection_lost(f"send failed: {exc}")
+
+    def _process(self) -> None:
+        """Act on the session's events; write what it wants written."""
+        session = self.session
+        if session.wants_to_send:  # the answer to auth/request (commands write their own)
+            with self._send_lock:
+                self._write_locked()
+        client = self.client
+        for event in session.next_events():
+            kind = type(event)
+            if kind is EventReceived:
+                client._handle_event(event.event)
+            elif kind is CommandReply:
+                waiter = self._waiters.pop(event.command_id, None)
+                if waiter is not None:
+                    waiter.set(event.frame)
+            elif kind is CommandTimedOut:
+                client.counters["command_timeouts"] += 1
+                waiter = self._waiters.pop(event.command_id, None)
+                if waiter is not None:
+                    waiter.set_exception(
+                        EslError(f"timeout waiting for reply to {event.command!r}"))
+            elif kind is CommandFailed:
+                waiter = self._waiters.pop(event.command_id, None)
+                if waiter is not None:
+                    waiter.set_exception(EslError(event.reason or "connection lost"))
+            elif kind is CorruptFrames:
+                client.counters["corrupt_frames"] += event.count
+            elif kind is Authenticated:
+                self.auth.set(True)
+            elif kind is AuthFailed:
+                self.auth.set_exception(EslAuthError(event.reply or "-ERR invalid"))
+            elif kind is Closed:
+                self._closed(event.reason)
+
+    def _closed(self, reason: str) -> None:
+        self.close_reason = reason
+        if not self.auth.ready():
+            self.auth.set_exception(EslError(reason))
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.closed.set()
+        self._wake.set()
 
 
 class EslClient:
@@ -206,7 +235,9 @@ class EslClient:
                  on_connect_failed: Callable[[EslClient, str], None] | None = None,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0, jitter: float = 0.2,
                  dead_after: float = 60.0, command_timeout: float = 5.0,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[], float] = random.random) -> None:
         self.target = target
         names = [e for e in events if e]
         if "HEARTBEAT" not in names and "ALL" not in names:
@@ -216,17 +247,16 @@ class EslClient:
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.on_connect_failed = on_connect_failed
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.jitter = jitter
+        self.backoff = Backoff(backoff_initial, backoff_max, jitter, rng)
         self.dead_after = dead_after
         self.command_timeout = command_timeout
         self.connect_timeout = connect_timeout
+        self.clock = clock
         self.state = "disconnected"
         self.core_uuid: str | None = None
         self.counters = {"events": 0, "corrupt_frames": 0, "reconnects": 0,
-                         "command_timeouts": 0, "callback_errors": 0}
-        self._session: _Session | None = None
+                         "connect_failures": 0, "command_timeouts": 0, "callback_errors": 0}
+        self._connection: _Connection | None = None
         self._supervisor: gevent.Greenlet | None = None
         self._stopping = False
         self._callback_log_at = 0.0
@@ -241,15 +271,15 @@ class EslClient:
     def stop(self) -> None:
         """Say ``exit`` if connected, close the socket, end the supervisor."""
         self._stopping = True
-        session = self._session
-        if session is not None:
-            session.stop()
+        connection = self._connection
+        if connection is not None:
+            connection.stop()
         if self._supervisor is not None:
             self._supervisor.kill(block=True, timeout=2.0)
             self._supervisor = None
-        if self._session is not None:  # a session the supervisor was opening when killed
-            self._session.close("stopped")
-            self._session = None
+        if self._connection is not None:  # one the supervisor was opening when killed
+            self._connection.close("stopped")
+            self._connection = None
         self.state = "stopped"
 
     def api(self, command: str, timeout: float | None = None) -> str:
@@ -276,15 +306,12 @@ class EslClient:
     # -- internals ------------------------------------------------------------------------
 
     def _command(self, command: str, timeout: float | None) -> EslFrame:
-        session = self._session
-        if session is None or not session.connected:
+        connection = self._connection
+        if connection is None or not connection.connected:
             raise EslError(f"not connected to {self.target}")
-        try:
-            return session.send(command, timeout if timeout is not None else self.command_timeout)
-        except EslError as exc:
-            if "timeout" in str(exc):
-                self.counters["command_timeouts"] += 1
-            raise
+        what = command.split(" ", 1)[0].split("\n", 1)[0]
+        return connection.command(lambda s, now: s.send_command(command, now, timeout), what,
+                                  timeout)
 
     def _handle_event(self, event: EslEvent) -> None:
         self.counters["events"] += 1
@@ -294,51 +321,61 @@ class EslClient:
             self.on_event(event)
         except Exception:
             self.counters["callback_errors"] += 1
-            now = time.monotonic()
-            if now - self._callback_log_at >= 10.0:
+            now = self.clock()
+            if now - self._callback_log_at >= 10.0 or self.counters["callback_errors"] == 1:
                 self._callback_log_at = now
                 log.exception("ESL on_event callback failed (%s); further failures are "
                               "logged at most every 10s", event.name)
 
-    def _count_corrupt(self, n: int) -> None:
-        self.counters["corrupt_frames"] += n
-
-    def _sleep(self, delay: float) -> None:
-        gevent.sleep(delay * (1 + random.uniform(-self.jitter, self.jitter)))
+    def _open(self) -> _Connection:
+        """TCP connect (IPv4/IPv6, keepalive), authenticate, subscribe; raises on failure."""
+        sock = gevent.socket.create_connection((self.target.host, self.target.port),
+                                               timeout=self.connect_timeout)
+        sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_KEEPALIVE, 1)
+        sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
+        for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+            if hasattr(pysocket, name):
+                sock.setsockopt(pysocket.IPPROTO_TCP, getattr(pysocket, name), value)
+        sock.settimeout(None)  # the session's timers decide when a silent peer is dead
+        connection = _Connection(self, sock)
+        self._connection = connection
+        try:  # the session's auth timeout settles it; the margin only guards against a bug
+            connection.auth.get(timeout=self.connect_timeout + 5.0)
+        except gevent.Timeout:
+            connection.close(f"no auth within {self.connect_timeout:g}s")
+            raise EslError(connection.close_reason) from None
+        connection.command(lambda s, now: s.subscribe(self.events, now), "event", None)
+        return connection
 
     def _run(self) -> None:
-        backoff = self.backoff_initial
         outage_logged = False
         auth_logged = False
         ever_connected = False
         while not self._stopping:
             if self.state != "auth_failed":  # stays auth_failed until a login succeeds
                 self.state = "connecting"
-            session = _Session(self.target, self._handle_event, self._count_corrupt,
-                               self.connect_timeout, self.dead_after)
-            self._session = session
             try:
-                session.connect()
-                session.send("event plain " + " ".join(self.events), self.command_timeout)
+                connection = self._open()
             except EslAuthError:
+                self.counters["connect_failures"] += 1
+                self._drop_connection("auth failed")
                 self.state = "auth_failed"
                 if not auth_logged:
                     log.error("auth failed for %s: check --esl PASSWORD@HOST:PORT", self.target)
                     auth_logged = True
-                session.close("auth failed")
                 self._connect_failed("auth failed")
-                self._sleep(self.backoff_max)
+                gevent.sleep(self.backoff.longest())
                 continue
-            except (OSError, EslError, NotConnectedError) as exc:
-                session.close(str(exc))
+            except (OSError, EslError) as exc:
+                self.counters["connect_failures"] += 1
+                self._drop_connection(str(exc))
                 self.state = "disconnected"
                 if not outage_logged:
                     log.warning("cannot connect to FreeSWITCH at %s: %s (retrying)",
                                 self.target, exc or type(exc).__name__)
                     outage_logged = True
                 self._connect_failed(str(exc) or type(exc).__name__)
-                self._sleep(backoff)
-                backoff = min(backoff * 2, self.backoff_max)
+                gevent.sleep(self.backoff.next_delay())
                 continue
             if ever_connected:
                 self.counters["reconnects"] += 1
@@ -346,19 +383,19 @@ class EslClient:
                 log.info("connected to FreeSWITCH at %s", self.target)
             ever_connected = True
             outage_logged = auth_logged = False
-            backoff = self.backoff_initial
+            self.backoff.reset()
             self.core_uuid = None
-            self._learn_core_uuid(session)
+            self._learn_core_uuid()
             self.state = "connected"
             if self.on_connect is not None:
                 try:
                     self.on_connect(self)
                 except Exception:
                     log.exception("ESL on_connect callback failed")
-            session.closed.wait()
+            connection.closed.wait()
             if self._stopping:
                 break
-            reason = session.close_reason
+            reason = connection.close_reason
             self.state = "disconnected"
             log.warning("lost FreeSWITCH connection to %s: %s (reconnecting)", self.target, reason)
             outage_logged = True
@@ -367,7 +404,7 @@ class EslClient:
                     self.on_disconnect(self, reason)
                 except Exception:
                     log.exception("ESL on_disconnect callback failed")
-            self._sleep(backoff)
+            gevent.sleep(self.backoff.next_delay())
         self.state = "stopped"
 
     def _connect_failed(self, reason: str) -> None:
@@ -377,11 +414,14 @@ class EslClient:
             except Exception:
                 log.exception("ESL on_connect_failed callback failed")
 
-    def _learn_core_uuid(self, session: _Session) -> None:
+    def _drop_connection(self, reason: str) -> None:
+        if self._connection is not None:
+            self._connection.close(reason)
+
+    def _learn_core_uuid(self) -> None:
         try:
-            frame = session.send("api global_getvar core_uuid", self.command_timeout)
+            text = self.api("global_getvar core_uuid").strip()
         except EslError:
             return
-        text = frame.body.decode("utf-8", "replace").strip()
         if text and not text.startswith("-ERR"):
             self.core_uuid = text
