@@ -121,7 +121,8 @@ def cmd_esl(args: argparse.Namespace) -> int:
 def cmd_engine(args: argparse.Namespace) -> int:
     from bench.engine import engine_throughput
 
-    print(json.dumps(engine_throughput(args.presentities, args.keys)))
+    print(json.dumps(engine_throughput(args.presentities, args.keys,
+                                       history=args.history == "on")))
     return 0
 
 
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     eng = sub.add_parser("engine", help="the sans-IO engine alone: SUBSCRIBE/s, NOTIFY/s")
     eng.add_argument("--presentities", type=int, default=2500)
     eng.add_argument("--keys", type=int, default=4)
+    eng.add_argument("--history", choices=("on", "off"), default="on",
+                     help="per-lamp history and stage histograms (default on, as in a node)")
     eng.set_defaults(func=cmd_engine)
     nsq = sub.add_parser("nsq", help="updates/s through the NSQ consumer")
     nsq.add_argument("--updates", type=int, default=100_000)

@@ -49,9 +49,18 @@ def _update(presentity: str, state: str, call_id: str) -> dict:
             "Direction": "recipient", "Expires": 600}
 
 
-def engine_throughput(presentities: int = 2500, keys: int = 4) -> dict[str, Any]:
+def engine_throughput(presentities: int = 2500, keys: int = 4,
+                      history: bool = True) -> dict[str, Any]:
+    """With ``history`` the per-lamp history and stage histograms are on, as in a node."""
     state = PresenceState(REGISTRY, PackageOptions())
     engine = PresenceEngine(EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}), state, REGISTRY)
+    recorder = None
+    if history:
+        from presence.history import History
+
+        recorder = History()
+        recorder.attach(state)
+        engine.observer = recorder
     now = 1000.0
     watchers = presentities * keys
     messages = [_subscribe(i, f"p{i % presentities}") for i in range(watchers)]
@@ -75,6 +84,8 @@ def engine_throughput(presentities: int = 2500, keys: int = 4) -> dict[str, Any]
         t0 = time.perf_counter()
         engine.apply(batch, now)
         out = engine.datagrams_to_send()
+        if recorder is not None:
+            recorder.flushed(now)
         t1 = time.perf_counter()
         oks = [_ok_for(data) for _, _, data, _ in out]
         t2 = time.perf_counter()
@@ -87,6 +98,7 @@ def engine_throughput(presentities: int = 2500, keys: int = 4) -> dict[str, Any]
         notifies += len(out)
     return {
         "watchers": watchers,
+        "history": history,
         "subscribe_per_s": watchers / subscribe_s,
         "notifies": notifies,
         "notify_build_per_s": notifies / apply_s,

@@ -88,6 +88,7 @@ class PresenceEngine:
             t1=config.t1, t2=config.t2, timer_f=config.timer_f
         )
         self.on_control = on_control
+        self.observer = None  # presence.history.History: per-lamp history hooks (optional)
         self.accepting = True  # False while warming up: SUBSCRIBE/OPTIONS get 503
         self._malformed_logged_at = float("-inf")
         self._malformed_logged_count = 0
@@ -156,6 +157,8 @@ class PresenceEngine:
         self.server_transactions.handle_timer(now)
         changed = self.state.handle_timer(now)
         if changed:
+            if self.observer is not None:
+                self.observer.expired(changed, now)
             self._fan_out(changed, now)
         for sub in self.subscriptions.pop_expired(now):
             self.counters["subscriptions_removed_expired"] += 1
@@ -167,11 +170,19 @@ class PresenceEngine:
         """Apply validated updates and snapshots; NOTIFY every watcher whose state changed."""
         changed: set[tuple[str, str]] = set()
         count = 0
+        obs = self.observer
         for item in items:
             if isinstance(item, Snapshot):
-                changed |= self.state.apply_snapshot(item, now)
+                keys = self.state.apply_snapshot(item, now)
+                if obs is not None:
+                    obs.snapshot(item, keys, now)
             else:
-                changed |= self.state.apply(item, now)
+                if obs is not None:
+                    obs.before(self.state)
+                keys = self.state.apply(item, now)
+                if obs is not None:
+                    obs.updated(item, keys, now)
+            changed |= keys
             count += 1
         self.counters["updates_applied"] += count
         if changed:
@@ -193,16 +204,22 @@ class PresenceEngine:
             )
 
     def _fan_out(self, changed: Iterable[tuple[str, str]], now: float) -> None:
+        obs = self.observer
         for package_name, presentity in changed:
             watchers = self.subscriptions.watchers(package_name, presentity)
             if not watchers:
                 continue
             body = self.state.body(package_name, presentity)
+            note = obs.fanout(package_name, presentity, watchers, now) if obs else None
             for sub in watchers:
                 if sub.inflight is not None:
                     sub.dirty = True
                 else:
                     self._send_notify(sub, body, now)
+                    sub.note = note
+                    sub.noted_at = now
+            if note is not None:
+                obs.fanned(note, watchers, now)
 
     # -- SIP input ----------------------------------------------------------------------------
 
@@ -389,9 +406,14 @@ class PresenceEngine:
             self.counters["subscribe_fetch"] += 1
             sub.final_reason = "timeout"
             self._send_notify(sub, body, now)
+            if self.observer is not None:
+                self.observer.subscribed(sub, now, 1)
             return
         self.subscriptions.add(sub)
         self._send_notify(sub, body, now)
+        if self.observer is not None:
+            self.observer.subscribed(
+                sub, now, self.subscriptions.watcher_count(package.name, presentity))
         if package.name == "message-summary" and not self.state.records(package.name, presentity):
             self._control({"Event-Name": "mwi_query", "Presentity": presentity})
 
@@ -442,6 +464,8 @@ class PresenceEngine:
             sub.dirty = True
         else:
             self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            if self.observer is not None:
+                self.observer.resent(sub, now, False)
 
     def _package_for(self, req: Request, respond: Callable[..., None]) -> EventPackage | None:
         event = req.event
@@ -584,6 +608,8 @@ class PresenceEngine:
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
         sub.inflight = None
+        if sub.note is not None:
+            sub.note.answered(status, sub.noted_at, now)
         if status in NOTIFY_REMOVE_STATUSES:
             if sub.final_reason is None:
                 self.counters["subscriptions_removed_notify_rejected"] += 1
@@ -593,9 +619,13 @@ class PresenceEngine:
             self.counters["notify_failed"] += 1
         if sub.dirty:
             self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            if self.observer is not None:
+                self.observer.resent(sub, now, True)
 
     def _notify_timed_out(self, sub: Subscription, now: float) -> None:
         sub.inflight = None
+        if sub.note is not None:
+            sub.note.answered(0, sub.noted_at, now)  # 0: timed out
         self.counters["notify_timeouts"] += 1
         if sub.final_reason is None:
             self.counters["subscriptions_removed_notify_timeout"] += 1
@@ -608,6 +638,8 @@ class PresenceEngine:
             sub.dirty = True
         else:
             self._send_notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            if self.observer is not None:
+                self.observer.resent(sub, now, False)
 
     def terminate_all(self, reason: str, now: float, limit: int | None = None) -> int:
         """Terminate up to ``limit`` subscriptions (shutdown); returns how many were ended."""

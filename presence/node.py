@@ -21,6 +21,7 @@ import gevent.event
 import gevent.queue
 
 from presence.engine import EngineConfig, PresenceEngine
+from presence.history import History, history_metrics
 from presence.metrics import render_metrics
 from presence.packages import REGISTRY
 from presence.packages.base import PackageOptions
@@ -71,6 +72,7 @@ class PresenceNode:
         node_id: str = "busylamp",
         clock: Callable[[], float] = time.monotonic,
         on_control: Callable[[dict], None] | None = None,
+        history: History | None = None,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
@@ -91,6 +93,14 @@ class PresenceNode:
         self._stopping = False
         self._warm_buffer: list[dict] | None = None
         self.extra_metrics: list[Callable] = []  # renderers of other parts of this process
+        self.history = history or History()
+        self._observe(engine_config)
+        self.extra_metrics.append(history_metrics(self.history))
+
+    def _observe(self, engine_config: EngineConfig) -> None:
+        """Hook the per-lamp history into the engine (presence/history.py)."""
+        self.history.attach(self.state, t1=engine_config.t1, t2=engine_config.t2)
+        self.engine.observer = self.history
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -108,6 +118,7 @@ class PresenceNode:
         self.engine = PresenceEngine(
             engine_config, self.state, REGISTRY, on_control=self._on_control
         )
+        self._observe(engine_config)
 
     def start(self) -> None:
         if self._loop is None:
@@ -180,6 +191,8 @@ class PresenceNode:
                 except Exception:  # an engine bug must not stop the node's clock
                     log.exception("engine timer handling failed")
                 self._flush()
+                if self.history.pending:
+                    self.history.flushed(self.clock())
 
     def _poke(self) -> None:
         """Wake the clock loop when the engine's next deadline moved earlier."""
@@ -206,12 +219,16 @@ class PresenceNode:
         # response, a new subscription's expiry); a plain 200 to a NOTIFY only ends one
         if self._flush():
             self._poke()
+        if self.history.pending:
+            self.history.flushed(self.clock())
 
     def publish(self, messages: list) -> int:
         """Apply validated updates/snapshots (from the HTTP API or the bus)."""
         applied = self.engine.apply(messages, self.clock())
         self.publish_counters["accepted"] += applied
         self._flush()
+        if self.history.pending:
+            self.history.flushed(self.clock())
         self._poke()
         if self._tails:
             for item in messages:

@@ -1,0 +1,403 @@
+"""What changed each lamp, and what the watchers were told: a bounded history per presentity.
+
+Sans-IO, driven by the engine's hooks with the engine's ``now`` (monotonic seconds); one
+injected wall clock turns those into times an operator can read. The engine calls:
+
+- :meth:`History.before` / :meth:`History.updated` around each update it applies (the effect
+  on the records is read from the state's counters), :meth:`History.snapshot` for a switch
+  snapshot, :meth:`History.expired` for records whose Expires ran out;
+- :meth:`History.fanout` once per changed presentity before its NOTIFYs go out; the engine
+  then points each notified subscription at the returned note (``sub.note``, ``sub.noted_at``),
+  so an answer finds its entry without any look-up (``note.answered``);
+- :meth:`History.resent` for a NOTIFY sent later (coalesced behind one in flight, refresh,
+  final), :meth:`History.subscribed` for a SUBSCRIBE's initial NOTIFY.
+
+The node calls :meth:`History.flushed` after handing NOTIFYs to the transports: the stage
+histograms ``applied_to_notify`` and ``subscribe_to_notify`` measure up to that point.
+
+Cost: an entry records up to :data:`DETAILED` watchers individually and the rest as counts per
+answer code plus a latency range, so the fan-out to 36,000 watchers costs the same as to 9.
+Rings hold ``per_presentity`` entries; when the total passes ``max_entries`` the rings of the
+presentities changed longest ago are dropped first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from presence.histogram import Histogram, StageHistograms
+
+__all__ = ["DETAILED", "Entry", "Gap", "History", "Watch", "ENTRY_BYTES"]
+
+DETAILED = 8
+DEFAULT_PER_PRESENTITY = 32
+# Measured bytes per entry (tests/test_history.py::test_memory_per_entry measures it and
+# docs/BENCHMARKS.md reports it); used to turn --history-memory into an entry budget.
+ENTRY_BYTES = 600
+DEFAULT_MEMORY_MB = 64
+TIMEOUT = 0  # "answer code" of a NOTIFY that timed out (Timer F)
+
+# effects of an update on the records
+APPLIED = "applied"
+TERMINATED = "applied: terminated"
+UNCHANGED = "unchanged (same state: a refresh or republish)"
+OLDER = "ignored: older than the record (bridge, epoch, sequence)"
+TOMBSTONE = "ignored: the record already ended (tombstone)"
+EXPIRED = "expired: Expires ran out"
+SNAPSHOT_APPLIED = "applied (switch snapshot)"
+SNAPSHOT_UNCHANGED = "unchanged (switch snapshot)"
+SNAPSHOT_REPLACED = "terminated: missing from the switch's snapshot"
+
+_ORIGIN = ("Switch-Event", "Unique-ID", "Channel-Call-State", "Event-Timestamp",
+           "Bridge-Timestamp")
+
+
+class Watch:
+    """One watcher's NOTIFY for one entry (the first DETAILED watchers of a fan-out)."""
+
+    __slots__ = ("entry", "watcher", "tag", "version", "sent_at", "status", "answered_at",
+                 "coalesced", "reliable")
+
+    def __init__(self, entry: Entry | None, sub: Any, sent_at: float | None,
+                 coalesced: bool) -> None:
+        self.entry = entry
+        self.watcher = sub.remote_uri
+        self.tag = sub.tag
+        self.version = sub.version - 1 if sub.version else None  # the version just sent
+        self.sent_at = sent_at
+        self.status: int | None = None
+        self.answered_at: float | None = None
+        self.coalesced = coalesced
+        self.reliable = sub.transport != "udp"
+
+    def answered(self, status: int, sent_at: float, now: float) -> None:
+        self.status = status
+        self.answered_at = now
+        if self.entry is not None:
+            self.entry.answered(status, sent_at, now)
+        elif status:
+            self.stage.observe(now - sent_at)
+
+    stage: Histogram  # set on the class by History (initial NOTIFYs have no entry)
+
+
+class Entry:
+    """One change of a presentity: its origin, the update, its effect, the NOTIFYs it caused."""
+
+    __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "stamp", "origin",
+                 "effect", "watchers", "sent", "coalesced", "details", "codes", "lat_min",
+                 "lat_max", "stage")
+
+    def __init__(self, id_: int, kind: str, package: str, at: float, wall: float,
+                 stage: Histogram) -> None:
+        self.id = id_
+        self.kind = kind
+        self.package = package
+        self.at = at
+        self.wall = wall
+        self.record: str | None = None
+        self.state: str | None = None
+        self.stamp: tuple | None = None
+        self.origin: tuple | None = None
+        self.effect = ""
+        self.watchers = 0
+        self.sent = 0
+        self.coalesced = 0
+        self.details: list[Watch] | None = None
+        self.codes: dict[int, int] | None = None  # answers of the watchers beyond DETAILED
+        self.lat_min = self.lat_max = 0.0
+        self.stage = stage
+
+    def answered(self, status: int, sent_at: float, now: float) -> None:
+        """A final answer (or TIMEOUT) to one of this entry's NOTIFYs."""
+        codes = self.codes
+        if codes is None:
+            codes = self.codes = {}
+        codes[status] = codes.get(status, 0) + 1
+        if status:
+            latency = now - sent_at
+            self.stage.observe(latency)
+            if latency > self.lat_max:
+                self.lat_max = latency
+            if latency < self.lat_min or len(codes) == 1 and codes[status] == 1:
+                self.lat_min = latency
+
+
+class Gap:
+    """Updates of one bridge that never arrived (detected from its sequence numbers)."""
+
+    __slots__ = ("bridge", "epoch", "first", "last", "at", "wall")
+
+    def __init__(self, bridge: str, epoch: int, first: int, last: int, at: float,
+                 wall: float) -> None:
+        self.bridge, self.epoch, self.first, self.last = bridge, epoch, first, last
+        self.at, self.wall = at, wall
+
+
+class History:
+    """Rings of :class:`Entry` per presentity, the recent sequence gaps, the stage histograms."""
+
+    def __init__(self, *, per_presentity: int = DEFAULT_PER_PRESENTITY,
+                 max_entries: int | None = None, wall: Callable[[], float] = time.time,
+                 stages: StageHistograms | None = None) -> None:
+        self.per_presentity = per_presentity
+        self.max_entries = (max_entries if max_entries is not None
+                            else DEFAULT_MEMORY_MB * 2**20 // ENTRY_BYTES)
+        self.enabled = per_presentity > 0
+        self.wall = wall
+        self.stages = stages or StageHistograms()
+        self._notify_stage = self.stages["notify_to_answer"]
+        self._applied_stage = self.stages["applied_to_notify"]
+        self._subscribe_stage = self.stages["subscribe_to_notify"]
+        self._bridge_stage = self.stages["bridge_to_applied"]
+        Watch.stage = self._notify_stage
+        self.rings: OrderedDict[str, deque[Entry]] = OrderedDict()
+        self.entries = 0
+        self.dropped_rings = 0
+        self.gaps: deque[Gap] = deque(maxlen=64)
+        self.skip_sources: list[Any] = []  # objects with .matching(user) (bridge skip logs)
+        self.t1, self.t2 = 0.5, 4.0
+        self.offset = wall() - time.monotonic()  # wall - engine clock, refreshed per update
+        self.pending: list[tuple[Histogram, float, int]] = []
+        self._seq = 0
+        self._gap: tuple[str, int] | None = None
+        self._before = (0, 0)
+        self._state: Any = None
+        self._previous_on_gap: Callable | None = None
+        # answers to NOTIFYs no entry describes still reach the notify_to_answer histogram
+        self._sink = Entry(0, "sink", "", 0.0, 0.0, self._notify_stage)
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def attach(self, state: Any, *, t1: float = 0.5, t2: float = 4.0) -> None:
+        """Follow ``state``'s gap reports (chained to any callback already set)."""
+        self._state = state
+        self.t1, self.t2 = t1, t2
+        if state.on_gap is not self._on_gap:
+            self._previous_on_gap = state.on_gap
+            state.on_gap = self._on_gap
+
+    def _on_gap(self, bridge_id: str, missing: int) -> None:
+        self._gap = (bridge_id, missing)
+        if self._previous_on_gap is not None:
+            self._previous_on_gap(bridge_id, missing)
+
+    # -- the ring ---------------------------------------------------------------------------
+
+    def _entry(self, presentity: str, kind: str, package: str, now: float) -> Entry:
+        self._seq += 1
+        entry = Entry(self._seq, kind, package, now, now + self.offset, self._notify_stage)
+        rings = self.rings
+        ring = rings.get(presentity)
+        if ring is None:
+            ring = rings[presentity] = deque(maxlen=self.per_presentity)
+        else:
+            rings.move_to_end(presentity)
+            if len(ring) == self.per_presentity:
+                self.entries -= 1
+        ring.append(entry)
+        self.entries += 1
+        while self.entries > self.max_entries and len(rings) > 1:
+            _, oldest = rings.popitem(last=False)
+            self.entries -= len(oldest)
+            self.dropped_rings += 1
+        return entry
+
+    def latest(self, package: str, presentity: str) -> Entry | None:
+        ring = self.rings.get(presentity)
+        if ring:
+            for entry in reversed(ring):
+                if entry.package == package and entry.kind != "subscribe":
+                    return entry
+        return None
+
+    # -- engine hooks: updates --------------------------------------------------------------
+
+    def before(self, state: Any) -> None:
+        stats = state.stats
+        self._before = (stats.stale_dropped, stats.resurrect_dropped)
+
+    def updated(self, update: Any, keys: set, now: float) -> None:
+        """One update was applied (``keys``: what changed)."""
+        wall = self.wall()
+        self.offset = wall - now
+        raw = update.raw
+        sent = _int(raw.get("Bridge-Timestamp"))
+        if sent is not None:
+            self._bridge_stage.observe(wall - sent / 1e6)
+        self._note_gap(update.bridge_id, update.bridge_epoch, update.sequence, now)
+        if not self.enabled:
+            return
+        entry = self._entry(update.presentity, "update", update.package, now)
+        entry.record = update.record_id
+        data = update.data
+        entry.state = data.get("State") or data.get("Messages-Waiting")
+        entry.stamp = (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
+                       update.expires)
+        if any(name in raw for name in _ORIGIN):
+            entry.origin = tuple(raw.get(name) for name in _ORIGIN)
+        stats = self._state.stats if self._state is not None else None
+        stale, tomb = self._before
+        if stats is not None and stats.stale_dropped > stale:
+            entry.effect = OLDER
+        elif stats is not None and stats.resurrect_dropped > tomb:
+            entry.effect = TOMBSTONE
+        elif keys:
+            ending = entry.state == "terminated" or (update.expires is not None
+                                                     and update.expires <= 0)
+            entry.effect = TERMINATED if ending else APPLIED
+        else:
+            entry.effect = UNCHANGED
+
+    def snapshot(self, snap: Any, keys: set, now: float) -> None:
+        """A switch snapshot was applied: one entry per record it carried or terminated."""
+        self.offset = self.wall() - now
+        self._note_gap(snap.bridge_id, snap.bridge_epoch, snap.sequence, now)
+        if not self.enabled:
+            return
+        carried = set()
+        for update in snap.updates:
+            key = (update.package, update.presentity)
+            carried.add(key)
+            entry = self._entry(update.presentity, "snapshot", update.package, now)
+            entry.record = update.record_id
+            entry.state = update.data.get("State") or update.data.get("Messages-Waiting")
+            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                           update.expires)
+            entry.effect = SNAPSHOT_APPLIED if key in keys else SNAPSHOT_UNCHANGED
+        for package, presentity in keys - carried:
+            entry = self._entry(presentity, "snapshot", package, now)
+            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                           None)
+            entry.state = "terminated"
+            entry.effect = SNAPSHOT_REPLACED
+
+    def expired(self, keys: Iterable[tuple[str, str]], now: float) -> None:
+        if not self.enabled:
+            return
+        for package, presentity in keys:
+            entry = self._entry(presentity, "expired", package, now)
+            entry.effect = EXPIRED
+
+    def _note_gap(self, bridge: str | None, epoch: int | None, sequence: int | None,
+                  now: float) -> None:
+        gap, self._gap = self._gap, None
+        if gap is None or bridge is None or sequence is None or gap[0] != bridge:
+            return
+        self.gaps.append(Gap(bridge, epoch or 0, sequence - gap[1], sequence - 1, now,
+                             now + self.offset))
+
+    # -- engine hooks: NOTIFYs --------------------------------------------------------------
+
+    def fanout(self, package: str, presentity: str, watchers: list, now: float) -> Entry | None:
+        """NOTIFYs for the latest change of (package, presentity) are about to go out; the
+        engine points every subscription it notifies at the returned entry."""
+        busy = sum([1 for sub in watchers if sub.inflight is not None])
+        entry = self.latest(package, presentity) if self.enabled else None
+        if entry is None:  # a change no entry describes (history off or dropped)
+            self.pending.append((self._applied_stage, now, len(watchers) - busy))
+            self._sink.codes = None  # keeps only the latest fan-out's answers
+            return self._sink
+        entry.watchers = len(watchers)
+        entry.sent += len(watchers) - busy
+        entry.coalesced += busy
+        self.pending.append((self._applied_stage, entry.at, len(watchers) - busy))
+        return entry
+
+    def fanned(self, entry: Entry, watchers: list, now: float) -> None:
+        """After the fan-out: the first DETAILED watchers get their own :class:`Watch`."""
+        if entry is self._sink:
+            return
+        details = entry.details = []
+        for sub in watchers[:DETAILED]:
+            sent = sub.note is entry
+            watch = Watch(entry, sub, now if sent else None, not sent)
+            details.append(watch)
+            if sent:
+                sub.note = watch
+
+    def resent(self, sub: Any, now: float, coalesced: bool) -> None:
+        """A NOTIFY outside a fan-out (merged changes, refresh, final): points ``sub`` at the
+        presentity's latest entry."""
+        entry = self.latest(sub.package.name, sub.presentity) if self.enabled else None
+        note: Any = entry
+        if entry is not None:
+            if coalesced:
+                entry.sent += 1
+                self.pending.append((self._applied_stage, entry.at, 1))
+            for watch in entry.details or ():
+                if watch.tag == sub.tag:
+                    watch.sent_at, watch.status = now, None
+                    watch.version = sub.version - 1 if sub.version else None
+                    note = watch
+                    break
+        sub.note, sub.noted_at = note, now
+
+    def subscribed(self, sub: Any, now: float, watchers: int) -> None:
+        """A SUBSCRIBE's initial NOTIFY was queued (``watchers``: now watching the presentity)."""
+        self.pending.append((self._subscribe_stage, now, 1))
+        entry = None
+        if self.enabled and watchers <= DETAILED:  # a crowd of SUBSCRIBEs must not evict changes
+            entry = self._entry(sub.presentity, "subscribe", sub.package.name, now)
+            entry.effect = "subscribed" if sub.final_reason is None else "fetched"
+            entry.watchers = entry.sent = 1
+        watch = Watch(entry, sub, now, False)
+        if entry is not None:
+            entry.details = [watch]
+        sub.note, sub.noted_at = watch, now
+
+    def flushed(self, now: float) -> None:
+        """The node handed what the engine queued to the transports at ``now``."""
+        pending, self.pending = self.pending, []
+        for hist, started, count in pending:
+            hist.observe_many(now - started, count)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def ring(self, presentity: str) -> list[Entry]:
+        return list(self.rings.get(presentity, ()))
+
+    def presentities(self) -> Iterator[str]:
+        return iter(list(self.rings))
+
+    def to_wall(self, at: float | None) -> float | None:
+        return None if at is None else at + self.offset
+
+    def retransmissions(self, watch: Watch) -> int:
+        """Timer E firings between a NOTIFY and its answer (UDP only)."""
+        if watch.reliable or watch.sent_at is None:
+            return 0
+        end = watch.answered_at
+        if end is None:
+            end = time.monotonic() if watch.status is None else watch.sent_at
+        waited, interval, count = 0.0, self.t1, 0
+        while waited + interval < end - watch.sent_at and count < 64:
+            waited += interval
+            interval = min(interval * 2, self.t2)
+            count += 1
+        return count
+
+
+def _int(value: Any) -> int | None:
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def history_metrics(history: History) -> Callable:
+    """Renderer for presence.metrics: the stage histograms and the history's own size."""
+
+    def render(metric: Any) -> None:
+        history.stages.render(metric, metric.lines, "busylamp_")
+        metric("history_entries", "gauge", "Entries held in the per-presentity history rings.",
+               [({}, history.entries)])
+        metric("history_rings_dropped_total", "counter",
+               "Presentity histories dropped because the history memory cap was reached.",
+               [({}, history.dropped_rings)])
+
+    return render
