@@ -362,6 +362,12 @@ class PresenceNode:
             }
         return result if found else None
 
+    def history_report(self, aor: str) -> dict:
+        """``busylamp why``: the lamp, its timeline and likely causes (presence/why.py)."""
+        from presence.why import explain
+
+        return explain(self, aor)
+
     def health(self) -> tuple[bool, dict]:
         return self.ready, {
             "node_id": self.node_id,

@@ -78,6 +78,8 @@ def _guess_local_address() -> str:
 
 def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
     """Bind the SIP listeners and build the presence node (not started yet)."""
+    from presence.history import ENTRY_BYTES, History
+
     node = PresenceNode(
         EngineConfig(contacts={"udp": ("127.0.0.1", 0)}),
         package_options=PackageOptions(
@@ -86,6 +88,8 @@ def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
         ),
         node_id=config.node_id or "busylamp",
         on_control=bus.publish_control if bus is not None else None,
+        history=History(per_presentity=config.history,
+                        max_entries=config.history_memory * 2**20 // ENTRY_BYTES),
     )
     for listen in config.sip:
         try:
@@ -190,8 +194,15 @@ def run_roles(config: RunConfig) -> None:
         bridge_service.start()
         if node is not None:
             node.extra_metrics.append(bridge_metrics(bridge_service))
+            # why: the node sees the bridge's skipped events; stage esl_to_bridge
+            node.history.skip_sources.append(bridge_service.skip_log)
+            bridge_service.event_latency = node.history.stages["esl_to_bridge"]
     if node is not None and config.bus == "nsq":
         node.extra_metrics.append(nsq_metrics(bus))
+    if node is None and bridge_service is not None and config.http is not None:
+        from presence.bridgehttp import serve_bridge_http
+
+        api_server = serve_bridge_http(config, bridge_service, bus)
 
     for line in startup_summary(config, node):
         log.info("%s", line)
