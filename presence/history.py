@@ -17,7 +17,8 @@ histograms ``applied_to_notify`` and ``subscribe_to_notify`` measure up to that 
 
 Cost: an entry records up to :data:`DETAILED` watchers individually and the rest as counts per
 answer code plus a latency range, so the fan-out to 36,000 watchers costs the same as to 9.
-Rings hold ``per_presentity`` entries; when the total passes ``max_entries`` the rings of the
+Rings hold ``per_presentity`` entries; when their estimated size (:data:`ENTRY_BYTES` per entry,
+:data:`WATCH_BYTES` per detailed watcher, both measured) passes ``max_bytes`` the rings of the
 presentities changed longest ago are dropped first.
 """
 
@@ -30,14 +31,15 @@ from typing import Any
 
 from presence.histogram import Histogram, StageHistograms
 
-__all__ = ["DETAILED", "Entry", "Gap", "History", "Watch", "ENTRY_BYTES"]
+__all__ = ["DETAILED", "ENTRY_BYTES", "WATCH_BYTES", "Entry", "Gap", "History", "Watch"]
 
 DETAILED = 8
 DEFAULT_PER_PRESENTITY = 32
-# Measured bytes per entry (tests/test_history.py::test_memory_per_entry measures it and
-# docs/BENCHMARKS.md reports it); used to turn --history-memory into an entry budget.
-ENTRY_BYTES = 600
-DEFAULT_MEMORY_MB = 64
+# Measured bytes of an entry and of each watcher detailed in it (tests/test_history.py measures
+# them, docs/BENCHMARKS.md reports them): the memory cap counts with these.
+ENTRY_BYTES = 800
+WATCH_BYTES = 160
+DEFAULT_MEMORY_MB = 128
 TIMEOUT = 0  # "answer code" of a NOTIFY that timed out (Timer F)
 
 # effects of an update on the records
@@ -141,11 +143,11 @@ class History:
     """Rings of :class:`Entry` per presentity, the recent sequence gaps, the stage histograms."""
 
     def __init__(self, *, per_presentity: int = DEFAULT_PER_PRESENTITY,
-                 max_entries: int | None = None, wall: Callable[[], float] = time.time,
+                 max_bytes: int = DEFAULT_MEMORY_MB * 2**20,
+                 wall: Callable[[], float] = time.time,
                  stages: StageHistograms | None = None) -> None:
         self.per_presentity = per_presentity
-        self.max_entries = (max_entries if max_entries is not None
-                            else DEFAULT_MEMORY_MB * 2**20 // ENTRY_BYTES)
+        self.max_bytes = max_bytes
         self.enabled = per_presentity > 0
         self.wall = wall
         self.stages = stages or StageHistograms()
@@ -156,6 +158,7 @@ class History:
         Watch.stage = self._notify_stage
         self.rings: OrderedDict[str, deque[Entry]] = OrderedDict()
         self.entries = 0
+        self.bytes = 0  # estimated, see ENTRY_BYTES
         self.dropped_rings = 0
         self.gaps: deque[Gap] = deque(maxlen=64)
         self.skip_sources: list[Any] = []  # objects with .matching(user) (bridge skip logs)
@@ -198,11 +201,14 @@ class History:
             rings.move_to_end(presentity)
             if len(ring) == self.per_presentity:
                 self.entries -= 1
+                self.bytes -= _cost(ring[0])
         ring.append(entry)
         self.entries += 1
-        while self.entries > self.max_entries and len(rings) > 1:
+        self.bytes += ENTRY_BYTES
+        while self.bytes > self.max_bytes and len(rings) > 1:
             _, oldest = rings.popitem(last=False)
             self.entries -= len(oldest)
+            self.bytes -= sum(_cost(e) for e in oldest)
             self.dropped_rings += 1
         return entry
 
@@ -312,6 +318,7 @@ class History:
         if entry is self._sink:
             return
         details = entry.details = []
+        self.bytes += WATCH_BYTES * min(len(watchers), DETAILED)
         for sub in watchers[:DETAILED]:
             sent = sub.note is entry
             watch = Watch(entry, sub, now if sent else None, not sent)
@@ -347,6 +354,7 @@ class History:
         watch = Watch(entry, sub, now, False)
         if entry is not None:
             entry.details = [watch]
+            self.bytes += WATCH_BYTES
         sub.note, sub.noted_at = watch, now
 
     def flushed(self, now: float) -> None:
@@ -381,6 +389,10 @@ class History:
         return count
 
 
+def _cost(entry: Entry) -> int:
+    return ENTRY_BYTES + WATCH_BYTES * len(entry.details or ())
+
+
 def _int(value: Any) -> int | None:
     if type(value) is int:
         return value
@@ -396,6 +408,8 @@ def history_metrics(history: History) -> Callable:
         history.stages.render(metric, metric.lines, "busylamp_")
         metric("history_entries", "gauge", "Entries held in the per-presentity history rings.",
                [({}, history.entries)])
+        metric("history_bytes", "gauge", "Estimated memory of the history rings (--history-memory).",
+               [({}, history.bytes)])
         metric("history_rings_dropped_total", "counter",
                "Presentity histories dropped because the history memory cap was reached.",
                [({}, history.dropped_rings)])

@@ -78,7 +78,7 @@ def _guess_local_address() -> str:
 
 def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
     """Bind the SIP listeners and build the presence node (not started yet)."""
-    from presence.history import ENTRY_BYTES, History
+    from presence.history import History
 
     node = PresenceNode(
         EngineConfig(contacts={"udp": ("127.0.0.1", 0)}),
@@ -89,7 +89,7 @@ def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
         node_id=config.node_id or "busylamp",
         on_control=bus.publish_control if bus is not None else None,
         history=History(per_presentity=config.history,
-                        max_entries=config.history_memory * 2**20 // ENTRY_BYTES),
+                        max_bytes=config.history_memory * 2**20),
     )
     for listen in config.sip:
         try:

@@ -117,10 +117,12 @@ def _entry_summary(entry: Entry) -> str:
 def _timeline(history: History, entries: list[Entry]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     gaps = list(history.gaps)
+    previous = None
     for entry in entries:
         while gaps and gaps[0].at <= entry.at:
             _gap_item(items, gaps.pop(0), entries)
-        items.extend(_entry_items(history, entry))
+        items.extend(_entry_items(history, entry, previous))
+        previous = entry.origin
     for gap in gaps:
         _gap_item(items, gap, entries)
     return items
@@ -136,13 +138,16 @@ def _gap_item(items: list, gap: Any, entries: list[Entry]) -> None:
                           f"(sequence {gap.first}..{gap.last}); resync requested"})
 
 
-def _entry_items(history: History, entry: Entry) -> list[dict[str, Any]]:
+def _entry_items(history: History, entry: Entry, previous: tuple | None) -> list[dict[str, Any]]:
+    """The items of one entry; the event line is left out when the previous entry (the other
+    update of the same event: dialog, then presence) already showed it."""
     base = f"{entry.id}"
     items: list[dict[str, Any]] = []
     bridge_id, epoch, sequence, switch_id, expires = entry.stamp or (None,) * 5
     if entry.origin is not None:
         event, unique_id, call_state, event_ts, bridge_ts = entry.origin
-        if event is not None or event_ts is not None:
+        same = previous is not None and previous[:4] == entry.origin[:4]
+        if (event is not None or event_ts is not None) and not same:
             parts = [f"FreeSWITCH {event or 'event'}"]
             if call_state:
                 parts.append(call_state)
@@ -259,11 +264,11 @@ def _causes(node: Any, aor: str, entries: list[Entry], subs: list,
                     + (": set presence_id on that leg in the dialplan"
                        if "no presence id" in reasons else ""))
     for other, what in _near_misses(node, user, domain):
+        # aliases map the domain phones SUBSCRIBE to onto the one the updates carry
+        phones, carried = (domain, other.partition("@")[2]) if what == "has updates" else (
+            other.partition("@")[2], domain)
         causes.append(f"{other} {what}: phones and FreeSWITCH name the domain differently; "
-                      f"map it with --domain-alias {other.partition('@')[2]}={domain}"
-                      if what == "has updates" else
-                      f"{other} {what}: phones and FreeSWITCH name the domain differently; "
-                      f"map it with --domain-alias {domain}={other.partition('@')[2]}")
+                      f"if they mean the same, map it with --domain-alias {phones}={carried}")
     if not subs:
         causes.append(f"no subscription: no phone watches {aor} on this node (its SUBSCRIBEs "
                       "go elsewhere, or were refused)")
@@ -280,7 +285,8 @@ def _near_misses(node: Any, user: str, domain: str) -> list[tuple[str, str]]:
     wanted = user.lower()
     for presentity in node.history.presentities():
         u, _, d = presentity.partition("@")
-        if u.lower() == wanted and d.lower() != domain.lower():
+        if (u.lower() == wanted and d.lower() != domain.lower()
+                and any(e.kind != "subscribe" for e in node.history.ring(presentity))):
             found.setdefault(presentity, "has updates")
     for _package, presentity in node.state.presentities():
         u, _, d = presentity.partition("@")
