@@ -379,9 +379,9 @@ def test_why_after_a_simulated_call(tmp_path):
 
 @pytest.mark.sipp
 def test_an_update_lost_on_the_bus_shows_as_a_gap_on_the_stale_lamp(tmp_path):
-    from tests.test_e2e_esl import bridge_to, record_state
-    from tests.node_util import running_node
     from esl.simulator import FreeSwitchSimulator
+    from tests.node_util import running_node
+    from tests.test_e2e_esl import bridge_to, record_state
 
     sim = FreeSwitchSimulator(domain="example.com")
     address = sim.start()
