@@ -94,10 +94,10 @@ def _watcher(history: History, sub: Any, now: float) -> dict[str, Any]:
                            "transport": sub.transport, "in_flight": sub.inflight is not None,
                            "version": sub.version - 1 if sub.version else None}
     if isinstance(note, Watch):
-        row.update(told_at=history.to_wall(note.sent_at), answer=note.status,
-                   answered_at=history.to_wall(note.answered_at))
+        row.update(told_at=_wall(history, note.entry, note.sent_at), answer=note.status,
+                   answered_at=_wall(history, note.entry, note.answered_at))
     elif isinstance(note, Entry):
-        row.update(told_at=history.to_wall(sub.noted_at), answer=None, answered_at=None)
+        row.update(told_at=_wall(history, note, sub.noted_at), answer=None, answered_at=None)
     else:
         row.update(told_at=None, answer=None, answered_at=None)
     told = note.entry if isinstance(note, Watch) else note
@@ -205,13 +205,13 @@ def _watch_items(history: History, watch: Watch, base: str) -> list[dict[str, An
     items: list[dict[str, Any]] = []
     version = "" if watch.version is None else f" version {watch.version}"
     if watch.sent_at is None:
-        items.append({"id": base + ".pending", "at": history.to_wall(watch.answered_at),
+        items.append({"id": base + ".pending", "at": _wall(history, watch.entry, None),
                       "kind": "notify", "watcher": watch.watcher, "coalesced": True,
                       "text": f"NOTIFY to {watch.watcher} waits for the one in flight "
                               "(changes merged)"})
         return items
     merged = " (merged: sent after the one in flight)" if watch.coalesced else ""
-    items.append({"id": base + ".notify", "at": history.to_wall(watch.sent_at),
+    items.append({"id": base + ".notify", "at": _wall(history, watch.entry, watch.sent_at),
                   "kind": "notify", "watcher": watch.watcher, "version": watch.version,
                   "coalesced": watch.coalesced,
                   "text": f"NOTIFY to {watch.watcher}{version}{merged}"})
@@ -221,10 +221,18 @@ def _watch_items(history: History, watch: Watch, base: str) -> list[dict[str, An
         again = f", {retrans} retransmission(s)" if retrans else ""
         text = (f"{_code(watch.status)} from {watch.watcher} after {waited:.1f} ms{again}"
                 if watch.status else f"no answer from {watch.watcher} (timed out{again})")
-        items.append({"id": base + ".answer", "at": history.to_wall(watch.answered_at),
+        items.append({"id": base + ".answer", "at": _wall(history, watch.entry, watch.answered_at),
                       "kind": "answer", "watcher": watch.watcher, "status": watch.status,
                       "retransmissions": retrans, "text": text})
     return items
+
+
+def _wall(history: History, entry: Entry | None, at: float | None) -> float | None:
+    """Engine time -> wall clock, with the offset recorded with the entry (so one entry's
+    times stay in order however the wall clock was slewed since); None: the entry's time."""
+    if entry is None or not entry.id:
+        return history.to_wall(at)
+    return entry.wall + ((at - entry.at) if at is not None else 0.0)
 
 
 def _code(status: int) -> str:
