@@ -457,3 +457,59 @@ def _deep_size(entry) -> int:
             stack.extend(getattr(obj, s) for s in obj.__slots__
                          if s not in ("entry", "stage") and hasattr(obj, s))
     return total
+
+
+@pytest.mark.sipp
+def test_a_bridge_process_serves_health_and_its_stage_metrics(nsq_endpoints, tmp_path):
+    from esl.simulator import FreeSwitchSimulator
+    from tests.test_cli_subprocess import http_get, metric, run_node
+
+    nsqd, _, _ = nsq_endpoints
+    sim = FreeSwitchSimulator(domain="example.com")
+    host, port = sim.start()
+    try:
+        with run_node(tmp_path, "--esl", f"ClueCon@{host}:{port}", "--nsqd", nsqd,
+                      role="bridge", bus="nsq") as node:
+            status, body = http_get(node.http_port, "/health")
+            assert status == 200 and json.loads(body)["role"] == "bridge"
+            wait_until(lambda: json.loads(http_get(node.http_port, "/health")[1])["esl"]
+                       == {f"{host}:{port}": "connected"})
+            sim.originate("1001", "1002")
+            count = 'busylamp_stage_seconds_count{stage="esl_to_bridge"}'
+            wait_until(lambda: (metric(node.http_port, count) or 0) >= 2)
+            assert metric(node.http_port, 'busylamp_bridge_updates_published_total{kind="event"}')
+            assert http_get(node.http_port, "/subscriptions")[0] == 404
+    finally:
+        sim.stop()
+
+
+def test_why_follow_prints_what_happens_next(tmp_path):
+    from tests.node_util import publish, running_node
+    from tests.test_cli_subprocess import Proc, busylamp
+
+    with running_node() as node:
+        api = serve_api("127.0.0.1", free_port(), node, None)
+        http = f"127.0.0.1:{api.server_port}"
+        try:
+            code, out, err = busylamp("why", AOR, "--http", http, workdir=tmp_path)
+            assert code == 0, err
+            assert "no update for 1001@example.com reached this node" in out
+            assert "no subscription" in out
+            follow = Proc.start(["why", AOR, "--follow", "--interval", "0.05", "--count", "400",
+                                 "--http", http], tmp_path, "follow")
+            try:
+                wait_until(lambda: "likely causes" in follow.stdout, timeout=8)
+                publish(node, {"Event-Name": "update", "Event-Package": "dialog",
+                               "From": f"sip:{AOR}", "From-User": "1001",
+                               "From-Realm": "example.com", "To": "sip:2002@example.com",
+                               "Call-ID": "follow-1", "State": "confirmed",
+                               "Switch-Event": "CHANNEL_CALLSTATE", "Unique-ID": "follow-1"})
+                wait_until(lambda: "dialog update confirmed call-id follow-1" in follow.stdout,
+                           timeout=8)
+                assert "FreeSWITCH CHANNEL_CALLSTATE channel follow-1" in follow.stdout
+            finally:
+                follow.kill()
+            code, _, err = busylamp("why", "nobody", "--http", http, workdir=tmp_path)
+            assert code == 2 and "USER@DOMAIN" in err
+        finally:
+            api.stop()
