@@ -59,7 +59,7 @@ def engine_throughput(presentities: int = 2500, keys: int = 4,
         from presence.history import History
 
         recorder = History()
-        recorder.attach(state)
+        recorder.attach(state, engine.counters)
         engine.observer = recorder
     now = 1000.0
     watchers = presentities * keys

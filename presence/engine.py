@@ -609,7 +609,7 @@ class PresenceEngine:
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
         sub.inflight = None
         if sub.note is not None:
-            sub.note.answered(status, sub.noted_at, now)
+            sub.note.answered(sub, status, now)
         if status in NOTIFY_REMOVE_STATUSES:
             if sub.final_reason is None:
                 self.counters["subscriptions_removed_notify_rejected"] += 1
@@ -625,7 +625,7 @@ class PresenceEngine:
     def _notify_timed_out(self, sub: Subscription, now: float) -> None:
         sub.inflight = None
         if sub.note is not None:
-            sub.note.answered(0, sub.noted_at, now)  # 0: timed out
+            sub.note.answered(sub, 0, now)  # 0: timed out
         self.counters["notify_timeouts"] += 1
         if sub.final_reason is None:
             self.counters["subscriptions_removed_notify_timeout"] += 1

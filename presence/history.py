@@ -25,6 +25,7 @@ presentities changed longest ago are dropped first.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -58,40 +59,34 @@ _ORIGIN = ("Switch-Event", "Unique-ID", "Channel-Call-State", "Event-Timestamp",
 
 
 class Watch:
-    """One watcher's NOTIFY for one entry (the first DETAILED watchers of a fan-out)."""
+    """A read-only view of one detailed watcher's NOTIFY for one entry (built when reading)."""
 
     __slots__ = ("entry", "watcher", "tag", "version", "sent_at", "status", "answered_at",
                  "coalesced", "reliable")
 
-    def __init__(self, entry: Entry | None, sub: Any, sent_at: float | None,
-                 coalesced: bool) -> None:
+    def __init__(self, entry: Entry, index: int) -> None:
+        sub = entry.subs[index]
         self.entry = entry
-        self.watcher = sub.remote_uri
         self.tag = sub.tag
-        self.version = sub.version - 1 if sub.version else None  # the version just sent
-        self.sent_at = sent_at
-        self.status: int | None = None
-        self.answered_at: float | None = None
-        self.coalesced = coalesced
+        self.watcher = sub.remote_uri
         self.reliable = sub.transport != "udp"
-
-    def answered(self, status: int, sent_at: float, now: float) -> None:
-        self.status = status
-        self.answered_at = now
-        if self.entry is not None:
-            self.entry.answered(status, sent_at, now)
-        elif status:
-            self.stage.observe(now - sent_at)
-
-    stage: Histogram  # set on the class by History (initial NOTIFYs have no entry)
+        version = entry.versions[index]
+        self.version = version - 1 if version else None  # the version sent
+        self.sent_at = entry.sent_at[index]
+        self.coalesced = self.sent_at is None or index in (entry.merged or ())
+        self.status, self.answered_at = (entry.answered_at or {}).get(index, (None, None))
 
 
 class Entry:
-    """One change of a presentity: its origin, the update, its effect, the NOTIFYs it caused."""
+    """One change of a presentity: its origin, the update, its effect, the NOTIFYs it caused.
+
+    The first DETAILED watchers notified are kept one by one (``subs``, with the ``versions``
+    they were sent, ``sent_at``, ``answered_at``: index -> (answer, time)); every answer counts
+    in ``ok``/``codes`` and the latency range."""
 
     __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "stamp", "origin",
-                 "effect", "watchers", "sent", "coalesced", "details", "codes", "lat_min",
-                 "lat_max", "stage")
+                 "effect", "watchers", "sent", "coalesced", "subs", "versions", "sent_at",
+                 "answered_at", "merged", "ok", "codes", "lat_min", "lat_max", "stage")
 
     def __init__(self, id_: int, kind: str, package: str, at: float, wall: float,
                  stage: Histogram) -> None:
@@ -105,27 +100,74 @@ class Entry:
         self.stamp: tuple | None = None
         self.origin: tuple | None = None
         self.effect = ""
-        self.watchers = 0
-        self.sent = 0
-        self.coalesced = 0
-        self.details: list[Watch] | None = None
-        self.codes: dict[int, int] | None = None  # answers of the watchers beyond DETAILED
-        self.lat_min = self.lat_max = 0.0
+        self.watchers = self.sent = self.coalesced = self.ok = 0
+        self.subs: list | None = None
+        self.versions: list | None = None
+        self.sent_at: list | None = None
+        self.answered_at: dict[int, tuple[int, float]] | None = None
+        self.merged: set[int] | None = None
+        self.codes: dict[int, int] | None = None  # answers other than 200 (0: timed out)
+        self.lat_min = 1e9
+        self.lat_max = 0.0
         self.stage = stage
 
-    def answered(self, status: int, sent_at: float, now: float) -> None:
-        """A final answer (or TIMEOUT) to one of this entry's NOTIFYs."""
-        codes = self.codes
-        if codes is None:
-            codes = self.codes = {}
-        codes[status] = codes.get(status, 0) + 1
-        if status:
-            latency = now - sent_at
-            self.stage.observe(latency)
-            if latency > self.lat_max:
-                self.lat_max = latency
-            if latency < self.lat_min or len(codes) == 1 and codes[status] == 1:
-                self.lat_min = latency
+    def answered(self, sub: Any, status: int, now: float) -> None:
+        """The final answer (status 0: timed out) to the NOTIFY this entry sent ``sub``."""
+        subs = self.subs
+        if subs is not None and sub in subs:
+            answered = self.answered_at
+            if answered is None:
+                answered = self.answered_at = {}
+            answered[subs.index(sub)] = (status, now)
+        if status == 200:
+            self.ok += 1
+        else:
+            codes = self.codes
+            if codes is None:
+                codes = self.codes = {}
+            codes[status] = codes.get(status, 0) + 1
+            if not status:
+                return
+        latency = now - sub.noted_at
+        hist = self.stage
+        if latency >= 0.0:
+            hist.counts[bisect_left(hist.bounds, latency)] += 1
+            hist.total += latency
+            hist.count += 1
+        if latency > self.lat_max:
+            self.lat_max = latency
+        if latency < self.lat_min:
+            self.lat_min = latency
+
+    def answers(self) -> dict[int, int]:
+        """Answer code -> count (0: timed out)."""
+        counts = dict(self.codes or {})
+        if self.ok:
+            counts[200] = self.ok
+        return counts
+
+    def watches(self) -> list[Watch]:
+        return [Watch(self, i) for i in range(len(self.subs or ()))]
+
+    def watch_of(self, sub: Any) -> Watch | None:
+        subs = self.subs
+        if subs is not None and sub in subs:
+            return Watch(self, subs.index(sub))
+        return None
+
+    def resent(self, sub: Any, now: float, coalesced: bool) -> None:
+        """``sub`` was sent this entry's state later (merged behind one in flight, refresh)."""
+        subs = self.subs
+        if subs is not None and sub in subs:
+            index = subs.index(sub)
+            self.versions[index] = sub.version
+            self.sent_at[index] = now
+            if self.answered_at is not None:
+                self.answered_at.pop(index, None)
+            if coalesced:
+                if self.merged is None:
+                    self.merged = set()
+                self.merged.add(index)
 
 
 class Gap:
@@ -155,7 +197,6 @@ class History:
         self._applied_stage = self.stages["applied_to_notify"]
         self._subscribe_stage = self.stages["subscribe_to_notify"]
         self._bridge_stage = self.stages["bridge_to_applied"]
-        Watch.stage = self._notify_stage
         self.rings: OrderedDict[str, deque[Entry]] = OrderedDict()
         self.entries = 0
         self.bytes = 0  # estimated, see ENTRY_BYTES
@@ -170,14 +211,19 @@ class History:
         self._before = (0, 0)
         self._state: Any = None
         self._previous_on_gap: Callable | None = None
+        self._counters: dict[str, int] = {"notify_sent": 0}
+        self._sent_before = 0
         # answers to NOTIFYs no entry describes still reach the notify_to_answer histogram
         self._sink = Entry(0, "sink", "", 0.0, 0.0, self._notify_stage)
 
     # -- wiring ----------------------------------------------------------------------------
 
-    def attach(self, state: Any, *, t1: float = 0.5, t2: float = 4.0) -> None:
-        """Follow ``state``'s gap reports (chained to any callback already set)."""
+    def attach(self, state: Any, counters: dict[str, int], *, t1: float = 0.5,
+               t2: float = 4.0) -> None:
+        """Follow ``state``'s gap reports (chained to any callback already set) and the
+        engine's ``counters`` (NOTIFYs sent during a fan-out)."""
         self._state = state
+        self._counters = counters
         self.t1, self.t2 = t1, t2
         if state.on_gap is not self._on_gap:
             self._previous_on_gap = state.on_gap
@@ -231,10 +277,11 @@ class History:
         wall = self.wall()
         self.offset = wall - now
         raw = update.raw
-        sent = _int(raw.get("Bridge-Timestamp"))
-        if sent is not None:
+        sent = raw.get("Bridge-Timestamp")
+        if sent is not None and type(sent) is int:
             self._bridge_stage.observe(wall - sent / 1e6)
-        self._note_gap(update.bridge_id, update.bridge_epoch, update.sequence, now)
+        if self._gap is not None:
+            self._note_gap(update.bridge_id, update.bridge_epoch, update.sequence, now)
         if not self.enabled:
             return
         entry = self._entry(update.presentity, "update", update.package, now)
@@ -243,8 +290,8 @@ class History:
         entry.state = data.get("State") or data.get("Messages-Waiting")
         entry.stamp = (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
                        update.expires)
-        if any(name in raw for name in _ORIGIN):
-            entry.origin = tuple(raw.get(name) for name in _ORIGIN)
+        if "Switch-Event" in raw or "Event-Timestamp" in raw:
+            entry.origin = tuple([raw.get(name) for name in _ORIGIN])
         stats = self._state.stats if self._state is not None else None
         stale, tomb = self._before
         if stats is not None and stats.stale_dropped > stale:
@@ -298,64 +345,52 @@ class History:
 
     # -- engine hooks: NOTIFYs --------------------------------------------------------------
 
-    def fanout(self, package: str, presentity: str, watchers: list, now: float) -> Entry | None:
+    def fanout(self, package: str, presentity: str, watchers: list, now: float) -> Entry:
         """NOTIFYs for the latest change of (package, presentity) are about to go out; the
-        engine points every subscription it notifies at the returned entry."""
-        busy = sum([1 for sub in watchers if sub.inflight is not None])
+        engine points every subscription it notifies at the returned entry, then calls
+        :meth:`fanned`."""
         entry = self.latest(package, presentity) if self.enabled else None
-        if entry is None:  # a change no entry describes (history off or dropped)
-            self.pending.append((self._applied_stage, now, len(watchers) - busy))
-            self._sink.codes = None  # keeps only the latest fan-out's answers
-            return self._sink
-        entry.watchers = len(watchers)
-        entry.sent += len(watchers) - busy
-        entry.coalesced += busy
-        self.pending.append((self._applied_stage, entry.at, len(watchers) - busy))
-        return entry
+        self._sent_before = self._counters["notify_sent"]
+        return self._sink if entry is None else entry  # sink: a change no entry describes
 
     def fanned(self, entry: Entry, watchers: list, now: float) -> None:
-        """After the fan-out: the first DETAILED watchers get their own :class:`Watch`."""
+        """After the fan-out: counts, the applied -> NOTIFY stage, the first watchers kept."""
+        sent = self._counters["notify_sent"] - self._sent_before
         if entry is self._sink:
+            self.pending.append((self._applied_stage, now, sent))
             return
-        details = entry.details = []
-        self.bytes += WATCH_BYTES * min(len(watchers), DETAILED)
-        for sub in watchers[:DETAILED]:
-            sent = sub.note is entry
-            watch = Watch(entry, sub, now if sent else None, not sent)
-            details.append(watch)
-            if sent:
-                sub.note = watch
+        entry.watchers = len(watchers)
+        entry.sent += sent
+        entry.coalesced += len(watchers) - sent
+        self.pending.append((self._applied_stage, entry.at, sent))
+        subs = entry.subs = watchers[:DETAILED]
+        entry.versions = [sub.version for sub in subs]
+        entry.sent_at = [now if sub.note is entry else None for sub in subs]
+        self.bytes += WATCH_BYTES * len(subs)
 
     def resent(self, sub: Any, now: float, coalesced: bool) -> None:
         """A NOTIFY outside a fan-out (merged changes, refresh, final): points ``sub`` at the
         presentity's latest entry."""
         entry = self.latest(sub.package.name, sub.presentity) if self.enabled else None
-        note: Any = entry
-        if entry is not None:
-            if coalesced:
-                entry.sent += 1
-                self.pending.append((self._applied_stage, entry.at, 1))
-            for watch in entry.details or ():
-                if watch.tag == sub.tag:
-                    watch.sent_at, watch.status = now, None
-                    watch.version = sub.version - 1 if sub.version else None
-                    note = watch
-                    break
-        sub.note, sub.noted_at = note, now
+        if entry is None:
+            entry = self._sink
+        elif coalesced:
+            entry.sent += 1
+            self.pending.append((self._applied_stage, entry.at, 1))
+        entry.resent(sub, now, coalesced)
+        sub.note, sub.noted_at = entry, now
 
     def subscribed(self, sub: Any, now: float, watchers: int) -> None:
         """A SUBSCRIBE's initial NOTIFY was queued (``watchers``: now watching the presentity)."""
         self.pending.append((self._subscribe_stage, now, 1))
-        entry = None
+        entry = self._sink
         if self.enabled and watchers <= DETAILED:  # a crowd of SUBSCRIBEs must not evict changes
             entry = self._entry(sub.presentity, "subscribe", sub.package.name, now)
             entry.effect = "subscribed" if sub.final_reason is None else "fetched"
             entry.watchers = entry.sent = 1
-        watch = Watch(entry, sub, now, False)
-        if entry is not None:
-            entry.details = [watch]
+            entry.subs, entry.versions, entry.sent_at = [sub], [sub.version], [now]
             self.bytes += WATCH_BYTES
-        sub.note, sub.noted_at = watch, now
+        sub.note, sub.noted_at = entry, now
 
     def flushed(self, now: float) -> None:
         """The node handed what the engine queued to the transports at ``now``."""
@@ -390,7 +425,7 @@ class History:
 
 
 def _cost(entry: Entry) -> int:
-    return ENTRY_BYTES + WATCH_BYTES * len(entry.details or ())
+    return ENTRY_BYTES + WATCH_BYTES * len(entry.subs or ())
 
 
 def _int(value: Any) -> int | None:

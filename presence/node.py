@@ -99,7 +99,8 @@ class PresenceNode:
 
     def _observe(self, engine_config: EngineConfig) -> None:
         """Hook the per-lamp history into the engine (presence/history.py)."""
-        self.history.attach(self.state, t1=engine_config.t1, t2=engine_config.t2)
+        self.history.attach(self.state, self.engine.counters, t1=engine_config.t1,
+                            t2=engine_config.t2)
         self.engine.observer = self.history
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -93,15 +93,15 @@ def _watcher(history: History, sub: Any, now: float) -> dict[str, Any]:
     row: dict[str, Any] = {"watcher": sub.remote_uri, "package": sub.package.name,
                            "transport": sub.transport, "in_flight": sub.inflight is not None,
                            "version": sub.version - 1 if sub.version else None}
-    if isinstance(note, Watch):
-        row.update(told_at=_wall(history, note.entry, note.sent_at), answer=note.status,
-                   answered_at=_wall(history, note.entry, note.answered_at))
+    watch = note.watch_of(sub) if isinstance(note, Entry) else None
+    if watch is not None:
+        row.update(told_at=_wall(history, note, watch.sent_at), answer=watch.status,
+                   answered_at=_wall(history, note, watch.answered_at))
     elif isinstance(note, Entry):
         row.update(told_at=_wall(history, note, sub.noted_at), answer=None, answered_at=None)
     else:
         row.update(told_at=None, answer=None, answered_at=None)
-    told = note.entry if isinstance(note, Watch) else note
-    row["told"] = _entry_summary(told) if isinstance(told, Entry) and told.id else None
+    row["told"] = _entry_summary(note) if isinstance(note, Entry) and note.id else None
     row["acknowledged"] = sub.inflight is None and (row["answer"] is None
                                                     or 200 <= row["answer"] < 300)
     return row
@@ -177,27 +177,29 @@ def _entry_items(history: History, entry: Entry, previous: tuple | None) -> list
     elif entry.kind == "expired":
         item["text"] = f"{entry.package} record expired (no refresh arrived): NOTIFY follows"
     else:
-        watch = entry.details[0] if entry.details else None
+        watch = entry.watches()[0] if entry.subs else None
         item["text"] = (f"{entry.package} SUBSCRIBE from "
                         f"{watch.watcher if watch else 'a watcher'}: {entry.effect}")
     items.append(item)
-    detailed = entry.details or []
+    detailed = entry.watches()
     for n, watch in enumerate(detailed):
         items.extend(_watch_items(history, watch, f"{base}.w{n}"))
     rest = entry.watchers - len(detailed)
     if rest > 0:
-        codes = Counter(entry.codes or {})
+        codes = Counter(entry.answers())
         for watch in detailed:
             if watch.status is not None:
                 codes[watch.status] -= 1
         answers = ", ".join(f"{n} x {_code(c)}" for c, n in sorted(codes.items()) if n > 0)
+        timed = entry.lat_min <= entry.lat_max
+        span = (f", in {entry.lat_min * 1000:.1f}-{entry.lat_max * 1000:.1f} ms"
+                if timed else "")
         items.append({"id": f"{base}.rest", "at": entry.wall, "kind": "notifies",
                       "watchers": rest, "answers": {str(c): n for c, n in codes.items() if n > 0},
                       "latency_ms": [round(entry.lat_min * 1000, 3),
-                                     round(entry.lat_max * 1000, 3)],
+                                     round(entry.lat_max * 1000, 3)] if timed else None,
                       "text": f"and {rest} more watchers ({entry.coalesced} merged behind a "
-                              f"NOTIFY in flight): answers {answers or 'none yet'}, in "
-                              f"{entry.lat_min * 1000:.1f}-{entry.lat_max * 1000:.1f} ms"})
+                              f"NOTIFY in flight): answers {answers or 'none yet'}{span}"})
     return items
 
 

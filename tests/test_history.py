@@ -50,7 +50,7 @@ class FakeNode:
         self.state = PresenceState(REGISTRY, PackageOptions())
         self.engine = PresenceEngine(EngineConfig(contacts=CONTACTS), self.state, REGISTRY)
         self.history = History(wall=clocks.wall, **history)
-        self.history.attach(self.state)
+        self.history.attach(self.state, self.engine.counters)
         self.engine.observer = self.history
         self.subscribed = 0
 
@@ -166,8 +166,8 @@ def test_thirty_six_thousand_watchers_cost_what_nine_do():
         node.answer_all(after=0.002)
         entry = node.history.ring(AOR)[-1]
         assert entry.kind == "update" and entry.watchers == watchers
-        assert len(entry.details) == DETAILED
-        assert entry.codes == {200: watchers}
+        assert len(entry.subs) == DETAILED
+        assert entry.answers() == {200: watchers}
         sizes[watchers] = _deep_size(entry)
         report = explain(node, AOR)
         rest = [i for i in report["timeline"] if i["kind"] == "notifies"]
@@ -303,7 +303,7 @@ def test_coalesced_notify_is_marked_and_answered_later():
     assert node.answer_all(after=0.005) == 1
     confirmed = node.history.ring(AOR)[-1]
     assert confirmed.state == "confirmed" and confirmed.coalesced == 1
-    watch = confirmed.details[0]
+    watch = confirmed.watches()[0]
     assert watch.coalesced and watch.status == 200
     assert watch.answered_at - watch.sent_at == pytest.approx(0.005)
     text = render_text(explain(node, AOR))
