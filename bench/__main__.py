@@ -122,7 +122,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from bench.engine import engine_throughput
 
     print(json.dumps(engine_throughput(args.presentities, args.keys,
-                                       history=args.history == "on")))
+                                       history=args.history == "on",
+                                       freeze=args.gc_freeze == "on")))
     return 0
 
 
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     eng.add_argument("--keys", type=int, default=4)
     eng.add_argument("--history", choices=("on", "off"), default="on",
                      help="per-lamp history and stage histograms (default on, as in a node)")
+    eng.add_argument("--gc-freeze", choices=("on", "off"), default="on",
+                     help="freeze the heap after the SUBSCRIBE phase, as a node does (default on)")
     eng.set_defaults(func=cmd_engine)
     nsq = sub.add_parser("nsq", help="updates/s through the NSQ consumer")
     nsq.add_argument("--updates", type=int, default=100_000)

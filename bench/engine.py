@@ -9,6 +9,7 @@ itself costs per SUBSCRIBE and per NOTIFY transaction (`python -m bench engine`)
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -50,8 +51,10 @@ def _update(presentity: str, state: str, call_id: str) -> dict:
 
 
 def engine_throughput(presentities: int = 2500, keys: int = 4,
-                      history: bool = True) -> dict[str, Any]:
-    """With ``history`` the per-lamp history and stage histograms are on, as in a node."""
+                      history: bool = True, freeze: bool = True) -> dict[str, Any]:
+    """With ``history`` the per-lamp history and stage histograms are on, as in a node; with
+    ``freeze`` the heap is frozen after the subscriptions are in (``gc.freeze()``, as the node's
+    housekeeping does after growth), so full collections do not walk the table mid-run."""
     state = PresenceState(REGISTRY, PackageOptions())
     engine = PresenceEngine(EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}), state, REGISTRY)
     recorder = None
@@ -74,6 +77,9 @@ def engine_throughput(presentities: int = 2500, keys: int = 4,
     for ok in answers:
         engine.receive(ok, PHONE, "udp", None, now)
     engine.datagrams_to_send()
+    if freeze:
+        gc.collect(1)
+        gc.freeze()
 
     batches = [parse_updates(_update(f"p{p}", state_name, f"c{cycle}-{p}"))
                for cycle, state_name in enumerate(("early", "confirmed", "terminated"))
@@ -96,9 +102,12 @@ def engine_throughput(presentities: int = 2500, keys: int = 4,
         apply_s += t1 - t0
         respond_s += t3 - t2
         notifies += len(out)
+    if freeze:
+        gc.unfreeze()
     return {
         "watchers": watchers,
         "history": history,
+        "gc_freeze": freeze,
         "subscribe_per_s": watchers / subscribe_s,
         "notifies": notifies,
         "notify_build_per_s": notifies / apply_s,

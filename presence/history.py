@@ -54,8 +54,6 @@ SNAPSHOT_APPLIED = "applied (switch snapshot)"
 SNAPSHOT_UNCHANGED = "unchanged (switch snapshot)"
 SNAPSHOT_REPLACED = "terminated: missing from the switch's snapshot"
 
-_ORIGIN = ("Switch-Event", "Unique-ID", "Channel-Call-State", "Event-Timestamp",
-           "Bridge-Timestamp")
 
 
 class Watch:
@@ -65,28 +63,34 @@ class Watch:
                  "coalesced", "reliable")
 
     def __init__(self, entry: Entry, index: int) -> None:
-        sub = entry.subs[index]
+        base = index * _STRIDE
         self.entry = entry
-        self.tag = sub.tag
-        self.watcher = sub.remote_uri
-        self.reliable = sub.transport != "udp"
-        version = entry.versions[index]
-        self.version = version - 1 if version else None  # the version sent
-        self.sent_at = entry.sent_at[index]
-        self.coalesced = self.sent_at is None or index in (entry.merged or ())
-        self.status, self.answered_at = (entry.answered_at or {}).get(index, (None, None))
+        self.tag, self.watcher, self.reliable, version, self.status, self.answered_at = \
+            entry.who[base:base + _STRIDE]
+        self.version = version - 1 if version else None  # version None: waits for the one in flight
+        late = getattr(entry, "late", None) or {}
+        self.sent_at, self.coalesced = late.get(index, (None if version is None else entry.at,
+                                                        version is None))
+
+
+# per detailed watcher in Entry.who: dialog tag, remote URI, reliable transport, its version
+# after the send (None: waiting behind the NOTIFY in flight), answer, answered at
+_STRIDE = 6
 
 
 class Entry:
     """One change of a presentity: its origin, the update, its effect, the NOTIFYs it caused.
 
-    The first DETAILED watchers notified are kept one by one (``subs``, with the ``versions``
-    they were sent, ``sent_at``, ``answered_at``: index -> (answer, time)); every answer counts
-    in ``ok``/``codes`` and the latency range."""
+    Few objects per entry, none pointing back at a subscription (subscriptions point at their
+    entry; the history stays acyclic, so gc.freeze() can hold it and refcounting frees it): the
+    first DETAILED watchers notified are one flat list ``who`` (:data:`_STRIDE` values each);
+    every answer counts in ``ok``/``codes`` and the latency range. The event fields (``event``
+    ... ``bridge_ts``) and ``late`` (NOTIFYs sent after the fan-out) are set only when needed."""
 
-    __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "stamp", "origin",
-                 "effect", "watchers", "sent", "coalesced", "subs", "versions", "sent_at",
-                 "answered_at", "merged", "ok", "codes", "lat_min", "lat_max", "stage")
+    __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "bridge", "epoch",
+                 "sequence", "switch", "expires", "event", "unique_id", "call_state", "event_ts",
+                 "bridge_ts", "effect", "watchers", "sent", "coalesced", "who", "late", "ok",
+                 "codes", "lat_min", "lat_max", "stage")
 
     def __init__(self, id_: int, kind: str, package: str, at: float, wall: float,
                  stage: Histogram) -> None:
@@ -95,30 +99,41 @@ class Entry:
         self.package = package
         self.at = at
         self.wall = wall
-        self.record: str | None = None
-        self.state: str | None = None
-        self.stamp: tuple | None = None
-        self.origin: tuple | None = None
+        self.record = self.state = self.bridge = self.epoch = self.sequence = None
+        self.switch = self.expires = None
         self.effect = ""
         self.watchers = self.sent = self.coalesced = self.ok = 0
-        self.subs: list | None = None
-        self.versions: list | None = None
-        self.sent_at: list | None = None
-        self.answered_at: dict[int, tuple[int, float]] | None = None
-        self.merged: set[int] | None = None
-        self.codes: dict[int, int] | None = None  # answers other than 200 (0: timed out)
+        self.who = self.codes = None
         self.lat_min = 1e9
         self.lat_max = 0.0
         self.stage = stage
 
+    @property
+    def stamp(self) -> tuple:
+        """(bridge, epoch, sequence, switch, expires)."""
+        return self.bridge, self.epoch, self.sequence, self.switch, self.expires
+
+    @property
+    def origin(self) -> tuple | None:
+        """(event, unique id, call state, event time us, bridge time us), or None."""
+        if not hasattr(self, "event"):
+            return None
+        return self.event, self.unique_id, self.call_state, self.event_ts, self.bridge_ts
+
+    def detail(self, subs: list, sent: Any) -> None:
+        """Keep ``subs`` one by one; those whose note is ``sent`` were notified just now."""
+        who = self.who = []
+        for sub in subs:
+            who += (sub.tag, sub.remote_uri, sub.transport != "udp",
+                    sub.version if sub.note is sent else None, None, None)
+
     def answered(self, sub: Any, status: int, now: float) -> None:
         """The final answer (status 0: timed out) to the NOTIFY this entry sent ``sub``."""
-        subs = self.subs
-        if subs is not None and sub in subs:
-            answered = self.answered_at
-            if answered is None:
-                answered = self.answered_at = {}
-            answered[subs.index(sub)] = (status, now)
+        who = self.who
+        if who is not None and sub.tag in who:
+            index = who.index(sub.tag)
+            who[index + 4] = status
+            who[index + 5] = now
         if status == 200:
             self.ok += 1
         else:
@@ -139,7 +154,7 @@ class Entry:
         if latency < self.lat_min:
             self.lat_min = latency
 
-    def answers(self) -> dict[int, int]:
+    def answers_by_code(self) -> dict[int, int]:
         """Answer code -> count (0: timed out)."""
         counts = dict(self.codes or {})
         if self.ok:
@@ -147,27 +162,24 @@ class Entry:
         return counts
 
     def watches(self) -> list[Watch]:
-        return [Watch(self, i) for i in range(len(self.subs or ()))]
+        return [Watch(self, i) for i in range(len(self.who or ()) // _STRIDE)]
 
     def watch_of(self, sub: Any) -> Watch | None:
-        subs = self.subs
-        if subs is not None and sub in subs:
-            return Watch(self, subs.index(sub))
+        who = self.who
+        if who is not None and sub.tag in who:
+            return Watch(self, who.index(sub.tag) // _STRIDE)
         return None
 
     def resent(self, sub: Any, now: float, coalesced: bool) -> None:
         """``sub`` was sent this entry's state later (merged behind one in flight, refresh)."""
-        subs = self.subs
-        if subs is not None and sub in subs:
-            index = subs.index(sub)
-            self.versions[index] = sub.version
-            self.sent_at[index] = now
-            if self.answered_at is not None:
-                self.answered_at.pop(index, None)
-            if coalesced:
-                if self.merged is None:
-                    self.merged = set()
-                self.merged.add(index)
+        who = self.who
+        if who is not None and sub.tag in who:
+            base = who.index(sub.tag)
+            who[base + 3:base + 6] = [sub.version, None, None]
+            late = getattr(self, "late", None)
+            if late is None:
+                late = self.late = {}
+            late[base // _STRIDE] = (now, coalesced)
 
 
 class Gap:
@@ -258,6 +270,11 @@ class History:
             self.dropped_rings += 1
         return entry
 
+    @property
+    def added(self) -> int:
+        """Entries recorded since the start (the node freezes the GC heap as it grows)."""
+        return self._seq
+
     def latest(self, package: str, presentity: str) -> Entry | None:
         ring = self.rings.get(presentity)
         if ring:
@@ -288,10 +305,14 @@ class History:
         entry.record = update.record_id
         data = update.data
         entry.state = data.get("State") or data.get("Messages-Waiting")
-        entry.stamp = (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
-                       update.expires)
+        entry.bridge, entry.epoch, entry.sequence = (update.bridge_id, update.bridge_epoch,
+                                                     update.sequence)
+        entry.switch, entry.expires = update.switch_id, update.expires
         if "Switch-Event" in raw or "Event-Timestamp" in raw:
-            entry.origin = tuple([raw.get(name) for name in _ORIGIN])
+            get = raw.get
+            entry.event, entry.unique_id, entry.call_state = (
+                get("Switch-Event"), get("Unique-ID"), get("Channel-Call-State"))
+            entry.event_ts, entry.bridge_ts = get("Event-Timestamp"), sent
         stats = self._state.stats if self._state is not None else None
         stale, tomb = self._before
         if stats is not None and stats.stale_dropped > stale:
@@ -318,13 +339,15 @@ class History:
             entry = self._entry(update.presentity, "snapshot", update.package, now)
             entry.record = update.record_id
             entry.state = update.data.get("State") or update.data.get("Messages-Waiting")
-            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
-                           update.expires)
+            entry.bridge, entry.epoch, entry.sequence = (snap.bridge_id, snap.bridge_epoch,
+                                                         snap.sequence)
+            entry.switch, entry.expires = snap.switch_id, update.expires
             entry.effect = SNAPSHOT_APPLIED if key in keys else SNAPSHOT_UNCHANGED
         for package, presentity in keys - carried:
             entry = self._entry(presentity, "snapshot", package, now)
-            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
-                           None)
+            entry.bridge, entry.epoch, entry.sequence = (snap.bridge_id, snap.bridge_epoch,
+                                                         snap.sequence)
+            entry.switch = snap.switch_id
             entry.state = "terminated"
             entry.effect = SNAPSHOT_REPLACED
 
@@ -363,9 +386,8 @@ class History:
         entry.sent += sent
         entry.coalesced += len(watchers) - sent
         self.pending.append((self._applied_stage, entry.at, sent))
-        subs = entry.subs = watchers[:DETAILED]
-        entry.versions = [sub.version for sub in subs]
-        entry.sent_at = [now if sub.note is entry else None for sub in subs]
+        subs = watchers[:DETAILED]
+        entry.detail(subs, entry)
         self.bytes += WATCH_BYTES * len(subs)
 
     def resent(self, sub: Any, now: float, coalesced: bool) -> None:
@@ -388,7 +410,7 @@ class History:
             entry = self._entry(sub.presentity, "subscribe", sub.package.name, now)
             entry.effect = "subscribed" if sub.final_reason is None else "fetched"
             entry.watchers = entry.sent = 1
-            entry.subs, entry.versions, entry.sent_at = [sub], [sub.version], [now]
+            entry.detail([sub], sub.note)
             self.bytes += WATCH_BYTES
         sub.note, sub.noted_at = entry, now
 
@@ -425,7 +447,7 @@ class History:
 
 
 def _cost(entry: Entry) -> int:
-    return ENTRY_BYTES + WATCH_BYTES * len(entry.subs or ())
+    return ENTRY_BYTES + WATCH_BYTES * (len(entry.who or ()) // _STRIDE)
 
 
 def _int(value: Any) -> int | None:

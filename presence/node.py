@@ -132,13 +132,16 @@ class PresenceNode:
         would still walk all of them — a pause that grows with the table. After each bulk growth
         the heap is frozen (``gc.freeze``): later collections only walk younger objects."""
         frozen_at = 0
+        history_at = 0  # the per-lamp history is long-lived and acyclic too
         while not self._stopping:
             gevent.sleep(HOUSEKEEPING_INTERVAL)
             count = len(self.engine.subscriptions)
-            if abs(count - frozen_at) >= GC_FREEZE_GROWTH:
+            if (abs(count - frozen_at) >= GC_FREEZE_GROWTH
+                    or self.history.added - history_at >= 10 * GC_FREEZE_GROWTH):
                 gc.collect(1)  # let young garbage go first, not into the permanent generation
                 gc.freeze()
                 frozen_at = count
+                history_at = self.history.added
                 log.debug("gc: froze the heap at %d subscriptions (%d objects permanent)",
                           count, gc.get_freeze_count())
 

@@ -177,7 +177,7 @@ def _entry_items(history: History, entry: Entry, previous: tuple | None) -> list
     elif entry.kind == "expired":
         item["text"] = f"{entry.package} record expired (no refresh arrived): NOTIFY follows"
     else:
-        watch = entry.watches()[0] if entry.subs else None
+        watch = entry.watches()[0] if entry.who else None
         item["text"] = (f"{entry.package} SUBSCRIBE from "
                         f"{watch.watcher if watch else 'a watcher'}: {entry.effect}")
     items.append(item)
@@ -186,7 +186,7 @@ def _entry_items(history: History, entry: Entry, previous: tuple | None) -> list
         items.extend(_watch_items(history, watch, f"{base}.w{n}"))
     rest = entry.watchers - len(detailed)
     if rest > 0:
-        codes = Counter(entry.answers())
+        codes = Counter(entry.answers_by_code())
         for watch in detailed:
             if watch.status is not None:
                 codes[watch.status] -= 1
