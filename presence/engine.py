@@ -177,8 +177,6 @@ class PresenceEngine:
                 if obs is not None:
                     obs.snapshot(item, keys, now)
             else:
-                if obs is not None:
-                    obs.before(self.state)
                 keys = self.state.apply(item, now)
                 if obs is not None:
                     obs.updated(item, keys, now)

@@ -3,8 +3,8 @@
 Sans-IO, driven by the engine's hooks with the engine's ``now`` (monotonic seconds); one
 injected wall clock turns those into times an operator can read. The engine calls:
 
-- :meth:`History.before` / :meth:`History.updated` around each update it applies (the effect
-  on the records is read from the state's counters), :meth:`History.snapshot` for a switch
+- :meth:`History.updated` after each update it applies (when nothing changed, the state's
+  drop counters say why), :meth:`History.snapshot` for a switch
   snapshot, :meth:`History.expired` for records whose Expires ran out;
 - :meth:`History.fanout` once per changed presentity before its NOTIFYs go out; the engine
   then points each notified subscription at the returned note (``sub.note``, ``sub.noted_at``),
@@ -65,17 +65,19 @@ class Watch:
     def __init__(self, entry: Entry, index: int) -> None:
         base = index * _STRIDE
         self.entry = entry
-        self.tag, self.watcher, self.reliable, version, self.status, self.answered_at = \
+        self.tag = entry.tags[index]
+        self.watcher, self.reliable, version, self.status, self.answered_at = \
             entry.who[base:base + _STRIDE]
         self.version = version - 1 if version else None  # version None: waits for the one in flight
-        late = getattr(entry, "late", None) or {}
+        late = entry.late or {}
         self.sent_at, self.coalesced = late.get(index, (None if version is None else entry.at,
                                                         version is None))
 
 
-# per detailed watcher in Entry.who: dialog tag, remote URI, reliable transport, its version
-# after the send (None: waiting behind the NOTIFY in flight), answer, answered at
-_STRIDE = 6
+# per detailed watcher in Entry.who (its dialog tag in Entry.tags): remote URI, reliable
+# transport, its version after the send (None: waiting behind the NOTIFY in flight), answer,
+# answered at
+_STRIDE = 5
 
 
 class Entry:
@@ -83,57 +85,51 @@ class Entry:
 
     Few objects per entry, none pointing back at a subscription (subscriptions point at their
     entry; the history stays acyclic, so gc.freeze() can hold it and refcounting frees it): the
-    first DETAILED watchers notified are one flat list ``who`` (:data:`_STRIDE` values each);
-    every answer counts in ``ok``/``codes`` and the latency range. The event fields (``event``
-    ... ``bridge_ts``) and ``late`` (NOTIFYs sent after the fan-out) are set only when needed."""
+    first DETAILED watchers notified are ``tags`` and one flat list ``who`` (:data:`_STRIDE`
+    values each); every answer counts in ``ok``/``codes`` and the latency range; ``late`` holds
+    NOTIFYs sent after the fan-out (merged behind one in flight, refreshes)."""
 
-    __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "bridge", "epoch",
-                 "sequence", "switch", "expires", "event", "unique_id", "call_state", "event_ts",
-                 "bridge_ts", "effect", "watchers", "sent", "coalesced", "who", "late", "ok",
-                 "codes", "lat_min", "lat_max", "stage")
+    __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "stamp", "origin",
+                 "effect", "watchers", "sent", "coalesced", "tags", "who", "late", "ok", "codes",
+                 "lat_min", "lat_max", "stage")
 
     def __init__(self, id_: int, kind: str, package: str, at: float, wall: float,
-                 stage: Histogram) -> None:
+                 stage: Histogram, record: str | None = None, state: str | None = None,
+                 stamp: tuple = (None, None, None, None, None), origin: tuple | None = None,
+                 effect: str = "") -> None:
         self.id = id_
         self.kind = kind
         self.package = package
         self.at = at
         self.wall = wall
-        self.record = self.state = self.bridge = self.epoch = self.sequence = None
-        self.switch = self.expires = None
-        self.effect = ""
+        self.record = record
+        self.state = state
+        self.stamp = stamp  # (bridge, epoch, sequence, switch, expires)
+        self.origin = origin  # (event, unique id, call state, event time us, bridge time us)
+        self.effect = effect
         self.watchers = self.sent = self.coalesced = self.ok = 0
-        self.who = self.codes = None
+        self.tags = self.who = self.late = self.codes = None
         self.lat_min = 1e9
         self.lat_max = 0.0
         self.stage = stage
 
-    @property
-    def stamp(self) -> tuple:
-        """(bridge, epoch, sequence, switch, expires)."""
-        return self.bridge, self.epoch, self.sequence, self.switch, self.expires
-
-    @property
-    def origin(self) -> tuple | None:
-        """(event, unique id, call state, event time us, bridge time us), or None."""
-        if not hasattr(self, "event"):
-            return None
-        return self.event, self.unique_id, self.call_state, self.event_ts, self.bridge_ts
-
     def detail(self, subs: list, sent: Any) -> None:
-        """Keep ``subs`` one by one; those whose note is ``sent`` were notified just now."""
+        """Keep ``subs`` one by one; those whose note is ``sent`` were notified just now.
+        (``tags`` is a tuple of strings: the collector stops tracking it.)"""
+        self.tags = tuple([sub.tag for sub in subs])
         who = self.who = []
         for sub in subs:
-            who += (sub.tag, sub.remote_uri, sub.transport != "udp",
+            who += (sub.remote_uri, sub.transport != "udp",
                     sub.version if sub.note is sent else None, None, None)
 
     def answered(self, sub: Any, status: int, now: float) -> None:
         """The final answer (status 0: timed out) to the NOTIFY this entry sent ``sub``."""
-        who = self.who
-        if who is not None and sub.tag in who:
-            index = who.index(sub.tag)
-            who[index + 4] = status
-            who[index + 5] = now
+        tags = self.tags
+        if tags is not None and sub.tag in tags:
+            index = tags.index(sub.tag) * _STRIDE
+            who = self.who
+            who[index + 3] = status
+            who[index + 4] = now
         if status == 200:
             self.ok += 1
         else:
@@ -162,24 +158,25 @@ class Entry:
         return counts
 
     def watches(self) -> list[Watch]:
-        return [Watch(self, i) for i in range(len(self.who or ()) // _STRIDE)]
+        return [Watch(self, i) for i in range(len(self.tags or ()))]
 
     def watch_of(self, sub: Any) -> Watch | None:
-        who = self.who
-        if who is not None and sub.tag in who:
-            return Watch(self, who.index(sub.tag) // _STRIDE)
+        tags = self.tags
+        if tags is not None and sub.tag in tags:
+            return Watch(self, tags.index(sub.tag))
         return None
 
     def resent(self, sub: Any, now: float, coalesced: bool) -> None:
         """``sub`` was sent this entry's state later (merged behind one in flight, refresh)."""
-        who = self.who
-        if who is not None and sub.tag in who:
-            base = who.index(sub.tag)
-            who[base + 3:base + 6] = [sub.version, None, None]
-            late = getattr(self, "late", None)
+        tags = self.tags
+        if tags is not None and sub.tag in tags:
+            index = tags.index(sub.tag)
+            base = index * _STRIDE
+            self.who[base + 2:base + 5] = [sub.version, None, None]
+            late = self.late
             if late is None:
                 late = self.late = {}
-            late[base // _STRIDE] = (now, coalesced)
+            late[index] = (now, coalesced)
 
 
 class Gap:
@@ -220,7 +217,7 @@ class History:
         self.pending: list[tuple[Histogram, float, int]] = []
         self._seq = 0
         self._gap: tuple[str, int] | None = None
-        self._before = (0, 0)
+        self._stale = self._tomb = 0  # the state's drop counters at the last update
         self._state: Any = None
         self._previous_on_gap: Callable | None = None
         self._counters: dict[str, int] = {"notify_sent": 0}
@@ -251,6 +248,10 @@ class History:
     def _entry(self, presentity: str, kind: str, package: str, now: float) -> Entry:
         self._seq += 1
         entry = Entry(self._seq, kind, package, now, now + self.offset, self._notify_stage)
+        self._add(presentity, entry)
+        return entry
+
+    def _add(self, presentity: str, entry: Entry) -> None:
         rings = self.rings
         ring = rings.get(presentity)
         if ring is None:
@@ -268,7 +269,6 @@ class History:
             self.entries -= len(oldest)
             self.bytes -= sum(_cost(e) for e in oldest)
             self.dropped_rings += 1
-        return entry
 
     @property
     def added(self) -> int:
@@ -285,10 +285,6 @@ class History:
 
     # -- engine hooks: updates --------------------------------------------------------------
 
-    def before(self, state: Any) -> None:
-        stats = state.stats
-        self._before = (stats.stale_dropped, stats.resurrect_dropped)
-
     def updated(self, update: Any, keys: set, now: float) -> None:
         """One update was applied (``keys``: what changed)."""
         wall = self.wall()
@@ -301,30 +297,31 @@ class History:
             self._note_gap(update.bridge_id, update.bridge_epoch, update.sequence, now)
         if not self.enabled:
             return
-        entry = self._entry(update.presentity, "update", update.package, now)
-        entry.record = update.record_id
         data = update.data
-        entry.state = data.get("State") or data.get("Messages-Waiting")
-        entry.bridge, entry.epoch, entry.sequence = (update.bridge_id, update.bridge_epoch,
-                                                     update.sequence)
-        entry.switch, entry.expires = update.switch_id, update.expires
+        state = data.get("State") or data.get("Messages-Waiting")
+        if keys:
+            effect = TERMINATED if state == "terminated" or (
+                update.expires is not None and update.expires <= 0) else APPLIED
+        else:  # nothing changed: the state's counters say why
+            stats = self._state.stats
+            if stats.stale_dropped != self._stale:
+                effect = OLDER
+            elif stats.resurrect_dropped != self._tomb:
+                effect = TOMBSTONE
+            else:
+                effect = UNCHANGED
+            self._stale, self._tomb = stats.stale_dropped, stats.resurrect_dropped
+        origin = None
         if "Switch-Event" in raw or "Event-Timestamp" in raw:
             get = raw.get
-            entry.event, entry.unique_id, entry.call_state = (
-                get("Switch-Event"), get("Unique-ID"), get("Channel-Call-State"))
-            entry.event_ts, entry.bridge_ts = get("Event-Timestamp"), sent
-        stats = self._state.stats if self._state is not None else None
-        stale, tomb = self._before
-        if stats is not None and stats.stale_dropped > stale:
-            entry.effect = OLDER
-        elif stats is not None and stats.resurrect_dropped > tomb:
-            entry.effect = TOMBSTONE
-        elif keys:
-            ending = entry.state == "terminated" or (update.expires is not None
-                                                     and update.expires <= 0)
-            entry.effect = TERMINATED if ending else APPLIED
-        else:
-            entry.effect = UNCHANGED
+            origin = (get("Switch-Event"), get("Unique-ID"), get("Channel-Call-State"),
+                      get("Event-Timestamp"), sent)
+        self._seq += 1
+        self._add(update.presentity, Entry(
+            self._seq, "update", update.package, now, wall, self._notify_stage,
+            update.record_id, state,
+            (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
+             update.expires), origin, effect))
 
     def snapshot(self, snap: Any, keys: set, now: float) -> None:
         """A switch snapshot was applied: one entry per record it carried or terminated."""
@@ -339,15 +336,13 @@ class History:
             entry = self._entry(update.presentity, "snapshot", update.package, now)
             entry.record = update.record_id
             entry.state = update.data.get("State") or update.data.get("Messages-Waiting")
-            entry.bridge, entry.epoch, entry.sequence = (snap.bridge_id, snap.bridge_epoch,
-                                                         snap.sequence)
-            entry.switch, entry.expires = snap.switch_id, update.expires
+            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                           update.expires)
             entry.effect = SNAPSHOT_APPLIED if key in keys else SNAPSHOT_UNCHANGED
         for package, presentity in keys - carried:
             entry = self._entry(presentity, "snapshot", package, now)
-            entry.bridge, entry.epoch, entry.sequence = (snap.bridge_id, snap.bridge_epoch,
-                                                         snap.sequence)
-            entry.switch = snap.switch_id
+            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                           None)
             entry.state = "terminated"
             entry.effect = SNAPSHOT_REPLACED
 
@@ -447,7 +442,7 @@ class History:
 
 
 def _cost(entry: Entry) -> int:
-    return ENTRY_BYTES + WATCH_BYTES * (len(entry.who or ()) // _STRIDE)
+    return ENTRY_BYTES + WATCH_BYTES * len(entry.tags or ())
 
 
 def _int(value: Any) -> int | None:
