@@ -66,18 +66,15 @@ class Watch:
         base = index * _STRIDE
         self.entry = entry
         self.tag = entry.tags[index]
-        self.watcher, self.reliable, version, self.status, self.answered_at = \
+        self.watcher, self.reliable, version, self.sent_at, self.status, self.answered_at = \
             entry.who[base:base + _STRIDE]
-        self.version = version - 1 if version else None  # version None: waits for the one in flight
-        late = entry.late or {}
-        self.sent_at, self.coalesced = late.get(index, (None if version is None else entry.at,
-                                                        version is None))
+        self.version = version - 1 if version else None  # the version that NOTIFY carried
+        self.coalesced = self.sent_at != entry.at  # sent later: merged behind one in flight
 
 
-# per detailed watcher in Entry.who (its dialog tag in Entry.tags): remote URI, reliable
-# transport, its version after the send (None: waiting behind the NOTIFY in flight), answer,
-# answered at
-_STRIDE = 5
+# per detailed watcher in Entry.who (its dialog tag in Entry.tags), recorded when it answers:
+# remote URI, reliable transport, its version after the send, sent at, answer, answered at
+_STRIDE = 6
 
 
 class Entry:
@@ -85,12 +82,12 @@ class Entry:
 
     Few objects per entry, none pointing back at a subscription (subscriptions point at their
     entry; the history stays acyclic, so gc.freeze() can hold it and refcounting frees it): the
-    first DETAILED watchers notified are ``tags`` and one flat list ``who`` (:data:`_STRIDE`
-    values each); every answer counts in ``ok``/``codes`` and the latency range; ``late`` holds
-    NOTIFYs sent after the fan-out (merged behind one in flight, refreshes)."""
+    first DETAILED watchers to answer are ``tags`` and one flat list ``who`` (:data:`_STRIDE`
+    values each, taken from the subscription when its answer arrives: nothing is kept per
+    watcher at fan-out time); every answer counts in ``ok``/``codes`` and the latency range."""
 
     __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "stamp", "origin",
-                 "effect", "watchers", "sent", "coalesced", "tags", "who", "late", "ok", "codes",
+                 "effect", "watchers", "sent", "coalesced", "tags", "who", "ok", "codes",
                  "lat_min", "lat_max", "stage")
 
     def __init__(self, id_: int, kind: str, package: str, at: float, wall: float,
@@ -108,28 +105,26 @@ class Entry:
         self.origin = origin  # (event, unique id, call state, event time us, bridge time us)
         self.effect = effect
         self.watchers = self.sent = self.coalesced = self.ok = 0
-        self.tags = self.who = self.late = self.codes = None
+        self.tags = self.who = self.codes = None
         self.lat_min = 1e9
         self.lat_max = 0.0
         self.stage = stage
 
-    def detail(self, subs: list, sent: Any) -> None:
-        """Keep ``subs`` one by one; those whose note is ``sent`` were notified just now.
-        (``tags`` is a tuple of strings: the collector stops tracking it.)"""
-        self.tags = tuple([sub.tag for sub in subs])
-        who = self.who = []
-        for sub in subs:
-            who += (sub.remote_uri, sub.transport != "udp",
-                    sub.version if sub.note is sent else None, None, None)
-
     def answered(self, sub: Any, status: int, now: float) -> None:
         """The final answer (status 0: timed out) to the NOTIFY this entry sent ``sub``."""
         tags = self.tags
-        if tags is not None and sub.tag in tags:
-            index = tags.index(sub.tag) * _STRIDE
-            who = self.who
-            who[index + 3] = status
-            who[index + 4] = now
+        if tags is None:
+            tags = self.tags = []
+            self.who = []
+        if len(tags) < DETAILED:
+            tag = sub.tag
+            if tag in tags:  # answered again (a refresh or merged change of the same entry)
+                base = tags.index(tag) * _STRIDE
+                self.who[base + 2:base + _STRIDE] = [sub.version, sub.noted_at, status, now]
+            else:
+                tags.append(tag)
+                self.who += (sub.remote_uri, sub.transport != "udp", sub.version, sub.noted_at,
+                             status, now)
         if status == 200:
             self.ok += 1
         else:
@@ -165,18 +160,6 @@ class Entry:
         if tags is not None and sub.tag in tags:
             return Watch(self, tags.index(sub.tag))
         return None
-
-    def resent(self, sub: Any, now: float, coalesced: bool) -> None:
-        """``sub`` was sent this entry's state later (merged behind one in flight, refresh)."""
-        tags = self.tags
-        if tags is not None and sub.tag in tags:
-            index = tags.index(sub.tag)
-            base = index * _STRIDE
-            self.who[base + 2:base + 5] = [sub.version, None, None]
-            late = self.late
-            if late is None:
-                late = self.late = {}
-            late[index] = (now, coalesced)
 
 
 class Gap:
@@ -222,8 +205,11 @@ class History:
         self._previous_on_gap: Callable | None = None
         self._counters: dict[str, int] = {"notify_sent": 0}
         self._sent_before = 0
+        self._recent: Entry | None = None  # the last update's entry, and its presentity
+        self._recent_at = ""
         # answers to NOTIFYs no entry describes still reach the notify_to_answer histogram
         self._sink = Entry(0, "sink", "", 0.0, 0.0, self._notify_stage)
+        self._sink.tags = [""] * DETAILED  # keeps no watcher one by one
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -249,6 +235,8 @@ class History:
         self._seq += 1
         entry = Entry(self._seq, kind, package, now, now + self.offset, self._notify_stage)
         self._add(presentity, entry)
+        if kind != "subscribe":
+            self._recent, self._recent_at = entry, presentity
         return entry
 
     def _add(self, presentity: str, entry: Entry) -> None:
@@ -317,11 +305,13 @@ class History:
             origin = (get("Switch-Event"), get("Unique-ID"), get("Channel-Call-State"),
                       get("Event-Timestamp"), sent)
         self._seq += 1
-        self._add(update.presentity, Entry(
+        entry = self._recent = Entry(
             self._seq, "update", update.package, now, wall, self._notify_stage,
             update.record_id, state,
             (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
-             update.expires), origin, effect))
+             update.expires), origin, effect)
+        self._recent_at = update.presentity
+        self._add(update.presentity, entry)
 
     def snapshot(self, snap: Any, keys: set, now: float) -> None:
         """A switch snapshot was applied: one entry per record it carried or terminated."""
@@ -367,23 +357,21 @@ class History:
         """NOTIFYs for the latest change of (package, presentity) are about to go out; the
         engine points every subscription it notifies at the returned entry, then calls
         :meth:`fanned`."""
-        entry = self.latest(package, presentity) if self.enabled else None
         self._sent_before = self._counters["notify_sent"]
+        entry = self._recent  # usually the entry the update just made
+        if entry is not None and entry.package == package and self._recent_at == presentity:
+            return entry
+        entry = self.latest(package, presentity) if self.enabled else None
         return self._sink if entry is None else entry  # sink: a change no entry describes
 
     def fanned(self, entry: Entry, watchers: list, now: float) -> None:
         """After the fan-out: counts, the applied -> NOTIFY stage, the first watchers kept."""
         sent = self._counters["notify_sent"] - self._sent_before
-        if entry is self._sink:
-            self.pending.append((self._applied_stage, now, sent))
-            return
+        if entry.watchers == 0:
+            self.bytes += WATCH_BYTES * min(len(watchers), DETAILED)
         entry.watchers = len(watchers)
         entry.sent += sent
         entry.coalesced += len(watchers) - sent
-        self.pending.append((self._applied_stage, entry.at, sent))
-        subs = watchers[:DETAILED]
-        entry.detail(subs, entry)
-        self.bytes += WATCH_BYTES * len(subs)
 
     def resent(self, sub: Any, now: float, coalesced: bool) -> None:
         """A NOTIFY outside a fan-out (merged changes, refresh, final): points ``sub`` at the
@@ -394,7 +382,6 @@ class History:
         elif coalesced:
             entry.sent += 1
             self.pending.append((self._applied_stage, entry.at, 1))
-        entry.resent(sub, now, coalesced)
         sub.note, sub.noted_at = entry, now
 
     def subscribed(self, sub: Any, now: float, watchers: int) -> None:
@@ -405,9 +392,13 @@ class History:
             entry = self._entry(sub.presentity, "subscribe", sub.package.name, now)
             entry.effect = "subscribed" if sub.final_reason is None else "fetched"
             entry.watchers = entry.sent = 1
-            entry.detail([sub], sub.note)
             self.bytes += WATCH_BYTES
         sub.note, sub.noted_at = entry, now
+
+    def applied(self, started: float, now: float, sent: int) -> None:
+        """The node applied updates at ``started`` and handed their ``sent`` NOTIFYs to the
+        transports at ``now`` (stage applied_to_notify, one observation per NOTIFY)."""
+        self._applied_stage.observe_many(now - started, sent)
 
     def flushed(self, now: float) -> None:
         """The node handed what the engine queued to the transports at ``now``."""
@@ -442,7 +433,7 @@ class History:
 
 
 def _cost(entry: Entry) -> int:
-    return ENTRY_BYTES + WATCH_BYTES * len(entry.tags or ())
+    return ENTRY_BYTES + WATCH_BYTES * min(entry.watchers, DETAILED)
 
 
 def _int(value: Any) -> int | None:

@@ -228,11 +228,16 @@ class PresenceNode:
 
     def publish(self, messages: list) -> int:
         """Apply validated updates/snapshots (from the HTTP API or the bus)."""
-        applied = self.engine.apply(messages, self.clock())
+        now = self.clock()
+        sent = self.engine.counters["notify_sent"]
+        applied = self.engine.apply(messages, now)
         self.publish_counters["accepted"] += applied
         self._flush()
-        if self.history.pending:
-            self.history.flushed(self.clock())
+        sent = self.engine.counters["notify_sent"] - sent
+        if sent or self.history.pending:  # stage applied_to_notify (presence/history.py)
+            flushed = self.clock()
+            self.history.applied(now, flushed, sent)
+            self.history.flushed(flushed)
         self._poke()
         if self._tails:
             for item in messages:

@@ -85,7 +85,11 @@ class FakeNode:
                   "From-Realm": "example.com", "To": "sip:2002@example.com",
                   "Call-ID": "call-1", "State": "early", "Expires": 120}
         update.update(fields)
+        sent = self.engine.counters["notify_sent"]
         self.engine.apply(parse_updates(update), self.clocks.now)
+        # as PresenceNode.publish does: the applied -> NOTIFY stage, once the NOTIFYs are out
+        self.history.applied(self.clocks.now, self.clocks.now,
+                             self.engine.counters["notify_sent"] - sent)
 
 
 def origin(clocks: Clocks, **fields) -> dict:
