@@ -42,13 +42,12 @@ STAGES: dict[str, str] = {
 class Histogram:
     """Cumulative-on-render bucket counts, sum, count and a skew counter."""
 
-    __slots__ = ("bounds", "counts", "total", "count", "skew")
+    __slots__ = ("bounds", "counts", "total", "skew")
 
     def __init__(self, bounds: Iterable[float] = BUCKETS) -> None:
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf only
         self.total = 0.0
-        self.count = 0
         self.skew = 0
 
     def observe(self, value: float) -> None:
@@ -57,7 +56,6 @@ class Histogram:
             return
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
-        self.count += 1
 
     def observe_many(self, value: float, n: int) -> None:
         """``n`` observations of the same value (one fan-out's NOTIFYs)."""
@@ -68,7 +66,11 @@ class Histogram:
             return
         self.counts[bisect_left(self.bounds, value)] += n
         self.total += value * n
-        self.count += n
+
+    @property
+    def count(self) -> int:
+        """Observations (the hot path only bumps a bucket: counted when read)."""
+        return sum(self.counts)
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, cumulative count) pairs, ``+Inf`` last."""
@@ -82,9 +84,10 @@ class Histogram:
 
     def quantile(self, q: float) -> float | None:
         """Upper bound of the bucket holding the q-quantile (None when empty)."""
-        if not self.count:
+        count = self.count
+        if not count:
             return None
-        rank = q * self.count
+        rank = q * count
         running = 0
         for bound, n in zip(self.bounds, self.counts, strict=False):
             running += n

@@ -39,7 +39,7 @@ DEFAULT_PER_PRESENTITY = 32
 # Measured bytes of an entry and of each watcher detailed in it (tests/test_history.py measures
 # them, docs/BENCHMARKS.md reports them): the memory cap counts with these.
 ENTRY_BYTES = 800
-WATCH_BYTES = 160
+WATCH_BYTES = 96
 DEFAULT_MEMORY_MB = 128
 TIMEOUT = 0  # "answer code" of a NOTIFY that timed out (Timer F)
 
@@ -116,6 +116,7 @@ class Entry:
         if tags is None:
             tags = self.tags = []
             self.who = []
+        latency = now - sub.noted_at
         if len(tags) < DETAILED:
             tag = sub.tag
             if tag in tags:  # answered again (a refresh or merged change of the same entry)
@@ -125,6 +126,11 @@ class Entry:
                 tags.append(tag)
                 self.who += (sub.remote_uri, sub.transport != "udp", sub.version, sub.noted_at,
                              status, now)
+        elif status:  # beyond the detailed watchers: a latency range
+            if latency > self.lat_max:
+                self.lat_max = latency
+            if latency < self.lat_min:
+                self.lat_min = latency
         if status == 200:
             self.ok += 1
         else:
@@ -134,16 +140,10 @@ class Entry:
             codes[status] = codes.get(status, 0) + 1
             if not status:
                 return
-        latency = now - sub.noted_at
         hist = self.stage
         if latency >= 0.0:
             hist.counts[bisect_left(hist.bounds, latency)] += 1
             hist.total += latency
-            hist.count += 1
-        if latency > self.lat_max:
-            self.lat_max = latency
-        if latency < self.lat_min:
-            self.lat_min = latency
 
     def answers_by_code(self) -> dict[int, int]:
         """Answer code -> count (0: timed out)."""

@@ -101,7 +101,8 @@ class PresenceNode:
         """Hook the per-lamp history into the engine (presence/history.py)."""
         self.history.attach(self.state, self.engine.counters, t1=engine_config.t1,
                             t2=engine_config.t2)
-        self.engine.observer = self.history
+        # --history 0: no hooks at all (the NOTIFY stages go with it)
+        self.engine.observer = self.history if self.history.enabled else None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
