@@ -6,14 +6,16 @@ injected wall clock turns those into times an operator can read. The engine call
 - :meth:`History.updated` after each update it applies (when nothing changed, the state's
   drop counters say why), :meth:`History.snapshot` for a switch
   snapshot, :meth:`History.expired` for records whose Expires ran out;
-- :meth:`History.fanout` once per changed presentity before its NOTIFYs go out; the engine
-  then points each notified subscription at the returned note (``sub.note``, ``sub.noted_at``),
-  so an answer finds its entry without any look-up (``note.answered``);
+- :meth:`History.fanout` once per changed presentity before its NOTIFYs go out, and
+  :meth:`History.fanned` after: the engine points each notified subscription at the entry
+  (``sub.note``, ``sub.noted_at``), so its answer lands there without any look-up
+  (``Entry.answered``, which also keeps the first watchers to answer one by one);
 - :meth:`History.resent` for a NOTIFY sent later (coalesced behind one in flight, refresh,
   final), :meth:`History.subscribed` for a SUBSCRIBE's initial NOTIFY.
 
-The node calls :meth:`History.flushed` after handing NOTIFYs to the transports: the stage
-histograms ``applied_to_notify`` and ``subscribe_to_notify`` measure up to that point.
+The node calls :meth:`History.applied` and :meth:`History.flushed` after handing NOTIFYs to the
+transports: the stage histograms ``applied_to_notify`` and ``subscribe_to_notify`` measure up to
+that point. With ``per_presentity`` 0 the node attaches no hooks at all.
 
 Cost: an entry records up to :data:`DETAILED` watchers individually and the rest as counts per
 answer code plus a latency range, so the fan-out to 36,000 watchers costs the same as to 9.
