@@ -517,3 +517,16 @@ def test_why_follow_prints_what_happens_next(tmp_path):
             assert code == 2 and "USER@DOMAIN" in err
         finally:
             api.stop()
+
+
+def test_history_zero_detaches_the_hooks():
+    from presence.engine import EngineConfig as Config
+    from presence.node import PresenceNode
+
+    off = PresenceNode(Config(contacts=CONTACTS), history=History(per_presentity=0))
+    on = PresenceNode(Config(contacts=CONTACTS))
+    assert off.engine.observer is None and on.engine.observer is on.history
+    off.reconfigure(Config(contacts=CONTACTS))
+    assert off.engine.observer is None
+    off.transports.close()
+    on.transports.close()
