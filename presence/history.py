@@ -254,6 +254,11 @@ class History:
         ring.append(entry)
         self.entries += 1
         self.bytes += ENTRY_BYTES
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """Drop the rings of the presentities changed longest ago until under the cap."""
+        rings = self.rings
         while self.bytes > self.max_bytes and len(rings) > 1:
             _, oldest = rings.popitem(last=False)
             self.entries -= len(oldest)
@@ -312,8 +317,18 @@ class History:
             update.record_id, state,
             (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
              update.expires), origin, effect)
-        self._recent_at = update.presentity
-        self._add(update.presentity, entry)
+        presentity = self._recent_at = update.presentity
+        rings = self.rings
+        ring = rings.get(presentity)
+        if ring is not None and len(ring) < self.per_presentity:  # the common case, inline
+            rings.move_to_end(presentity)
+            ring.append(entry)
+            self.entries += 1
+            self.bytes += ENTRY_BYTES
+            if self.bytes > self.max_bytes:
+                self._shrink()
+        else:
+            self._add(presentity, entry)
 
     def snapshot(self, snap: Any, keys: set, now: float) -> None:
         """A switch snapshot was applied: one entry per record it carried or terminated."""
