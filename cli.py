@@ -943,3 +943,45 @@ def demo(duration: float | None, speed: float, headless: bool) -> None:
     changes = sum(max(0, len(states) - 1) for states in result.lamps.values())
     click.echo(f"demo finished: {changes} lamp changes seen in {sum(result.notifies.values())} "
                f"NOTIFYs over {result.elapsed:.1f} s")
+
+
+# --- busylamp why ------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("aor", metavar="USER@DOMAIN")
+@_json_option
+@click.option("--follow", is_flag=True, help="Keep printing the timeline as it happens.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="With --follow: seconds between polls of the node.")
+@click.option("--count", type=click.IntRange(min=1), hidden=True,
+              help="With --follow: stop after this many polls (tests).")
+@_http_options
+def why(aor: str, as_json: bool, follow: bool, interval: float, count: int | None,
+        http_address: Address, http_token: str | None) -> None:
+    """Why is this lamp lit (or dark)? The lamp per package, what each watcher was last told,
+    and the timeline: FreeSWITCH event -> update -> NOTIFY -> answer; likely causes when the
+    presentity is unknown, unwatched or maybe stale."""
+    from presence.why import render_item, render_text
+
+    if "@" not in aor:
+        raise click.BadParameter("expected USER@DOMAIN", param_hint="AOR")
+    path = "/presentities/" + quote(aor.removeprefix("sip:"), safe="@:") + "/history"
+    _, report = _get_json(http_address, path, http_token)
+    if as_json and not follow:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(json.dumps(report) if as_json else render_text(report), nl=not as_json)
+    if as_json:
+        click.echo()
+    seen = {item["id"] + str(item.get("at")) for item in report["timeline"]}
+    polls = 0
+    while follow and (count is None or polls < count):
+        time.sleep(interval)
+        polls += 1
+        _, report = _get_json(http_address, path, http_token)
+        for item in report["timeline"]:
+            key = item["id"] + str(item.get("at"))
+            if key in seen:
+                continue
+            seen.add(key)
+            click.echo(json.dumps(item) if as_json else render_item(item))

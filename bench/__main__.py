@@ -128,7 +128,9 @@ def cmd_esl_socket(args: argparse.Namespace) -> int:
 def cmd_engine(args: argparse.Namespace) -> int:
     from bench.engine import engine_throughput
 
-    print(json.dumps(engine_throughput(args.presentities, args.keys)))
+    print(json.dumps(engine_throughput(args.presentities, args.keys,
+                                       history=args.history == "on",
+                                       freeze=args.gc_freeze == "on")))
     return 0
 
 
@@ -192,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     eng = sub.add_parser("engine", help="the sans-IO engine alone: SUBSCRIBE/s, NOTIFY/s")
     eng.add_argument("--presentities", type=int, default=2500)
     eng.add_argument("--keys", type=int, default=4)
+    eng.add_argument("--history", choices=("on", "off"), default="on",
+                     help="per-lamp history and stage histograms (default on, as in a node)")
+    eng.add_argument("--gc-freeze", choices=("on", "off"), default="on",
+                     help="freeze the heap after the SUBSCRIBE phase, as a node does (default on)")
     eng.set_defaults(func=cmd_engine)
     nsq = sub.add_parser("nsq", help="updates/s through the NSQ consumer")
     nsq.add_argument("--updates", type=int, default=100_000)

@@ -9,6 +9,7 @@ itself costs per SUBSCRIBE and per NOTIFY transaction (`python -m bench engine`)
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -49,9 +50,20 @@ def _update(presentity: str, state: str, call_id: str) -> dict:
             "Direction": "recipient", "Expires": 600}
 
 
-def engine_throughput(presentities: int = 2500, keys: int = 4) -> dict[str, Any]:
+def engine_throughput(presentities: int = 2500, keys: int = 4,
+                      history: bool = True, freeze: bool = True) -> dict[str, Any]:
+    """With ``history`` the per-lamp history and stage histograms are on, as in a node; with
+    ``freeze`` the heap is frozen after the subscriptions are in (``gc.freeze()``, as the node's
+    housekeeping does after growth), so full collections do not walk the table mid-run."""
     state = PresenceState(REGISTRY, PackageOptions())
     engine = PresenceEngine(EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}), state, REGISTRY)
+    recorder = None
+    if history:
+        from presence.history import History
+
+        recorder = History()
+        recorder.attach(state, engine.counters)
+        engine.observer = recorder
     now = 1000.0
     watchers = presentities * keys
     messages = [_subscribe(i, f"p{i % presentities}") for i in range(watchers)]
@@ -65,6 +77,9 @@ def engine_throughput(presentities: int = 2500, keys: int = 4) -> dict[str, Any]
     for ok in answers:
         engine.receive(ok, PHONE, "udp", None, now)
     engine.datagrams_to_send()
+    if freeze:
+        gc.collect(1)
+        gc.freeze()
 
     batches = [parse_updates(_update(f"p{p}", state_name, f"c{cycle}-{p}"))
                for cycle, state_name in enumerate(("early", "confirmed", "terminated"))
@@ -75,6 +90,8 @@ def engine_throughput(presentities: int = 2500, keys: int = 4) -> dict[str, Any]
         t0 = time.perf_counter()
         engine.apply(batch, now)
         out = engine.datagrams_to_send()
+        if recorder is not None and recorder.pending:  # as the node does
+            recorder.flushed(now)
         t1 = time.perf_counter()
         oks = [_ok_for(data) for _, _, data, _ in out]
         t2 = time.perf_counter()
@@ -85,8 +102,12 @@ def engine_throughput(presentities: int = 2500, keys: int = 4) -> dict[str, Any]
         apply_s += t1 - t0
         respond_s += t3 - t2
         notifies += len(out)
+    if freeze:
+        gc.unfreeze()
     return {
         "watchers": watchers,
+        "history": history,
+        "gc_freeze": freeze,
         "subscribe_per_s": watchers / subscribe_s,
         "notifies": notifies,
         "notify_build_per_s": notifies / apply_s,

@@ -25,6 +25,7 @@ import gevent.event
 from bridge.bus import Bus
 from bridge.calls import CallTable
 from bridge.normalize import NormalizeConfig, normalize, split_aor
+from bridge.origin import SkipLog, event_latency, origin_fields
 from bridge.resync import PART_BYTES, SnapshotError, snapshot_from_channels, split_snapshot
 from bridge.sequence import Sequencer
 from esl.connection import EslClient, EslError, EslTarget
@@ -73,6 +74,10 @@ class BridgeService:
         self._running = False
         self.first_round = gevent.event.Event()
         self._settled: set[int] = set()
+        # presence/history.py's view of the bridge: skipped events, stage esl_to_bridge
+        self.wall: Callable[[], float] = time.time
+        self.skip_log = SkipLog()
+        self.event_latency: Any = None  # a histogram (anything with observe(seconds))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,9 +116,12 @@ class BridgeService:
         self.counters["events"] += 1
         if event.name == "HEARTBEAT":
             return []
+        received = self.wall()
         result = normalize(event.name, event.headers, self.config)
         if result.skipped:
             self.skipped[result.skipped] += 1
+            self.skip_log.add(event.name, event.headers, result.skipped, received)
+        self._note_origin(event, result.updates, received)
         if self.on_update is not None:
             try:
                 self.on_update(event, result.updates)
@@ -127,6 +135,18 @@ class BridgeService:
             self._publish_update(update)
         return result.updates
 
+    def _note_origin(self, event: EslEvent, updates: list[dict[str, Any]],
+                     received: float) -> None:
+        """Name the event on its updates and time its trip from FreeSWITCH (bridge/origin.py)."""
+        if self.event_latency is not None:
+            latency = event_latency(event.headers, received)
+            if latency is not None:
+                self.event_latency.observe(latency)
+        if updates:
+            fields = origin_fields(event.name, event.headers)
+            for update in updates:
+                update.update(fields)
+
     def _publish_update(self, update: dict[str, Any]) -> None:
         switch_id = str(update.get("Switch-ID", ""))
         before = self.calls.get_timer()
@@ -139,7 +159,9 @@ class BridgeService:
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
-            self.bus.publish(self.sequencer.stamp(message))
+            stamped = self.sequencer.stamp(message)
+            stamped["Bridge-Timestamp"] = int(self.wall() * 1_000_000)
+            self.bus.publish(stamped)
         except Exception:
             self.counters["errors"] += 1
             log.exception("bus publish failed")

@@ -11,6 +11,7 @@ of --http-allowed-host needs the token too, so a browser tricked by DNS rebindin
 - `GET /subscriptions?presentity=&watcher=&event=&cursor=&limit=` (limit 1..1000, default 100) →
   `{"subscriptions": [...], "next_cursor": ...}`; `format=ndjson` streams every row.
 - `GET /presentities/<user@domain>` → the node's view of one presentity (404 when unknown).
+- `GET /presentities/<user@domain>/history` → ``busylamp why``: lamp, timeline, likely causes.
 - `GET /health` → 200 when ready, 503 before; `{"ready": bool, ...details}`.
 - `GET /metrics` → Prometheus text exposition.
 - `GET /tail?presentity=&package=&call_id=` → NDJSON of applied updates; a bare newline every
@@ -282,12 +283,23 @@ class ApiApp:
         aor = environ["PATH_INFO"][len("/presentities/"):]
         if aor.startswith("sip:"):
             aor = aor[4:]
+        if aor.endswith("/history"):  # busylamp why (presence/why.py)
+            return self._history(aor[: -len("/history")], start_response)
         if "@" not in aor:
             raise HttpError("400 Bad Request", "presentity: expected /presentities/user@domain")
         found = self.node.presentity(aor)
         if found is None:
             raise HttpError("404 Not Found", f"unknown presentity {aor}")
         return _json("200 OK", found, start_response)
+
+    def _history(self, aor: str, start_response: StartResponse) -> Iterable[bytes]:
+        if "@" not in aor:
+            raise HttpError("400 Bad Request",
+                            "presentity: expected /presentities/user@domain/history")
+        history = getattr(self.node, "history_report", None)
+        if history is None:
+            raise HttpError("404 Not Found", "this process keeps no presence history")
+        return _json("200 OK", history(aor), start_response)
 
     def _health(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         ready, details = self.node.health()

@@ -398,6 +398,11 @@ class RunConfig:
         "shutdown_timeout", "longest time in seconds spent terminating subscriptions at shutdown; "
         "the rest are dropped (their phones move at their next refresh)",
         _seconds(0, inclusive=True)))
+    history: int = field(default=32, metadata=_meta(
+        "history", "changes kept per presentity for `busylamp why` (0 = off)", _integer(0)))
+    history_memory: int = field(default=128, metadata=_meta(
+        "history_memory", "MiB the per-presentity histories may use in all; beyond it the "
+        "histories of the presentities changed longest ago are dropped first", _integer(1)))
 
     def __post_init__(self) -> None:
         if self.node_id is None:

@@ -105,6 +105,7 @@ class PresenceEngine:
         )
         self.on_control = on_control
         self.snapshots = SnapshotAssembler(config.snapshot_timeout)
+        self.observer = None  # presence.history.History: per-lamp history hooks (optional)
         self.accepting = True  # False while warming up: SUBSCRIBE/OPTIONS get 503
         self._malformed_logged_at = float("-inf")
         self._malformed_logged_count = 0
@@ -224,6 +225,8 @@ class PresenceEngine:
         self.snapshots.handle_timer(now)
         changed = self.state.handle_timer(now)
         if changed:
+            if self.observer is not None:
+                self.observer.expired(changed, now)
             self._fan_out(changed, now)
         for sub in self.subscriptions.pop_expired(now):
             self.counters["subscriptions_removed_expired"] += 1
@@ -236,6 +239,7 @@ class PresenceEngine:
         here); NOTIFY every watcher whose state changed."""
         changed: set[tuple[str, str]] = set()
         count = 0
+        obs = self.observer
         for item in items:
             if isinstance(item, Snapshot):
                 if item.parts > 1:  # each part is a message of the bridge's sequence
@@ -243,9 +247,15 @@ class PresenceEngine:
                                              item.switch_id)
                 whole = self.snapshots.add(item, now)
                 if whole is not None:  # the parts of a snapshot are applied as one
-                    changed |= self.state.apply_snapshot(whole, now)
+                    keys = self.state.apply_snapshot(whole, now)
+                    if obs is not None:
+                        obs.snapshot(whole, keys, now)
+                    changed |= keys
             else:
-                changed |= self.state.apply(item, now)
+                keys = self.state.apply(item, now)
+                if obs is not None:
+                    obs.updated(item, keys, now)
+                changed |= keys
             count += 1
         self.counters["updates_applied"] += count
         if changed:
@@ -267,11 +277,13 @@ class PresenceEngine:
             )
 
     def _fan_out(self, changed: Iterable[tuple[str, str]], now: float) -> None:
+        obs = self.observer
         for package_name, presentity in changed:
             watchers = self.subscriptions.watchers(package_name, presentity)
             if not watchers:
                 continue
             body = self.state.body(package_name, presentity)
+            note = obs.fanout(package_name, presentity, watchers, now) if obs else None
             for sub in watchers:
                 if sub.inflight is not None:
                     sub.dirty = True
@@ -280,6 +292,11 @@ class PresenceEngine:
                     self._send_notify(sub, body, now)
                 except Exception as exc:  # one watcher's bad NOTIFY must not stop the others
                     self._notify_broken(sub, exc, now)
+                    continue
+                sub.note = note
+                sub.noted_at = now
+            if note is not None:
+                obs.fanned(note, watchers, now)
 
     # -- SIP input ----------------------------------------------------------------------------
 
@@ -488,9 +505,14 @@ class PresenceEngine:
             self.counters["subscribe_fetch"] += 1
             sub.final_reason = "timeout"
             self._notify(sub, body, now)
+            if self.observer is not None:
+                self.observer.subscribed(sub, now, 1)
             return
         self.subscriptions.add(sub)
         self._notify(sub, body, now)
+        if self.observer is not None:
+            self.observer.subscribed(
+                sub, now, self.subscriptions.watcher_count(package.name, presentity))
         if package.name == "message-summary" and not self.state.records(package.name, presentity):
             self._control({"Event-Name": "mwi_query", "Presentity": presentity})
 
@@ -552,6 +574,8 @@ class PresenceEngine:
             sub.dirty = True
         else:
             self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            if self.observer is not None:
+                self.observer.resent(sub, now, False)
 
     def _package_for(self, req: Request, respond: Callable[..., None]) -> EventPackage | None:
         event = req.event
@@ -748,6 +772,8 @@ class PresenceEngine:
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
         sub.inflight = None
+        if sub.note is not None:
+            sub.note.answered(sub, status, now)
         if status in NOTIFY_REMOVE_STATUSES:
             if sub.final_reason is None:
                 self.counters["subscriptions_removed_notify_rejected"] += 1
@@ -757,9 +783,13 @@ class PresenceEngine:
             self.counters["notify_failed"] += 1
         if sub.dirty:
             self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            if self.observer is not None:
+                self.observer.resent(sub, now, True)
 
     def _notify_timed_out(self, sub: Subscription, now: float) -> None:
         sub.inflight = None
+        if sub.note is not None:
+            sub.note.answered(sub, 0, now)  # 0: timed out
         self.counters["notify_timeouts"] += 1
         if sub.final_reason is None:
             self.counters["subscriptions_removed_notify_timeout"] += 1
@@ -772,6 +802,8 @@ class PresenceEngine:
             sub.dirty = True
         else:
             self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            if self.observer is not None:
+                self.observer.resent(sub, now, False)
 
     def _notify(self, sub: Subscription, body: RenderedBody, now: float) -> None:
         """:meth:`_send_notify`, with a failure confined to ``sub`` (see :meth:`_notify_broken`)."""

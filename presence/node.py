@@ -21,6 +21,7 @@ import gevent.event
 import gevent.queue
 
 from presence.engine import EngineConfig, PresenceEngine
+from presence.history import History, history_metrics
 from presence.metrics import render_metrics
 from presence.packages import REGISTRY
 from presence.packages.base import PackageOptions
@@ -74,6 +75,7 @@ class PresenceNode:
         on_control: Callable[[dict], None] | None = None,
         transport_options: dict | None = None,
         resolver_options: dict | None = None,
+        history: History | None = None,
     ) -> None:
         self.node_id = node_id
         self.clock = clock
@@ -98,6 +100,16 @@ class PresenceNode:
         self._stopping = False
         self._warm_buffer: list[dict] | None = None
         self.extra_metrics: list[Callable] = []  # renderers of other parts of this process
+        self.history = history or History()
+        self._observe(engine_config)
+        self.extra_metrics.append(history_metrics(self.history))
+
+    def _observe(self, engine_config: EngineConfig) -> None:
+        """Hook the per-lamp history into the engine (presence/history.py)."""
+        self.history.attach(self.state, self.engine.counters, t1=engine_config.t1,
+                            t2=engine_config.t2)
+        # --history 0: no hooks at all (the NOTIFY stages go with it)
+        self.engine.observer = self.history if self.history.enabled else None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -115,6 +127,7 @@ class PresenceNode:
         self.engine = PresenceEngine(
             engine_config, self.state, REGISTRY, on_control=self._on_control
         )
+        self._observe(engine_config)
 
     def start(self) -> None:
         if self._loop is None:
@@ -127,13 +140,16 @@ class PresenceNode:
         would still walk all of them — a pause that grows with the table. After each bulk growth
         the heap is frozen (``gc.freeze``): later collections only walk younger objects."""
         frozen_at = 0
+        history_at = 0  # the per-lamp history is long-lived and acyclic too
         while not self._stopping:
             gevent.sleep(HOUSEKEEPING_INTERVAL)
             count = len(self.engine.subscriptions)
-            if abs(count - frozen_at) >= GC_FREEZE_GROWTH:
+            if (abs(count - frozen_at) >= GC_FREEZE_GROWTH
+                    or self.history.added - history_at >= 10 * GC_FREEZE_GROWTH):
                 gc.collect(1)  # let young garbage go first, not into the permanent generation
                 gc.freeze()
                 frozen_at = count
+                history_at = self.history.added
                 log.debug("gc: froze the heap at %d subscriptions (%d objects permanent)",
                           count, gc.get_freeze_count())
 
@@ -188,6 +204,8 @@ class PresenceNode:
                 except Exception:  # an engine bug must not stop the node's clock
                     log.exception("engine timer handling failed")
                 self._flush()
+                if self.history.pending:
+                    self.history.flushed(self.clock())
 
     def _poke(self) -> None:
         """Wake the clock loop when the engine's next deadline moved earlier."""
@@ -224,12 +242,21 @@ class PresenceNode:
         # response, a new subscription's expiry); a plain 200 to a NOTIFY only ends one
         if self._flush():
             self._poke()
+        if self.history.pending:
+            self.history.flushed(self.clock())
 
     def publish(self, messages: list) -> int:
         """Apply validated updates/snapshots (from the HTTP API or the bus)."""
-        applied = self.engine.apply(messages, self.clock())
+        now = self.clock()
+        sent = self.engine.counters["notify_sent"]
+        applied = self.engine.apply(messages, now)
         self.publish_counters["accepted"] += applied
         self._flush()
+        sent = self.engine.counters["notify_sent"] - sent
+        if sent or self.history.pending:  # stage applied_to_notify (presence/history.py)
+            flushed = self.clock()
+            self.history.applied(now, flushed, sent)
+            self.history.flushed(flushed)
         self._poke()
         if self._tails:
             for item in messages:
@@ -382,6 +409,12 @@ class PresenceNode:
                 "body": self.state.body(name, aor).for_version(0).decode("utf-8", "replace"),
             }
         return result if found else None
+
+    def history_report(self, aor: str) -> dict:
+        """``busylamp why``: the lamp, its timeline and likely causes (presence/why.py)."""
+        from presence.why import explain
+
+        return explain(self, aor)
 
     def health(self) -> tuple[bool, dict]:
         return self.ready, {

@@ -97,6 +97,7 @@ def transport_options(config: RunConfig, fd_limit: int) -> dict:
 
 def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
     """Bind the SIP listeners and build the presence node (not started yet)."""
+    from presence.history import History
     from presence.sip.transport import raise_fd_limit
 
     node = PresenceNode(
@@ -115,6 +116,8 @@ def build_node(config: RunConfig, bus: Bus | None) -> PresenceNode:
             "max_in_flight": config.dns_max_lookups,
             "ttl": config.dns_cache_ttl,
         },
+        history=History(per_presentity=config.history,
+                        max_bytes=config.history_memory * 2**20),
     )
     for listen in config.sip:
         try:
@@ -228,8 +231,15 @@ def run_roles(config: RunConfig) -> None:
             node.extra_metrics.append(bridge_metrics(bridge_service))
             if not node.ready and not warm:
                 gevent.spawn(node.finish_esl_warmup, bridge_service.first_round, config.esl_warmup)
+            # why: the node sees the bridge's skipped events; stage esl_to_bridge
+            node.history.skip_sources.append(bridge_service.skip_log)
+            bridge_service.event_latency = node.history.stages["esl_to_bridge"]
     if node is not None and config.bus == "nsq":
         node.extra_metrics.append(nsq_metrics(bus))
+    if node is None and bridge_service is not None and config.http is not None:
+        from presence.bridgehttp import serve_bridge_http
+
+        api_server = serve_bridge_http(config, bridge_service, bus)
 
     for line in startup_summary(config, node):
         log.info("%s", line)

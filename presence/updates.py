@@ -145,6 +145,24 @@ FIELD_TABLE: dict[str, list[FieldRow]] = {
         ("Bridge-Epoch", False, "integer >= 0", "0", "changes when that bridge restarts"),
         ("Sequence", False, "integer >= 0", "", "+1 per message per (Bridge-ID, Bridge-Epoch)"),
         ("Switch-ID", False, "string", "", "Core-UUID of the FreeSWITCH the record came from"),
+        # the FreeSWITCH event behind the update, kept in the per-lamp history (busylamp why)
+        ("Switch-Event", False, "string", "", "name of the FreeSWITCH event behind the update"),
+        ("Unique-ID", False, "string", "", "Unique-ID of that event's channel"),
+        ("Channel-Call-State", False, "string", "", "that channel's call state in the event"),
+        (
+            "Event-Timestamp",
+            False,
+            "integer >= 0",
+            "",
+            "the event's Event-Date-Timestamp (microseconds since the epoch)",
+        ),
+        (
+            "Bridge-Timestamp",
+            False,
+            "integer >= 0",
+            "",
+            "when the bridge published the update (microseconds since the epoch)",
+        ),
     ],
     "dialog": [
         ("Call-ID", True, "string", "", "record id and dialog id/call-id"),

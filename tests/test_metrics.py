@@ -24,7 +24,8 @@ def test_metrics_text_has_the_families_and_values():
     assert 'busylamp_subscriptions_active{event="dialog"} 0' in text
     for line in text.splitlines():
         if not line.startswith("#"):
-            assert re.fullmatch(r'busylamp_[a-z_]+(\{[a-z_]+="[^"]*"\})? -?[0-9.e+]+', line), line
+            assert re.fullmatch(r'busylamp_[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? '
+                                r'-?[0-9.e+]+', line), line
 
 
 def test_subscription_pages_cover_every_row_once():

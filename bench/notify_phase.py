@@ -1,0 +1,69 @@
+"""The engine bench's NOTIFY phase alone, for instruction counting on a shared host.
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=map_next \\
+        python bench/notify_phase.py TREE on|off
+
+TREE is the source tree whose engine is measured (this one, or an older checkout); the harness
+(SUBSCRIBEs, updates, 200 OKs: bench/engine.py of this tree) is the same for both. The SUBSCRIBE
+phase runs first, the heap is frozen as a node does, then the NOTIFY phase runs inside ``map()``
+so that callgrind collects only there (``--toggle-collect=map_next``). ``on``: the per-lamp
+history hooks attached (needs a tree that has presence/history.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> None:
+    sys.path.insert(0, tree)
+    sys.path.insert(1, str(HERE))
+    from bench.engine import PHONE, _ok_for, _subscribe, _update
+    from presence.engine import EngineConfig, PresenceEngine
+    from presence.packages import REGISTRY
+    from presence.packages.base import PackageOptions
+    from presence.state import PresenceState
+    from presence.updates import parse_updates
+
+    state = PresenceState(REGISTRY, PackageOptions())
+    engine = PresenceEngine(EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}), state, REGISTRY)
+    recorder = None
+    if history == "on":
+        from presence.history import History
+
+        recorder = History()
+        recorder.attach(state, engine.counters)
+        engine.observer = recorder
+    now = 1000.0
+    for i in range(presentities * keys):
+        engine.receive(_subscribe(i, f"p{i % presentities}"), PHONE, "udp", None, now)
+        out = engine.datagrams_to_send()
+        engine.receive(_ok_for(out[1][2]), PHONE, "udp", None, now)
+        engine.datagrams_to_send()
+    if recorder is not None:
+        recorder.flushed(now)
+    gc.collect(1)
+    gc.freeze()
+    batches = [parse_updates(_update(f"p{p}", name, f"c{cycle}-{p}"))
+               for cycle, name in enumerate(("early", "confirmed", "terminated"))
+               for p in range(presentities)]
+
+    def notify_phase(_: int) -> None:
+        for batch in batches:
+            engine.apply(batch, now)
+            out = engine.datagrams_to_send()
+            if recorder is not None and recorder.pending:
+                recorder.flushed(now)
+            for _, _, data, _ in out:
+                engine.receive(_ok_for(data), PHONE, "udp", None, now)
+            engine.datagrams_to_send()
+
+    list(map(notify_phase, [0]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "on")

@@ -1,0 +1,477 @@
+"""What changed each lamp, and what the watchers were told: a bounded history per presentity.
+
+Sans-IO, driven by the engine's hooks with the engine's ``now`` (monotonic seconds); one
+injected wall clock turns those into times an operator can read. The engine calls:
+
+- :meth:`History.updated` after each update it applies (when nothing changed, the state's
+  drop counters say why), :meth:`History.snapshot` for a switch
+  snapshot, :meth:`History.expired` for records whose Expires ran out;
+- :meth:`History.fanout` once per changed presentity before its NOTIFYs go out, and
+  :meth:`History.fanned` after: the engine points each notified subscription at the entry
+  (``sub.note``, ``sub.noted_at``), so its answer lands there without any look-up
+  (``Entry.answered``, which also keeps the first watchers to answer one by one);
+- :meth:`History.resent` for a NOTIFY sent later (coalesced behind one in flight, refresh,
+  final), :meth:`History.subscribed` for a SUBSCRIBE's initial NOTIFY.
+
+The node calls :meth:`History.applied` and :meth:`History.flushed` after handing NOTIFYs to the
+transports: the stage histograms ``applied_to_notify`` and ``subscribe_to_notify`` measure up to
+that point. With ``per_presentity`` 0 the node attaches no hooks at all.
+
+Cost: an entry records up to :data:`DETAILED` watchers individually and the rest as counts per
+answer code plus a latency range, so the fan-out to 36,000 watchers costs the same as to 9.
+Rings hold ``per_presentity`` entries; when their estimated size (:data:`ENTRY_BYTES` per entry,
+:data:`WATCH_BYTES` per detailed watcher, both measured) passes ``max_bytes`` the rings of the
+presentities changed longest ago are dropped first.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from presence.histogram import Histogram, StageHistograms
+
+__all__ = ["DETAILED", "ENTRY_BYTES", "WATCH_BYTES", "Entry", "Gap", "History", "Watch"]
+
+DETAILED = 8
+DEFAULT_PER_PRESENTITY = 32
+# Measured bytes of an entry and of each watcher detailed in it (tests/test_history.py measures
+# them, docs/BENCHMARKS.md reports them): the memory cap counts with these.
+ENTRY_BYTES = 800
+WATCH_BYTES = 96
+DEFAULT_MEMORY_MB = 128
+TIMEOUT = 0  # "answer code" of a NOTIFY that timed out (Timer F)
+
+# effects of an update on the records
+APPLIED = "applied"
+TERMINATED = "applied: terminated"
+UNCHANGED = "unchanged (same state: a refresh or republish)"
+OLDER = "ignored: older than the record (bridge, epoch, sequence)"
+TOMBSTONE = "ignored: the record already ended (tombstone)"
+EXPIRED = "expired: Expires ran out"
+SNAPSHOT_APPLIED = "applied (switch snapshot)"
+SNAPSHOT_UNCHANGED = "unchanged (switch snapshot)"
+SNAPSHOT_REPLACED = "terminated: missing from the switch's snapshot"
+
+
+
+class Watch:
+    """A read-only view of one detailed watcher's NOTIFY for one entry (built when reading)."""
+
+    __slots__ = ("entry", "watcher", "tag", "version", "sent_at", "status", "answered_at",
+                 "coalesced", "reliable")
+
+    def __init__(self, entry: Entry, index: int) -> None:
+        base = index * _STRIDE
+        self.entry = entry
+        self.tag = entry.tags[index]
+        self.watcher, self.reliable, version, self.sent_at, self.status, self.answered_at = \
+            entry.who[base:base + _STRIDE]
+        self.version = version - 1 if version else None  # the version that NOTIFY carried
+        self.coalesced = self.sent_at != entry.at  # sent later: merged behind one in flight
+
+
+# per detailed watcher in Entry.who (its dialog tag in Entry.tags), recorded when it answers:
+# remote URI, reliable transport, its version after the send, sent at, answer, answered at
+_STRIDE = 6
+
+
+class Entry:
+    """One change of a presentity: its origin, the update, its effect, the NOTIFYs it caused.
+
+    Few objects per entry, none pointing back at a subscription (subscriptions point at their
+    entry; the history stays acyclic, so gc.freeze() can hold it and refcounting frees it): the
+    first DETAILED watchers to answer are ``tags`` and one flat list ``who`` (:data:`_STRIDE`
+    values each, taken from the subscription when its answer arrives: nothing is kept per
+    watcher at fan-out time); every answer counts in ``ok``/``codes`` and the latency range."""
+
+    __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "stamp", "origin",
+                 "effect", "watchers", "sent", "coalesced", "tags", "who", "ok", "codes",
+                 "lat_min", "lat_max", "stage")
+
+    def __init__(self, id_: int, kind: str, package: str, at: float, wall: float,
+                 stage: Histogram, record: str | None = None, state: str | None = None,
+                 stamp: tuple = (None, None, None, None, None), origin: tuple | None = None,
+                 effect: str = "") -> None:
+        self.id = id_
+        self.kind = kind
+        self.package = package
+        self.at = at
+        self.wall = wall
+        self.record = record
+        self.state = state
+        self.stamp = stamp  # (bridge, epoch, sequence, switch, expires)
+        self.origin = origin  # (event, unique id, call state, event time us, bridge time us)
+        self.effect = effect
+        self.watchers = self.sent = self.coalesced = self.ok = 0
+        self.tags = self.who = self.codes = None
+        self.lat_min = 1e9
+        self.lat_max = 0.0
+        self.stage = stage
+
+    def answered(self, sub: Any, status: int, now: float) -> None:
+        """The final answer (status 0: timed out) to the NOTIFY this entry sent ``sub``."""
+        tags = self.tags
+        if tags is None:
+            tags = self.tags = []
+            self.who = []
+        latency = now - sub.noted_at
+        if len(tags) < DETAILED:
+            tag = sub.tag
+            if tag in tags:  # answered again (a refresh or merged change of the same entry)
+                base = tags.index(tag) * _STRIDE
+                self.who[base + 2:base + _STRIDE] = [sub.version, sub.noted_at, status, now]
+            else:
+                tags.append(tag)
+                self.who += (sub.remote_uri, sub.transport != "udp", sub.version, sub.noted_at,
+                             status, now)
+        elif status:  # beyond the detailed watchers: a latency range
+            if latency > self.lat_max:
+                self.lat_max = latency
+            if latency < self.lat_min:
+                self.lat_min = latency
+        if status == 200:
+            self.ok += 1
+        else:
+            codes = self.codes
+            if codes is None:
+                codes = self.codes = {}
+            codes[status] = codes.get(status, 0) + 1
+            if not status:
+                return
+        hist = self.stage
+        if latency >= 0.0:
+            hist.counts[bisect_left(hist.bounds, latency)] += 1
+            hist.total += latency
+
+    def answers_by_code(self) -> dict[int, int]:
+        """Answer code -> count (0: timed out)."""
+        counts = dict(self.codes or {})
+        if self.ok:
+            counts[200] = self.ok
+        return counts
+
+    def watches(self) -> list[Watch]:
+        return [Watch(self, i) for i in range(len(self.tags or ()))]
+
+    def watch_of(self, sub: Any) -> Watch | None:
+        tags = self.tags
+        if tags is not None and sub.tag in tags:
+            return Watch(self, tags.index(sub.tag))
+        return None
+
+
+class Gap:
+    """Updates of one bridge that never arrived (detected from its sequence numbers)."""
+
+    __slots__ = ("bridge", "epoch", "first", "last", "at", "wall")
+
+    def __init__(self, bridge: str, epoch: int, first: int, last: int, at: float,
+                 wall: float) -> None:
+        self.bridge, self.epoch, self.first, self.last = bridge, epoch, first, last
+        self.at, self.wall = at, wall
+
+
+class History:
+    """Rings of :class:`Entry` per presentity, the recent sequence gaps, the stage histograms."""
+
+    def __init__(self, *, per_presentity: int = DEFAULT_PER_PRESENTITY,
+                 max_bytes: int = DEFAULT_MEMORY_MB * 2**20,
+                 wall: Callable[[], float] = time.time,
+                 stages: StageHistograms | None = None) -> None:
+        self.per_presentity = per_presentity
+        self.max_bytes = max_bytes
+        self.enabled = per_presentity > 0
+        self.wall = wall
+        self.stages = stages or StageHistograms()
+        self._notify_stage = self.stages["notify_to_answer"]
+        self._applied_stage = self.stages["applied_to_notify"]
+        self._subscribe_stage = self.stages["subscribe_to_notify"]
+        self._bridge_stage = self.stages["bridge_to_applied"]
+        self.rings: OrderedDict[str, deque[Entry]] = OrderedDict()
+        self.entries = 0
+        self.bytes = 0  # estimated, see ENTRY_BYTES
+        self.dropped_rings = 0
+        self.gaps: deque[Gap] = deque(maxlen=64)
+        self.skip_sources: list[Any] = []  # objects with .matching(user) (bridge skip logs)
+        self.t1, self.t2 = 0.5, 4.0
+        self.offset = wall() - time.monotonic()  # wall - engine clock, refreshed per update
+        self.pending: list[tuple[Histogram, float, int]] = []
+        self._seq = 0
+        self._gap: tuple[str, int] | None = None
+        self._stale = self._tomb = 0  # the state's drop counters at the last update
+        self._state: Any = None
+        self._previous_on_gap: Callable | None = None
+        self._counters: dict[str, int] = {"notify_sent": 0}
+        self._sent_before = 0
+        self._recent: Entry | None = None  # the last update's entry, and its presentity
+        self._recent_at = ""
+        # answers to NOTIFYs no entry describes still reach the notify_to_answer histogram
+        self._sink = Entry(0, "sink", "", 0.0, 0.0, self._notify_stage)
+        self._sink.tags = [""] * DETAILED  # keeps no watcher one by one
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def attach(self, state: Any, counters: dict[str, int], *, t1: float = 0.5,
+               t2: float = 4.0) -> None:
+        """Follow ``state``'s gap reports (chained to any callback already set) and the
+        engine's ``counters`` (NOTIFYs sent during a fan-out)."""
+        self._state = state
+        self._counters = counters
+        self.t1, self.t2 = t1, t2
+        if state.on_gap is not self._on_gap:
+            self._previous_on_gap = state.on_gap
+            state.on_gap = self._on_gap
+
+    def _on_gap(self, bridge_id: str, missing: int) -> None:
+        self._gap = (bridge_id, missing)
+        if self._previous_on_gap is not None:
+            self._previous_on_gap(bridge_id, missing)
+
+    # -- the ring ---------------------------------------------------------------------------
+
+    def _entry(self, presentity: str, kind: str, package: str, now: float) -> Entry:
+        self._seq += 1
+        entry = Entry(self._seq, kind, package, now, now + self.offset, self._notify_stage)
+        self._add(presentity, entry)
+        if kind != "subscribe":
+            self._recent, self._recent_at = entry, presentity
+        return entry
+
+    def _add(self, presentity: str, entry: Entry) -> None:
+        rings = self.rings
+        ring = rings.get(presentity)
+        if ring is None:
+            ring = rings[presentity] = deque(maxlen=self.per_presentity)
+        else:
+            rings.move_to_end(presentity)
+            if len(ring) == self.per_presentity:
+                self.entries -= 1
+                self.bytes -= _cost(ring[0])
+        ring.append(entry)
+        self.entries += 1
+        self.bytes += ENTRY_BYTES
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """Drop the rings of the presentities changed longest ago until under the cap."""
+        rings = self.rings
+        while self.bytes > self.max_bytes and len(rings) > 1:
+            _, oldest = rings.popitem(last=False)
+            self.entries -= len(oldest)
+            self.bytes -= sum(_cost(e) for e in oldest)
+            self.dropped_rings += 1
+
+    @property
+    def added(self) -> int:
+        """Entries recorded since the start (the node freezes the GC heap as it grows)."""
+        return self._seq
+
+    def latest(self, package: str, presentity: str) -> Entry | None:
+        ring = self.rings.get(presentity)
+        if ring:
+            for entry in reversed(ring):
+                if entry.package == package and entry.kind != "subscribe":
+                    return entry
+        return None
+
+    # -- engine hooks: updates --------------------------------------------------------------
+
+    def updated(self, update: Any, keys: set, now: float) -> None:
+        """One update was applied (``keys``: what changed)."""
+        wall = self.wall()
+        self.offset = wall - now
+        raw = update.raw
+        sent = raw.get("Bridge-Timestamp")
+        if sent is not None and type(sent) is int:
+            self._bridge_stage.observe(wall - sent / 1e6)
+        if self._gap is not None:
+            self._note_gap(update.bridge_id, update.bridge_epoch, update.sequence, now)
+        if not self.enabled:
+            return
+        data = update.data
+        state = data.get("State") or data.get("Messages-Waiting")
+        if keys:
+            effect = TERMINATED if state == "terminated" or (
+                update.expires is not None and update.expires <= 0) else APPLIED
+        else:  # nothing changed: the state's counters say why
+            stats = self._state.stats
+            if stats.stale_dropped != self._stale:
+                effect = OLDER
+            elif stats.resurrect_dropped != self._tomb:
+                effect = TOMBSTONE
+            else:
+                effect = UNCHANGED
+            self._stale, self._tomb = stats.stale_dropped, stats.resurrect_dropped
+        origin = None
+        if "Switch-Event" in raw or "Event-Timestamp" in raw:
+            get = raw.get
+            origin = (get("Switch-Event"), get("Unique-ID"), get("Channel-Call-State"),
+                      get("Event-Timestamp"), sent)
+        self._seq += 1
+        entry = self._recent = Entry(
+            self._seq, "update", update.package, now, wall, self._notify_stage,
+            update.record_id, state,
+            (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
+             update.expires), origin, effect)
+        presentity = self._recent_at = update.presentity
+        rings = self.rings
+        ring = rings.get(presentity)
+        if ring is not None and len(ring) < self.per_presentity:  # the common case, inline
+            rings.move_to_end(presentity)
+            ring.append(entry)
+            self.entries += 1
+            self.bytes += ENTRY_BYTES
+            if self.bytes > self.max_bytes:
+                self._shrink()
+        else:
+            self._add(presentity, entry)
+
+    def snapshot(self, snap: Any, keys: set, now: float) -> None:
+        """A switch snapshot was applied: one entry per record it carried or terminated."""
+        self.offset = self.wall() - now
+        self._note_gap(snap.bridge_id, snap.bridge_epoch, snap.sequence, now)
+        if not self.enabled:
+            return
+        carried = set()
+        for update in snap.updates:
+            key = (update.package, update.presentity)
+            carried.add(key)
+            entry = self._entry(update.presentity, "snapshot", update.package, now)
+            entry.record = update.record_id
+            entry.state = update.data.get("State") or update.data.get("Messages-Waiting")
+            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                           update.expires)
+            entry.effect = SNAPSHOT_APPLIED if key in keys else SNAPSHOT_UNCHANGED
+        for package, presentity in keys - carried:
+            entry = self._entry(presentity, "snapshot", package, now)
+            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                           None)
+            entry.state = "terminated"
+            entry.effect = SNAPSHOT_REPLACED
+
+    def expired(self, keys: Iterable[tuple[str, str]], now: float) -> None:
+        if not self.enabled:
+            return
+        for package, presentity in keys:
+            entry = self._entry(presentity, "expired", package, now)
+            entry.effect = EXPIRED
+
+    def _note_gap(self, bridge: str | None, epoch: int | None, sequence: int | None,
+                  now: float) -> None:
+        gap, self._gap = self._gap, None
+        if gap is None or bridge is None or sequence is None or gap[0] != bridge:
+            return
+        self.gaps.append(Gap(bridge, epoch or 0, sequence - gap[1], sequence - 1, now,
+                             now + self.offset))
+
+    # -- engine hooks: NOTIFYs --------------------------------------------------------------
+
+    def fanout(self, package: str, presentity: str, watchers: list, now: float) -> Entry:
+        """NOTIFYs for the latest change of (package, presentity) are about to go out; the
+        engine points every subscription it notifies at the returned entry, then calls
+        :meth:`fanned`."""
+        self._sent_before = self._counters["notify_sent"]
+        entry = self._recent  # usually the entry the update just made
+        if entry is not None and entry.package == package and self._recent_at == presentity:
+            return entry
+        entry = self.latest(package, presentity) if self.enabled else None
+        return self._sink if entry is None else entry  # sink: a change no entry describes
+
+    def fanned(self, entry: Entry, watchers: list, now: float) -> None:
+        """After the fan-out: counts, the applied -> NOTIFY stage, the first watchers kept."""
+        sent = self._counters["notify_sent"] - self._sent_before
+        if entry.watchers == 0:
+            self.bytes += WATCH_BYTES * min(len(watchers), DETAILED)
+        entry.watchers = len(watchers)
+        entry.sent += sent
+        entry.coalesced += len(watchers) - sent
+
+    def resent(self, sub: Any, now: float, coalesced: bool) -> None:
+        """A NOTIFY outside a fan-out (merged changes, refresh, final): points ``sub`` at the
+        presentity's latest entry."""
+        entry = self.latest(sub.package.name, sub.presentity) if self.enabled else None
+        if entry is None:
+            entry = self._sink
+        elif coalesced:
+            entry.sent += 1
+            self.pending.append((self._applied_stage, entry.at, 1))
+        sub.note, sub.noted_at = entry, now
+
+    def subscribed(self, sub: Any, now: float, watchers: int) -> None:
+        """A SUBSCRIBE's initial NOTIFY was queued (``watchers``: now watching the presentity)."""
+        self.pending.append((self._subscribe_stage, now, 1))
+        entry = self._sink
+        if self.enabled and watchers <= DETAILED:  # a crowd of SUBSCRIBEs must not evict changes
+            entry = self._entry(sub.presentity, "subscribe", sub.package.name, now)
+            entry.effect = "subscribed" if sub.final_reason is None else "fetched"
+            entry.watchers = entry.sent = 1
+            self.bytes += WATCH_BYTES
+        sub.note, sub.noted_at = entry, now
+
+    def applied(self, started: float, now: float, sent: int) -> None:
+        """The node applied updates at ``started`` and handed their ``sent`` NOTIFYs to the
+        transports at ``now`` (stage applied_to_notify, one observation per NOTIFY)."""
+        self._applied_stage.observe_many(now - started, sent)
+
+    def flushed(self, now: float) -> None:
+        """The node handed what the engine queued to the transports at ``now``."""
+        pending, self.pending = self.pending, []
+        for hist, started, count in pending:
+            hist.observe_many(now - started, count)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def ring(self, presentity: str) -> list[Entry]:
+        return list(self.rings.get(presentity, ()))
+
+    def presentities(self) -> Iterator[str]:
+        return iter(list(self.rings))
+
+    def to_wall(self, at: float | None) -> float | None:
+        return None if at is None else at + self.offset
+
+    def retransmissions(self, watch: Watch) -> int:
+        """Timer E firings between a NOTIFY and its answer (UDP only)."""
+        if watch.reliable or watch.sent_at is None:
+            return 0
+        end = watch.answered_at
+        if end is None:
+            end = time.monotonic() if watch.status is None else watch.sent_at
+        waited, interval, count = 0.0, self.t1, 0
+        while waited + interval < end - watch.sent_at and count < 64:
+            waited += interval
+            interval = min(interval * 2, self.t2)
+            count += 1
+        return count
+
+
+def _cost(entry: Entry) -> int:
+    return ENTRY_BYTES + WATCH_BYTES * min(entry.watchers, DETAILED)
+
+
+def _int(value: Any) -> int | None:
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def history_metrics(history: History) -> Callable:
+    """Renderer for presence.metrics: the stage histograms and the history's own size."""
+
+    def render(metric: Any) -> None:
+        history.stages.render(metric, metric.lines, "busylamp_")
+        metric("history_entries", "gauge", "Entries held in the per-presentity history rings.",
+               [({}, history.entries)])
+        metric("history_bytes", "gauge", "Estimated memory of the history rings (--history-memory).",
+               [({}, history.bytes)])
+        metric("history_rings_dropped_total", "counter",
+               "Presentity histories dropped because the history memory cap was reached.",
+               [({}, history.dropped_rings)])
+
+    return render
