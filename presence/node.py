@@ -188,6 +188,8 @@ class PresenceNode:
                 except Exception:  # an engine bug must not stop the node's clock
                     log.exception("engine timer handling failed")
                 self._flush()
+                if engine.backlog:
+                    gevent.sleep(0)  # a big fan-out goes on in steps: let the readers in between
 
     def _poke(self) -> None:
         """Wake the clock loop when the engine's next deadline moved earlier."""
@@ -221,8 +223,9 @@ class PresenceNode:
     def _on_sip(self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:
         self.engine.receive(data, source, transport, conn_id, self.clock())
         # only what the engine sent can have started a timer (a NOTIFY transaction, a stored
-        # response, a new subscription's expiry); a plain 200 to a NOTIFY only ends one
-        if self._flush():
+        # response, a new subscription's expiry); a plain 200 to a NOTIFY only ends one, which may
+        # let a fan-out held back by the pending-NOTIFY limit go on
+        if self._flush() or self.engine.backlog:
             self._poke()
 
     def publish(self, messages: list) -> int:
