@@ -2,6 +2,8 @@
 
     python -m bench.security http-bodies [--tree DIR]   # 25 unauthenticated 8 MiB POST /publish
     python -m bench.security tcp-idle [--tree DIR]      # 1,100 idle SIP TCP connections, 1024 fds
+    python -m bench.security subscribe-flood [--tree DIR]  # 50,000 SUBSCRIBEs from one source
+    python -m bench.security amplification [--tree DIR]    # bytes out per byte of a spoofed SUBSCRIBE
 
 ``--tree`` runs the busylamp source tree at DIR (e.g. an older checkout, for a before/after);
 default: this one. Prints one line of figures read from /proc and /metrics.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -134,12 +137,183 @@ def tcp_idle(tree: Path) -> str:
         proc.wait()
 
 
+def _subscribe(host: str, port: int, n: int, *, user: str = "6666", contact: str | None = None,
+               presentity: str = "1001@example.com", event: str = "dialog") -> bytes:
+    contact = contact or f"{host}:{port}"
+    return (f"SUBSCRIBE sip:{presentity} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-f{n};rport\r\n"
+            f"From: <sip:{user}@example.com>;tag=f{n}\r\nTo: <sip:{presentity}>\r\n"
+            f"Call-ID: flood-{n}\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:{user}@{contact}>\r\n"
+            f"Max-Forwards: 70\r\nEvent: {event}\r\nExpires: 3600\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+
+
+def _udp(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    return sock
+
+
+def _metric(port: int, name: str) -> str:
+    _, body = _get(port, "/metrics")
+    return " ".join(line.split("_", 1)[1] for line in body.decode().splitlines()
+                    if line.startswith("busylamp_" + name))
+
+
+def subscribe_flood(tree: Path, count: int = 50_000, seconds: float = 10.0) -> str:
+    """``count`` initial SUBSCRIBEs from 127.0.0.2 in ``seconds`` (to a Contact that never
+    answers), while 127.0.0.1 pings with OPTIONS every 10 ms and 127.0.0.3 subscribes every
+    100 ms: the node's RSS growth, the OPTIONS round trips, the other source's answers."""
+    http_port, sip_port = _port(), _port()
+    proc = _start(tree, ["--sip", f"udp:127.0.0.1:{sip_port}", "--http", f"127.0.0.1:{http_port}"])
+    node = ("127.0.0.1", sip_port)
+    stop = threading.Event()
+    rtts: list[float] = []
+    other: dict[int, int] = {}
+    try:
+        _wait_healthy(http_port)
+        before = _kib(proc.pid, "VmRSS")
+
+        def ping() -> None:
+            sock = _udp("127.0.0.1")
+            sock.settimeout(1.0)
+            n = 0
+            while not stop.is_set():
+                n += 1
+                msg = (f"OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;"
+                       f"branch=z9hG4bK-p{n};rport\r\nFrom: <sip:p@127.0.0.1>;tag=p{n}\r\n"
+                       f"To: <sip:ping@127.0.0.1>\r\nCall-ID: ping-{n}\r\nCSeq: 1 OPTIONS\r\n"
+                       f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+                started = time.perf_counter()
+                sock.sendto(msg, node)
+                try:
+                    while f"ping-{n}".encode() not in sock.recv(65535):
+                        pass
+                    rtts.append(time.perf_counter() - started)
+                except TimeoutError:
+                    rtts.append(1.0)
+                time.sleep(0.01)
+            sock.close()
+
+        def legit() -> None:
+            sock = _udp("127.0.0.3")
+            sock.settimeout(1.0)
+            port = sock.getsockname()[1]
+            n = 0
+            while not stop.is_set():
+                n += 1
+                sock.sendto(_subscribe("127.0.0.3", port, n, user=f"3{n:04d}"), node)
+                code = 0
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline:
+                    try:
+                        data = sock.recv(65535)
+                    except TimeoutError:
+                        break
+                    if data.startswith(b"SIP/2.0 ") and f"flood-{n}".encode() in data:
+                        code = int(data[8:11])
+                        if code >= 200:
+                            break
+                other[code] = other.get(code, 0) + 1
+                time.sleep(0.1)
+            sock.close()
+
+        threads = [threading.Thread(target=ping), threading.Thread(target=legit)]
+        for thread in threads:
+            thread.start()
+        flood = _udp("127.0.0.2")
+        port = flood.getsockname()[1]
+        started = time.monotonic()
+        for n in range(count):
+            flood.sendto(_subscribe("127.0.0.2", port, n), node)
+            ahead = started + seconds * (n + 1) / count - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        time.sleep(1.0)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        flood.close()
+        after = _kib(proc.pid, "VmRSS")
+        subscribed = _metric(http_port, "subscribe_total")
+        limited = _metric(http_port, "subscribe_limited_total")
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(timeout=20)
+    rtts.sort()
+    p50 = rtts[len(rtts) // 2] * 1000
+    p99 = rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1000
+    return (f"RSS +{(after - before) / 1024:.1f} MB ({before // 1024} -> {after // 1024} MB); "
+            f"OPTIONS from another source: {len(rtts)} pings, p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+            f"SUBSCRIBEs from another source: {dict(sorted(other.items()))}; "
+            f"node: {subscribed} {limited}")
+
+
+def _publish(http_port: int, calls: int) -> None:
+    for i in range(calls):
+        body = json.dumps({
+            "Event-Name": "update", "Event-Package": "dialog", "From": "sip:1001@example.com",
+            "From-User": "1001", "From-Realm": "example.com", "To": f"sip:20{i:02d}@example.com",
+            "To-User": f"20{i:02d}", "To-Realm": "example.com", "Call-ID": f"amp-call-{i}",
+            "State": "confirmed", "Direction": "recipient", "Expires": 600}).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=3)
+        try:
+            conn.request("POST", "/publish", body, {"Content-Type": "application/json"})
+            conn.getresponse().read()
+        finally:
+            conn.close()
+
+
+def amplification(tree: Path, wait: float = 34.0) -> str:
+    """One SUBSCRIBE whose source and Contact are the victim's, who never answers: all bytes
+    the victim receives over Timer F (32 s), per byte of the SUBSCRIBE; with an empty dialog and
+    with three live calls on the presentity."""
+    results = []
+    for calls in (0, 3):
+        http_port, sip_port = _port(), _port()
+        proc = _start(tree, ["--sip", f"udp:127.0.0.1:{sip_port}", "--http",
+                             f"127.0.0.1:{http_port}"])
+        try:
+            _wait_healthy(http_port)
+            _publish(http_port, calls)
+            victim = _udp("127.0.0.1")
+            victim.settimeout(0.5)
+            port = victim.getsockname()[1]
+            message = (f"SUBSCRIBE sip:1001@example.com SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.1:{port}"
+                       f";branch=z9hG4bK-a\r\nf: <sip:6@example.com>;tag=a\r\nt: "
+                       f"<sip:1001@example.com>\r\ni: a\r\nCSeq: 1 SUBSCRIBE\r\n"
+                       f"m: <sip:127.0.0.1:{port}>\r\no: dialog\r\nl: 0\r\n\r\n").encode()
+            victim.sendto(message, ("127.0.0.1", sip_port))
+            received = 0
+            datagrams = 0
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                try:
+                    received += len(victim.recv(65535))
+                    datagrams += 1
+                except TimeoutError:
+                    pass
+            victim.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+        results.append(f"{calls} calls: {len(message)} B in, {received} B out in {datagrams} "
+                       f"datagrams = {received / len(message):.1f}x")
+        if calls == 0 and not received:
+            break
+    return "; ".join(results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.security")
-    parser.add_argument("probe", choices=["http-bodies", "tcp-idle"])
+    probes = {"http-bodies": http_bodies, "tcp-idle": tcp_idle,
+              "subscribe-flood": subscribe_flood, "amplification": amplification}
+    parser.add_argument("probe", choices=list(probes))
     parser.add_argument("--tree", type=Path, default=HERE)
     args = parser.parse_args()
-    probe = http_bodies if args.probe == "http-bodies" else tcp_idle
+    probe = probes[args.probe]
     print(f"{args.probe} ({args.tree}): {probe(args.tree.resolve())}")
 
 

@@ -173,6 +173,7 @@ class PresenceEngine:
             "subscribe_rate_dropped": 0,
             "target_refused": 0,
             "notify_minimal": 0,
+            "notify_withheld": 0,
         }
 
     # -- output and timers --------------------------------------------------------------------
@@ -694,6 +695,9 @@ class PresenceEngine:
             self.subscriptions.set_conn(sub, conn_id)
         sub.remote_cseq = cseq
         respond(200, None, self._ok_headers(sub, expires), to_tag=to_tag)
+        if not sub.verified:  # the watcher spoke again: so much more may go to it
+            sub.budget += int(self.config.amplification_factor * self._in_size) - \
+                len(self._out[-1][2])
         if expires == 0:
             self.counters["subscriptions_removed_unsubscribe"] += 1
             self.subscriptions.remove(sub)
@@ -859,6 +863,13 @@ class PresenceEngine:
         if not verified and len(data) > sub.budget:
             # the state does not fit the budget: the subscription state alone, the rest later
             data = (head + "Content-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape")
+            if len(data) > sub.budget:
+                # not even that: nothing until the watcher shows it is there (a refresh adds
+                # to the budget); only a SUBSCRIBE far smaller than any phone's gets here
+                sub.cseq -= 1
+                sub.dirty = sub.final_reason is None
+                self.counters["notify_withheld"] += 1
+                return
             self.counters["notify_minimal"] += 1
             if sub.final_reason is None:
                 sub.dirty = True

@@ -68,9 +68,11 @@ def render_metrics(node: PresenceNode) -> str:
     metric("subscribe_target_refused_total", "counter",
            "SUBSCRIBEs refused 403 because NOTIFYs would go elsewhere than the source or an edge.",
            [({}, c["target_refused"])])
-    metric("notify_minimal_total", "counter",
-           "First NOTIFYs sent without the state to a target that never answered (byte budget).",
-           [({}, c["notify_minimal"])])
+    metric("notify_budgeted_total", "counter",
+           "NOTIFYs to a target that never answered cut to the subscription state (minimal) or "
+           "held back (withheld) by the byte budget.",
+           [({"outcome": "minimal"}, c["notify_minimal"]),
+            ({"outcome": "withheld"}, c["notify_withheld"])])
     metric("notify_backlog", "gauge", "Fan-out NOTIFYs queued for the next steps.",
            [({}, engine.backlog)])
     metric("sip_messages_received_total", "counter", "SIP messages received, by kind.",
