@@ -22,6 +22,7 @@ import gevent.event
 
 from bridge.bus import Bus
 from bridge.calls import CallTable
+from bridge.mwi import MailboxBook
 from bridge.normalize import NormalizeConfig, normalize, split_aor
 from bridge.resync import SnapshotError, snapshot_from_channels
 from bridge.sequence import Sequencer
@@ -43,14 +44,19 @@ class BridgeService:
                  epoch: int | None = None, mailboxes: Sequence[str] = (),
                  on_update: UpdateTap | None = None, events: Sequence[str] = EVENTS,
                  esl_options: Mapping[str, Any] | None = None,
-                 max_timer_sleep: float = 1.0) -> None:
+                 max_timer_sleep: float = 1.0, mwi_options: Mapping[str, Any] | None = None,
+                 ) -> None:
         self.targets = list(targets)
         self.bus = bus
         self.config = config
         self.clock = clock
         self.sequencer = Sequencer(bridge_id, epoch if epoch is not None else int(time.time() * 1000))
         self.calls = CallTable()
-        self.mailboxes: set[str] = set(mailboxes)
+        self.mailboxes = MailboxBook(**(mwi_options or {}))  # see bridge/mwi.py
+        for mailbox in mailboxes:
+            self.mailboxes.claim(mailbox, "configured", clock(), [])
+        self._mwi_wakeup = gevent.event.Event()
+        self._mwi_greenlet: gevent.Greenlet | None = None
         self.on_update = on_update
         self.events = list(events)
         self.esl_options = dict(esl_options or {})
@@ -75,6 +81,7 @@ class BridgeService:
             self.clients.append(client)
             client.start()
         self._timer_greenlet = gevent.spawn(self._republish_loop)
+        self._mwi_greenlet = gevent.spawn(self._mwi_loop)
 
     def stop(self) -> None:
         self._running = False
@@ -83,6 +90,9 @@ class BridgeService:
         if self._timer_greenlet is not None:
             self._timer_greenlet.kill(block=True, timeout=2.0)
             self._timer_greenlet = None
+        if self._mwi_greenlet is not None:
+            self._mwi_greenlet.kill(block=True, timeout=2.0)
+            self._mwi_greenlet = None
 
     # ------------------------------------------------------------------ events
 
@@ -109,7 +119,8 @@ class BridgeService:
             if switch_id and "Switch-ID" not in update:
                 update["Switch-ID"] = switch_id
             if update.get("Event-Package") == "message-summary":
-                self.mailboxes.add(f"{update['Presentity-User']}@{update['Presentity-Realm']}")
+                self.mailboxes.seen(f"{update['Presentity-User']}@{update['Presentity-Realm']}",
+                                    self.clock())
             self._publish_update(update)
         return result.updates
 
@@ -150,7 +161,8 @@ class BridgeService:
             self._send({"Event-Name": "snapshot", "Switch-ID": old, "Updates": []})
             self.counters["snapshots"] += 1
         self.resync(client)
-        self.query_mailboxes(client, sorted(self.mailboxes))
+        self.counters["mwi_replayed"] += self.mailboxes.replay(id(client), self.clock())
+        self._mwi_wakeup.set()
 
     def _on_disconnect(self, client: EslClient, reason: str) -> None:
         self.counters["disconnects"] += 1
@@ -190,18 +202,40 @@ class BridgeService:
             self.counters["resync_requests"] += 1
             for client in chosen:
                 gevent.spawn(self.resync, client)
-        elif name == "mwi_query":
+        elif name in ("mwi_query", "mwi_forget"):
             aor = split_aor(str(message.get("Presentity") or ""), self.config.domain_default)
             if aor is None:
                 self.counters["bad_control"] += 1
                 return
             mailbox = f"{aor[0]}@{aor[1]}"
-            self.mailboxes.add(mailbox)
-            for client in self.clients:
-                if client.state == "connected":
-                    gevent.spawn(self.query_mailboxes, client, [mailbox])
+            node = str(message.get("Node-ID") or "")
+            if name == "mwi_forget":
+                self.mailboxes.release(mailbox, node, self.clock())
+                return
+            switches = [id(c) for c in self.clients if c.state == "connected"]
+            if self.mailboxes.claim(mailbox, node, self.clock(), switches):
+                self._mwi_wakeup.set()  # coalesced and paced: see bridge/mwi.py
         else:
             self.counters["bad_control"] += 1
+
+    def _mwi_loop(self) -> None:
+        """Send the MESSAGE_QUERYs the mailbox book lets go, at its pace; forget mailboxes
+        nobody watches any more."""
+        book = self.mailboxes
+        expired_at = self.clock()
+        while self._running:
+            now = self.clock()
+            by_id = {id(c): c for c in self.clients}
+            for mailbox, switch in book.due(now):
+                client = by_id.get(switch)
+                if client is not None and client.state == "connected":
+                    self.query_mailboxes(client, [mailbox])
+            if now - expired_at >= 60.0:
+                book.expire(now)
+                expired_at = now
+            due = book.next_due(now)
+            self._mwi_wakeup.clear()
+            self._mwi_wakeup.wait(10.0 if due is None else min(10.0, max(0.01, due - now)))
 
     # ------------------------------------------------------------------ republishing
 

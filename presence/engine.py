@@ -107,6 +107,7 @@ class PresenceEngine:
         self.state = state
         self.packages = dict(packages)
         self.subscriptions = SubscriptionTable()
+        self.subscriptions.on_unwatched = self._unwatched
         self.server_transactions = ServerTransactions(t1=config.t1)
         self.client_transactions = ClientTransactions(
             t1=config.t1, t2=config.t2, timer_f=config.timer_f
@@ -640,9 +641,13 @@ class PresenceEngine:
             sub.final_reason = "timeout"
             self._notify(sub, body, now)
             return
+        # a mailbox's first watcher here claims it at the bridges (who query it, coalesced and
+        # paced, and replay it on reconnect); its last one releases it (see bridge/mwi.py)
+        first = package.name == "message-summary" and \
+            not self.subscriptions.watcher_count(package.name, presentity)
         self.subscriptions.add(sub)
         self._notify(sub, body, now)
-        if package.name == "message-summary" and not self.state.records(package.name, presentity):
+        if first:
             self._control({"Event-Name": "mwi_query", "Presentity": presentity})
 
     def _in_dialog(
@@ -1004,6 +1009,10 @@ class PresenceEngine:
         return ended
 
     # -- control and admin ----------------------------------------------------------------------
+
+    def _unwatched(self, key: tuple[str, str]) -> None:
+        if key[0] == "message-summary":
+            self._control({"Event-Name": "mwi_forget", "Presentity": key[1]})
 
     def _control(self, message: dict) -> None:
         if self.on_control is not None:
