@@ -3,9 +3,10 @@
 Sans-IO with an injected clock; :class:`bridge.service.BridgeService` drives it from one greenlet.
 
 * A presence node claims a mailbox (``mwi_query``) when its first message-summary watcher comes,
-  and releases it (``mwi_forget``) when its last one leaves. A mailbox seen in a MESSAGE_WAITING
-  event is remembered for ``ttl`` seconds after the event. A mailbox neither claimed nor recent is
-  forgotten: it is no longer replayed on reconnect.
+  and releases it (``mwi_forget``) when its last one leaves; a mailbox no node claims is
+  forgotten (MESSAGE_WAITING events still reach the nodes, it is just no longer queried or
+  replayed on reconnect). The claims of a node that died without releasing them stay until the
+  bridge restarts; ``max_mailboxes`` bounds them.
 * Queries are coalesced (one per mailbox and switch within ``requery_after`` seconds, whoever
   asks) and paced by a token bucket (``rate`` a second, ``burst`` at once); the queue is bounded.
 * The replay on (re)connect covers the remembered mailboxes only, at most ``max_replay`` of them,
@@ -19,21 +20,19 @@ from collections.abc import Iterator
 
 
 class _Mailbox:
-    __slots__ = ("claims", "seen", "queried")
+    __slots__ = ("claims", "queried")
 
     def __init__(self) -> None:
         self.claims: set[str] = set()  # node ids with a watcher of this mailbox
-        self.seen = float("-inf")  # last MESSAGE_WAITING (or seed)
         self.queried: dict[object, float] = {}  # switch key -> when last queued
 
 
 class MailboxBook:
     """Mailboxes worth querying, the queue of MESSAGE_QUERYs owed, and its pacing."""
 
-    def __init__(self, *, ttl: float = 7200.0, rate: float = 20.0, burst: int = 100,
-                 requery_after: float = 60.0, max_mailboxes: int = 100_000,
-                 max_queue: int = 10_000, max_replay: int = 10_000) -> None:
-        self.ttl = ttl
+    def __init__(self, *, rate: float = 20.0, burst: int = 100, requery_after: float = 60.0,
+                 max_mailboxes: int = 100_000, max_queue: int = 10_000,
+                 max_replay: int = 10_000) -> None:
         self.rate = rate
         self.burst = float(max(1, burst))
         self.requery_after = requery_after
@@ -66,12 +65,6 @@ class MailboxBook:
             box = self._boxes[mailbox] = _Mailbox()
         return box
 
-    def seen(self, mailbox: str, now: float) -> None:
-        """A MESSAGE_WAITING (or a configured mailbox): remember it for ``ttl``."""
-        box = self._entry(mailbox)
-        if box is not None:
-            box.seen = now
-
     def claim(self, mailbox: str, node: str, now: float, switches: list[object]) -> int:
         """A node watches ``mailbox``: remember it while claimed and queue a query to each of
         ``switches`` unless one was queued within ``requery_after``; returns how many queued."""
@@ -86,21 +79,9 @@ class MailboxBook:
         box = self._boxes.get(mailbox)
         if box is not None:
             box.claims.discard(node)
-            self._maybe_forget(mailbox, box, now)
-
-    def _maybe_forget(self, mailbox: str, box: _Mailbox, now: float) -> bool:
-        if box.claims or now - box.seen < self.ttl:
-            return False
-        del self._boxes[mailbox]
-        self.counters["forgotten"] += 1
-        return True
-
-    def expire(self, now: float) -> int:
-        """Forget every mailbox neither claimed nor seen within ``ttl``; returns how many."""
-        before = len(self._boxes)
-        for mailbox, box in list(self._boxes.items()):
-            self._maybe_forget(mailbox, box, now)
-        return before - len(self._boxes)
+            if not box.claims:
+                del self._boxes[mailbox]
+                self.counters["forgotten"] += 1
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -118,12 +99,10 @@ class MailboxBook:
         return True
 
     def replay(self, switch: object, now: float) -> int:
-        """A switch (re)connected: queue a query for each remembered mailbox (the most recently
-        claimed or seen first, at most ``max_replay``); returns how many were queued."""
-        self.expire(now)
-        boxes = sorted(self._boxes.items(), key=lambda kv: (not kv[1].claims, -kv[1].seen))
+        """A switch (re)connected: queue a query for each remembered mailbox (at most
+        ``max_replay``); returns how many were queued."""
         queued = 0
-        for mailbox, box in boxes[: self.max_replay]:
+        for mailbox, box in list(self._boxes.items())[: self.max_replay]:
             box.queried.pop(switch, None)  # a new connection: what it was asked before is gone
             queued += self._enqueue(mailbox, box, switch, now)
         return queued

@@ -2,8 +2,8 @@
 
 One :class:`esl.connection.EslClient` per FreeSWITCH. On every (re)connect the service asks the
 switch for its Core-UUID (``api global_getvar core_uuid``, the Switch-ID), publishes a snapshot
-built from ``api show channels as json`` and sends ``MESSAGE_QUERY`` for every mailbox it has seen
-(mod_voicemail answers with MESSAGE_WAITING). When the Core-UUID changed (FreeSWITCH restarted),
+built from ``api show channels as json`` and sends ``MESSAGE_QUERY`` for every mailbox a presence
+node watches, paced (bridge/mwi.py; mod_voicemail answers with MESSAGE_WAITING). When the Core-UUID changed (FreeSWITCH restarted),
 an empty snapshot for the old Switch-ID is published first: none of its calls survived.
 Control messages from engines: ``resync`` (Switch-ID or ``*``) and ``mwi_query`` (Presentity).
 One greenlet republishes live calls, driven by ``CallTable.get_timer``.
@@ -118,9 +118,6 @@ class BridgeService:
         for update in result.updates:
             if switch_id and "Switch-ID" not in update:
                 update["Switch-ID"] = switch_id
-            if update.get("Event-Package") == "message-summary":
-                self.mailboxes.seen(f"{update['Presentity-User']}@{update['Presentity-Realm']}",
-                                    self.clock())
             self._publish_update(update)
         return result.updates
 
@@ -219,10 +216,8 @@ class BridgeService:
             self.counters["bad_control"] += 1
 
     def _mwi_loop(self) -> None:
-        """Send the MESSAGE_QUERYs the mailbox book lets go, at its pace; forget mailboxes
-        nobody watches any more."""
+        """Send the MESSAGE_QUERYs the mailbox book lets go, at its pace."""
         book = self.mailboxes
-        expired_at = self.clock()
         while self._running:
             now = self.clock()
             by_id = {id(c): c for c in self.clients}
@@ -230,9 +225,6 @@ class BridgeService:
                 client = by_id.get(switch)
                 if client is not None and client.state == "connected":
                     self.query_mailboxes(client, [mailbox])
-            if now - expired_at >= 60.0:
-                book.expire(now)
-                expired_at = now
             due = book.next_due(now)
             self._mwi_wakeup.clear()
             self._mwi_wakeup.wait(10.0 if due is None else min(10.0, max(0.01, due - now)))
