@@ -5,7 +5,8 @@ switch for its Core-UUID (``api global_getvar core_uuid``, the Switch-ID), publi
 built from ``api show channels as json`` and sends ``MESSAGE_QUERY`` for every mailbox a presence
 node watches, paced (bridge/mwi.py; mod_voicemail answers with MESSAGE_WAITING). When the Core-UUID changed (FreeSWITCH restarted),
 an empty snapshot for the old Switch-ID is published first: none of its calls survived.
-Control messages from engines: ``resync`` (Switch-ID or ``*``) and ``mwi_query`` (Presentity).
+Control messages from engines: ``resync`` (Switch-ID or ``*``), ``mwi_query``, ``mwi_watch`` and
+``mwi_forget`` (Presentity; see bridge/mwi.py).
 One greenlet republishes live calls, driven by ``CallTable.get_timer``.
 """
 
@@ -199,7 +200,7 @@ class BridgeService:
             self.counters["resync_requests"] += 1
             for client in chosen:
                 gevent.spawn(self.resync, client)
-        elif name in ("mwi_query", "mwi_forget"):
+        elif name in ("mwi_query", "mwi_watch", "mwi_forget"):
             aor = split_aor(str(message.get("Presentity") or ""), self.config.domain_default)
             if aor is None:
                 self.counters["bad_control"] += 1
@@ -209,7 +210,8 @@ class BridgeService:
             if name == "mwi_forget":
                 self.mailboxes.release(mailbox, node, self.clock())
                 return
-            switches = [id(c) for c in self.clients if c.state == "connected"]
+            switches = [id(c) for c in self.clients if c.state == "connected"] \
+                if name == "mwi_query" else []  # mwi_watch: the node knows the state already
             if self.mailboxes.claim(mailbox, node, self.clock(), switches):
                 self._mwi_wakeup.set()  # coalesced and paced: see bridge/mwi.py
         else:

@@ -647,8 +647,10 @@ class PresenceEngine:
             not self.subscriptions.watcher_count(package.name, presentity)
         self.subscriptions.add(sub)
         self._notify(sub, body, now)
-        if first:
-            self._control({"Event-Name": "mwi_query", "Presentity": presentity})
+        if first:  # a state already known needs no query: the claim alone (mwi_watch)
+            known = bool(self.state.records(package.name, presentity))
+            self._control({"Event-Name": "mwi_watch" if known else "mwi_query",
+                           "Presentity": presentity})
 
     def _in_dialog(
         self, req: Request, to_tag: str, respond: Callable[..., None], source: tuple[str, int],
