@@ -437,8 +437,10 @@ class PresenceEngine:
                 if self.config.limits.rate_drop:
                     self.counters["subscribe_rate_dropped"] += 1
                     return
-                self._reject(respond, 503, "Too many SUBSCRIBEs",
-                             [("Retry-After", str(self.config.limits.retry_after))])
+                # not kept for retransmissions: a flood must not fill the transaction table
+                self.counters["subscribe_rejected"] += 1
+                respond(503, "Too many SUBSCRIBEs",
+                        [("Retry-After", str(self.config.limits.retry_after))], store=False)
                 return
             self._initial_subscribe(req, respond, source, transport, conn_id, now, origin)
         elif method == "OPTIONS":
@@ -531,13 +533,15 @@ class PresenceEngine:
         def respond(
             status: int, reason: str | None = None,
             headers: Iterable[tuple[str, str]] = (), to_tag: str | None = None,
+            store: bool = True,
         ) -> None:
             data = build_response(
                 req, status, reason, source=source,
                 to_tag=to_tag or (new_tag() if status > 100 else None),
                 headers=list(headers), server=self._server_header,
             )
-            self.server_transactions.store(key, data, reliable, now)
+            if store:
+                self.server_transactions.store(key, data, reliable, now)
             self._out.append((transport, source, data, conn_id))
 
         return respond
