@@ -25,6 +25,8 @@ from bridge.bus import Bus
 from bridge.calls import CallTable
 from bridge.mwi import MailboxBook
 from bridge.normalize import NormalizeConfig, normalize, split_aor
+from bridge.registrations import EVENTS as REGISTRATION_EVENTS
+from bridge.registrations import RegistrationsError, registration_from_event, registrations_from_api
 from bridge.resync import SnapshotError, snapshot_from_channels
 from bridge.sequence import Sequencer
 from esl.connection import EslClient, EslError, EslTarget
@@ -46,7 +48,7 @@ class BridgeService:
                  on_update: UpdateTap | None = None, events: Sequence[str] = EVENTS,
                  esl_options: Mapping[str, Any] | None = None,
                  max_timer_sleep: float = 1.0, mwi_options: Mapping[str, Any] | None = None,
-                 ) -> None:
+                 registrations: bool = False) -> None:
         self.targets = list(targets)
         self.bus = bus
         self.config = config
@@ -60,6 +62,9 @@ class BridgeService:
         self._mwi_greenlet: gevent.Greenlet | None = None
         self.on_update = on_update
         self.events = list(events)
+        self.registrations = registrations  # --require-registration: pass them to the nodes
+        if registrations and REGISTRATION_EVENTS not in self.events:
+            self.events.append(REGISTRATION_EVENTS)
         self.esl_options = dict(esl_options or {})
         self.max_timer_sleep = max_timer_sleep
         self.counters: Counter[str] = Counter()
@@ -108,6 +113,12 @@ class BridgeService:
         self.counters["events"] += 1
         if event.name == "HEARTBEAT":
             return []
+        if self.registrations and event.name == "CUSTOM":
+            message = registration_from_event(event, switch_id or event.headers.get("Core-UUID")
+                                              or "unknown")
+            if message is not None:
+                self._send_unsequenced(message)
+                return []
         result = normalize(event.name, event.headers, self.config)
         if result.skipped:
             self.skipped[result.skipped] += 1
@@ -159,8 +170,29 @@ class BridgeService:
             self._send({"Event-Name": "snapshot", "Switch-ID": old, "Updates": []})
             self.counters["snapshots"] += 1
         self.resync(client)
+        if self.registrations:
+            self._publish_registrations(client, switch_id)
         self.counters["mwi_replayed"] += self.mailboxes.replay(id(client), self.clock())
         self._mwi_wakeup.set()
+
+    def _publish_registrations(self, client: EslClient, switch_id: str) -> None:
+        try:
+            message = registrations_from_api(client.api("show registrations as json"), switch_id)
+        except (EslError, RegistrationsError) as exc:
+            self.counters["errors"] += 1
+            log.warning("%s: registrations not read: %s", client.target, exc)
+            return
+        self._send_unsequenced(message)
+
+    def _send_unsequenced(self, message: dict[str, Any]) -> None:
+        """Registrations are not presence state: no sequence number (the nodes' gap detection
+        counts only updates)."""
+        try:
+            self.bus.publish(message)
+            self.counters["registrations"] += 1
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("bus publish failed")
 
     def _on_disconnect(self, client: EslClient, reason: str) -> None:
         self.counters["disconnects"] += 1

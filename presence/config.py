@@ -387,6 +387,11 @@ class RunConfig:
     notify_any_target: bool = field(default=False, metadata=_meta(
         "notify_any_target", "send NOTIFYs to any Contact/route (default: only to the SUBSCRIBE's "
         "source IP address or through an --edge)", parse_bool, boolean=True))
+    require_registration: bool = field(default=False, metadata=_meta(
+        "require_registration", "accept an initial SUBSCRIBE only from a watcher with a live "
+        "registration at a switch from the SUBSCRIBE's address (or the phone's address an "
+        "--edge vouches for); set it on bridges (they pass the registrations on) and nodes",
+        parse_bool, boolean=True))
     t1: float = field(default=0.5, metadata=_meta(
         "t1", "SIP timer T1 (RTT estimate) in seconds", _seconds(0)))
     t2: float = field(default=4.0, metadata=_meta(

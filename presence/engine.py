@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from presence.aor import aor_from_uri
 from presence.limits import Limits, TokenBuckets, in_networks, vouched_address
 from presence.packages.base import EventPackage, RenderedBody
+from presence.registrations import RegistrationTable
 from presence.sip.message import (
     ParseError,
     Request,
@@ -90,6 +91,9 @@ class EngineConfig:
     # most amplification_factor times the SUBSCRIBE's bytes, without retransmissions (0: off).
     notify_any_target: bool = True
     amplification_factor: float = 0.0
+    # --require-registration: an initial SUBSCRIBE needs a live registration of its watcher from
+    # its origin (the source, or the phone an edge vouches for), as the switches report them
+    require_registration: bool = False
 
 
 class PresenceEngine:
@@ -129,6 +133,7 @@ class PresenceEngine:
         self._backlog_at = 0.0
         self._verified_targets: dict[tuple, None] = {}  # (transport, address) that answered
         self._in_size = 0  # bytes of the message being handled
+        self.registrations = RegistrationTable()  # filled from the bus (presence/registrations.py)
         # A per-process prefix lets the response sniffer recognise our branches at a glance;
         # the 64 random bits after it make each branch unguessable.
         self._branch_prefix = "z9hG4bK" + os.urandom(4).hex() + "."
@@ -175,6 +180,7 @@ class PresenceEngine:
             "target_refused": 0,
             "notify_minimal": 0,
             "notify_withheld": 0,
+            "registration_refused": 0,
         }
 
     # -- output and timers --------------------------------------------------------------------
@@ -589,6 +595,11 @@ class PresenceEngine:
             self._reject(respond, 403, "Cross-domain subscription not allowed")
             return
         origin = origin or source[0]
+        if self.config.require_registration and \
+                not self.registrations.allows(watcher_aor.lower(), origin, now):
+            self.counters["registration_refused"] += 1
+            self._reject(respond, 403, "Watcher not registered from this address")
+            return
         if expires:
             over = self._over_limit(origin, watcher_aor)
             if over is not None:
@@ -1016,6 +1027,11 @@ class PresenceEngine:
 
     # -- control and admin ----------------------------------------------------------------------
 
+    def apply_registrations(self, checked: dict, now: float) -> None:
+        """A validated registration(s) message from a bridge (see presence/registrations.py)."""
+        aliases = self.config.domain_aliases
+        self.registrations.apply(checked, now, lambda aor: _aliased(aor, aliases))
+
     def _unwatched(self, key: tuple[str, str]) -> None:
         if key[0] == "message-summary":
             self._control({"Event-Name": "mwi_forget", "Presentity": key[1]})
@@ -1134,6 +1150,11 @@ def _from_destination(
     if conn_id is not None and conn_id == out_conn:
         return True
     return source[0] == addr[0] and source[1] == addr[1]
+
+
+def _aliased(aor: str, aliases: Mapping[str, str]) -> str:
+    user, _, domain = aor.rpartition("@")
+    return f"{user}@{aliases.get(domain, domain)}"
 
 
 def _domain(aor: str) -> str:

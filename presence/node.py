@@ -24,6 +24,8 @@ from presence.engine import EngineConfig, PresenceEngine
 from presence.metrics import render_metrics
 from presence.packages import REGISTRY
 from presence.packages.base import PackageOptions
+from presence.registrations import KINDS as REGISTRATION_KINDS
+from presence.registrations import RegistrationError, parse_registration
 from presence.resolver import Resolver
 from presence.sip.transport import SipTransports
 from presence.state import PresenceState
@@ -246,6 +248,14 @@ class PresenceNode:
         """Bus/NSQ handler: validate one update dict and apply it; ValueError when malformed."""
         if self._warm_buffer is not None:
             self._warm_buffer.append(message)
+            return
+        if isinstance(message, dict) and message.get("Event-Name") in REGISTRATION_KINDS:
+            try:
+                checked = parse_registration(message)
+            except RegistrationError:
+                self.publish_counters["bus_malformed"] += 1
+                raise
+            self.engine.apply_registrations(checked, self.clock())
             return
         try:
             item = parse_update(message)

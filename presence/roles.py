@@ -68,6 +68,7 @@ def engine_config(config: RunConfig, bound: list[tuple[str, tuple[str, int]]]) -
         fanout_batch=config.fanout_batch,
         notify_any_target=config.notify_any_target,
         amplification_factor=AMPLIFICATION_FACTOR,
+        require_registration=config.require_registration,
     )
 
 
@@ -191,6 +192,7 @@ def build_bridge(config: RunConfig, bus: Any) -> Any:
         ),
         bridge_id=config.node_id or "busylamp",
         esl_options={"backoff_max": config.esl_backoff_max, "dead_after": config.esl_dead_after},
+        registrations=config.require_registration,
     )
 
 
