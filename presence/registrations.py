@@ -44,15 +44,19 @@ def _entry(obj: Any) -> tuple[str, str, str, int]:
     realm = _text(obj, "Realm").lower()
     if "@" in user or "@" in realm:
         raise RegistrationError("User and Realm must not contain @")
-    try:
-        ip = ipaddress.ip_address(_text(obj, "Network-IP")).compressed
-    except ValueError:
-        raise RegistrationError("Network-IP must be an IP address") from None
-    call_id = _text(obj, "Call-ID")
     expires = obj.get("Expires")
     if isinstance(expires, bool) or not isinstance(expires, int) or \
             not 0 <= expires <= MAX_EXPIRES:
         raise RegistrationError(f"Expires must be an integer 0..{MAX_EXPIRES}")
+    # an ended registration may name neither (an unREGISTER's own Call-ID is often new)
+    ip = call_id = ""
+    if expires or obj.get("Network-IP"):
+        try:
+            ip = ipaddress.ip_address(_text(obj, "Network-IP")).compressed
+        except ValueError:
+            raise RegistrationError("Network-IP must be an IP address") from None
+    if expires or obj.get("Call-ID"):
+        call_id = _text(obj, "Call-ID")
     return f"{user}@{realm}", ip, call_id, expires
 
 
@@ -94,7 +98,7 @@ class RegistrationTable:
         for aor, ip, call_id, expires in checked["entries"]:
             key = (switch, alias(aor), call_id)
             if expires <= 0:
-                self._drop(key)
+                self._end(key, ip)
                 continue
             if key not in self._by_key and len(self._by_key) >= self.max_entries:
                 self.counters["full"] += 1
@@ -102,6 +106,16 @@ class RegistrationTable:
             self._by_key[key] = (ip, now + expires)
             self._by_aor.setdefault(key[1], set()).add(key)
         self.counters["applied"] += 1
+
+    def _end(self, key: tuple[str, str, str], ip: str) -> None:
+        """A registration ended: the one with that Call-ID, else the AOR's at that switch from
+        that address (or all of them when the message names no address)."""
+        if key in self._by_key:
+            self._drop(key)
+            return
+        for other in list(self._by_aor.get(key[1], ())):
+            if other[0] == key[0] and (not ip or self._by_key[other][0] == ip):
+                self._drop(other)
 
     def _drop(self, key: tuple[str, str, str]) -> None:
         if self._by_key.pop(key, None) is None:
