@@ -68,6 +68,9 @@ def render_metrics(node: PresenceNode) -> str:
     metric("subscribe_target_refused_total", "counter",
            "SUBSCRIBEs refused 403 because NOTIFYs would go elsewhere than the source or an edge.",
            [({}, c["target_refused"])])
+    metric("subscribe_unregistered_total", "counter",
+           "Initial SUBSCRIBEs refused 403 by --require-registration.",
+           [({}, c["registration_refused"])])
     metric("notify_budgeted_total", "counter",
            "NOTIFYs to a target that never answered cut to the subscription state (minimal) or "
            "held back (withheld) by the byte budget.",
