@@ -266,44 +266,59 @@ def _publish(http_port: int, calls: int) -> None:
             conn.close()
 
 
+def _amplification_case(tree: Path, calls: int, pad: int, wait: float) -> tuple[int, int, int]:
+    """(bytes in, bytes out, datagrams out) of one spoofed SUBSCRIBE padded by ``pad`` bytes."""
+    http_port, sip_port = _port(), _port()
+    proc = _start(tree, ["--sip", f"udp:127.0.0.1:{sip_port}", "--http", f"127.0.0.1:{http_port}"])
+    try:
+        _wait_healthy(http_port)
+        _publish(http_port, calls)
+        victim = _udp("127.0.0.1")
+        victim.settimeout(0.5)
+        port = victim.getsockname()[1]
+        padding = f"User-Agent: {'x' * (pad - 14)}\r\n" if pad else ""
+        message = (f"SUBSCRIBE sip:1001@example.com SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.1:{port}"
+                   f";branch=z9hG4bK-a\r\nf: <sip:6@example.com>;tag=a\r\nt: "
+                   f"<sip:1001@example.com>\r\ni: a\r\nCSeq: 1 SUBSCRIBE\r\n"
+                   f"m: <sip:127.0.0.1:{port}>\r\no: dialog\r\n{padding}l: 0\r\n\r\n").encode()
+        victim.sendto(message, ("127.0.0.1", sip_port))
+        received = datagrams = 0
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                received += len(victim.recv(65535))
+                datagrams += 1
+            except TimeoutError:
+                pass
+        victim.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    return len(message), received, datagrams
+
+
 def amplification(tree: Path, wait: float = 34.0) -> str:
     """One SUBSCRIBE whose source and Contact are the victim's, who never answers: all bytes
-    the victim receives over Timer F (32 s), per byte of the SUBSCRIBE; with an empty dialog and
-    with three live calls on the presentity."""
-    results = []
-    for calls in (0, 3):
-        http_port, sip_port = _port(), _port()
-        proc = _start(tree, ["--sip", f"udp:127.0.0.1:{sip_port}", "--http",
-                             f"127.0.0.1:{http_port}"])
-        try:
-            _wait_healthy(http_port)
-            _publish(http_port, calls)
-            victim = _udp("127.0.0.1")
-            victim.settimeout(0.5)
-            port = victim.getsockname()[1]
-            message = (f"SUBSCRIBE sip:1001@example.com SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.1:{port}"
-                       f";branch=z9hG4bK-a\r\nf: <sip:6@example.com>;tag=a\r\nt: "
-                       f"<sip:1001@example.com>\r\ni: a\r\nCSeq: 1 SUBSCRIBE\r\n"
-                       f"m: <sip:127.0.0.1:{port}>\r\no: dialog\r\nl: 0\r\n\r\n").encode()
-            victim.sendto(message, ("127.0.0.1", sip_port))
-            received = 0
-            datagrams = 0
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                try:
-                    received += len(victim.recv(65535))
-                    datagrams += 1
-                except TimeoutError:
-                    pass
-            victim.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
-        results.append(f"{calls} calls: {len(message)} B in, {received} B out in {datagrams} "
-                       f"datagrams = {received / len(message):.1f}x")
-        if calls == 0 and not received:
-            break
-    return "; ".join(results)
+    the victim receives over Timer F (32 s) per byte of the SUBSCRIBE, with an empty dialog and
+    with three live calls on the presentity, for SUBSCRIBEs of 216 bytes (compact headers) and
+    padded by 100 to 600 bytes; the worst ratio first."""
+    cases = [(calls, pad) for calls in (0, 3) for pad in (0, 100, 200, 400, 600)]
+    results: dict[tuple[int, int], tuple[int, int, int]] = {}
+
+    def run(case: tuple[int, int]) -> None:
+        results[case] = _amplification_case(tree, case[0], case[1], wait)
+
+    threads = [threading.Thread(target=run, args=(case,)) for case in cases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    worst = max(results.items(), key=lambda kv: kv[1][1] / kv[1][0])
+    lines = [f"worst {worst[1][1] / worst[1][0]:.1f}x ({worst[0][0]} calls, {worst[1][0]} B in)"]
+    for (calls, _), (size, out, datagrams) in sorted(results.items()):
+        lines.append(f"{calls} calls, {size} B in: {out} B out in {datagrams} datagrams = "
+                     f"{out / size:.1f}x")
+    return "; ".join(lines)
 
 
 def main() -> None:
