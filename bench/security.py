@@ -305,14 +305,22 @@ def amplification(tree: Path, wait: float = 34.0) -> str:
     cases = [(calls, pad) for calls in (0, 3) for pad in (0, 100, 200, 400, 600)]
     results: dict[tuple[int, int], tuple[int, int, int]] = {}
 
-    def run(case: tuple[int, int]) -> None:
-        results[case] = _amplification_case(tree, case[0], case[1], wait)
+    failed: list[str] = []
 
-    threads = [threading.Thread(target=run, args=(case,)) for case in cases]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    def run(case: tuple[int, int]) -> None:
+        try:
+            results[case] = _amplification_case(tree, case[0], case[1], wait)
+        except (Exception, SystemExit) as exc:  # a node that did not start: say so
+            failed.append(f"{case}: {exc!r}")
+
+    for first in range(0, len(cases), 5):  # five nodes side by side at most
+        threads = [threading.Thread(target=run, args=(case,)) for case in cases[first:first + 5]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if failed:
+        raise SystemExit("cases failed: " + "; ".join(failed))
     worst = max(results.items(), key=lambda kv: kv[1][1] / kv[1][0])
     lines = [f"worst {worst[1][1] / worst[1][0]:.1f}x ({worst[0][0]} calls, {worst[1][0]} B in)"]
     for (calls, _), (size, out, datagrams) in sorted(results.items()):
