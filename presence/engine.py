@@ -709,6 +709,12 @@ class PresenceEngine:
             except ParseError as exc:
                 respond(exc.status, exc.reason, to_tag=to_tag)
                 return
+            if dest != sub.dest and self.config.amplification_factor > 0 and not \
+                    (self.config.edges and self._is_edge(source[0])):
+                # a new target is a stranger until it answers (a spoofed refresh must not aim
+                # a verified dialog's NOTIFYs elsewhere)
+                sub.verified = False
+                sub.budget = 0
             sub.target = self.subscriptions.shared(contact.uri)
             sub.dest = dest if dest.__class__ is Unresolved else self.subscriptions.shared(dest)
             sub.transport = out

@@ -134,3 +134,37 @@ def test_a_tiny_subscribe_gets_its_notify_only_when_it_speaks_again(tmp_path):
             peer.wait_for(lambda ms: any(method(m) == "NOTIFY" for m in ms), message="NOTIFY")
         finally:
             peer.close()
+
+
+def test_a_refresh_moving_the_target_starts_its_budget_afresh(tmp_path):
+    """A verified dialog refreshed with a Contact on another port (a spoofed refresh aiming at
+    a victim on the source's host) gets no retransmissions and a bounded NOTIFY there."""
+    with running_node(t1=0.02, timer_f=0.5, **GUARDED) as node:
+        three_calls(node)
+        peer = RawPeer(target=sip_address(node))
+        victim = RawPeer(target=sip_address(node))
+        try:
+            peer.send(subscribe(peer))
+            first = next(m for m in peer.wait_for(
+                lambda ms: any(method(m) == "NOTIFY" for m in ms)) if method(m) == "NOTIFY")
+            peer.send(reply(first))
+            peer.wait_for(lambda ms: sum(method(m) == "NOTIFY" for m in ms) == 2)
+            peer.send(reply([m for m in peer.messages if method(m) == "NOTIFY"][-1]))
+            wait_until(lambda: len(node.engine.client_transactions) == 0)
+            retransmitted = node.engine.client_transactions.retransmissions  # to the peer
+            ok = next(m for m in peer.messages if status(m) == 200)
+            to_tag = header(ok, "To").rpartition("tag=")[2]
+            refresh = subscribe(peer, cseq=2, contact=f"<sip:6666@127.0.0.1:{victim.port}>",
+                                extra="").replace(
+                b"To: <sip:1001@example.com>", f"To: <sip:1001@example.com>;tag={to_tag}".encode())
+            peer.send(refresh)
+            victim.wait_for(lambda ms: any(method(m) == "NOTIFY" for m in ms))
+            wait_until(lambda: len(node.engine.client_transactions) == 0, message="Timer F")
+            answers_until_ping(victim, b"", 5)
+        finally:
+            peer.close()
+            victim.close()
+        notifies = [m for m in victim.messages if method(m) == "NOTIFY"]
+        assert len(notifies) == 1  # no retransmission to the new target
+        assert sum(len(m) for m in notifies) <= 3 * len(refresh)
+        assert node.engine.client_transactions.retransmissions == retransmitted
