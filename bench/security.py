@@ -4,6 +4,7 @@
     python -m bench.security tcp-idle [--tree DIR]      # 1,100 idle SIP TCP connections, 1024 fds
     python -m bench.security subscribe-flood [--tree DIR]  # 50,000 SUBSCRIBEs from one source
     python -m bench.security amplification [--tree DIR]    # bytes out per byte of a spoofed SUBSCRIBE
+    python -m bench.security fanout [--tree DIR]           # loop held by a publish to 36,000 watchers
 
 ``--tree`` runs the busylamp source tree at DIR (e.g. an older checkout, for a before/after);
 default: this one. Prints one line of figures read from /proc and /metrics.
@@ -174,6 +175,7 @@ def subscribe_flood(tree: Path, count: int = 50_000, seconds: float = 10.0) -> s
     try:
         _wait_healthy(http_port)
         before = _kib(proc.pid, "VmRSS")
+        cpu_before = _cpu_seconds(proc.pid)
 
         def ping() -> None:
             sock = _udp("127.0.0.1")
@@ -222,20 +224,18 @@ def subscribe_flood(tree: Path, count: int = 50_000, seconds: float = 10.0) -> s
         threads = [threading.Thread(target=ping), threading.Thread(target=legit)]
         for thread in threads:
             thread.start()
-        flood = _udp("127.0.0.2")
-        port = flood.getsockname()[1]
-        started = time.monotonic()
-        for n in range(count):
-            flood.sendto(_subscribe("127.0.0.2", port, n), node)
-            ahead = started + seconds * (n + 1) / count - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
+        # the flood runs in a process of its own: it must not hold this one's GIL while the
+        # probes time their round trips
+        code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); "
+                f"from bench.security import _flood; _flood({sip_port}, {count}, {seconds})")
+        subprocess.run([sys.executable, "-c", code], check=True)
         time.sleep(1.0)
         stop.set()
         for thread in threads:
             thread.join()
-        flood.close()
         after = _kib(proc.pid, "VmRSS")
+        cpu = _cpu_seconds(proc.pid) - cpu_before
+        load = os.getloadavg()[0]
         subscribed = _metric(http_port, "subscribe_total")
         limited = _metric(http_port, "subscribe_limited_total")
     finally:
@@ -248,7 +248,27 @@ def subscribe_flood(tree: Path, count: int = 50_000, seconds: float = 10.0) -> s
     return (f"RSS +{(after - before) / 1024:.1f} MB ({before // 1024} -> {after // 1024} MB); "
             f"OPTIONS from another source: {len(rtts)} pings, p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
             f"SUBSCRIBEs from another source: {dict(sorted(other.items()))}; "
+            f"node CPU {cpu:.1f} s over the {seconds:.0f} s flood (+1 s); load average {load:.1f}; "
             f"node: {subscribed} {limited}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _flood(sip_port: int, count: int, seconds: float) -> None:
+    """``count`` initial SUBSCRIBEs from 127.0.0.2, evenly over ``seconds`` (bench helper)."""
+    flood = _udp("127.0.0.2")
+    port = flood.getsockname()[1]
+    messages = [_subscribe("127.0.0.2", port, n) for n in range(count)]
+    started = time.monotonic()
+    for n, message in enumerate(messages):
+        flood.sendto(message, ("127.0.0.1", sip_port))
+        ahead = started + seconds * (n + 1) / count - time.monotonic()
+        if ahead > 0.001:
+            time.sleep(ahead)
+    flood.close()
 
 
 def _publish(http_port: int, calls: int) -> None:
@@ -329,10 +349,72 @@ def amplification(tree: Path, wait: float = 34.0) -> str:
     return "; ".join(lines)
 
 
+_FANOUT_CODE = """
+import sys, time
+sys.path.insert(0, TREE)
+from presence.engine import EngineConfig, PresenceEngine
+from presence.packages import REGISTRY
+from presence.packages.base import PackageOptions
+from presence.state import PresenceState
+from presence.updates import parse_updates
+
+try:  # the default of --fanout-batch, where there is one
+    config = EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}, fanout_batch=500)
+except TypeError:
+    config = EngineConfig(contacts={"udp": ("192.0.2.1", 5065)})
+engine = PresenceEngine(config, PresenceState(REGISTRY, PackageOptions()), REGISTRY)
+now = 1000.0
+for n in range(WATCHERS):
+    host = f"10.{n // 65536}.{n // 256 % 256}.{n % 256}"
+    engine.receive((f"SUBSCRIBE sip:1001@example.com SIP/2.0\\r\\nVia: SIP/2.0/UDP {host}:5060;"
+                    f"branch=z9hG4bK-{n}\\r\\nFrom: <sip:{n}@example.com>;tag=t{n}\\r\\n"
+                    f"To: <sip:1001@example.com>\\r\\nCall-ID: c{n}\\r\\nCSeq: 1 SUBSCRIBE\\r\\n"
+                    f"Contact: <sip:{n}@{host}:5060>\\r\\nMax-Forwards: 70\\r\\nEvent: dialog\\r\\n"
+                    f"Expires: 3600\\r\\nContent-Length: 0\\r\\n\\r\\n").encode(),
+                   (host, 5060), "udp", None, now)
+    for _, dest, data, _ in engine.datagrams_to_send():
+        if data.startswith(b"NOTIFY"):
+            head = data.split(b"\\r\\n\\r\\n", 1)[0].split(b"\\r\\n")[1:]
+            keep = [h for h in head if h.split(b":", 1)[0] in (b"Via", b"From", b"To", b"Call-ID", b"CSeq")]
+            engine.receive(b"SIP/2.0 200 OK\\r\\n" + b"\\r\\n".join(keep)
+                           + b"\\r\\nContent-Length: 0\\r\\n\\r\\n", dest, "udp", None, now)
+engine.datagrams_to_send()
+import gc
+gc.collect()
+gc.freeze()  # as a running node does after its table grew (presence/node.py housekeeping)
+update = parse_updates({"Event-Name": "update", "Event-Package": "dialog",
+    "From": "sip:1001@example.com", "From-User": "1001", "From-Realm": "example.com",
+    "To": "sip:1002@example.com", "Call-ID": "big", "State": "early", "Direction": "recipient",
+    "Expires": 600})
+steps = []
+started = time.perf_counter()
+engine.apply(update, now)
+sent = len(engine.datagrams_to_send())
+steps.append(time.perf_counter() - started)
+while getattr(engine, "backlog", 0):
+    t0 = time.perf_counter()
+    engine.handle_timer(now)
+    sent += len(engine.datagrams_to_send())
+    steps.append(time.perf_counter() - t0)
+print(f"{sent} NOTIFYs in {len(steps)} steps, {sum(steps) * 1000:.0f} ms in all, "
+      f"longest step {max(steps) * 1000:.1f} ms")
+"""
+
+
+def fanout(tree: Path, watchers: int = 36_000) -> str:
+    """One publish to a presentity with ``watchers`` watchers (the sans-IO engine, no sockets):
+    how long the caller's loop is held at a stretch (the longest step) and in all."""
+    code = _FANOUT_CODE.replace("TREE", repr(str(tree))).replace("WATCHERS", str(watchers))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tree)
+    return out.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.security")
     probes = {"http-bodies": http_bodies, "tcp-idle": tcp_idle,
-              "subscribe-flood": subscribe_flood, "amplification": amplification}
+              "subscribe-flood": subscribe_flood, "amplification": amplification,
+              "fanout": fanout}
     parser.add_argument("probe", choices=list(probes))
     parser.add_argument("--tree", type=Path, default=HERE)
     args = parser.parse_args()

@@ -85,7 +85,7 @@ class EngineConfig:
     server_name: str = SERVER
     limits: Limits = field(default_factory=Limits)
     edges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # --edge
-    fanout_batch: int = 1000  # NOTIFYs built per step of a fan-out; the rest on the next step
+    fanout_batch: int = 500  # NOTIFYs built per step of a fan-out; the rest on the next step
     # Amplification (see docs/security.md): NOTIFY targets must be believable (the source, its IP,
     # or a route through an edge) unless notify_any_target; a target that never answered gets at
     # most amplification_factor times the SUBSCRIBE's bytes, without retransmissions (0: off).
