@@ -595,6 +595,11 @@ class PresenceEngine:
             self._reject(respond, 403, "Cross-domain subscription not allowed")
             return
         origin = origin or source[0]
+        if not expires and self._pending_full():  # a fetch sends a NOTIFY too
+            self.counters["limit_pending"] += 1
+            self._reject(respond, 503, "Too many NOTIFYs pending",
+                         [("Retry-After", str(self.config.limits.retry_after))])
+            return
         if self.config.require_registration and \
                 not self.registrations.allows(watcher_aor.lower(), origin, now):
             self.counters["registration_refused"] += 1
