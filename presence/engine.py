@@ -207,8 +207,7 @@ class PresenceEngine:
             if dest.__class__ is Unresolved and dest[0] == name:
                 if address is not None and _unreachable(address, sub.source[0]):
                     address = None  # a name may not lead where its address could not
-                if address is not None and not self._believable(
-                        (address, dest[1]), sub.route, sub.source, sub.origin):
+                if address is not None and not self._believable((address, dest[1]), sub.source):
                     self.counters["target_refused"] += 1
                     address = None
                 if address is None:
@@ -492,8 +491,7 @@ class PresenceEngine:
             return "limit_watcher", "Too many subscriptions for this watcher"
         return None
 
-    def _believable(self, dest: tuple[str, int], route: tuple[str, ...] | None,
-                    source: tuple[str, int], origin: str) -> bool:
+    def _believable(self, dest: tuple[str, int], source: tuple[str, int]) -> bool:
         """Whether NOTIFYs may go to ``dest`` for a SUBSCRIBE from ``source``: the source's own
         IP address (any port), or a configured edge (a route set through it, or the edge's
         own address); any target with ``notify_any_target``. A host name is checked once it
@@ -647,7 +645,7 @@ class PresenceEngine:
             origin=shared(origin),
             watcher=shared(watcher_aor),
         )
-        if not self._believable(dest, route, source, origin):
+        if not self._believable(dest, source):
             self.counters["target_refused"] += 1
             self._reject(respond, 403, "Contact is not at the source address")
             return
@@ -708,7 +706,7 @@ class PresenceEngine:
                 _sendable(first or target, "Route" if first else "Contact")
                 dest, out, out_conn = self._destination(target, first, source, transport, conn_id)
                 _reachable(dest, source, "Route" if first else "Contact")
-                if not self._believable(dest, sub.route, source, sub.origin):
+                if not self._believable(dest, source):
                     self.counters["target_refused"] += 1
                     raise ParseError("Contact is not at the source address", 403)
             except ParseError as exc:
