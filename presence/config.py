@@ -377,7 +377,8 @@ class RunConfig:
         "of --subscribe-rate)", _integer(1)))
     subscribe_rate_action: str = field(default="reject", metadata=_meta(
         "subscribe_rate_action", "over --subscribe-rate: reject (503 with Retry-After) or drop "
-        "(no answer)", _choice("reject", "drop")))
+        "(no answer); through an --edge always 480 with Retry-After (the edge must not fail "
+        "over)", _choice("reject", "drop")))
     max_pending_notifies: int = field(default=100_000, metadata=_meta(
         "max_pending_notifies", "NOTIFY transactions awaiting an answer at most; beyond, fan-out "
         "waits and new SUBSCRIBEs get 503 with Retry-After", _integer(1)))

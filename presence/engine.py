@@ -439,12 +439,16 @@ class PresenceEngine:
             origin = self._origin(req, source)
             if self._buckets is not None and not self._buckets.allow(origin, now):
                 self.counters["limit_rate"] += 1
-                if self.config.limits.rate_drop:
+                # through an edge, a 503 or silence would make the edge mark this node down and
+                # fail over (contrib/kamailio-edge): one phone's flood is that phone's 480
+                via_edge = origin != source[0] or (bool(self.config.edges)
+                                                   and self._is_edge(source[0]))
+                if self.config.limits.rate_drop and not via_edge:
                     self.counters["subscribe_rate_dropped"] += 1
                     return
                 # not kept for retransmissions: a flood must not fill the transaction table
                 self.counters["subscribe_rejected"] += 1
-                respond(503, "Too many SUBSCRIBEs",
+                respond(480 if via_edge else 503, "Too many SUBSCRIBEs",
                         [("Retry-After", str(self.config.limits.retry_after))], store=False)
                 return
             self._initial_subscribe(req, respond, source, transport, conn_id, now, origin)
