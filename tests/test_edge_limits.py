@@ -76,3 +76,32 @@ def test_per_source_limits_count_each_phone_behind_the_edge(tmp_path):
         assert node.engine.subscriptions.per_origin == {"127.0.0.2": 1, "127.0.0.3": 1}
         assert node.engine.counters["limit_source"] == 1
         watcher_is_served(tmp_path, node)  # a phone straight from 127.0.0.1 (the edge's IP)
+
+
+def test_a_phone_over_the_rate_gets_480_and_the_edge_keeps_the_node(tmp_path):
+    """A 503 (or silence) would make the edge mark the node down and fail over: behind an edge
+    one phone's SUBSCRIBE flood is answered 480 with Retry-After, relayed to that phone."""
+    limits = Limits(subscribe_rate=0.001, subscribe_burst=1)
+    with running_node(transports=("udp",), limits=limits,
+                      edges=(ipaddress.ip_network("127.0.0.1/32"),)) as node:
+        dispatcher = tmp_path / "dispatcher.list"
+        uri = f"sip:127.0.0.1:{sip_address(node)[1]}"
+        dispatcher.write_text(f"1 {uri}\n")
+        edge = start_kamailio(EDGE_CFG, {
+            "PHONES_PORT": AUTO_PORT, "INSIDE_PORT": AUTO_PORT, "DS_LIST_FILE": str(dispatcher),
+            "DS_PING_INTERVAL": 1, "FR_TIMER": 1000, "CHILDREN": 1, "TCP_CHILDREN": 1,
+        }, tmp_path)
+        phone = RawPeer(target=("127.0.0.1", edge.ports["PHONES_PORT"]), host="127.0.0.2")
+        try:
+            phone.send(subscribe_via_edge(phone, 1, f"127.0.0.2:{phone.port}"))
+            assert status(final_answer(phone, 1)) == 200
+            phone.send(subscribe_via_edge(phone, 2, f"127.0.0.2:{phone.port}"))
+            answer = final_answer(phone, 2)
+            assert status(answer) == 480 and header(answer, "Retry-After") == "10"
+            listed = edge.rpc("dispatcher.list")
+            flags = listed.split(uri, 1)[1].split("FLAGS:", 1)[1].split()[0]
+            assert flags.startswith("A"), listed  # still active: no failover
+        finally:
+            phone.close()
+            edge.stop()
+        assert node.engine.counters["limit_rate"] == 1
