@@ -56,6 +56,8 @@ def parse_channel_rows(text: str) -> list[dict[str, Any]]:
         data = json.loads(stripped)
     except ValueError as exc:
         raise SnapshotError(f"not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than the parser's stack (hostile or broken output)
+        raise SnapshotError("not JSON: nested too deep") from None
     if not isinstance(data, dict) or "row_count" not in data:
         raise SnapshotError("no row_count in channels JSON")
     rows = data.get("rows") or []

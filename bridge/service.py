@@ -2,10 +2,12 @@
 
 One :class:`esl.connection.EslClient` per FreeSWITCH. On every (re)connect the service asks the
 switch for its Core-UUID (``api global_getvar core_uuid``, the Switch-ID), publishes a snapshot
-built from ``api show channels as json`` and ``api valet_info`` (occupied park slots) and sends ``MESSAGE_QUERY`` for every mailbox it has seen
-(mod_voicemail answers with MESSAGE_WAITING). When the Core-UUID changed (FreeSWITCH restarted),
-an empty snapshot for the old Switch-ID is published first: none of its calls survived.
-Control messages from engines: ``resync`` (Switch-ID or ``*``) and ``mwi_query`` (Presentity).
+built from ``api show channels as json`` and ``api valet_info`` (occupied park slots) and sends
+``MESSAGE_QUERY`` for every mailbox a presence node watches, paced (bridge/mwi.py; mod_voicemail
+answers with MESSAGE_WAITING). When the Core-UUID changed (FreeSWITCH restarted), an empty
+snapshot for the old Switch-ID is published first: none of its calls survived.
+Control messages from engines: ``resync`` (Switch-ID or ``*``), ``mwi_query``, ``mwi_watch`` and
+``mwi_forget`` (Presentity; see bridge/mwi.py).
 One greenlet republishes live calls, driven by ``CallTable.get_timer``. ``first_round`` is set once
 every switch has had its first chance: its first snapshot sent (or tried), or its first connect
 attempt failed; a presence node in the same process serves SUBSCRIBEs only then (``--esl-warmup``).
@@ -24,8 +26,11 @@ import gevent.event
 
 from bridge.bus import Bus
 from bridge.calls import CallTable
+from bridge.mwi import MailboxBook
 from bridge.normalize import NormalizeConfig, normalize, split_aor
 from bridge.origin import SkipLog, event_latency, origin_fields
+from bridge.registrations import EVENTS as REGISTRATION_EVENTS
+from bridge.registrations import RegistrationsError, registration_from_event, registrations_from_api
 from bridge.resync import PART_BYTES, SnapshotError, snapshot_from_channels, split_snapshot
 from bridge.sequence import Sequencer
 from esl.connection import EslClient, EslError, EslTarget
@@ -51,16 +56,25 @@ class BridgeService:
                  on_update: UpdateTap | None = None, events: Sequence[str] = EVENTS,
                  esl_options: Mapping[str, Any] | None = None,
                  max_timer_sleep: float = 1.0, snapshot_part_bytes: int = PART_BYTES,
-                 resync_timeout: float = RESYNC_TIMEOUT) -> None:
+                 resync_timeout: float = RESYNC_TIMEOUT,
+                 mwi_options: Mapping[str, Any] | None = None,
+                 registrations: bool = False) -> None:
         self.targets = list(targets)
         self.bus = bus
         self.config = config
         self.clock = clock
         self.sequencer = Sequencer(bridge_id, epoch if epoch is not None else int(time.time() * 1000))
         self.calls = CallTable()
-        self.mailboxes: set[str] = set(mailboxes)
+        self.mailboxes = MailboxBook(**(mwi_options or {}))  # see bridge/mwi.py
+        for mailbox in mailboxes:
+            self.mailboxes.claim(mailbox, "configured", clock(), [])
+        self._mwi_wakeup = gevent.event.Event()
+        self._mwi_greenlet: gevent.Greenlet | None = None
         self.on_update = on_update
         self.events = list(events)
+        self.registrations = registrations  # --require-registration: pass them to the nodes
+        if registrations and REGISTRATION_EVENTS not in self.events:
+            self.events.append(REGISTRATION_EVENTS)
         self.esl_options = dict(esl_options or {})
         self.max_timer_sleep = max_timer_sleep
         self.snapshot_part_bytes = snapshot_part_bytes
@@ -94,6 +108,7 @@ class BridgeService:
         for client in self.clients:
             client.start()
         self._timer_greenlet = gevent.spawn(self._republish_loop)
+        self._mwi_greenlet = gevent.spawn(self._mwi_loop)
 
     def stop(self) -> None:
         self._running = False
@@ -102,6 +117,9 @@ class BridgeService:
         if self._timer_greenlet is not None:
             self._timer_greenlet.kill(block=True, timeout=2.0)
             self._timer_greenlet = None
+        if self._mwi_greenlet is not None:
+            self._mwi_greenlet.kill(block=True, timeout=2.0)
+            self._mwi_greenlet = None
 
     # ------------------------------------------------------------------ events
 
@@ -116,6 +134,12 @@ class BridgeService:
         self.counters["events"] += 1
         if event.name == "HEARTBEAT":
             return []
+        if self.registrations and event.name == "CUSTOM":
+            message = registration_from_event(event, switch_id or event.headers.get("Core-UUID")
+                                              or "unknown")
+            if message is not None:
+                self._send_unsequenced(message)
+                return []
         received = self.wall()
         result = normalize(event.name, event.headers, self.config)
         if result.skipped:
@@ -130,8 +154,6 @@ class BridgeService:
         for update in result.updates:
             if switch_id and "Switch-ID" not in update:
                 update["Switch-ID"] = switch_id
-            if update.get("Event-Package") == "message-summary":
-                self.mailboxes.add(f"{update['Presentity-User']}@{update['Presentity-Realm']}")
             self._publish_update(update)
         return result.updates
 
@@ -200,7 +222,29 @@ class BridgeService:
             self.calls.forget_switch(old)
             self._send_snapshot({"Event-Name": "snapshot", "Switch-ID": old, "Updates": []})
         self.resync(client)
-        self.query_mailboxes(client, sorted(self.mailboxes))
+        if self.registrations:
+            self._publish_registrations(client, switch_id)
+        self.counters["mwi_replayed"] += self.mailboxes.replay(id(client), self.clock())
+        self._mwi_wakeup.set()
+
+    def _publish_registrations(self, client: EslClient, switch_id: str) -> None:
+        try:
+            message = registrations_from_api(client.api("show registrations as json"), switch_id)
+        except (EslError, RegistrationsError) as exc:
+            self.counters["errors"] += 1
+            log.warning("%s: registrations not read: %s", client.target, exc)
+            return
+        self._send_unsequenced(message)
+
+    def _send_unsequenced(self, message: dict[str, Any]) -> None:
+        """Registrations are not presence state: no sequence number (the nodes' gap detection
+        counts only updates)."""
+        try:
+            self.bus.publish(message)
+            self.counters["registrations"] += 1
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("bus publish failed")
 
     def _on_disconnect(self, client: EslClient, reason: str) -> None:
         self.counters["disconnects"] += 1
@@ -250,18 +294,36 @@ class BridgeService:
             self.counters["resync_requests"] += 1
             for client in chosen:
                 gevent.spawn(self.resync, client)
-        elif name == "mwi_query":
+        elif name in ("mwi_query", "mwi_watch", "mwi_forget"):
             aor = split_aor(str(message.get("Presentity") or ""), self.config.domain_default)
             if aor is None:
                 self.counters["bad_control"] += 1
                 return
             mailbox = f"{aor[0]}@{aor[1]}"
-            self.mailboxes.add(mailbox)
-            for client in self.clients:
-                if client.state == "connected":
-                    gevent.spawn(self.query_mailboxes, client, [mailbox])
+            node = str(message.get("Node-ID") or "")
+            if name == "mwi_forget":
+                self.mailboxes.release(mailbox, node, self.clock())
+                return
+            switches = [id(c) for c in self.clients if c.state == "connected"] \
+                if name == "mwi_query" else []  # mwi_watch: the node knows the state already
+            if self.mailboxes.claim(mailbox, node, self.clock(), switches):
+                self._mwi_wakeup.set()  # coalesced and paced: see bridge/mwi.py
         else:
             self.counters["bad_control"] += 1
+
+    def _mwi_loop(self) -> None:
+        """Send the MESSAGE_QUERYs the mailbox book lets go, at its pace."""
+        book = self.mailboxes
+        while self._running:
+            now = self.clock()
+            by_id = {id(c): c for c in self.clients}
+            for mailbox, switch in book.due(now):
+                client = by_id.get(switch)
+                if client is not None and client.state == "connected":
+                    self.query_mailboxes(client, [mailbox])
+            due = book.next_due(now)
+            self._mwi_wakeup.clear()
+            self._mwi_wakeup.wait(10.0 if due is None else min(10.0, max(0.01, due - now)))
 
     # ------------------------------------------------------------------ republishing
 

@@ -354,6 +354,45 @@ class RunConfig:
     nat_send_to_source: bool = field(default=False, metadata=_meta(
         "nat_send_to_source", "send NOTIFYs to the SUBSCRIBE's source address instead of its "
         "Contact/route (phones behind NAT without an edge proxy)", parse_bool, boolean=True))
+    edge: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list, metadata=_meta(
+            "edge", "CIDR of edge proxies (e.g. contrib/kamailio-edge): for a SUBSCRIBE from one, "
+            "the per-source limits and --require-registration use the address the edge received "
+            "it from (the Via below the edge's own), and NOTIFYs may go through it (repeatable)",
+            _cidr, multiple=True, default_text="none"))
+    max_subscriptions: int = field(default=1_000_000, metadata=_meta(
+        "max_subscriptions", "subscriptions this node holds at most; a new one beyond gets 503 "
+        "with Retry-After", _integer(1)))
+    max_subscriptions_per_source: int = field(default=1000, metadata=_meta(
+        "max_subscriptions_per_source", "subscriptions from one IP address (behind --edge: one "
+        "phone's address) at most; more get 403", _integer(1)))
+    max_subscriptions_per_watcher: int = field(default=200, metadata=_meta(
+        "max_subscriptions_per_watcher", "subscriptions of one watcher AOR (From user@domain) at "
+        "most; more get 403", _integer(1)))
+    subscribe_rate: float = field(default=50.0, metadata=_meta(
+        "subscribe_rate", "initial SUBSCRIBEs per second from one IP address (behind --edge: one "
+        "phone's address), a token bucket; 0 = no limit", _seconds(0, inclusive=True)))
+    subscribe_burst: int = field(default=500, metadata=_meta(
+        "subscribe_burst", "initial SUBSCRIBEs one IP address may send at once (the bucket size "
+        "of --subscribe-rate)", _integer(1)))
+    subscribe_rate_action: str = field(default="reject", metadata=_meta(
+        "subscribe_rate_action", "over --subscribe-rate: reject (503 with Retry-After) or drop "
+        "(no answer); through an --edge always 480 with Retry-After (the edge must not fail "
+        "over)", _choice("reject", "drop")))
+    max_pending_notifies: int = field(default=100_000, metadata=_meta(
+        "max_pending_notifies", "NOTIFY transactions awaiting an answer at most; beyond, fan-out "
+        "waits and new SUBSCRIBEs get 503 with Retry-After", _integer(1)))
+    fanout_batch: int = field(default=500, metadata=_meta(
+        "fanout_batch", "NOTIFYs built in one step of a fan-out before SIP input is read again",
+        _integer(1)))
+    notify_any_target: bool = field(default=False, metadata=_meta(
+        "notify_any_target", "send NOTIFYs to any Contact/route (default: only to the SUBSCRIBE's "
+        "source IP address or through an --edge)", parse_bool, boolean=True))
+    require_registration: bool = field(default=False, metadata=_meta(
+        "require_registration", "accept an initial SUBSCRIBE only from a watcher with a live "
+        "registration at a switch from the SUBSCRIBE's address (or the phone's address an "
+        "--edge vouches for); set it on bridges (they pass the registrations on) and nodes",
+        parse_bool, boolean=True))
     t1: float = field(default=0.5, metadata=_meta(
         "t1", "SIP timer T1 (RTT estimate) in seconds", _seconds(0)))
     t2: float = field(default=4.0, metadata=_meta(

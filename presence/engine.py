@@ -16,11 +16,14 @@ import functools
 import ipaddress
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from presence.aor import aor_from_uri
+from presence.limits import Limits, TokenBuckets, in_networks, vouched_address
 from presence.packages.base import EventPackage, RenderedBody
+from presence.registrations import RegistrationTable
 from presence.sip.message import (
     ParseError,
     Request,
@@ -82,6 +85,17 @@ class EngineConfig:
     timer_f: float | None = None  # None: 64*T1
     server_name: str = SERVER
     snapshot_timeout: float = SNAPSHOT_TIMEOUT  # an incomplete snapshot is dropped after this
+    limits: Limits = field(default_factory=Limits)
+    edges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # --edge
+    fanout_batch: int = 500  # NOTIFYs built per step of a fan-out; the rest on the next step
+    # Amplification (see docs/security.md): NOTIFY targets must be believable (the source, its IP,
+    # or a route through an edge) unless notify_any_target; a target that never answered gets at
+    # most amplification_factor times the SUBSCRIBE's bytes, without retransmissions (0: off).
+    notify_any_target: bool = True
+    amplification_factor: float = 0.0
+    # --require-registration: an initial SUBSCRIBE needs a live registration of its watcher from
+    # its origin (the source, or the phone an edge vouches for), as the switches report them
+    require_registration: bool = False
 
 
 class PresenceEngine:
@@ -99,6 +113,7 @@ class PresenceEngine:
         self.state = state
         self.packages = dict(packages)
         self.subscriptions = SubscriptionTable()
+        self.subscriptions.on_unwatched = self._unwatched
         self.server_transactions = ServerTransactions(t1=config.t1)
         self.client_transactions = ClientTransactions(
             t1=config.t1, t2=config.t2, timer_f=config.timer_f
@@ -115,6 +130,14 @@ class PresenceEngine:
         self._lookups: list[str] = []
         self._resolving: dict[str, list[Subscription]] = {}
         self._trusted_cache: dict[str, bool] = {}
+        self._edge_cache: dict[str, bool] = {}
+        self._buckets = TokenBuckets(config.limits.subscribe_rate, config.limits.subscribe_burst) \
+            if config.limits.subscribe_rate > 0 else None
+        self._backlog: deque[Subscription] = deque()  # watchers whose fan-out NOTIFY is due
+        self._backlog_at = 0.0
+        self._verified_targets: dict[tuple, None] = {}  # (transport, address) that answered
+        self._in_size = 0  # bytes of the message being handled
+        self.registrations = RegistrationTable()  # filled from the bus (presence/registrations.py)
         # A per-process prefix lets the response sniffer recognise our branches at a glance;
         # the 64 random bits after it make each branch unguessable.
         self._branch_prefix = "z9hG4bK" + os.urandom(4).hex() + "."
@@ -152,6 +175,16 @@ class PresenceEngine:
             "subscriptions_removed_notify_error": 0,
             "subscriptions_removed_unresolvable": 0,
             "updates_applied": 0,
+            "limit_total": 0,
+            "limit_source": 0,
+            "limit_watcher": 0,
+            "limit_rate": 0,
+            "limit_pending": 0,
+            "subscribe_rate_dropped": 0,
+            "target_refused": 0,
+            "notify_minimal": 0,
+            "notify_withheld": 0,
+            "registration_refused": 0,
         }
 
     # -- output and timers --------------------------------------------------------------------
@@ -178,6 +211,9 @@ class PresenceEngine:
             if dest.__class__ is Unresolved and dest[0] == name:
                 if address is not None and _unreachable(address, sub.source[0]):
                     address = None  # a name may not lead where its address could not
+                if address is not None and not self._believable((address, dest[1]), sub.source):
+                    self.counters["target_refused"] += 1
+                    address = None
                 if address is None:
                     if live:
                         self.subscriptions.remove(sub)
@@ -209,6 +245,7 @@ class PresenceEngine:
                 self.state.get_timer(),
                 self.subscriptions.next_expiry(),
                 self.snapshots.get_timer(),
+                self._backlog_due(),
             )
             if t is not None
         ]
@@ -231,6 +268,8 @@ class PresenceEngine:
         for sub in self.subscriptions.pop_expired(now):
             self.counters["subscriptions_removed_expired"] += 1
             self._terminate(sub, "timeout", now)
+        if self._backlog:
+            self._drain(now)
 
     # -- presence updates ---------------------------------------------------------------------
 
@@ -277,26 +316,69 @@ class PresenceEngine:
             )
 
     def _fan_out(self, changed: Iterable[tuple[str, str]], now: float) -> None:
+        """Queue a NOTIFY for every watcher of what changed, then send the first batch.
+
+        The rest go out ``fanout_batch`` at a time from :meth:`handle_timer` (due at once), so a
+        presentity with tens of thousands of watchers never holds the caller's loop for long.
+        A queued watcher is marked dirty; it gets the state as it is when its turn comes. With a
+        history (``observer``), each watcher points at the entry its next NOTIFY tells."""
+        backlog = self._backlog
         obs = self.observer
         for package_name, presentity in changed:
             watchers = self.subscriptions.watchers(package_name, presentity)
             if not watchers:
                 continue
-            body = self.state.body(package_name, presentity)
             note = obs.fanout(package_name, presentity, watchers, now) if obs else None
+            queued = 0
             for sub in watchers:
-                if sub.inflight is not None:
-                    sub.dirty = True
-                    continue
-                try:
-                    self._send_notify(sub, body, now)
-                except Exception as exc:  # one watcher's bad NOTIFY must not stop the others
-                    self._notify_broken(sub, exc, now)
-                    continue
-                sub.note = note
-                sub.noted_at = now
+                if note is not None and sub.inflight is None:
+                    sub.note = note  # an in-flight NOTIFY's answer stays with its own entry
+                    sub.noted_at = now
+                if sub.dirty:
+                    continue  # already queued, or its NOTIFY in flight will be followed up
+                sub.dirty = True
+                if sub.inflight is None:
+                    backlog.append(sub)
+                    queued += 1
             if note is not None:
-                obs.fanned(note, watchers, now)
+                obs.fanned(note, watchers, now, queued)
+        if backlog:
+            self._drain(now)
+
+    def _backlog_due(self) -> float | None:
+        if not self._backlog or self._pending_full():
+            return None
+        return self._backlog_at
+
+    def _pending_full(self) -> bool:
+        cap = self.config.limits.max_pending_notifies
+        return cap is not None and len(self.client_transactions) >= cap
+
+    def _drain(self, now: float) -> None:
+        """Send up to ``fanout_batch`` queued fan-out NOTIFYs (fewer under the pending cap)."""
+        backlog = self._backlog
+        budget = self.config.fanout_batch
+        live = self.subscriptions.get
+        bodies: dict[tuple[str, str], RenderedBody] = {}
+        while backlog and budget > 0 and not self._pending_full():
+            sub = backlog.popleft()
+            if sub.inflight is not None or not sub.dirty or live(sub.tag) is not sub:
+                continue
+            key = (sub.package.name, sub.presentity)
+            body = bodies.get(key)
+            if body is None:
+                body = bodies[key] = self.state.body(*key)
+            budget -= 1
+            try:
+                self._send_notify(sub, body, now)
+            except Exception as exc:  # one watcher's bad NOTIFY must not stop the others
+                self._notify_broken(sub, exc, now)
+        self._backlog_at = now
+
+    @property
+    def backlog(self) -> int:
+        """Fan-out NOTIFYs queued for the next steps."""
+        return len(self._backlog)
 
     # -- SIP input ----------------------------------------------------------------------------
 
@@ -304,6 +386,7 @@ class PresenceEngine:
         self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None, now: float
     ) -> None:
         """Handle one SIP message (a whole datagram, or one framed message off a stream)."""
+        self._in_size = len(data)
         if data[:8] == b"SIP/2.0 ":
             sniffed = sniff_response(data)
             if sniffed is not None and sniffed[1].startswith(self._branch_prefix):
@@ -386,7 +469,22 @@ class PresenceEngine:
             self._in_dialog(req, to_tag, respond, source, transport, conn_id, now)
             return
         if method == "SUBSCRIBE":
-            self._initial_subscribe(req, respond, source, transport, conn_id, now)
+            origin = self._origin(req, source)
+            if self._buckets is not None and not self._buckets.allow(origin, now):
+                self.counters["limit_rate"] += 1
+                # through an edge, a 503 or silence would make the edge mark this node down and
+                # fail over (contrib/kamailio-edge): one phone's flood is that phone's 480
+                via_edge = origin != source[0] or (bool(self.config.edges)
+                                                   and self._is_edge(source[0]))
+                if self.config.limits.rate_drop and not via_edge:
+                    self.counters["subscribe_rate_dropped"] += 1
+                    return
+                # not kept for retransmissions: a flood must not fill the transaction table
+                self.counters["subscribe_rejected"] += 1
+                respond(480 if via_edge else 503, "Too many SUBSCRIBEs",
+                        [("Retry-After", str(self.config.limits.retry_after))], store=False)
+                return
+            self._initial_subscribe(req, respond, source, transport, conn_id, now, origin)
         elif method == "OPTIONS":
             respond(200, None, self._capabilities())
         elif method == "CANCEL":
@@ -395,6 +493,65 @@ class PresenceEngine:
             respond(405, None, [("Allow", ALLOW)])
         else:
             respond(501, None, [("Allow", ALLOW)])
+
+    def _origin(self, req: Request, source: tuple[str, int]) -> str:
+        """The address limits count against: the source, or for a request from a configured
+        edge the address the edge vouches for in the Via below its own (see limits.py)."""
+        ip = source[0]
+        if not self.config.edges:
+            return ip
+        if not self._is_edge(ip):
+            return ip
+        return vouched_address(req) or ip
+
+    def _is_edge(self, ip: str) -> bool:
+        edge = self._edge_cache.get(ip)
+        if edge is None:
+            if len(self._edge_cache) >= 4096:
+                self._edge_cache.clear()
+            edge = self._edge_cache[ip] = in_networks(ip, self.config.edges)
+        return edge
+
+    def _over_limit(self, origin: str, watcher: str) -> tuple[str, str] | None:
+        """(counter, reason) of the first limit a new subscription would exceed, or None."""
+        limits = self.config.limits
+        table = self.subscriptions
+        if limits.max_subscriptions is not None and len(table) >= limits.max_subscriptions:
+            return "limit_total", "Too many subscriptions"
+        if self._pending_full():
+            return "limit_pending", "Too many NOTIFYs pending"
+        if limits.max_per_source is not None and \
+                table.per_origin.get(origin, 0) >= limits.max_per_source:
+            return "limit_source", "Too many subscriptions from this address"
+        if limits.max_per_watcher is not None and \
+                table.per_watcher.get(watcher, 0) >= limits.max_per_watcher:
+            return "limit_watcher", "Too many subscriptions for this watcher"
+        return None
+
+    def _believable(self, dest: tuple[str, int], source: tuple[str, int]) -> bool:
+        """Whether NOTIFYs may go to ``dest`` for a SUBSCRIBE from ``source``: the source's own
+        IP address (any port), or a configured edge (a route set through it, or the edge's
+        own address); any target with ``notify_any_target``. A host name is checked once it
+        resolved (:meth:`resolved`)."""
+        if self.config.notify_any_target or dest.__class__ is Unresolved:
+            return True
+        return dest[0] == source[0] or (bool(self.config.edges) and self._is_edge(dest[0]))
+
+    def _set_budget(self, sub: Subscription, source: tuple[str, int], transport: str,
+                    conn_id: int | None) -> None:
+        """A new subscription's target is unverified until it answers, unless the SUBSCRIBE
+        came over a stream (a handshake proved its source) and NOTIFYs take the same connection,
+        or from a configured edge. Its budget: ``amplification_factor`` times the SUBSCRIBE's
+        bytes, less the response when that went to the same address."""
+        factor = self.config.amplification_factor
+        if factor <= 0 or (conn_id is not None and sub.conn_id == conn_id) or \
+                (self.config.edges and self._is_edge(source[0])):
+            return
+        sub.verified = False
+        budget = int(factor * self._in_size)
+        if self._out and sub.dest.__class__ is not Unresolved and sub.dest[0] == source[0]:
+            budget -= len(self._out[-1][2])
+        sub.budget = budget
 
     def _is_trusted(self, ip: str) -> bool:
         trusted = self._trusted_cache.get(ip)
@@ -417,13 +574,15 @@ class PresenceEngine:
         def respond(
             status: int, reason: str | None = None,
             headers: Iterable[tuple[str, str]] = (), to_tag: str | None = None,
+            store: bool = True,
         ) -> None:
             data = build_response(
                 req, status, reason, source=source,
                 to_tag=to_tag or (new_tag() if status > 100 else None),
                 headers=list(headers), server=self._server_header,
             )
-            self.server_transactions.store(key, data, reliable, now)
+            if store:
+                self.server_transactions.store(key, data, reliable, now)
             self._out.append((transport, source, data, conn_id))
 
         return respond
@@ -445,7 +604,7 @@ class PresenceEngine:
 
     def _initial_subscribe(
         self, req: Request, respond: Callable[..., None], source: tuple[str, int], transport: str,
-        conn_id: int | None, now: float,
+        conn_id: int | None, now: float, origin: str | None = None,
     ) -> None:
         package = self._package_for(req, respond)
         if package is None:
@@ -470,6 +629,30 @@ class PresenceEngine:
         if not self.config.cross_domain and _domain(watcher_aor) != _domain(presentity):
             self._reject(respond, 403, "Cross-domain subscription not allowed")
             return
+        origin = origin or source[0]
+        if not expires and self._pending_full():  # a fetch sends a NOTIFY too
+            self.counters["limit_pending"] += 1
+            self._reject(respond, 503, "Too many NOTIFYs pending",
+                         [("Retry-After", str(self.config.limits.retry_after))])
+            return
+        if self.config.require_registration and \
+                not self.registrations.allows(watcher_aor.lower(), origin, now):
+            self.counters["registration_refused"] += 1
+            self._reject(respond, 403, "Watcher not registered from this address")
+            return
+        if expires:
+            over = self._over_limit(origin, watcher_aor)
+            if over is not None:
+                counter, reason = over
+                self.counters[counter] += 1
+                # the total and pending limits are the node's load (try again later, or another
+                # node); the per-source and per-watcher ones are the sender's own doing
+                if counter in ("limit_total", "limit_pending"):
+                    self._reject(respond, 503, reason,
+                                 [("Retry-After", str(self.config.limits.retry_after))])
+                else:
+                    self._reject(respond, 403, reason)
+                return
         # Everything the NOTIFYs will carry is checked now, before the 200: a dialog that
         # cannot be notified is never accepted.
         try:
@@ -496,9 +679,16 @@ class PresenceEngine:
             remote_cseq=req.cseq[0],
             expires_at=now + expires,
             source=shared(source),
+            origin=shared(origin),
+            watcher=shared(watcher_aor),
         )
+        if not self._believable(dest, source):
+            self.counters["target_refused"] += 1
+            self._reject(respond, 403, "Contact is not at the source address")
+            return
         self.counters["subscribe_accepted"] += 1
         respond(200, None, self._ok_headers(sub, expires), to_tag=sub.tag)
+        self._set_budget(sub, source, transport, conn_id)
         body = self.state.body(package.name, presentity)
         if expires == 0:
             # A fetch (RFC 6665 4.4.3): one terminated NOTIFY with the state, nothing kept.
@@ -508,13 +698,19 @@ class PresenceEngine:
             if self.observer is not None:
                 self.observer.subscribed(sub, now, 1)
             return
+        # a mailbox's first watcher here claims it at the bridges (who query it, coalesced and
+        # paced, and replay it on reconnect); its last one releases it (see bridge/mwi.py)
+        first = package.name == "message-summary" and \
+            not self.subscriptions.watcher_count(package.name, presentity)
         self.subscriptions.add(sub)
         self._notify(sub, body, now)
         if self.observer is not None:
             self.observer.subscribed(
                 sub, now, self.subscriptions.watcher_count(package.name, presentity))
-        if package.name == "message-summary" and not self.state.records(package.name, presentity):
-            self._control({"Event-Name": "mwi_query", "Presentity": presentity})
+        if first:  # a state already known needs no query: the claim alone (mwi_watch)
+            known = bool(self.state.records(package.name, presentity))
+            self._control({"Event-Name": "mwi_watch" if known else "mwi_query",
+                           "Presentity": presentity})
 
     def _in_dialog(
         self, req: Request, to_tag: str, respond: Callable[..., None], source: tuple[str, int],
@@ -552,9 +748,18 @@ class PresenceEngine:
                 _sendable(first or target, "Route" if first else "Contact")
                 dest, out, out_conn = self._destination(target, first, source, transport, conn_id)
                 _reachable(dest, source, "Route" if first else "Contact")
+                if not self._believable(dest, source):
+                    self.counters["target_refused"] += 1
+                    raise ParseError("Contact is not at the source address", 403)
             except ParseError as exc:
                 respond(exc.status, exc.reason, to_tag=to_tag)
                 return
+            if dest != sub.dest and self.config.amplification_factor > 0 and not \
+                    (self.config.edges and self._is_edge(source[0])):
+                # a new target is a stranger until it answers (a spoofed refresh must not aim
+                # a verified dialog's NOTIFYs elsewhere)
+                sub.verified = False
+                sub.budget = 0
             sub.target = self.subscriptions.shared(contact.uri)
             sub.dest = dest if dest.__class__ is Unresolved else self.subscriptions.shared(dest)
             sub.transport = out
@@ -563,6 +768,9 @@ class PresenceEngine:
             self.subscriptions.set_conn(sub, conn_id)
         sub.remote_cseq = cseq
         respond(200, None, self._ok_headers(sub, expires), to_tag=to_tag)
+        if not sub.verified:  # the watcher spoke again: so much more may go to it
+            sub.budget += int(self.config.amplification_factor * self._in_size) - \
+                len(self._out[-1][2])
         if expires == 0:
             self.counters["subscriptions_removed_unsubscribe"] += 1
             self.subscriptions.remove(sub)
@@ -687,7 +895,11 @@ class PresenceEngine:
     # -- NOTIFY ---------------------------------------------------------------------------------
 
     def _send_notify(self, sub: Subscription, body: RenderedBody, now: float) -> None:
-        """Build and queue one NOTIFY for ``sub`` with ``body`` and start its transaction."""
+        """Build and queue one NOTIFY for ``sub`` with ``body`` and start its transaction.
+
+        A target that has not answered yet (see :meth:`_unverified`) gets no more than its byte
+        budget and no retransmission: when the NOTIFY with the state would not fit, a minimal one
+        (the subscription state, no body) goes first and the state follows once it answered."""
         if sub.dest.__class__ is Unresolved:
             self._await_address(sub)
             return
@@ -698,11 +910,7 @@ class PresenceEngine:
             sub_state = "terminated;reason=" + sub.final_reason
         else:
             sub_state = f"active;expires={max(1, round(sub.expires_at - now))}"
-        if body.versioned:
-            payload = body.for_version(sub.version)
-            sub.version += 1
-        else:
-            payload = body.prefix
+        payload = body.for_version(sub.version) if body.versioned else body.prefix
         transport = sub.transport
         route = sub.route
         if route is None:
@@ -723,16 +931,51 @@ class PresenceEngine:
             f"Contact: {self._contact_hdr.get(transport) or next(iter(self._contact_hdr.values()))}\r\n"
             f"Event: {package.name}\r\n"
             f"Subscription-State: {sub_state}\r\n"
-            f"Content-Type: {package.content_type}\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n"
         )
-        data = head.encode("utf-8", "surrogateescape") + payload
+        full = f"Content-Type: {package.content_type}\r\nContent-Length: {len(payload)}\r\n\r\n"
+        data = (head + full).encode("utf-8", "surrogateescape") + payload
+        verified = sub.verified or self._target_verified(sub)
+        if not verified and len(data) > sub.budget:
+            # the state does not fit the budget: the subscription state alone, the rest later
+            data = (head + "Content-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape")
+            if len(data) > sub.budget:
+                # not even that: nothing until the watcher shows it is there (a refresh adds
+                # to the budget); only a SUBSCRIBE far smaller than any phone's gets here
+                sub.cseq -= 1
+                sub.dirty = sub.final_reason is None
+                self.counters["notify_withheld"] += 1
+                return
+            self.counters["notify_minimal"] += 1
+            if sub.final_reason is None:
+                sub.dirty = True
+        else:
+            if body.versioned:
+                sub.version += 1
+            sub.dirty = False
         sub.inflight = branch
-        sub.dirty = False
         dest = (transport, sub.dest, sub.conn_id)
-        self.client_transactions.start(branch, data, dest, transport != "udp", now, sub)
+        if verified:
+            self.client_transactions.start(branch, data, dest, transport != "udp", now, sub)
+        else:  # no retransmissions to a target that may never have asked for anything
+            sub.budget -= len(data)
+            self.client_transactions.start(branch, b"", dest, True, now, sub)
         self.counters["notify_sent"] += 1
         self._out.append((transport, sub.dest, data, sub.conn_id))
+
+    def _verify(self, sub: Subscription) -> None:
+        """``sub``'s target answered: it asked for NOTIFYs, no budget applies to it any more."""
+        sub.verified = True
+        targets = self._verified_targets
+        if len(targets) >= 65_536:
+            targets.clear()  # forgetting costs one small first NOTIFY per target, never memory
+        targets[(sub.transport, sub.dest)] = None
+
+    def _target_verified(self, sub: Subscription) -> bool:
+        """Whether ``sub``'s target answered a NOTIFY before (any subscription's)."""
+        if (sub.transport, sub.dest) in self._verified_targets:
+            sub.verified = True
+            return True
+        return False
 
     def _handle_response(
         self, resp: Response, source: tuple[str, int], transport: str, conn_id: int | None,
@@ -768,6 +1011,8 @@ class PresenceEngine:
             return
         sub = clients.on_response(branch, status, now)
         if sub is not None:
+            if not sub.verified:
+                self._verify(sub)
             self._notify_done(sub, status, now)
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
@@ -842,6 +1087,15 @@ class PresenceEngine:
         return ended
 
     # -- control and admin ----------------------------------------------------------------------
+
+    def apply_registrations(self, checked: dict, now: float) -> None:
+        """A validated registration(s) message from a bridge (see presence/registrations.py)."""
+        aliases = self.config.domain_aliases
+        self.registrations.apply(checked, now, lambda aor: _aliased(aor, aliases))
+
+    def _unwatched(self, key: tuple[str, str]) -> None:
+        if key[0] == "message-summary":
+            self._control({"Event-Name": "mwi_forget", "Presentity": key[1]})
 
     def _control(self, message: dict) -> None:
         if self.on_control is not None:
@@ -957,6 +1211,11 @@ def _from_destination(
     if conn_id is not None and conn_id == out_conn:
         return True
     return source[0] == addr[0] and source[1] == addr[1]
+
+
+def _aliased(aor: str, aliases: Mapping[str, str]) -> str:
+    user, _, domain = aor.rpartition("@")
+    return f"{user}@{aliases.get(domain, domain)}"
 
 
 def _domain(aor: str) -> str:

@@ -381,9 +381,11 @@ class History:
         entry = self.latest(package, presentity) if self.enabled else None
         return self._sink if entry is None else entry  # sink: a change no entry describes
 
-    def fanned(self, entry: Entry, watchers: list, now: float) -> None:
-        """After the fan-out: counts, the applied -> NOTIFY stage, the first watchers kept."""
-        sent = self._counters["notify_sent"] - self._sent_before
+    def fanned(self, entry: Entry, watchers: list, now: float, sent: int | None = None) -> None:
+        """After the fan-out: counts, the applied -> NOTIFY stage, the first watchers kept
+        (``sent``: the NOTIFYs queued for this change, when the engine sends them in steps)."""
+        if sent is None:
+            sent = self._counters["notify_sent"] - self._sent_before
         if entry.watchers == 0:
             self.bytes += WATCH_BYTES * min(len(watchers), DETAILED)
         entry.watchers = len(watchers)

@@ -61,6 +61,23 @@ def render_metrics(node: PresenceNode) -> str:
            [({"outcome": "accepted"}, c["subscribe_accepted"]),
             ({"outcome": "rejected"}, c["subscribe_rejected"]),
             ({"outcome": "fetch"}, c["subscribe_fetch"])])
+    metric("subscribe_limited_total", "counter",
+           "Initial SUBSCRIBEs refused (or dropped) by a limit, by limit.",
+           [({"limit": name}, c["limit_" + name])
+            for name in ("total", "source", "watcher", "rate", "pending")])
+    metric("subscribe_target_refused_total", "counter",
+           "SUBSCRIBEs refused 403 because NOTIFYs would go elsewhere than the source or an edge.",
+           [({}, c["target_refused"])])
+    metric("subscribe_unregistered_total", "counter",
+           "Initial SUBSCRIBEs refused 403 by --require-registration.",
+           [({}, c["registration_refused"])])
+    metric("notify_budgeted_total", "counter",
+           "NOTIFYs to a target that never answered cut to the subscription state (minimal) or "
+           "held back (withheld) by the byte budget.",
+           [({"outcome": "minimal"}, c["notify_minimal"]),
+            ({"outcome": "withheld"}, c["notify_withheld"])])
+    metric("notify_backlog", "gauge", "Fan-out NOTIFYs queued for the next steps.",
+           [({}, engine.backlog)])
     metric("sip_messages_received_total", "counter", "SIP messages received, by kind.",
            [({"kind": "request"}, c["sip_requests_received"]),
             ({"kind": "response"}, c["sip_responses_received"]),

@@ -25,6 +25,8 @@ from presence.history import History, history_metrics
 from presence.metrics import render_metrics
 from presence.packages import REGISTRY
 from presence.packages.base import PackageOptions
+from presence.registrations import KINDS as REGISTRATION_KINDS
+from presence.registrations import RegistrationError, parse_registration
 from presence.resolver import Resolver
 from presence.sip.transport import SipTransports
 from presence.state import PresenceState
@@ -206,6 +208,8 @@ class PresenceNode:
                 self._flush()
                 if self.history.pending:
                     self.history.flushed(self.clock())
+                if engine.backlog:
+                    gevent.sleep(0)  # a big fan-out goes on in steps: let the readers in between
 
     def _poke(self) -> None:
         """Wake the clock loop when the engine's next deadline moved earlier."""
@@ -239,8 +243,9 @@ class PresenceNode:
     def _on_sip(self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:
         self.engine.receive(data, source, transport, conn_id, self.clock())
         # only what the engine sent can have started a timer (a NOTIFY transaction, a stored
-        # response, a new subscription's expiry); a plain 200 to a NOTIFY only ends one
-        if self._flush():
+        # response, a new subscription's expiry); a plain 200 to a NOTIFY only ends one, which may
+        # let a fan-out held back by the pending-NOTIFY limit go on
+        if self._flush() or self.engine.backlog:
             self._poke()
         if self.history.pending:
             self.history.flushed(self.clock())
@@ -270,6 +275,14 @@ class PresenceNode:
         """Bus/NSQ handler: validate one update dict and apply it; ValueError when malformed."""
         if self._warm_buffer is not None:
             self._warm_buffer.append(message)
+            return
+        if isinstance(message, dict) and message.get("Event-Name") in REGISTRATION_KINDS:
+            try:
+                checked = parse_registration(message)
+            except RegistrationError:
+                self.publish_counters["bus_malformed"] += 1
+                raise
+            self.engine.apply_registrations(checked, self.clock())
             return
         try:
             item = parse_update(message)

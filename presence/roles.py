@@ -18,6 +18,7 @@ import gevent.event
 
 from presence.config import ConfigError, RunConfig
 from presence.engine import EngineConfig
+from presence.limits import AMPLIFICATION_FACTOR, Limits
 from presence.metrics import bridge_metrics, nsq_metrics
 from presence.node import PresenceNode
 from presence.packages.base import PackageOptions
@@ -54,6 +55,20 @@ def engine_config(config: RunConfig, bound: list[tuple[str, tuple[str, int]]]) -
         t1=config.t1,
         t2=config.t2,
         timer_f=config.timer_f,
+        limits=Limits(
+            max_subscriptions=config.max_subscriptions,
+            max_per_source=config.max_subscriptions_per_source,
+            max_per_watcher=config.max_subscriptions_per_watcher,
+            subscribe_rate=config.subscribe_rate,
+            subscribe_burst=config.subscribe_burst,
+            rate_drop=config.subscribe_rate_action == "drop",
+            max_pending_notifies=config.max_pending_notifies,
+        ),
+        edges=tuple(config.edge),
+        fanout_batch=config.fanout_batch,
+        notify_any_target=config.notify_any_target,
+        amplification_factor=AMPLIFICATION_FACTOR,
+        require_registration=config.require_registration,
     )
 
 
@@ -180,6 +195,7 @@ def build_bridge(config: RunConfig, bus: Any) -> Any:
         ),
         bridge_id=config.node_id or "busylamp",
         esl_options={"backoff_max": config.esl_backoff_max, "dead_after": config.esl_dead_after},
+        registrations=config.require_registration,
     )
 
 

@@ -41,6 +41,10 @@ class Subscription:
         "source",
         "note",
         "noted_at",
+        "origin",
+        "watcher",
+        "verified",
+        "budget",
     )
 
     def __init__(
@@ -60,6 +64,8 @@ class Subscription:
         remote_cseq: int,
         expires_at: float,
         source: tuple[str, int],
+        origin: str | None = None,
+        watcher: str = "",
     ) -> None:
         self.tag = tag
         self.call_id = call_id
@@ -83,6 +89,10 @@ class Subscription:
         self.source = source
         self.note: object = None  # presence.history: what the last NOTIFY told (answers go there)
         self.noted_at = 0.0
+        self.origin = origin or source[0]  # the address limits count against (see limits.py)
+        self.watcher = watcher  # the watcher's AOR, for the per-watcher limit
+        self.verified = True  # False until the NOTIFY target answered once (amplification)
+        self.budget = 0  # bytes a not yet verified target may still be sent
 
     def as_dict(self, now: float) -> dict:
         """A JSON-able view for the admin API."""
@@ -120,6 +130,9 @@ class SubscriptionTable:
         self._wheel: dict[int, list[Subscription]] = {}
         self._wheel_heap: list[int] = []
         self._conn_use: dict[int, int] = {}  # stream connection -> subscriptions notified on it
+        self.per_origin: dict[str, int] = {}  # origin address -> subscriptions (limits)
+        self.per_watcher: dict[str, int] = {}  # watcher AOR -> subscriptions (limits)
+        self.on_unwatched = None  # called with (event, presentity) when its last watcher left
 
     def __len__(self) -> int:
         return len(self._by_tag)
@@ -148,6 +161,8 @@ class SubscriptionTable:
         watchers[sub.tag] = sub
         if sub.conn_id is not None:
             self._conn_use[sub.conn_id] = self._conn_use.get(sub.conn_id, 0) + 1
+        self.per_origin[sub.origin] = self.per_origin.get(sub.origin, 0) + 1
+        self.per_watcher[sub.watcher] = self.per_watcher.get(sub.watcher, 0) + 1
         self._schedule(sub)
 
     def remove(self, sub: Subscription) -> bool:
@@ -160,8 +175,12 @@ class SubscriptionTable:
             watchers.pop(sub.tag, None)
             if not watchers:
                 del self._watchers[key]
+                if self.on_unwatched is not None:
+                    self.on_unwatched(key)
         if sub.conn_id is not None:
             self._release_conn(sub.conn_id)
+        _decrement(self.per_origin, sub.origin)
+        _decrement(self.per_watcher, sub.watcher)
         return True
 
     def set_conn(self, sub: Subscription, conn_id: int | None) -> None:
@@ -239,3 +258,11 @@ class SubscriptionTable:
                     self.remove(sub)
                     expired.append(sub)
         return expired
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)

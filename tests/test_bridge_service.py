@@ -137,9 +137,9 @@ def test_mwi_and_control_messages(rig):
     sim.leave_voicemail("1001", new=2, saved=1)
     mwi = wait_for(lambda: [m for m in seen if m.get("Event-Package") == "message-summary"])[0]
     assert (mwi["Messages-Waiting"], mwi["Messages-New"], mwi["Messages-Saved"]) == ("yes", 2, 1)
-    assert "1001@example.com" in service.mailboxes
     before = len([m for m in seen if m.get("Event-Package") == "message-summary"])
     service.bus.publish_control({"Event-Name": "mwi_query", "Presentity": "1001@example.com"})
+    assert "1001@example.com" in service.mailboxes  # a node watches it
     wait_for(lambda: len([m for m in seen if m.get("Event-Package") == "message-summary"]) > before)
     assert any(c.startswith("sendevent MESSAGE_QUERY") for c in sim.commands)
     count = len(snapshots(seen))
