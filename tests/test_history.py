@@ -70,14 +70,20 @@ class FakeNode:
         self.answer_all()
 
     def answer_all(self, status: int = 200, after: float = 0.0) -> int:
-        out = self.engine.datagrams_to_send()
-        self.history.flushed(self.clocks.now)
-        self.clocks.now += after
-        notifies = [m for m in (parse_message(d) for _, _, d, _ in out)
-                    if getattr(m, "method", None) == "NOTIFY"]
-        for notify in notifies:
-            self.engine.receive(answer(notify, status), PHONE, "udp", None, self.clocks.now)
-        return len(notifies)
+        """Answer every NOTIFY sent, including the later steps of a big fan-out."""
+        total = 0
+        while True:
+            out = self.engine.datagrams_to_send()
+            self.history.flushed(self.clocks.now)
+            self.clocks.now += after
+            notifies = [m for m in (parse_message(d) for _, _, d, _ in out)
+                        if getattr(m, "method", None) == "NOTIFY"]
+            for notify in notifies:
+                self.engine.receive(answer(notify, status), PHONE, "udp", None, self.clocks.now)
+            total += len(notifies)
+            if not self.engine.backlog:
+                return total
+            self.engine.handle_timer(self.clocks.now)
 
     def publish(self, **fields) -> None:
         update = {"Event-Name": "update", "Event-Package": "dialog",
@@ -464,11 +470,11 @@ def _deep_size(entry) -> int:
 
 
 @pytest.mark.sipp
-def test_a_bridge_process_serves_health_and_its_stage_metrics(nsq_endpoints, tmp_path):
+def test_a_bridge_process_serves_health_and_its_stage_metrics(nsq, tmp_path):
     from esl.simulator import FreeSwitchSimulator
     from tests.test_cli_subprocess import http_get, metric, run_node
 
-    nsqd, _, _ = nsq_endpoints
+    nsqd = nsq.tcp_address
     sim = FreeSwitchSimulator(domain="example.com")
     host, port = sim.start()
     try:
