@@ -467,8 +467,11 @@ class LampWatcher:
     # --- reading lamps ---------------------------------------------------------------------------
 
     def dialogs(self) -> list[list[Dialog]]:
-        """The dialogs of each NOTIFY's dialog-info body, in arrival order."""
-        return [parse_dialog_info(n.body) for n in self.notifies()]
+        """The dialogs of each NOTIFY's dialog-info body, in arrival order. A NOTIFY without a
+        body carries no state (RFC 6665): the node sends one first to a target that has not
+        answered yet when the state would exceed its amplification budget (docs/security.md),
+        and the state follows the answer; it shows no lamp, so it is left out here."""
+        return [parse_dialog_info(n.body) for n in self.notifies() if n.body.strip()]
 
 
 # --- traces and bodies ---------------------------------------------------------------------------

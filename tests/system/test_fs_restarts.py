@@ -306,7 +306,8 @@ def test_two_switches_feed_one_busylamp(fs, freeswitch_kit: FreeSwitchKit, tmp_p
 def subscribe_once(sock: socket.socket, target: tuple[str, int], presentity: str,
                    wait: float = 2.0) -> tuple[int | None, dict[str, str], str | None]:
     """One dialog SUBSCRIBE from ``sock``: (status or None, response headers, first NOTIFY
-    body when 200). The NOTIFY is answered 200."""
+    body when 200: a bodiless NOTIFY carries no state, see LampWatcher.dialogs). Every NOTIFY is
+    answered 200."""
     call_id = uuidlib.uuid4().hex
     port = sock.getsockname()[1]
     request = (f"SUBSCRIBE sip:{presentity} SIP/2.0\r\n"
@@ -337,7 +338,7 @@ def subscribe_once(sock: socket.socket, target: tuple[str, int], presentity: str
         if lines[0].startswith("SIP/2.0 "):
             status, headers = int(lines[0].split()[1]), fields
         elif lines[0].startswith("NOTIFY "):
-            body = payload
+            body = payload if payload.strip() else body
             ok = "".join(f"{name}: {fields[name.lower()]}\r\n"
                          for name in ("Via", "From", "To", "Call-ID", "CSeq"))
             sock.sendto(f"SIP/2.0 200 OK\r\n{ok}Content-Length: 0\r\n\r\n".encode(), source)
