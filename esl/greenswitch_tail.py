@@ -82,6 +82,8 @@ class GreenswitchTail:
         self.poll = poll
         self.clock = clock
         self.connections = 0  # successful logins so far
+        self.callback_errors = 0
+        self._callback_log_at = 0.0
         self._stopping = gevent.event.Event()
 
     def stop(self) -> None:
@@ -176,8 +178,20 @@ class GreenswitchTail:
             if headers.get("Content-Type") == "text/disconnect-notice":
                 return "disconnect notice"
             name, fields = event_fields(headers)
-            self.on_event(name, fields)
+            try:
+                self.on_event(name, fields)
+            except Exception:
+                self._callback_failed(name)
         return "stopped"
+
+    def _callback_failed(self, name: str) -> None:
+        """Log a failing ``on_event`` (the first time, then at most every 10 s); go on."""
+        self.callback_errors += 1
+        now = self.clock()
+        if self.callback_errors == 1 or now - self._callback_log_at >= 10.0:
+            self._callback_log_at = now
+            log.exception("tail on_event failed (%s); further failures are logged at most "
+                          "every 10s", name)
 
     def _close(self, conn: greenswitch.InboundESL, polite: bool) -> None:
         """``stop()`` (``exit`` first when polite); never hangs on a dead or half-open peer."""

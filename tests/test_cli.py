@@ -510,6 +510,29 @@ def tail_factory():
         assert runner_greenlet.dead, "run() did not return after stop()"
 
 
+def test_tail_esl_a_failing_callback_is_logged_once_and_tail_goes_on(tail_factory, caplog):
+    from esl.connection import EslTarget
+    from esl.simulator import FreeSwitchSimulator
+
+    simulator = FreeSwitchSimulator(password="pw", heartbeat_interval=None)
+    host, port = simulator.start()
+    seen: list[str] = []
+
+    def on_event(name: str, headers: dict[str, str]) -> None:
+        seen.append(name)
+        raise RuntimeError("boom")
+
+    try:
+        tail = tail_factory(EslTarget(host, port, "pw"), on_event)
+        wait_until(lambda: subscribed(simulator), timeout=10)
+        simulator.originate("100", "200")
+        wait_until(lambda: len(seen) >= 3, timeout=10)
+    finally:
+        simulator.stop()
+    assert tail.callback_errors >= 3 and tail.connections == 1
+    assert len([r for r in caplog.records if "on_event failed" in r.getMessage()]) == 1
+
+
 def test_tail_esl_wrong_password_is_reported_once(tail_factory, caplog):
     from esl.connection import EslTarget
     from esl.simulator import FreeSwitchSimulator
@@ -536,12 +559,12 @@ def test_tail_esl_silent_listener_and_dead_peer_one_line_per_outage(tail_factory
     mute = gevent.server.StreamServer(("127.0.0.1", 0), lambda sock, _a: accepted.append(sock))
     mute.start()
     try:
-        tail_factory(EslTarget("127.0.0.1", mute.server_port, "pw"))
+        tail_factory(EslTarget("127.0.0.1", mute.server_port, "pw"), connect_timeout=0.2)
         wait_until(lambda: len(accepted) >= 3, timeout=10)
     finally:
         mute.stop(timeout=0)
     cannot = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
-    assert len(cannot) == 1 and "no login within 0.5s" in cannot[0]
+    assert len(cannot) == 1 and "no login within 0.2s" in cannot[0]
 
     caplog.clear()
     simulator = FreeSwitchSimulator(password="pw", heartbeat_interval=None)
