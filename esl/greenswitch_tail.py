@@ -44,10 +44,14 @@ class _AuthFailed(Exception):
 
 def parse_target(text: str) -> EslTarget:
     """``PASSWORD@HOST:PORT`` or ``HOST:PORT``; ValueError for anything else, IPv6 included."""
-    target = EslTarget.parse(text)
+    form = "PASSWORD@HOST:PORT or HOST:PORT, HOST an IPv4 address or a name"
+    try:
+        target = EslTarget.parse(text)
+    except ValueError as err:
+        raise ValueError(str(err).replace(TARGET_FORM, form)) from None
     if ":" in target.host:
-        raise ValueError(f"IPv6 address {target.host} not supported ({IPV4_ONLY}); expected "
-                         f"{TARGET_FORM.rsplit(' or ', 1)[0]} with an IPv4 address or a name")
+        raise ValueError(f"IPv6 address {target.host} not supported ({IPV4_ONLY}); "
+                         f"expected {form}")
     return target
 
 

@@ -428,6 +428,7 @@ def test_tail_esl_bad_target_is_one_line_exit_2(runner, monkeypatch, spec, says)
     assert result.exit_code == 2
     line = one_line_error(result)
     assert f'invalid --esl "{spec}"' in line and says in line
+    assert "[IPv6]" not in line  # not offered: greenswitch cannot connect to one
 
 
 def test_tail_esl_help_says_ipv4_only(runner):
