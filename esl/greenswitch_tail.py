@@ -121,7 +121,7 @@ class GreenswitchTail:
             reason = None
             try:
                 reason = self._pump(conn, queue)
-            finally:  # None: KeyboardInterrupt or on_event raised; say exit then too
+            finally:  # None: KeyboardInterrupt (Ctrl-C); say exit then too
                 self._close(conn, polite=reason in (None, "stopped"))
             if self._stopping.is_set():
                 break
