@@ -609,7 +609,7 @@ def format_update(update: dict, *, when: float | None = None) -> str:
 @click.option("--http-token", envvar="BUSYLAMP_HTTP_TOKEN", metavar="TOKEN",
               help="Bearer token of the node's HTTP API [env BUSYLAMP_HTTP_TOKEN].")
 @click.option("--esl", metavar="PW@HOST:PORT", help="Connect to FreeSWITCH and show the updates "
-              "its events normalize to.")
+              "its events normalize to (IPv4 or a host name: greenswitch has no IPv6).")
 @click.option("--raw", is_flag=True, help="With --esl: print each event's headers too.")
 @click.option("--nsqd", type=ADDRESS, multiple=True, help="Consume the NSQ topic from this nsqd.")
 @click.option("--lookupd", multiple=True, metavar="HTTP", help="Find nsqd via this nsqlookupd.")
@@ -678,37 +678,51 @@ class _UpdatePrinter:
 
 
 def _tail_esl(ctx: click.Context, spec: str, raw: bool, printer: _UpdatePrinter) -> None:
+    """Follow one FreeSWITCH through greenswitch (esl/greenswitch_tail.py), normalized here."""
     _patch_gevent()
-    import gevent.event
-
     from bridge.normalize import NormalizeConfig, normalize
-    from esl.connection import EslClient, EslTarget
+    from esl.greenswitch_tail import GreenswitchTail, parse_target
 
     try:
-        target = EslTarget.parse(spec)
+        target = parse_target(spec)
     except ValueError as err:
         raise OneLineUsageError(f'invalid --esl "{spec}": {err}', ctx) from None
-    done = gevent.event.Event()
     config = NormalizeConfig(domain_default=None)
 
-    def on_event(event: Any) -> None:
-        result = normalize(event.name, event.headers, config)
-        if not result.updates and raw and event.name != "HEARTBEAT":
-            click.echo(f"{event.name}: skipped ({result.skipped})", err=True)
+    def on_event(name: str, headers: dict[str, str]) -> None:
+        result = normalize(name, headers, config)
+        if not result.updates and raw and name != "HEARTBEAT":
+            click.echo(f"{name}: skipped ({result.skipped})", err=True)
         for update in result.updates:
-            if printer.show(update, dict(event.headers) if raw else None):
-                done.set()
+            if printer.show(update, headers if raw else None):
+                tail.stop()
                 return
 
-    client = EslClient(target, TAIL_EVENTS, on_event)
-    client.start()
-    click.echo(f"following {target.host}:{target.port} (Ctrl-C to stop)", err=True)
+    tail = GreenswitchTail(target, TAIL_EVENTS, on_event)
+    click.echo(f"following {target} (Ctrl-C to stop)", err=True)
+    with _bare_warnings(), contextlib.suppress(KeyboardInterrupt):
+        tail.run()
+
+
+@contextlib.contextmanager
+def _bare_warnings() -> Iterator[None]:
+    """WARNING and up to stderr as bare lines, as Python prints them with no logging set up.
+
+    A root handler of our own also stops greenswitch's root-logger calls (``logging.debug``)
+    from running ``basicConfig()`` and changing how our lines look.  Kept as is when logging is
+    already set up (tests).
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    root.addHandler(handler)
     try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
+        yield
     finally:
-        client.stop()
+        root.removeHandler(handler)
 
 
 def _tail_nsq(nsqd: tuple[Address, ...], lookupd: tuple[str, ...], topic: str,

@@ -1,4 +1,5 @@
-"""FreeSWITCH event socket: sans-IO protocol and session, gevent client, and a FreeSWITCH simulator."""
+"""FreeSWITCH event socket: sans-IO protocol and session, gevent client, a FreeSWITCH simulator, and
+the greenswitch connection of ``busylamp tail --esl`` (greenswitch_tail)."""
 
 from esl.protocol import EslEvent, EslFrame, FrameParser, encode_event, parse_event
 

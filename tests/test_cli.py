@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import struct
 import threading
 from pathlib import Path
 
 import gevent
+import gevent.server
 import pytest
 from click.testing import CliRunner
 
 import cli
 from presence.config import ConfigError
+from tests.sipp_util import free_port, wait_until
 from tests.test_api import TOKEN, ApiThread, FakeNode, dialog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -374,6 +377,214 @@ def test_tail_esl_normalizes_simulator_events(runner, monkeypatch):
                if line.startswith("{")]
     assert {u["Event-Package"] for u in updates} == {"dialog"}
     assert {u["From-User"] for u in updates} == {"100", "200"}
+
+
+def subscribed(simulator, times: int = 1) -> bool:
+    """The simulator has seen ``times`` event subscriptions (tail is listening)."""
+    return sum(c.startswith("event") for c in simulator.commands) >= times
+
+
+def test_tail_esl_raw_decoded_headers_and_skipped_lines(runner, monkeypatch):
+    from esl.simulator import FreeSwitchSimulator
+
+    monkeypatch.setattr(cli, "_patch_gevent", lambda: None)
+    simulator = FreeSwitchSimulator(password="pw", heartbeat_interval=None)
+    host, port = simulator.start()
+
+    def place_call() -> None:
+        wait_until(lambda: subscribed(simulator), timeout=10)
+        simulator.originate("100", "200")
+
+    caller = gevent.spawn(place_call)
+    try:
+        with gevent.Timeout(10):
+            result = runner.invoke(cli.main, ["tail", "--esl", f"pw@{host}:{port}", "--raw",
+                                              "--json", "--presentity", "100@example.com",
+                                              "--count", "1"])
+    finally:
+        caller.kill()
+        simulator.stop()
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.stdout.splitlines()[0])
+    assert line["update"]["From-User"] == "100"
+    event = line["event"]
+    assert event["Event-Name"] == "PRESENCE_IN"
+    assert event["Channel-Presence-ID"] == "100@example.com"  # percent-decoded
+    assert "Content-Type" not in event and "Content-Length" not in event  # the frame's own
+    assert "%40" not in result.stdout
+    assert re.search(r"^CHANNEL_\w+: skipped \(.+\)$", result.stderr, re.MULTILINE), result.stderr
+    assert f"following {host}:{port}" in result.stderr
+    assert simulator.commands[-1] == "exit"  # a polite goodbye after --count
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("nope", "expected PASSWORD@HOST:PORT"),
+    ("pw@host:99999", "port out of range"),
+    ("pw@[::1]:8021", "IPv6 address ::1 not supported (greenswitch connects over IPv4 only)"),
+])
+def test_tail_esl_bad_target_is_one_line_exit_2(runner, monkeypatch, spec, says):
+    monkeypatch.setattr(cli, "_patch_gevent", lambda: None)
+    result = runner.invoke(cli.main, ["tail", "--esl", spec])
+    assert result.exit_code == 2
+    line = one_line_error(result)
+    assert f'invalid --esl "{spec}"' in line and says in line
+    assert "[IPv6]" not in line  # not offered: greenswitch cannot connect to one
+
+
+def test_tail_esl_help_says_ipv4_only(runner):
+    result = runner.invoke(cli.main, ["tail", "--help"], terminal_width=200)
+    assert "greenswitch has no IPv6" in result.output
+
+
+def test_tail_esl_waits_for_freeswitch_follows_a_restart_and_stops_on_ctrl_c(runner, monkeypatch,
+                                                                             caplog):
+    from greenlet import getcurrent
+
+    from esl.simulator import FreeSwitchSimulator
+
+    monkeypatch.setattr(cli, "_patch_gevent", lambda: None)
+    caplog.set_level(logging.INFO, logger="esl.greenswitch_tail")
+    shown: list[str] = []
+    real_show = cli._UpdatePrinter.show
+
+    def spy(self, update, raw_headers=None):
+        shown.append(update["From-User"])
+        return real_show(self, update, raw_headers)
+
+    monkeypatch.setattr(cli._UpdatePrinter, "show", spy)
+    port = free_port(socket.SOCK_STREAM)
+    simulator = FreeSwitchSimulator(password="pw", port=port, heartbeat_interval=None)
+    main_greenlet = getcurrent()
+
+    def messages(word: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if word in r.getMessage()]
+
+    def script() -> None:
+        wait_until(lambda: messages("cannot connect"), timeout=10)  # not up yet
+        simulator.start()
+        wait_until(lambda: subscribed(simulator), timeout=10)
+        simulator.originate("100", "200")
+        wait_until(lambda: {"100", "200"} <= set(shown), timeout=10)
+        simulator.restart()  # drops tail's connection, no disconnect notice
+        wait_until(lambda: subscribed(simulator, 2), timeout=10)
+        simulator.originate("101", "201")
+        wait_until(lambda: {"101", "201"} <= set(shown), timeout=10)
+        # Ctrl-C: the hub throws KeyboardInterrupt into the main greenlet, as on SIGINT
+        gevent.get_hub().loop.run_callback(main_greenlet.throw, KeyboardInterrupt)
+
+    driver = gevent.spawn(script)
+    try:
+        with gevent.Timeout(20):
+            result = runner.invoke(cli.main, ["tail", "--esl", f"pw@127.0.0.1:{port}", "--json",
+                                              "--package", "dialog"])
+        assert driver.dead and driver.exception is None, driver.exception
+    finally:
+        driver.kill()
+        simulator.stop()
+    assert result.exit_code == 0, result.output
+    users = {json.loads(line)["From-User"] for line in result.stdout.splitlines()}
+    assert users == {"100", "101", "200", "201"}
+    assert len(messages("cannot connect to FreeSWITCH at 127.0.0.1:")) == 1
+    assert len(messages("lost FreeSWITCH connection")) == 1
+    assert simulator.connections == 2
+    assert simulator.commands[-1] == "exit"  # Ctrl-C still says goodbye
+
+
+@pytest.fixture
+def tail_factory():
+    """GreenswitchTail with fast timings, run in a greenlet; stopped (and checked) at the end."""
+    from esl.greenswitch_tail import GreenswitchTail
+
+    started: list[tuple[GreenswitchTail, gevent.Greenlet]] = []
+
+    def make(target, on_event=lambda name, headers: None, **kwargs):
+        options = {"backoff_initial": 0.02, "backoff_max": 0.05, "jitter": 0.0,
+                   "connect_timeout": 0.5, "command_timeout": 0.5, "poll": 0.02, **kwargs}
+        tail = GreenswitchTail(target, cli.TAIL_EVENTS, on_event, **options)
+        started.append((tail, gevent.spawn(tail.run)))
+        return tail
+
+    yield make
+    for tail, runner_greenlet in started:
+        tail.stop()
+        runner_greenlet.join(timeout=5)
+        assert runner_greenlet.dead, "run() did not return after stop()"
+
+
+def test_tail_esl_a_failing_callback_is_logged_once_and_tail_goes_on(tail_factory, caplog):
+    from esl.connection import EslTarget
+    from esl.simulator import FreeSwitchSimulator
+
+    simulator = FreeSwitchSimulator(password="pw", heartbeat_interval=None)
+    host, port = simulator.start()
+    seen: list[str] = []
+
+    def on_event(name: str, headers: dict[str, str]) -> None:
+        seen.append(name)
+        raise RuntimeError("boom")
+
+    try:
+        tail = tail_factory(EslTarget(host, port, "pw"), on_event)
+        wait_until(lambda: subscribed(simulator), timeout=10)
+        simulator.originate("100", "200")
+        wait_until(lambda: len(seen) >= 3, timeout=10)
+    finally:
+        simulator.stop()
+    assert tail.callback_errors >= 3 and tail.connections == 1
+    assert len([r for r in caplog.records if "on_event failed" in r.getMessage()]) == 1
+
+
+def test_tail_esl_wrong_password_is_reported_once(tail_factory, caplog):
+    from esl.connection import EslTarget
+    from esl.simulator import FreeSwitchSimulator
+
+    simulator = FreeSwitchSimulator(password="right", heartbeat_interval=None)
+    host, port = simulator.start()
+    try:
+        tail_factory(EslTarget(host, port, "wrong"))
+        wait_until(lambda: simulator.auth_failures >= 3, timeout=10)
+    finally:
+        simulator.stop()
+    failures = [r for r in caplog.records if "auth failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].levelno == logging.ERROR
+    assert "check --esl PASSWORD@HOST:PORT" in failures[0].getMessage()
+
+
+def test_tail_esl_silent_listener_and_dead_peer_one_line_per_outage(tail_factory, caplog):
+    """A socket that accepts and says nothing (no auth/request: greenswitch would wait forever),
+    then a FreeSWITCH that stops talking mid-connection (no HEARTBEAT within dead_after)."""
+    from esl.connection import EslTarget
+    from esl.simulator import FreeSwitchSimulator
+
+    accepted: list[socket.socket] = []
+    mute = gevent.server.StreamServer(("127.0.0.1", 0), lambda sock, _a: accepted.append(sock))
+    mute.start()
+    try:
+        tail_factory(EslTarget("127.0.0.1", mute.server_port, "pw"), connect_timeout=0.2)
+        wait_until(lambda: len(accepted) >= 3, timeout=10)
+    finally:
+        mute.stop(timeout=0)
+    cannot = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert len(cannot) == 1 and "no login within 0.2s" in cannot[0]
+
+    caplog.clear()
+    simulator = FreeSwitchSimulator(password="pw", heartbeat_interval=None)
+    host, port = simulator.start()
+    seen: list[str] = []
+    try:
+        tail_factory(EslTarget(host, port, "pw"), lambda name, headers: seen.append(name),
+                     dead_after=0.3)
+        wait_until(lambda: subscribed(simulator), timeout=10)
+        simulator.originate("100", "200")
+        wait_until(lambda: "CHANNEL_CALLSTATE" in seen, timeout=10)
+        simulator.go_silent()
+        wait_until(lambda: any("lost" in r.getMessage() for r in caplog.records), timeout=10)
+        simulator.speak()
+        wait_until(lambda: subscribed(simulator, 2), timeout=10)
+    finally:
+        simulator.stop()
+    lost = [r.getMessage() for r in caplog.records if "lost FreeSWITCH" in r.getMessage()]
+    assert len(lost) == 1 and "not even a HEARTBEAT" in lost[0]
 
 
 # --- dialplan --------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 pynsq is used from bridge/pynsq_adapter.py only; these are the names and signatures it calls,
 plus the one wiring it depends on: ``Writer.connect_to_nsqd`` routing a connection's ready/close
-events to the two methods ``ObservedWriter`` overrides.  greenswitch is not imported at all
-(README "Dependencies" says why): esl/ must not start leaning on it again.
+events to the two methods ``ObservedWriter`` overrides.  greenswitch is used from
+esl/greenswitch_tail.py only (``busylamp tail --esl``): the public ``InboundESL`` calls and
+attributes it relies on, and the behaviour it builds on, checked against the simulator.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import inspect
 import pathlib
 import re
 
+import gevent
+import greenswitch
+import greenswitch.esl
 import nsq
+import pytest
+
+from esl.simulator import FreeSwitchSimulator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -65,7 +72,52 @@ def test_pynsq_instance_attributes() -> None:
         assert hasattr(reader, name), name
 
 
-def test_only_the_adapter_imports_pynsq_and_nothing_imports_greenswitch() -> None:
+def test_greenswitch_inbound_api() -> None:
+    inbound = greenswitch.InboundESL
+    assert params(inbound.__init__) == ["self", "host", "port", "password", "timeout"]
+    assert params(inbound.register_handle) == ["self", "name", "handler"]
+    assert params(inbound.connect) == ["self"]
+    assert params(inbound.send) == ["self", "data"]
+    assert params(inbound.stop) == ["self"]
+    assert issubclass(greenswitch.esl.NotConnectedError, Exception)
+    assert params(greenswitch.esl.ESLEvent.__init__) == ["self", "data"]
+    assert greenswitch.InboundESL("127.0.0.1", 1, "pw", timeout=1).connected is False
+
+
+def test_greenswitch_inbound_behaviour_the_tail_adapter_relies_on() -> None:
+    """Handlers by Event-Name and for DISCONNECT, decoded headers, ValueError for a wrong
+    password, and the ``connected``/``sock``/``sock_file`` attributes."""
+    simulator = FreeSwitchSimulator(password="pw", heartbeat_interval=None)
+    host, port = simulator.start()
+    try:
+        with gevent.Timeout(10):
+            wrong = greenswitch.InboundESL(host, port, "nope", timeout=2)
+            with pytest.raises(ValueError):
+                wrong.connect()
+            wrong.sock.close()
+
+            conn = greenswitch.InboundESL(host, port, "pw", timeout=2)
+            seen: list[dict[str, str]] = []
+            gone: list[dict[str, str]] = []
+            conn.register_handle("CHANNEL_CALLSTATE", lambda event: seen.append(event.headers))
+            conn.register_handle("DISCONNECT", lambda event: gone.append(event.headers))
+            conn.connect()
+            assert conn.connected is True and conn.sock is not None and conn.sock_file is not None
+            reply = conn.send("event plain CHANNEL_CALLSTATE")
+            assert reply.headers["Reply-Text"].startswith("+OK")
+            simulator.originate("100", "200")
+            while not seen:
+                gevent.sleep(0.01)
+            assert seen[0]["Event-Name"] == "CHANNEL_CALLSTATE"
+            # percent-decoded: sent as sofia%2Finternal%2F100%40...
+            assert seen[0]["Channel-Name"].startswith("sofia/internal/100@")
+            conn.stop()
+            assert conn.connected is False and gone  # exit answered with a disconnect notice
+    finally:
+        simulator.stop()
+
+
+def test_only_the_adapters_import_pynsq_and_greenswitch() -> None:
     importers = {}
     for path in ROOT.glob("**/*.py"):
         if ".venv" in path.parts or path.name == "test_dependency_api.py":
@@ -76,7 +128,7 @@ def test_only_the_adapter_imports_pynsq_and_nothing_imports_greenswitch() -> Non
         if re.search(r"^\s*(import greenswitch|from greenswitch)\b", text, re.MULTILINE):
             importers.setdefault("greenswitch", []).append(path.relative_to(ROOT).as_posix())
     assert importers.get("nsq") == ["bridge/pynsq_adapter.py"]
-    assert "greenswitch" not in importers
+    assert importers.get("greenswitch") == ["esl/greenswitch_tail.py"]
 
 
 def test_pins_are_compatible_release() -> None:

@@ -1,8 +1,9 @@
-"""``busylamp tail --esl ... --raw`` against the real FreeSWITCH: real events as they come."""
+"""``busylamp tail --esl`` against the real FreeSWITCH: real events as they come, and a restart."""
 
 from __future__ import annotations
 
 import json
+import signal
 import wave
 
 from tests.sipp_util import wait_until
@@ -69,3 +70,37 @@ def test_tail_json_raw_carries_update_and_event(fs, tmp_path):
     finally:
         tail.kill()
         fs.api(f"vm_delete 1008@{DOMAIN}")
+
+
+def test_tail_follows_freeswitch_through_a_crash_and_restart(fs, tmp_path):
+    """One line for the outage, events again once the switch is back, exit 0 on Ctrl-C."""
+    tail = Proc.start(["tail", "--esl", fs.esl, "--json", "--presentity", f"1009@{DOMAIN}"],
+                      tmp_path, "tail")
+    calls: list[str] = []
+
+    def shown() -> bool:
+        # tail says nothing when it has (re)subscribed: place calls until one shows up
+        if not calls or calls[-1] not in tail.stdout:
+            calls.append(originate(fs, "9196", presence_user="1009"))
+        return calls[-1] in tail.stdout
+
+    try:
+        wait_until(lambda: "following" in tail.stderr, timeout=10, message=tail.stderr)
+        wait_until(shown, timeout=20, interval=0.5, message=f"nothing shown:\n{tail.stderr}")
+        fs.kill()  # a crash: no disconnect notice, the socket just ends
+        wait_until(lambda: "lost FreeSWITCH connection" in tail.stderr, timeout=10,
+                   message=tail.stderr)
+        fs.start()
+        calls.append(originate(fs, "9196", presence_user="1009"))  # then more until one shows
+        wait_until(shown, timeout=60, interval=0.5,
+                   message=f"nothing shown after the restart:\n{tail.stderr}")
+        err = tail.stderr
+        assert err.count("lost FreeSWITCH connection") == 1, err
+        assert err.count("cannot connect to FreeSWITCH") <= 1, err
+        assert "Traceback" not in err
+        tail.proc.send_signal(signal.SIGINT)
+        assert tail.wait(timeout=10) == 0, tail.stderr
+        assert "Traceback" not in tail.stderr
+    finally:
+        tail.kill()
+        fs.api("hupall")
