@@ -293,8 +293,7 @@ class PresenceEngine:
                 except Exception as exc:  # one watcher's bad NOTIFY must not stop the others
                     self._notify_broken(sub, exc, now)
                     continue
-                sub.note = note
-                sub.noted_at = now
+                sub.note = note  # its answer lands there (presence/history.py)
             if note is not None:
                 obs.fanned(note, watchers, now)
 
@@ -772,8 +771,8 @@ class PresenceEngine:
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
         sub.inflight = None
-        if sub.note is not None:
-            sub.note.answered(sub, status, now)
+        if sub.note is not None and self.observer is not None:
+            self.observer.answered(sub, status, now)
         if status in NOTIFY_REMOVE_STATUSES:
             if sub.final_reason is None:
                 self.counters["subscriptions_removed_notify_rejected"] += 1
@@ -788,8 +787,8 @@ class PresenceEngine:
 
     def _notify_timed_out(self, sub: Subscription, now: float) -> None:
         sub.inflight = None
-        if sub.note is not None:
-            sub.note.answered(sub, 0, now)  # 0: timed out
+        if sub.note is not None and self.observer is not None:
+            self.observer.answered(sub, 0, now)  # 0: timed out
         self.counters["notify_timeouts"] += 1
         if sub.final_reason is None:
             self.counters["subscriptions_removed_notify_timeout"] += 1

@@ -58,6 +58,92 @@ SNAPSHOT_REPLACED = "terminated: missing from the switch's snapshot"
 
 
 
+# An entry is one flat list (cheap to build on the hot path; :class:`Entry` is its read view):
+_ID, _KIND, _PACKAGE, _AT, _WALL, _RECORD, _STATE, _STAMP, _ORIGIN, _EFFECT = range(10)
+_WATCHERS, _SENT, _COALESCED, _OK, _CODES, _LAT_MIN, _LAT_MAX, _WHO = range(10, 18)
+# per detailed watcher in its ``_WHO`` list, recorded when it answers: dialog tag, remote URI,
+# transport, its version after the send, sent at, answer, answered at
+_STRIDE = 7
+_DETAIL_LEN = DETAILED * _STRIDE
+
+
+def _record(id_: int, kind: str, package: str, at: float, wall: float,
+            record: str | None = None, state: str | None = None,
+            stamp: tuple = (None, None, None, None, None), origin: tuple | None = None,
+            effect: str = "") -> list:
+    """A new entry (the hot path of updates builds its list inline)."""
+    return [id_, kind, package, at, wall, record, state, stamp, origin, effect,
+            0, 0, 0, 0, None, 1e9, 0.0, None]
+
+
+class _Sent:
+    """What a NOTIFY sent apart from its entry's fan-out told (merged changes, refresh, final,
+    initial state): the entry (None: a change no entry describes) and when it went out. A
+    fan-out's NOTIFYs point at the entry itself: they went out at its time."""
+
+    __slots__ = ("rec", "at")
+
+    def __init__(self, rec: list | None, at: float) -> None:
+        self.rec = rec
+        self.at = at
+
+
+class Entry:
+    """A read-only view of one change of a presentity: its origin, the update, its effect, the
+    NOTIFYs it caused (built when reading; the history keeps the flat list ``rec``).
+
+    Few objects per entry, none pointing back at a subscription (subscriptions point at their
+    entry; the history stays acyclic, so gc.freeze() can hold it and refcounting frees it): the
+    first DETAILED watchers to answer are one flat list (:data:`_STRIDE` values each, taken
+    from the subscription when its answer arrives: nothing is kept per watcher at fan-out
+    time); every answer counts in ``ok``/``codes`` and the latency range."""
+
+    __slots__ = ("rec",)
+
+    def __init__(self, rec: list) -> None:
+        self.rec = rec
+
+    id = property(lambda self: self.rec[_ID])
+    kind = property(lambda self: self.rec[_KIND])
+    package = property(lambda self: self.rec[_PACKAGE])
+    at = property(lambda self: self.rec[_AT])
+    wall = property(lambda self: self.rec[_WALL])
+    record = property(lambda self: self.rec[_RECORD])
+    state = property(lambda self: self.rec[_STATE])
+    stamp = property(lambda self: self.rec[_STAMP])  # (bridge, epoch, sequence, switch, expires)
+    # (event, unique id, call state, event time us, bridge time us)
+    origin = property(lambda self: self.rec[_ORIGIN])
+    effect = property(lambda self: self.rec[_EFFECT])
+    watchers = property(lambda self: self.rec[_WATCHERS])
+    sent = property(lambda self: self.rec[_SENT])
+    coalesced = property(lambda self: self.rec[_COALESCED])
+    ok = property(lambda self: self.rec[_OK])
+    codes = property(lambda self: self.rec[_CODES])
+    lat_min = property(lambda self: self.rec[_LAT_MIN])
+    lat_max = property(lambda self: self.rec[_LAT_MAX])
+    who = property(lambda self: self.rec[_WHO])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Entry) and other.rec is self.rec
+
+    def __hash__(self) -> int:
+        return id(self.rec)
+
+    def answers_by_code(self) -> dict[int, int]:
+        """Answer code -> count (0: timed out)."""
+        counts = dict(self.rec[_CODES] or {})
+        if self.rec[_OK]:
+            counts[200] = self.rec[_OK]
+        return counts
+
+    def watches(self) -> list[Watch]:
+        return [Watch(self, i) for i in range(len(self.rec[_WHO] or ()) // _STRIDE)]
+
+    def watch_of(self, sub: Any) -> Watch | None:
+        index = _detail_of(self.rec, sub.tag)
+        return None if index is None else Watch(self, index)
+
+
 class Watch:
     """A read-only view of one detailed watcher's NOTIFY for one entry (built when reading)."""
 
@@ -67,101 +153,21 @@ class Watch:
     def __init__(self, entry: Entry, index: int) -> None:
         base = index * _STRIDE
         self.entry = entry
-        self.tag = entry.tags[index]
-        self.watcher, self.reliable, version, self.sent_at, self.status, self.answered_at = \
-            entry.who[base:base + _STRIDE]
+        self.tag, self.watcher, transport, version, self.sent_at, self.status, \
+            self.answered_at = entry.rec[_WHO][base:base + _STRIDE]
+        self.reliable = transport != "udp"
         self.version = version - 1 if version else None  # the version that NOTIFY carried
-        self.coalesced = self.sent_at != entry.at  # sent later: merged behind one in flight
+        self.coalesced = self.sent_at != entry.rec[_AT]  # sent later: merged behind one in flight
 
 
-# per detailed watcher in Entry.who (its dialog tag in Entry.tags), recorded when it answers:
-# remote URI, reliable transport, its version after the send, sent at, answer, answered at
-_STRIDE = 6
-
-
-class Entry:
-    """One change of a presentity: its origin, the update, its effect, the NOTIFYs it caused.
-
-    Few objects per entry, none pointing back at a subscription (subscriptions point at their
-    entry; the history stays acyclic, so gc.freeze() can hold it and refcounting frees it): the
-    first DETAILED watchers to answer are ``tags`` and one flat list ``who`` (:data:`_STRIDE`
-    values each, taken from the subscription when its answer arrives: nothing is kept per
-    watcher at fan-out time); every answer counts in ``ok``/``codes`` and the latency range."""
-
-    __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "stamp", "origin",
-                 "effect", "watchers", "sent", "coalesced", "tags", "who", "ok", "codes",
-                 "lat_min", "lat_max", "stage")
-
-    def __init__(self, id_: int, kind: str, package: str, at: float, wall: float,
-                 stage: Histogram, record: str | None = None, state: str | None = None,
-                 stamp: tuple = (None, None, None, None, None), origin: tuple | None = None,
-                 effect: str = "") -> None:
-        self.id = id_
-        self.kind = kind
-        self.package = package
-        self.at = at
-        self.wall = wall
-        self.record = record
-        self.state = state
-        self.stamp = stamp  # (bridge, epoch, sequence, switch, expires)
-        self.origin = origin  # (event, unique id, call state, event time us, bridge time us)
-        self.effect = effect
-        self.watchers = self.sent = self.coalesced = self.ok = 0
-        self.tags = self.who = self.codes = None
-        self.lat_min = 1e9
-        self.lat_max = 0.0
-        self.stage = stage
-
-    def answered(self, sub: Any, status: int, now: float) -> None:
-        """The final answer (status 0: timed out) to the NOTIFY this entry sent ``sub``."""
-        tags = self.tags
-        if tags is None:
-            tags = self.tags = []
-            self.who = []
-        latency = now - sub.noted_at
-        if len(tags) < DETAILED:
-            tag = sub.tag
-            if tag in tags:  # answered again (a refresh or merged change of the same entry)
-                base = tags.index(tag) * _STRIDE
-                self.who[base + 2:base + _STRIDE] = [sub.version, sub.noted_at, status, now]
-            else:
-                tags.append(tag)
-                self.who += (sub.remote_uri, sub.transport != "udp", sub.version, sub.noted_at,
-                             status, now)
-        elif status:  # beyond the detailed watchers: a latency range
-            if latency > self.lat_max:
-                self.lat_max = latency
-            if latency < self.lat_min:
-                self.lat_min = latency
-        if status == 200:
-            self.ok += 1
-        else:
-            codes = self.codes
-            if codes is None:
-                codes = self.codes = {}
-            codes[status] = codes.get(status, 0) + 1
-            if not status:
-                return
-        hist = self.stage
-        if latency >= 0.0:
-            hist.counts[bisect_left(hist.bounds, latency)] += 1
-            hist.total += latency
-
-    def answers_by_code(self) -> dict[int, int]:
-        """Answer code -> count (0: timed out)."""
-        counts = dict(self.codes or {})
-        if self.ok:
-            counts[200] = self.ok
-        return counts
-
-    def watches(self) -> list[Watch]:
-        return [Watch(self, i) for i in range(len(self.tags or ()))]
-
-    def watch_of(self, sub: Any) -> Watch | None:
-        tags = self.tags
-        if tags is not None and sub.tag in tags:
-            return Watch(self, tags.index(sub.tag))
-        return None
+def _detail_of(rec: list, tag: str) -> int | None:
+    """Index of the watcher ``tag`` among the entry's detailed watchers."""
+    who = rec[_WHO]
+    if who:
+        for index, base in enumerate(range(0, len(who), _STRIDE)):
+            if who[base] == tag:
+                return index
+    return None
 
 
 class Gap:
@@ -191,7 +197,7 @@ class History:
         self._applied_stage = self.stages["applied_to_notify"]
         self._subscribe_stage = self.stages["subscribe_to_notify"]
         self._bridge_stage = self.stages["bridge_to_applied"]
-        self.rings: OrderedDict[str, deque[Entry]] = OrderedDict()
+        self.rings: OrderedDict[str, deque[list]] = OrderedDict()  # entries: see _record
         self.entries = 0
         self.bytes = 0  # estimated, see ENTRY_BYTES
         self.dropped_rings = 0
@@ -207,11 +213,8 @@ class History:
         self._previous_on_gap: Callable | None = None
         self._counters: dict[str, int] = {"notify_sent": 0}
         self._sent_before = 0
-        self._recent: Entry | None = None  # the last update's entry, and its presentity
+        self._recent: list | None = None  # the last update's entry, and its presentity
         self._recent_at = ""
-        # answers to NOTIFYs no entry describes still reach the notify_to_answer histogram
-        self._sink = Entry(0, "sink", "", 0.0, 0.0, self._notify_stage)
-        self._sink.tags = [""] * DETAILED  # keeps no watcher one by one
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -233,15 +236,15 @@ class History:
 
     # -- the ring ---------------------------------------------------------------------------
 
-    def _entry(self, presentity: str, kind: str, package: str, now: float) -> Entry:
+    def _entry(self, presentity: str, kind: str, package: str, now: float, **fields: Any) -> list:
         self._seq += 1
-        entry = Entry(self._seq, kind, package, now, now + self.offset, self._notify_stage)
+        entry = _record(self._seq, kind, package, now, now + self.offset, **fields)
         self._add(presentity, entry)
         if kind != "subscribe":
             self._recent, self._recent_at = entry, presentity
         return entry
 
-    def _add(self, presentity: str, entry: Entry) -> None:
+    def _add(self, presentity: str, entry: list) -> None:
         rings = self.rings
         ring = rings.get(presentity)
         if ring is None:
@@ -271,10 +274,14 @@ class History:
         return self._seq
 
     def latest(self, package: str, presentity: str) -> Entry | None:
+        rec = self._latest(package, presentity)
+        return None if rec is None else Entry(rec)
+
+    def _latest(self, package: str, presentity: str) -> list | None:
         ring = self.rings.get(presentity)
         if ring:
             for entry in reversed(ring):
-                if entry.package == package and entry.kind != "subscribe":
+                if entry[_PACKAGE] == package and entry[_KIND] != "subscribe":
                     return entry
         return None
 
@@ -311,12 +318,11 @@ class History:
             get = raw.get
             origin = (get("Switch-Event"), get("Unique-ID"), get("Channel-Call-State"),
                       get("Event-Timestamp"), sent)
-        self._seq += 1
-        entry = self._recent = Entry(
-            self._seq, "update", update.package, now, wall, self._notify_stage,
-            update.record_id, state,
+        self._seq = seq = self._seq + 1
+        entry = self._recent = [
+            seq, "update", update.package, now, wall, update.record_id, state,
             (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
-             update.expires), origin, effect)
+             update.expires), origin, effect, 0, 0, 0, 0, None, 1e9, 0.0, None]  # _record
         presentity = self._recent_at = update.presentity
         rings = self.rings
         ring = rings.get(presentity)
@@ -340,25 +346,23 @@ class History:
         for update in snap.updates:
             key = (update.package, update.presentity)
             carried.add(key)
-            entry = self._entry(update.presentity, "snapshot", update.package, now)
-            entry.record = update.record_id
-            entry.state = update.data.get("State") or update.data.get("Messages-Waiting")
-            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
-                           update.expires)
-            entry.effect = SNAPSHOT_APPLIED if key in keys else SNAPSHOT_UNCHANGED
+            self._entry(update.presentity, "snapshot", update.package, now,
+                        record=update.record_id,
+                        state=update.data.get("State") or update.data.get("Messages-Waiting"),
+                        stamp=(snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                               update.expires),
+                        effect=SNAPSHOT_APPLIED if key in keys else SNAPSHOT_UNCHANGED)
         for package, presentity in keys - carried:
-            entry = self._entry(presentity, "snapshot", package, now)
-            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
-                           None)
-            entry.state = "terminated"
-            entry.effect = SNAPSHOT_REPLACED
+            self._entry(presentity, "snapshot", package, now, state="terminated",
+                        stamp=(snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                               None),
+                        effect=SNAPSHOT_REPLACED)
 
     def expired(self, keys: Iterable[tuple[str, str]], now: float) -> None:
         if not self.enabled:
             return
         for package, presentity in keys:
-            entry = self._entry(presentity, "expired", package, now)
-            entry.effect = EXPIRED
+            self._entry(presentity, "expired", package, now, effect=EXPIRED)
 
     def _note_gap(self, bridge: str | None, epoch: int | None, sequence: int | None,
                   now: float) -> None:
@@ -370,47 +374,128 @@ class History:
 
     # -- engine hooks: NOTIFYs --------------------------------------------------------------
 
-    def fanout(self, package: str, presentity: str, watchers: list, now: float) -> Entry:
+    def fanout(self, package: str, presentity: str, watchers: list, now: float) -> Any:
         """NOTIFYs for the latest change of (package, presentity) are about to go out; the
-        engine points every subscription it notifies at the returned entry, then calls
+        engine points every subscription it notifies at the returned note (the entry itself,
+        usually the one the update just made: its NOTIFYs go out at its time), then calls
         :meth:`fanned`."""
         self._sent_before = self._counters["notify_sent"]
-        entry = self._recent  # usually the entry the update just made
-        if entry is not None and entry.package == package and self._recent_at == presentity:
+        entry = self._recent
+        if (entry is not None and self._recent_at == presentity and entry[_PACKAGE] == package
+                and entry[_AT] == now and not entry[_WATCHERS]):
             return entry
-        entry = self.latest(package, presentity) if self.enabled else None
-        return self._sink if entry is None else entry  # sink: a change no entry describes
+        entry = self._latest(package, presentity) if self.enabled else None
+        if entry is not None and entry[_AT] == now and not entry[_WATCHERS]:
+            return entry
+        return _Sent(entry, now)  # None: a change no entry describes (histogram only)
 
-    def fanned(self, entry: Entry, watchers: list, now: float) -> None:
+    def fanned(self, note: Any, watchers: list, now: float) -> None:
         """After the fan-out: counts, the applied -> NOTIFY stage, the first watchers kept."""
         sent = self._counters["notify_sent"] - self._sent_before
-        if entry.watchers == 0:
-            self.bytes += WATCH_BYTES * min(len(watchers), DETAILED)
-        entry.watchers = len(watchers)
-        entry.sent += sent
-        entry.coalesced += len(watchers) - sent
+        entry = note if note.__class__ is list else note.rec
+        if entry is None:
+            return
+        count = len(watchers)
+        if not entry[_WATCHERS]:
+            self.bytes += WATCH_BYTES * (count if count < DETAILED else DETAILED)
+            if entry[_WHO] is None:
+                entry[_WHO] = []
+        entry[_WATCHERS] = count
+        entry[_SENT] += sent
+        entry[_COALESCED] += count - sent
+
+    def answered(self, sub: Any, status: int, now: float) -> None:
+        """The final answer (status 0: timed out) to the last NOTIFY sent ``sub``: the first
+        DETAILED watchers of its entry one by one, the rest counted per answer code with a
+        latency range; the notify_to_answer histogram (one bucket bumped)."""
+        entry = sub.note
+        if entry.__class__ is not list:  # sent apart from its entry's fan-out, or no entry
+            self._answered_apart(entry, sub, status, now)
+            return
+        latency = now - entry[_AT]
+        who = entry[_WHO]
+        if len(who) < _DETAIL_LEN:  # a fan-out's NOTIFY is answered once: no look-up
+            who += (sub.tag, sub.remote_uri, sub.transport, sub.version, entry[_AT], status,
+                    now)
+        elif status:  # beyond the detailed watchers: a latency range
+            if latency > entry[_LAT_MAX]:
+                entry[_LAT_MAX] = latency
+            if latency < entry[_LAT_MIN]:
+                entry[_LAT_MIN] = latency
+        if status == 200:
+            entry[_OK] += 1
+        else:
+            codes = entry[_CODES]
+            if codes is None:
+                codes = entry[_CODES] = {}
+            codes[status] = codes.get(status, 0) + 1
+            if not status:
+                return
+        if latency >= 0.0:
+            hist = self._notify_stage
+            hist.counts[bisect_left(hist.bounds, latency)] += 1
+            hist.total += latency
+
+    def _answered_apart(self, note: _Sent, sub: Any, status: int, now: float) -> None:
+        sent_at = note.at
+        latency = now - sent_at
+        entry = note.rec
+        if entry is not None:
+            who = entry[_WHO]
+            if who is None:
+                who = entry[_WHO] = []
+            index = _detail_of(entry, sub.tag)
+            if index is not None:  # answered again (a refresh or merged change of the entry)
+                base = index * _STRIDE
+                who[base + 3:base + _STRIDE] = [sub.version, sent_at, status, now]
+            elif len(who) < _DETAIL_LEN:
+                who += (sub.tag, sub.remote_uri, sub.transport, sub.version, sent_at, status,
+                        now)
+            elif status:
+                entry[_LAT_MAX] = max(entry[_LAT_MAX], latency)
+                entry[_LAT_MIN] = min(entry[_LAT_MIN], latency)
+            if status == 200:
+                entry[_OK] += 1
+            else:
+                codes = entry[_CODES]
+                if codes is None:
+                    codes = entry[_CODES] = {}
+                codes[status] = codes.get(status, 0) + 1
+        if status and latency >= 0.0:
+            hist = self._notify_stage
+            hist.counts[bisect_left(hist.bounds, latency)] += 1
+            hist.total += latency
 
     def resent(self, sub: Any, now: float, coalesced: bool) -> None:
         """A NOTIFY outside a fan-out (merged changes, refresh, final): points ``sub`` at the
         presentity's latest entry."""
-        entry = self.latest(sub.package.name, sub.presentity) if self.enabled else None
-        if entry is None:
-            entry = self._sink
-        elif coalesced:
-            entry.sent += 1
-            self.pending.append((self._applied_stage, entry.at, 1))
-        sub.note, sub.noted_at = entry, now
+        entry = self._latest(sub.package.name, sub.presentity) if self.enabled else None
+        if entry is not None and coalesced:
+            entry[_SENT] += 1
+            self.pending.append((self._applied_stage, entry[_AT], 1))
+        sub.note = _Sent(entry, now)
 
     def subscribed(self, sub: Any, now: float, watchers: int) -> None:
         """A SUBSCRIBE's initial NOTIFY was queued (``watchers``: now watching the presentity)."""
         self.pending.append((self._subscribe_stage, now, 1))
-        entry = self._sink
         if self.enabled and watchers <= DETAILED:  # a crowd of SUBSCRIBEs must not evict changes
-            entry = self._entry(sub.presentity, "subscribe", sub.package.name, now)
-            entry.effect = "subscribed" if sub.final_reason is None else "fetched"
-            entry.watchers = entry.sent = 1
+            entry = self._entry(sub.presentity, "subscribe", sub.package.name, now,
+                                effect="subscribed" if sub.final_reason is None else "fetched")
+            entry[_WATCHERS] = entry[_SENT] = 1
+            entry[_WHO] = []
             self.bytes += WATCH_BYTES
-        sub.note, sub.noted_at = entry, now
+            sub.note = entry  # sent at the entry's time
+        else:
+            sub.note = _Sent(None, now)
+
+    def told(self, sub: Any) -> tuple[Entry | None, float | None]:
+        """What the last NOTIFY sent ``sub`` told (its entry, if any) and when it was sent."""
+        note = sub.note
+        if note is None:
+            return None, None
+        if note.__class__ is list:
+            return Entry(note), note[_AT]
+        return (None if note.rec is None else Entry(note.rec)), note.at
 
     def applied(self, started: float, now: float, sent: int) -> None:
         """The node applied updates at ``started`` and handed their ``sent`` NOTIFYs to the
@@ -426,7 +511,7 @@ class History:
     # -- reading ----------------------------------------------------------------------------
 
     def ring(self, presentity: str) -> list[Entry]:
-        return list(self.rings.get(presentity, ()))
+        return [Entry(rec) for rec in self.rings.get(presentity, ())]
 
     def presentities(self) -> Iterator[str]:
         return iter(list(self.rings))
@@ -449,8 +534,8 @@ class History:
         return count
 
 
-def _cost(entry: Entry) -> int:
-    return ENTRY_BYTES + WATCH_BYTES * min(entry.watchers, DETAILED)
+def _cost(entry: list) -> int:
+    return ENTRY_BYTES + WATCH_BYTES * min(entry[_WATCHERS], DETAILED)
 
 
 def _int(value: Any) -> int | None:

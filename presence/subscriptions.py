@@ -40,7 +40,6 @@ class Subscription:
         "final_reason",
         "source",
         "note",
-        "noted_at",
     )
 
     def __init__(
@@ -81,8 +80,8 @@ class Subscription:
         self.dirty = False  # state changed while a NOTIFY was in flight
         self.final_reason: str | None = None  # set once terminated: the reason of the last NOTIFY
         self.source = source
-        self.note: object = None  # presence.history: what the last NOTIFY told (answers go there)
-        self.noted_at = 0.0
+        # presence.history: what the last NOTIFY told, and when it went out (answers go there)
+        self.note: object = None
 
     def as_dict(self, now: float) -> dict:
         """A JSON-able view for the admin API."""
