@@ -788,7 +788,7 @@ class PresenceEngine:
     def _notify_timed_out(self, sub: Subscription, now: float) -> None:
         sub.inflight = None
         if sub.note is not None and self.observer is not None:
-            self.observer.answered(sub, 0, now)  # 0: timed out
+            self.observer.timed_out(sub, now)
         self.counters["notify_timeouts"] += 1
         if sub.final_reason is None:
             self.counters["subscriptions_removed_notify_timeout"] += 1

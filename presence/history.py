@@ -27,7 +27,6 @@ presentities changed longest ago are dropped first.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -44,6 +43,9 @@ ENTRY_BYTES = 800
 WATCH_BYTES = 96
 DEFAULT_MEMORY_MB = 128
 TIMEOUT = 0  # "answer code" of a NOTIFY that timed out (Timer F)
+# the wall clock is read again after this many seconds (engine clock) without a reading
+OFFSET_REFRESH = 1.0
+SETTLE_AT = 4096  # NOTIFY -> answer times queued before they are folded into the histogram
 
 # effects of an update on the records
 APPLIED = "applied"
@@ -130,10 +132,14 @@ class Entry:
         return id(self.rec)
 
     def answers_by_code(self) -> dict[int, int]:
-        """Answer code -> count (0: timed out)."""
+        """Answer code -> count (0: timed out): the detailed watchers' answers, and the
+        others' counts."""
         counts = dict(self.rec[_CODES] or {})
         if self.rec[_OK]:
             counts[200] = self.rec[_OK]
+        who = self.rec[_WHO] or ()
+        for status in who[5::_STRIDE]:
+            counts[status] = counts.get(status, 0) + 1
         return counts
 
     def watches(self) -> list[Watch]:
@@ -184,6 +190,12 @@ class Gap:
 class History:
     """Rings of :class:`Entry` per presentity, the recent sequence gaps, the stage histograms."""
 
+    __slots__ = ("per_presentity", "max_bytes", "enabled", "wall", "stages", "_notify_stage",
+                 "_waits", "_applied_stage", "_subscribe_stage", "_bridge_stage", "rings",
+                 "entries", "bytes", "dropped_rings", "gaps", "skip_sources", "t1", "t2",
+                 "offset", "_offset_at", "pending", "_seq", "_gap", "_stale", "_tomb", "_state",
+                 "_previous_on_gap", "_counters", "_sent_before", "_recent", "_recent_at")
+
     def __init__(self, *, per_presentity: int = DEFAULT_PER_PRESENTITY,
                  max_bytes: int = DEFAULT_MEMORY_MB * 2**20,
                  wall: Callable[[], float] = time.time,
@@ -194,6 +206,7 @@ class History:
         self.wall = wall
         self.stages = stages or StageHistograms()
         self._notify_stage = self.stages["notify_to_answer"]
+        self._waits = self._notify_stage.pending  # NOTIFY -> answer times, settled in bulk
         self._applied_stage = self.stages["applied_to_notify"]
         self._subscribe_stage = self.stages["subscribe_to_notify"]
         self._bridge_stage = self.stages["bridge_to_applied"]
@@ -204,7 +217,8 @@ class History:
         self.gaps: deque[Gap] = deque(maxlen=64)
         self.skip_sources: list[Any] = []  # objects with .matching(user) (bridge skip logs)
         self.t1, self.t2 = 0.5, 4.0
-        self.offset = wall() - time.monotonic()  # wall - engine clock, refreshed per update
+        self.offset = wall() - time.monotonic()  # wall - engine clock, refreshed by updates
+        self._offset_at = float("-inf")  # engine time of the last refresh (OFFSET_REFRESH)
         self.pending: list[tuple[Histogram, float, int]] = []
         self._seq = 0
         self._gap: tuple[str, int] | None = None
@@ -289,12 +303,19 @@ class History:
 
     def updated(self, update: Any, keys: set, now: float) -> None:
         """One update was applied (``keys``: what changed)."""
-        wall = self.wall()
-        self.offset = wall - now
         raw = update.raw
         sent = raw.get("Bridge-Timestamp")
-        if sent is not None and type(sent) is int:
+        if sent is not None and type(sent) is int:  # the stage needs the wall clock now
+            wall = self.wall()
+            self.offset = wall - now
+            self._offset_at = now
             self._bridge_stage.observe(wall - sent / 1e6)
+        elif now - self._offset_at < OFFSET_REFRESH:
+            wall = now + self.offset
+        else:
+            wall = self.wall()
+            self.offset = wall - now
+            self._offset_at = now
         if self._gap is not None:
             self._note_gap(update.bridge_id, update.bridge_epoch, update.sequence, now)
         if not self.enabled:
@@ -339,6 +360,7 @@ class History:
     def snapshot(self, snap: Any, keys: set, now: float) -> None:
         """A switch snapshot was applied: one entry per record it carried or terminated."""
         self.offset = self.wall() - now
+        self._offset_at = now
         self._note_gap(snap.bridge_id, snap.bridge_epoch, snap.sequence, now)
         if not self.enabled:
             return
@@ -403,25 +425,28 @@ class History:
         entry[_WATCHERS] = count
         entry[_SENT] += sent
         entry[_COALESCED] += count - sent
+        if len(self._waits) > SETTLE_AT:
+            self._notify_stage.settle()
 
     def answered(self, sub: Any, status: int, now: float) -> None:
-        """The final answer (status 0: timed out) to the last NOTIFY sent ``sub``: the first
-        DETAILED watchers of its entry one by one, the rest counted per answer code with a
-        latency range; the notify_to_answer histogram (one bucket bumped)."""
+        """The final answer to the last NOTIFY sent ``sub``: the first DETAILED watchers of its
+        entry one by one, the rest counted per answer code with a latency range; the
+        notify_to_answer histogram (its value queued: :meth:`Histogram.settle`)."""
         entry = sub.note
-        if entry.__class__ is not list:  # sent apart from its entry's fan-out, or no entry
-            self._answered_apart(entry, sub, status, now)
+        if type(entry) is not list:  # sent apart from its entry's fan-out, or no entry
+            self._answer(entry.rec, sub, status, now, entry.at)
             return
         latency = now - entry[_AT]
+        self._waits.append(latency)
         who = entry[_WHO]
         if len(who) < _DETAIL_LEN:  # a fan-out's NOTIFY is answered once: no look-up
             who += (sub.tag, sub.remote_uri, sub.transport, sub.version, entry[_AT], status,
                     now)
-        elif status:  # beyond the detailed watchers: a latency range
-            if latency > entry[_LAT_MAX]:
-                entry[_LAT_MAX] = latency
-            if latency < entry[_LAT_MIN]:
-                entry[_LAT_MIN] = latency
+            return
+        if latency > entry[_LAT_MAX]:  # beyond the detailed watchers: a latency range
+            entry[_LAT_MAX] = latency
+        if latency < entry[_LAT_MIN]:
+            entry[_LAT_MIN] = latency
         if status == 200:
             entry[_OK] += 1
         else:
@@ -429,46 +454,51 @@ class History:
             if codes is None:
                 codes = entry[_CODES] = {}
             codes[status] = codes.get(status, 0) + 1
-            if not status:
-                return
-        if latency >= 0.0:
-            hist = self._notify_stage
-            hist.counts[bisect_left(hist.bounds, latency)] += 1
-            hist.total += latency
 
-    def _answered_apart(self, note: _Sent, sub: Any, status: int, now: float) -> None:
-        sent_at = note.at
+    def timed_out(self, sub: Any, now: float) -> None:
+        """The last NOTIFY sent ``sub`` was never answered (Timer F)."""
+        note = sub.note
+        if type(note) is list:
+            self._answer(note, sub, TIMEOUT, now, note[_AT])
+        else:
+            self._answer(note.rec, sub, TIMEOUT, now, note.at)
+
+    def _answer(self, entry: list | None, sub: Any, status: int, now: float,
+                sent_at: float) -> None:
+        """An answer (or timeout) to a NOTIFY sent at ``sent_at`` about ``entry``, which may
+        have recorded this watcher before (a refresh or merged change of the same entry)."""
         latency = now - sent_at
-        entry = note.rec
-        if entry is not None:
-            who = entry[_WHO]
-            if who is None:
-                who = entry[_WHO] = []
-            index = _detail_of(entry, sub.tag)
-            if index is not None:  # answered again (a refresh or merged change of the entry)
-                base = index * _STRIDE
-                who[base + 3:base + _STRIDE] = [sub.version, sent_at, status, now]
-            elif len(who) < _DETAIL_LEN:
-                who += (sub.tag, sub.remote_uri, sub.transport, sub.version, sent_at, status,
-                        now)
-            elif status:
-                entry[_LAT_MAX] = max(entry[_LAT_MAX], latency)
-                entry[_LAT_MIN] = min(entry[_LAT_MIN], latency)
-            if status == 200:
-                entry[_OK] += 1
-            else:
-                codes = entry[_CODES]
-                if codes is None:
-                    codes = entry[_CODES] = {}
-                codes[status] = codes.get(status, 0) + 1
-        if status and latency >= 0.0:
-            hist = self._notify_stage
-            hist.counts[bisect_left(hist.bounds, latency)] += 1
-            hist.total += latency
+        if status:
+            self._waits.append(latency)
+        if entry is None:  # a change no entry describes: the histogram only
+            return
+        who = entry[_WHO]
+        if who is None:
+            who = entry[_WHO] = []
+        index = _detail_of(entry, sub.tag)
+        if index is not None:  # answered again
+            base = index * _STRIDE
+            who[base + 3:base + _STRIDE] = [sub.version, sent_at, status, now]
+            return
+        if len(who) < _DETAIL_LEN:
+            who += (sub.tag, sub.remote_uri, sub.transport, sub.version, sent_at, status, now)
+            return
+        if status:
+            entry[_LAT_MAX] = max(entry[_LAT_MAX], latency)
+            entry[_LAT_MIN] = min(entry[_LAT_MIN], latency)
+        if status == 200:
+            entry[_OK] += 1
+        else:
+            codes = entry[_CODES]
+            if codes is None:
+                codes = entry[_CODES] = {}
+            codes[status] = codes.get(status, 0) + 1
 
     def resent(self, sub: Any, now: float, coalesced: bool) -> None:
         """A NOTIFY outside a fan-out (merged changes, refresh, final): points ``sub`` at the
         presentity's latest entry."""
+        if len(self._waits) > SETTLE_AT:
+            self._notify_stage.settle()
         entry = self._latest(sub.package.name, sub.presentity) if self.enabled else None
         if entry is not None and coalesced:
             entry[_SENT] += 1
@@ -478,6 +508,8 @@ class History:
     def subscribed(self, sub: Any, now: float, watchers: int) -> None:
         """A SUBSCRIBE's initial NOTIFY was queued (``watchers``: now watching the presentity)."""
         self.pending.append((self._subscribe_stage, now, 1))
+        if len(self._waits) > SETTLE_AT:
+            self._notify_stage.settle()
         if self.enabled and watchers <= DETAILED:  # a crowd of SUBSCRIBEs must not evict changes
             entry = self._entry(sub.presentity, "subscribe", sub.package.name, now,
                                 effect="subscribed" if sub.final_reason is None else "fetched")
