@@ -287,15 +287,17 @@ class PresenceEngine:
             for sub in watchers:
                 if sub.inflight is not None:
                     sub.dirty = True
+                    if note is not None:
+                        obs.merged(note)
                     continue
                 try:
                     self._send_notify(sub, body, now)
                 except Exception as exc:  # one watcher's bad NOTIFY must not stop the others
                     self._notify_broken(sub, exc, now)
+                    if note is not None:
+                        obs.merged(note)
                     continue
                 sub.note = note  # its answer lands there (presence/history.py)
-            if note is not None:
-                obs.fanned(note, watchers, now)
 
     # -- SIP input ----------------------------------------------------------------------------
 

@@ -62,11 +62,11 @@ SNAPSHOT_REPLACED = "terminated: missing from the switch's snapshot"
 
 # An entry is one flat list (cheap to build on the hot path; :class:`Entry` is its read view):
 _ID, _KIND, _PACKAGE, _AT, _WALL, _RECORD, _STATE, _STAMP, _ORIGIN, _EFFECT = range(10)
-_WATCHERS, _SENT, _COALESCED, _OK, _CODES, _LAT_MIN, _LAT_MAX, _WHO = range(10, 18)
-# per detailed watcher in its ``_WHO`` list, recorded when it answers: dialog tag, remote URI,
+_WATCHERS, _SENT, _COALESCED, _OK, _CODES, _LAT_MIN, _LAT_MAX = range(10, 17)
+_WHO = 17  # then per detailed watcher, appended when it answers: dialog tag, remote URI,
 # transport, its version after the send, sent at, answer, answered at
 _STRIDE = 7
-_DETAIL_LEN = DETAILED * _STRIDE
+_FULL = _WHO + DETAILED * _STRIDE  # the length of an entry with DETAILED watchers recorded
 
 
 def _record(id_: int, kind: str, package: str, at: float, wall: float,
@@ -75,7 +75,7 @@ def _record(id_: int, kind: str, package: str, at: float, wall: float,
             effect: str = "") -> list:
     """A new entry (the hot path of updates builds its list inline)."""
     return [id_, kind, package, at, wall, record, state, stamp, origin, effect,
-            0, 0, 0, 0, None, 1e9, 0.0, None]
+            0, 0, 0, 0, None, 1e9, 0.0]
 
 
 class _Sent:
@@ -123,7 +123,7 @@ class Entry:
     codes = property(lambda self: self.rec[_CODES])
     lat_min = property(lambda self: self.rec[_LAT_MIN])
     lat_max = property(lambda self: self.rec[_LAT_MAX])
-    who = property(lambda self: self.rec[_WHO])
+    who = property(lambda self: self.rec[_WHO:])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Entry) and other.rec is self.rec
@@ -137,13 +137,12 @@ class Entry:
         counts = dict(self.rec[_CODES] or {})
         if self.rec[_OK]:
             counts[200] = self.rec[_OK]
-        who = self.rec[_WHO] or ()
-        for status in who[5::_STRIDE]:
+        for status in self.rec[_WHO + 5::_STRIDE]:
             counts[status] = counts.get(status, 0) + 1
         return counts
 
     def watches(self) -> list[Watch]:
-        return [Watch(self, i) for i in range(len(self.rec[_WHO] or ()) // _STRIDE)]
+        return [Watch(self, i) for i in range((len(self.rec) - _WHO) // _STRIDE)]
 
     def watch_of(self, sub: Any) -> Watch | None:
         index = _detail_of(self.rec, sub.tag)
@@ -157,10 +156,10 @@ class Watch:
                  "coalesced", "reliable")
 
     def __init__(self, entry: Entry, index: int) -> None:
-        base = index * _STRIDE
+        base = _WHO + index * _STRIDE
         self.entry = entry
         self.tag, self.watcher, transport, version, self.sent_at, self.status, \
-            self.answered_at = entry.rec[_WHO][base:base + _STRIDE]
+            self.answered_at = entry.rec[base:base + _STRIDE]
         self.reliable = transport != "udp"
         self.version = version - 1 if version else None  # the version that NOTIFY carried
         self.coalesced = self.sent_at != entry.rec[_AT]  # sent later: merged behind one in flight
@@ -168,11 +167,9 @@ class Watch:
 
 def _detail_of(rec: list, tag: str) -> int | None:
     """Index of the watcher ``tag`` among the entry's detailed watchers."""
-    who = rec[_WHO]
-    if who:
-        for index, base in enumerate(range(0, len(who), _STRIDE)):
-            if who[base] == tag:
-                return index
+    for index, base in enumerate(range(_WHO, len(rec), _STRIDE)):
+        if rec[base] == tag:
+            return index
     return None
 
 
@@ -194,7 +191,7 @@ class History:
                  "_waits", "_applied_stage", "_subscribe_stage", "_bridge_stage", "rings",
                  "entries", "bytes", "dropped_rings", "gaps", "skip_sources", "t1", "t2",
                  "offset", "_offset_at", "pending", "_seq", "_gap", "_stale", "_tomb", "_state",
-                 "_previous_on_gap", "_counters", "_sent_before", "_recent", "_recent_at")
+                 "_previous_on_gap", "_counters", "_recent", "_recent_at")
 
     def __init__(self, *, per_presentity: int = DEFAULT_PER_PRESENTITY,
                  max_bytes: int = DEFAULT_MEMORY_MB * 2**20,
@@ -226,7 +223,6 @@ class History:
         self._state: Any = None
         self._previous_on_gap: Callable | None = None
         self._counters: dict[str, int] = {"notify_sent": 0}
-        self._sent_before = 0
         self._recent: list | None = None  # the last update's entry, and its presentity
         self._recent_at = ""
 
@@ -343,7 +339,7 @@ class History:
         entry = self._recent = [
             seq, "update", update.package, now, wall, update.record_id, state,
             (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
-             update.expires), origin, effect, 0, 0, 0, 0, None, 1e9, 0.0, None]  # _record
+             update.expires), origin, effect, 0, 0, 0, 0, None, 1e9, 0.0]  # _record
         presentity = self._recent_at = update.presentity
         rings = self.rings
         ring = rings.get(presentity)
@@ -397,36 +393,37 @@ class History:
     # -- engine hooks: NOTIFYs --------------------------------------------------------------
 
     def fanout(self, package: str, presentity: str, watchers: list, now: float) -> Any:
-        """NOTIFYs for the latest change of (package, presentity) are about to go out; the
-        engine points every subscription it notifies at the returned note (the entry itself,
-        usually the one the update just made: its NOTIFYs go out at its time), then calls
-        :meth:`fanned`."""
-        self._sent_before = self._counters["notify_sent"]
+        """NOTIFYs for the latest change of (package, presentity) are about to go out to
+        ``watchers``; the engine points every subscription it notifies at the returned note
+        (the entry itself, usually the one the update just made: its NOTIFYs go out at its
+        time) and reports each watcher it could not notify (:meth:`merged`)."""
         entry = self._recent
-        if (entry is not None and self._recent_at == presentity and entry[_PACKAGE] == package
-                and entry[_AT] == now and not entry[_WATCHERS]):
-            return entry
-        entry = self._latest(package, presentity) if self.enabled else None
-        if entry is not None and entry[_AT] == now and not entry[_WATCHERS]:
-            return entry
-        return _Sent(entry, now)  # None: a change no entry describes (histogram only)
+        if (entry is None or self._recent_at != presentity or entry[_PACKAGE] != package
+                or entry[_AT] != now or entry[_WATCHERS]):
+            entry = self._latest(package, presentity) if self.enabled else None
+            if entry is None or entry[_AT] != now or entry[_WATCHERS]:
+                note = _Sent(entry, now)  # None: a change no entry describes (histogram only)
+                if entry is not None:
+                    self._count(entry, len(watchers))
+                return note
+        self._count(entry, len(watchers))
+        return entry
 
-    def fanned(self, note: Any, watchers: list, now: float) -> None:
-        """After the fan-out: counts, the applied -> NOTIFY stage, the first watchers kept."""
-        sent = self._counters["notify_sent"] - self._sent_before
-        entry = note if note.__class__ is list else note.rec
-        if entry is None:
-            return
-        count = len(watchers)
+    def _count(self, entry: list, count: int) -> None:
         if not entry[_WATCHERS]:
             self.bytes += WATCH_BYTES * (count if count < DETAILED else DETAILED)
-            if entry[_WHO] is None:
-                entry[_WHO] = []
         entry[_WATCHERS] = count
-        entry[_SENT] += sent
-        entry[_COALESCED] += count - sent
+        entry[_SENT] += count
         if len(self._waits) > SETTLE_AT:
             self._notify_stage.settle()
+
+    def merged(self, note: Any) -> None:
+        """One watcher of the fan-out that returned ``note`` was not sent its NOTIFY now: one
+        is in flight (this change goes out merged after it), or it could not be built."""
+        entry = note if type(note) is list else note.rec
+        if entry is not None:
+            entry[_SENT] -= 1
+            entry[_COALESCED] += 1
 
     def answered(self, sub: Any, status: int, now: float) -> None:
         """The final answer to the last NOTIFY sent ``sub``: the first DETAILED watchers of its
@@ -438,10 +435,9 @@ class History:
             return
         latency = now - entry[_AT]
         self._waits.append(latency)
-        who = entry[_WHO]
-        if len(who) < _DETAIL_LEN:  # a fan-out's NOTIFY is answered once: no look-up
-            who += (sub.tag, sub.remote_uri, sub.transport, sub.version, entry[_AT], status,
-                    now)
+        if len(entry) < _FULL:  # a fan-out's NOTIFY is answered once: no look-up
+            entry += (sub.tag, sub.remote_uri, sub.transport, sub.version, entry[_AT], status,
+                      now)
             return
         if latency > entry[_LAT_MAX]:  # beyond the detailed watchers: a latency range
             entry[_LAT_MAX] = latency
@@ -472,16 +468,13 @@ class History:
             self._waits.append(latency)
         if entry is None:  # a change no entry describes: the histogram only
             return
-        who = entry[_WHO]
-        if who is None:
-            who = entry[_WHO] = []
         index = _detail_of(entry, sub.tag)
         if index is not None:  # answered again
-            base = index * _STRIDE
-            who[base + 3:base + _STRIDE] = [sub.version, sent_at, status, now]
+            base = _WHO + index * _STRIDE
+            entry[base + 3:base + _STRIDE] = [sub.version, sent_at, status, now]
             return
-        if len(who) < _DETAIL_LEN:
-            who += (sub.tag, sub.remote_uri, sub.transport, sub.version, sent_at, status, now)
+        if len(entry) < _FULL:
+            entry += (sub.tag, sub.remote_uri, sub.transport, sub.version, sent_at, status, now)
             return
         if status:
             entry[_LAT_MAX] = max(entry[_LAT_MAX], latency)
@@ -514,7 +507,6 @@ class History:
             entry = self._entry(sub.presentity, "subscribe", sub.package.name, now,
                                 effect="subscribed" if sub.final_reason is None else "fetched")
             entry[_WATCHERS] = entry[_SENT] = 1
-            entry[_WHO] = []
             self.bytes += WATCH_BYTES
             sub.note = entry  # sent at the entry's time
         else:
