@@ -78,16 +78,11 @@ def _record(id_: int, kind: str, package: str, at: float, wall: float,
             0, 0, 0, 0, None, 1e9, 0.0]
 
 
-class _Sent:
+def _ticket(rec: list | None, at: float) -> list:
     """What a NOTIFY sent apart from its entry's fan-out told (merged changes, refresh, final,
-    initial state): the entry (None: a change no entry describes) and when it went out. A
-    fan-out's NOTIFYs point at the entry itself: they went out at its time."""
-
-    __slots__ = ("rec", "at")
-
-    def __init__(self, rec: list | None, at: float) -> None:
-        self.rec = rec
-        self.at = at
+    initial state): [entry (None: a change no entry describes), sent at]. A fan-out's NOTIFYs
+    point at the entry itself (a longer list): they went out at its time."""
+    return [rec, at]
 
 
 class Entry:
@@ -402,7 +397,7 @@ class History:
                 or entry[_AT] != now or entry[_WATCHERS]):
             entry = self._latest(package, presentity) if self.enabled else None
             if entry is None or entry[_AT] != now or entry[_WATCHERS]:
-                note = _Sent(entry, now)  # None: a change no entry describes (histogram only)
+                note = _ticket(entry, now)  # None: no entry describes it (histogram only)
                 if entry is not None:
                     self._count(entry, len(watchers))
                 return note
@@ -420,7 +415,7 @@ class History:
     def merged(self, note: Any) -> None:
         """One watcher of the fan-out that returned ``note`` was not sent its NOTIFY now: one
         is in flight (this change goes out merged after it), or it could not be built."""
-        entry = note if type(note) is list else note.rec
+        entry = note[0] if len(note) == 2 else note
         if entry is not None:
             entry[_SENT] -= 1
             entry[_COALESCED] += 1
@@ -430,15 +425,18 @@ class History:
         entry one by one, the rest counted per answer code with a latency range; the
         notify_to_answer histogram (its value queued: :meth:`Histogram.settle`)."""
         entry = sub.note
-        if type(entry) is not list:  # sent apart from its entry's fan-out, or no entry
-            self._answer(entry.rec, sub, status, now, entry.at)
+        size = len(entry)
+        if size < _FULL:
+            if size == 2:  # a ticket: sent apart from its entry's fan-out, or no entry
+                self._answer(entry[0], sub, status, now, entry[1])
+                return
+            at = entry[_AT]
+            self._waits.append(now - at)
+            # a fan-out's NOTIFY is answered once: no look-up
+            entry += (sub.tag, sub.remote_uri, sub.transport, sub.version, at, status, now)
             return
         latency = now - entry[_AT]
         self._waits.append(latency)
-        if len(entry) < _FULL:  # a fan-out's NOTIFY is answered once: no look-up
-            entry += (sub.tag, sub.remote_uri, sub.transport, sub.version, entry[_AT], status,
-                      now)
-            return
         if latency > entry[_LAT_MAX]:  # beyond the detailed watchers: a latency range
             entry[_LAT_MAX] = latency
         if latency < entry[_LAT_MIN]:
@@ -454,10 +452,10 @@ class History:
     def timed_out(self, sub: Any, now: float) -> None:
         """The last NOTIFY sent ``sub`` was never answered (Timer F)."""
         note = sub.note
-        if type(note) is list:
-            self._answer(note, sub, TIMEOUT, now, note[_AT])
+        if len(note) == 2:
+            self._answer(note[0], sub, TIMEOUT, now, note[1])
         else:
-            self._answer(note.rec, sub, TIMEOUT, now, note.at)
+            self._answer(note, sub, TIMEOUT, now, note[_AT])
 
     def _answer(self, entry: list | None, sub: Any, status: int, now: float,
                 sent_at: float) -> None:
@@ -496,7 +494,7 @@ class History:
         if entry is not None and coalesced:
             entry[_SENT] += 1
             self.pending.append((self._applied_stage, entry[_AT], 1))
-        sub.note = _Sent(entry, now)
+        sub.note = _ticket(entry, now)
 
     def subscribed(self, sub: Any, now: float, watchers: int) -> None:
         """A SUBSCRIBE's initial NOTIFY was queued (``watchers``: now watching the presentity)."""
@@ -510,16 +508,16 @@ class History:
             self.bytes += WATCH_BYTES
             sub.note = entry  # sent at the entry's time
         else:
-            sub.note = _Sent(None, now)
+            sub.note = _ticket(None, now)
 
     def told(self, sub: Any) -> tuple[Entry | None, float | None]:
         """What the last NOTIFY sent ``sub`` told (its entry, if any) and when it was sent."""
         note = sub.note
         if note is None:
             return None, None
-        if note.__class__ is list:
+        if len(note) != 2:
             return Entry(note), note[_AT]
-        return (None if note.rec is None else Entry(note.rec)), note.at
+        return (None if note[0] is None else Entry(note[0])), note[1]
 
     def applied(self, started: float, now: float, sent: int) -> None:
         """The node applied updates at ``started`` and handed their ``sent`` NOTIFYs to the
