@@ -773,8 +773,9 @@ class PresenceEngine:
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
         sub.inflight = None
-        if sub.note is not None and self.observer is not None:
-            self.observer.answered(sub, status, now)
+        obs = self.observer
+        if obs is not None and sub.note is not None:
+            obs.answered(sub, status, now)
         if status in NOTIFY_REMOVE_STATUSES:
             if sub.final_reason is None:
                 self.counters["subscriptions_removed_notify_rejected"] += 1

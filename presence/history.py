@@ -110,7 +110,14 @@ class Entry:
     stamp = property(lambda self: self.rec[_STAMP])  # (bridge, epoch, sequence, switch, expires)
     # (event, unique id, call state, event time us, bridge time us)
     origin = property(lambda self: self.rec[_ORIGIN])
-    effect = property(lambda self: self.rec[_EFFECT])
+    @property
+    def effect(self) -> str:
+        effect = self.rec[_EFFECT]
+        if effect is None:  # an update that changed the records: applied, or ended the call
+            expires = self.rec[_STAMP][4]
+            return TERMINATED if self.rec[_STATE] == "terminated" or (
+                expires is not None and expires <= 0) else APPLIED
+        return effect
     watchers = property(lambda self: self.rec[_WATCHERS])
     sent = property(lambda self: self.rec[_SENT])
     coalesced = property(lambda self: self.rec[_COALESCED])
@@ -314,8 +321,7 @@ class History:
         data = update.data
         state = data.get("State") or data.get("Messages-Waiting")
         if keys:
-            effect = TERMINATED if state == "terminated" or (
-                update.expires is not None and update.expires <= 0) else APPLIED
+            effect = None  # APPLIED or TERMINATED, told by the state and Expires when read
         else:  # nothing changed: the state's counters say why
             stats = self._state.stats
             if stats.stale_dropped != self._stale:
@@ -401,7 +407,11 @@ class History:
                 if entry is not None:
                     self._count(entry, len(watchers))
                 return note
-        self._count(entry, len(watchers))
+        count = len(watchers)  # as _count does, inline: a fan-out's first count
+        self.bytes += WATCH_BYTES * (count if count < DETAILED else DETAILED)
+        entry[_WATCHERS] = entry[_SENT] = count
+        if len(self._waits) > SETTLE_AT:
+            self._notify_stage.settle()
         return entry
 
     def _count(self, entry: list, count: int) -> None:
