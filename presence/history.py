@@ -191,7 +191,7 @@ class History:
 
     __slots__ = ("per_presentity", "max_bytes", "enabled", "wall", "stages", "_notify_stage",
                  "_waits", "_applied_stage", "_subscribe_stage", "_bridge_stage", "rings",
-                 "entries", "bytes", "dropped_rings", "gaps", "skip_sources", "t1", "t2",
+                 "_gone", "bytes", "dropped_rings", "gaps", "skip_sources", "t1", "t2",
                  "offset", "_offset_at", "pending", "_seq", "_gap", "_stale", "_tomb", "_state",
                  "_previous_on_gap", "_counters", "_recent", "_recent_at")
 
@@ -210,7 +210,7 @@ class History:
         self._subscribe_stage = self.stages["subscribe_to_notify"]
         self._bridge_stage = self.stages["bridge_to_applied"]
         self.rings: OrderedDict[str, deque[list]] = OrderedDict()  # entries: see _record
-        self.entries = 0
+        self._gone = 0  # entries dropped since the start (entries = added - gone)
         self.bytes = 0  # estimated, see ENTRY_BYTES
         self.dropped_rings = 0
         self.gaps: deque[Gap] = deque(maxlen=64)
@@ -264,10 +264,9 @@ class History:
         else:
             rings.move_to_end(presentity)
             if len(ring) == self.per_presentity:
-                self.entries -= 1
+                self._gone += 1
                 self.bytes -= _cost(ring[0])
         ring.append(entry)
-        self.entries += 1
         self.bytes += ENTRY_BYTES
         self._shrink()
 
@@ -276,9 +275,18 @@ class History:
         rings = self.rings
         while self.bytes > self.max_bytes and len(rings) > 1:
             _, oldest = rings.popitem(last=False)
-            self.entries -= len(oldest)
+            self._gone += len(oldest)
             self.bytes -= sum(_cost(e) for e in oldest)
             self.dropped_rings += 1
+
+    @property
+    def entries(self) -> int:
+        """Entries held in the rings."""
+        return self._seq - self._gone
+
+    @entries.setter
+    def entries(self, value: int) -> None:
+        self._gone = self._seq - value
 
     @property
     def added(self) -> int:
@@ -347,7 +355,6 @@ class History:
         if ring is not None and len(ring) < self.per_presentity:  # the common case, inline
             rings.move_to_end(presentity)
             ring.append(entry)
-            self.entries += 1
             self.bytes += ENTRY_BYTES
             if self.bytes > self.max_bytes:
                 self._shrink()
