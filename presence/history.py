@@ -450,7 +450,7 @@ class History:
             at = entry[_AT]
             self._waits.append(now - at)
             # a fan-out's NOTIFY is answered once: no look-up
-            entry += (sub.tag, sub.remote_uri, sub.transport, sub.version, at, status, now)
+            entry.extend((sub.tag, sub.remote_uri, sub.transport, sub.version, at, status, now))
             return
         latency = now - entry[_AT]
         self._waits.append(latency)
