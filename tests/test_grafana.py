@@ -47,8 +47,8 @@ def test_dashboard_is_grafana_json_with_the_panels_operators_need():
 
 
 @pytest.mark.sipp
-def test_every_metric_of_every_panel_is_in_the_metrics_of_a_busy_node(nsq_endpoints, tmp_path):
-    nsqd, _, _ = nsq_endpoints
+def test_every_metric_of_every_panel_is_in_the_metrics_of_a_busy_node(nsq, tmp_path):
+    nsqd = nsq.tcp_address
     sim = FreeSwitchSimulator(domain="example.com")
     host, port = sim.start()
     try:

@@ -464,11 +464,11 @@ def _deep_size(entry) -> int:
 
 
 @pytest.mark.sipp
-def test_a_bridge_process_serves_health_and_its_stage_metrics(nsq_endpoints, tmp_path):
+def test_a_bridge_process_serves_health_and_its_stage_metrics(nsq, tmp_path):
     from esl.simulator import FreeSwitchSimulator
     from tests.test_cli_subprocess import http_get, metric, run_node
 
-    nsqd, _, _ = nsq_endpoints
+    nsqd = nsq.tcp_address
     sim = FreeSwitchSimulator(domain="example.com")
     host, port = sim.start()
     try:
