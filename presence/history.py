@@ -6,12 +6,19 @@ injected wall clock turns those into times an operator can read. The engine call
 - :meth:`History.updated` after each update it applies (when nothing changed, the state's
   drop counters say why), :meth:`History.snapshot` for a switch
   snapshot, :meth:`History.expired` for records whose Expires ran out;
-- :meth:`History.fanout` once per changed presentity before its NOTIFYs go out, and
-  :meth:`History.fanned` after: the engine points each notified subscription at the entry
-  (``sub.note``, ``sub.noted_at``), so its answer lands there without any look-up
-  (``Entry.answered``, which also keeps the first watchers to answer one by one);
+- :meth:`History.fanout` once per changed presentity before its NOTIFYs go out (and
+  :meth:`History.merged` for each watcher it could not notify then): the engine points each
+  notified subscription at the entry itself (``sub.note``: its NOTIFY went out at the entry's
+  time), so its answer lands there without any look-up;
 - :meth:`History.resent` for a NOTIFY sent later (coalesced behind one in flight, refresh,
-  final), :meth:`History.subscribed` for a SUBSCRIBE's initial NOTIFY.
+  final), :meth:`History.subscribed` for a SUBSCRIBE's initial NOTIFY: ``sub.note`` is then a
+  two-item ticket [entry or None, sent at];
+- :meth:`History.answered` / :meth:`History.timed_out` for the final answer: the first
+  DETAILED watchers of the entry are appended to it one by one, the others counted.
+
+Hot-path layout: an entry is one flat list (see ``_record``; :class:`Entry` and :class:`Watch`
+are views built when reading), and the notify_to_answer times are queued on the histogram and
+settled in bulk (:meth:`presence.histogram.Histogram.settle`).
 
 The node calls :meth:`History.applied` and :meth:`History.flushed` after handing NOTIFYs to the
 transports: the stage histograms ``applied_to_notify`` and ``subscribe_to_notify`` measure up to
