@@ -329,19 +329,18 @@ class PresenceEngine:
             if not watchers:
                 continue
             note = obs.fanout(package_name, presentity, watchers, now) if obs else None
-            queued = 0
             for sub in watchers:
-                if note is not None and sub.inflight is None:
-                    sub.note = note  # an in-flight NOTIFY's answer stays with its own entry
-                    sub.noted_at = now
+                if sub.inflight is not None:
+                    sub.dirty = True  # the change goes out merged after the NOTIFY in flight
+                    if note is not None:
+                        obs.merged(note)
+                    continue
+                if note is not None:
+                    sub.note = note  # its answer lands there (presence/history.py)
                 if sub.dirty:
-                    continue  # already queued, or its NOTIFY in flight will be followed up
+                    continue  # already queued for a step of an earlier fan-out
                 sub.dirty = True
-                if sub.inflight is None:
-                    backlog.append(sub)
-                    queued += 1
-            if note is not None:
-                obs.fanned(note, watchers, now, queued)
+                backlog.append(sub)
         if backlog:
             self._drain(now)
 
@@ -373,6 +372,8 @@ class PresenceEngine:
                 self._send_notify(sub, body, now)
             except Exception as exc:  # one watcher's bad NOTIFY must not stop the others
                 self._notify_broken(sub, exc, now)
+                if self.observer is not None and sub.note is not None:
+                    self.observer.merged(sub.note)
         self._backlog_at = now
 
     @property
@@ -1017,8 +1018,9 @@ class PresenceEngine:
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
         sub.inflight = None
-        if sub.note is not None:
-            sub.note.answered(sub, status, now)
+        obs = self.observer
+        if obs is not None and sub.note is not None:
+            obs.answered(sub, status, now)
         if status in NOTIFY_REMOVE_STATUSES:
             if sub.final_reason is None:
                 self.counters["subscriptions_removed_notify_rejected"] += 1
@@ -1033,8 +1035,8 @@ class PresenceEngine:
 
     def _notify_timed_out(self, sub: Subscription, now: float) -> None:
         sub.inflight = None
-        if sub.note is not None:
-            sub.note.answered(sub, 0, now)  # 0: timed out
+        if sub.note is not None and self.observer is not None:
+            self.observer.timed_out(sub, now)
         self.counters["notify_timeouts"] += 1
         if sub.final_reason is None:
             self.counters["subscriptions_removed_notify_timeout"] += 1

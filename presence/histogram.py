@@ -1,7 +1,9 @@
 """Latency histograms per pipeline stage, in the Prometheus text format (sans-IO).
 
 A :class:`Histogram` has fixed bucket bounds from 100 µs to 10 s; ``observe`` costs one C
-``bisect`` and two additions. A negative value (the clocks of two machines disagree) is never
+``bisect`` and two additions. The hottest stage (``notify_to_answer``, once per NOTIFY) only
+appends its values to ``pending``: :meth:`Histogram.settle` sorts them and folds them into the
+buckets with one bisect per bucket, before any read (the history settles them as they pile up). A negative value (the clocks of two machines disagree) is never
 observed: it is counted as skew, per stage, so a drifting clock shows up instead of hiding in the
 lowest bucket.
 
@@ -20,7 +22,7 @@ subscribe_to_notify a SUBSCRIBE received -> its initial NOTIFY handed to the tra
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 
 __all__ = ["BUCKETS", "STAGES", "Histogram", "StageHistograms"]
@@ -42,13 +44,32 @@ STAGES: dict[str, str] = {
 class Histogram:
     """Cumulative-on-render bucket counts, sum, count and a skew counter."""
 
-    __slots__ = ("bounds", "counts", "total", "skew")
+    __slots__ = ("bounds", "counts", "total", "skew", "pending")
 
     def __init__(self, bounds: Iterable[float] = BUCKETS) -> None:
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf only
         self.total = 0.0
         self.skew = 0
+        self.pending: list[float] = []  # observations not yet in the buckets (see settle)
+
+    def settle(self) -> None:
+        """Fold the values appended to ``pending`` into the buckets (the list is emptied in
+        place: the hot path may hold it)."""
+        pending = self.pending
+        if not pending:
+            return
+        pending.sort()
+        counts = self.counts
+        start = previous = bisect_left(pending, 0.0)  # negative values: skew
+        self.skew += start
+        for i, bound in enumerate(self.bounds):
+            end = bisect_right(pending, bound, previous)  # le="bound" includes it
+            counts[i] += end - previous
+            previous = end
+        counts[-1] += len(pending) - previous
+        self.total += sum(pending[start:]) if start else sum(pending)
+        pending.clear()
 
     def observe(self, value: float) -> None:
         if value < 0.0:
@@ -70,10 +91,12 @@ class Histogram:
     @property
     def count(self) -> int:
         """Observations (the hot path only bumps a bucket: counted when read)."""
+        self.settle()
         return sum(self.counts)
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, cumulative count) pairs, ``+Inf`` last."""
+        self.settle()
         out: list[tuple[str, int]] = []
         running = 0
         for bound, n in zip(self.bounds, self.counts, strict=False):
@@ -111,6 +134,7 @@ class StageHistograms:
         lines.append(f"# HELP {full} Latency per pipeline stage (see presence/histogram.py).")
         lines.append(f"# TYPE {full} histogram")
         for name, hist in self.stages.items():
+            hist.settle()
             for le, n in hist.cumulative():
                 lines.append(f'{full}_bucket{{stage="{name}",le="{le}"}} {n}')
             lines.append(f'{full}_sum{{stage="{name}"}} {hist.total:.9g}')

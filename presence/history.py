@@ -6,12 +6,19 @@ injected wall clock turns those into times an operator can read. The engine call
 - :meth:`History.updated` after each update it applies (when nothing changed, the state's
   drop counters say why), :meth:`History.snapshot` for a switch
   snapshot, :meth:`History.expired` for records whose Expires ran out;
-- :meth:`History.fanout` once per changed presentity before its NOTIFYs go out, and
-  :meth:`History.fanned` after: the engine points each notified subscription at the entry
-  (``sub.note``, ``sub.noted_at``), so its answer lands there without any look-up
-  (``Entry.answered``, which also keeps the first watchers to answer one by one);
+- :meth:`History.fanout` once per changed presentity before its NOTIFYs go out (and
+  :meth:`History.merged` for each watcher it could not notify then): the engine points each
+  notified subscription at the entry itself (``sub.note``: its NOTIFY went out at the entry's
+  time), so its answer lands there without any look-up;
 - :meth:`History.resent` for a NOTIFY sent later (coalesced behind one in flight, refresh,
-  final), :meth:`History.subscribed` for a SUBSCRIBE's initial NOTIFY.
+  final), :meth:`History.subscribed` for a SUBSCRIBE's initial NOTIFY: ``sub.note`` is then a
+  two-item ticket [entry or None, sent at];
+- :meth:`History.answered` / :meth:`History.timed_out` for the final answer: the first
+  DETAILED watchers of the entry are appended to it one by one, the others counted.
+
+Hot-path layout: an entry is one flat list (see ``_record``; :class:`Entry` and :class:`Watch`
+are views built when reading), and the notify_to_answer times are queued on the histogram and
+settled in bulk (:meth:`presence.histogram.Histogram.settle`).
 
 The node calls :meth:`History.applied` and :meth:`History.flushed` after handing NOTIFYs to the
 transports: the stage histograms ``applied_to_notify`` and ``subscribe_to_notify`` measure up to
@@ -27,7 +34,6 @@ presentities changed longest ago are dropped first.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -44,6 +50,9 @@ ENTRY_BYTES = 800
 WATCH_BYTES = 96
 DEFAULT_MEMORY_MB = 128
 TIMEOUT = 0  # "answer code" of a NOTIFY that timed out (Timer F)
+# the wall clock is read again after this many seconds (engine clock) without a reading
+OFFSET_REFRESH = 1.0
+SETTLE_AT = 4096  # NOTIFY -> answer times queued before they are folded into the histogram
 
 # effects of an update on the records
 APPLIED = "applied"
@@ -58,6 +67,97 @@ SNAPSHOT_REPLACED = "terminated: missing from the switch's snapshot"
 
 
 
+# An entry is one flat list (cheap to build on the hot path; :class:`Entry` is its read view):
+_ID, _KIND, _PACKAGE, _AT, _WALL, _RECORD, _STATE, _STAMP, _ORIGIN, _EFFECT = range(10)
+_WATCHERS, _SENT, _COALESCED, _OK, _CODES, _LAT_MIN, _LAT_MAX = range(10, 17)
+_WHO = 17  # then per detailed watcher, appended when it answers: dialog tag, remote URI,
+# transport, its version after the send, sent at, answer, answered at
+_STRIDE = 7
+_FULL = _WHO + DETAILED * _STRIDE  # the length of an entry with DETAILED watchers recorded
+
+
+def _record(id_: int, kind: str, package: str, at: float, wall: float,
+            record: str | None = None, state: str | None = None,
+            stamp: tuple = (None, None, None, None, None), origin: tuple | None = None,
+            effect: str = "") -> list:
+    """A new entry (the hot path of updates builds its list inline)."""
+    return [id_, kind, package, at, wall, record, state, stamp, origin, effect,
+            0, 0, 0, 0, None, 1e9, 0.0]
+
+
+def _ticket(rec: list | None, at: float) -> list:
+    """What a NOTIFY sent apart from its entry's fan-out told (merged changes, refresh, final,
+    initial state): [entry (None: a change no entry describes), sent at]. A fan-out's NOTIFYs
+    point at the entry itself (a longer list): they went out at its time."""
+    return [rec, at]
+
+
+class Entry:
+    """A read-only view of one change of a presentity: its origin, the update, its effect, the
+    NOTIFYs it caused (built when reading; the history keeps the flat list ``rec``).
+
+    Few objects per entry, none pointing back at a subscription (subscriptions point at their
+    entry; the history stays acyclic, so gc.freeze() can hold it and refcounting frees it): the
+    first DETAILED watchers to answer are one flat list (:data:`_STRIDE` values each, taken
+    from the subscription when its answer arrives: nothing is kept per watcher at fan-out
+    time); every answer counts in ``ok``/``codes`` and the latency range."""
+
+    __slots__ = ("rec",)
+
+    def __init__(self, rec: list) -> None:
+        self.rec = rec
+
+    id = property(lambda self: self.rec[_ID])
+    kind = property(lambda self: self.rec[_KIND])
+    package = property(lambda self: self.rec[_PACKAGE])
+    at = property(lambda self: self.rec[_AT])
+    wall = property(lambda self: self.rec[_WALL])
+    record = property(lambda self: self.rec[_RECORD])
+    state = property(lambda self: self.rec[_STATE])
+    stamp = property(lambda self: self.rec[_STAMP])  # (bridge, epoch, sequence, switch, expires)
+    # (event, unique id, call state, event time us, bridge time us)
+    origin = property(lambda self: self.rec[_ORIGIN])
+    @property
+    def effect(self) -> str:
+        effect = self.rec[_EFFECT]
+        if effect is None:  # an update that changed the records: applied, or ended the call
+            expires = self.rec[_STAMP][4]
+            return TERMINATED if self.rec[_STATE] == "terminated" or (
+                expires is not None and expires <= 0) else APPLIED
+        return effect
+    watchers = property(lambda self: self.rec[_WATCHERS])
+    sent = property(lambda self: self.rec[_SENT])
+    coalesced = property(lambda self: self.rec[_COALESCED])
+    ok = property(lambda self: self.rec[_OK])
+    codes = property(lambda self: self.rec[_CODES])
+    lat_min = property(lambda self: self.rec[_LAT_MIN])
+    lat_max = property(lambda self: self.rec[_LAT_MAX])
+    who = property(lambda self: self.rec[_WHO:])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Entry) and other.rec is self.rec
+
+    def __hash__(self) -> int:
+        return id(self.rec)
+
+    def answers_by_code(self) -> dict[int, int]:
+        """Answer code -> count (0: timed out): the detailed watchers' answers, and the
+        others' counts."""
+        counts = dict(self.rec[_CODES] or {})
+        if self.rec[_OK]:
+            counts[200] = self.rec[_OK]
+        for status in self.rec[_WHO + 5::_STRIDE]:
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def watches(self) -> list[Watch]:
+        return [Watch(self, i) for i in range((len(self.rec) - _WHO) // _STRIDE)]
+
+    def watch_of(self, sub: Any) -> Watch | None:
+        index = _detail_of(self.rec, sub.tag)
+        return None if index is None else Watch(self, index)
+
+
 class Watch:
     """A read-only view of one detailed watcher's NOTIFY for one entry (built when reading)."""
 
@@ -65,103 +165,21 @@ class Watch:
                  "coalesced", "reliable")
 
     def __init__(self, entry: Entry, index: int) -> None:
-        base = index * _STRIDE
+        base = _WHO + index * _STRIDE
         self.entry = entry
-        self.tag = entry.tags[index]
-        self.watcher, self.reliable, version, self.sent_at, self.status, self.answered_at = \
-            entry.who[base:base + _STRIDE]
+        self.tag, self.watcher, transport, version, self.sent_at, self.status, \
+            self.answered_at = entry.rec[base:base + _STRIDE]
+        self.reliable = transport != "udp"
         self.version = version - 1 if version else None  # the version that NOTIFY carried
-        self.coalesced = self.sent_at != entry.at  # sent later: merged behind one in flight
+        self.coalesced = self.sent_at != entry.rec[_AT]  # sent later: merged behind one in flight
 
 
-# per detailed watcher in Entry.who (its dialog tag in Entry.tags), recorded when it answers:
-# remote URI, reliable transport, its version after the send, sent at, answer, answered at
-_STRIDE = 6
-
-
-class Entry:
-    """One change of a presentity: its origin, the update, its effect, the NOTIFYs it caused.
-
-    Few objects per entry, none pointing back at a subscription (subscriptions point at their
-    entry; the history stays acyclic, so gc.freeze() can hold it and refcounting frees it): the
-    first DETAILED watchers to answer are ``tags`` and one flat list ``who`` (:data:`_STRIDE`
-    values each, taken from the subscription when its answer arrives: nothing is kept per
-    watcher at fan-out time); every answer counts in ``ok``/``codes`` and the latency range."""
-
-    __slots__ = ("id", "kind", "package", "at", "wall", "record", "state", "stamp", "origin",
-                 "effect", "watchers", "sent", "coalesced", "tags", "who", "ok", "codes",
-                 "lat_min", "lat_max", "stage")
-
-    def __init__(self, id_: int, kind: str, package: str, at: float, wall: float,
-                 stage: Histogram, record: str | None = None, state: str | None = None,
-                 stamp: tuple = (None, None, None, None, None), origin: tuple | None = None,
-                 effect: str = "") -> None:
-        self.id = id_
-        self.kind = kind
-        self.package = package
-        self.at = at
-        self.wall = wall
-        self.record = record
-        self.state = state
-        self.stamp = stamp  # (bridge, epoch, sequence, switch, expires)
-        self.origin = origin  # (event, unique id, call state, event time us, bridge time us)
-        self.effect = effect
-        self.watchers = self.sent = self.coalesced = self.ok = 0
-        self.tags = self.who = self.codes = None
-        self.lat_min = 1e9
-        self.lat_max = 0.0
-        self.stage = stage
-
-    def answered(self, sub: Any, status: int, now: float) -> None:
-        """The final answer (status 0: timed out) to the NOTIFY this entry sent ``sub``."""
-        tags = self.tags
-        if tags is None:
-            tags = self.tags = []
-            self.who = []
-        latency = now - sub.noted_at
-        if len(tags) < DETAILED:
-            tag = sub.tag
-            if tag in tags:  # answered again (a refresh or merged change of the same entry)
-                base = tags.index(tag) * _STRIDE
-                self.who[base + 2:base + _STRIDE] = [sub.version, sub.noted_at, status, now]
-            else:
-                tags.append(tag)
-                self.who += (sub.remote_uri, sub.transport != "udp", sub.version, sub.noted_at,
-                             status, now)
-        elif status:  # beyond the detailed watchers: a latency range
-            if latency > self.lat_max:
-                self.lat_max = latency
-            if latency < self.lat_min:
-                self.lat_min = latency
-        if status == 200:
-            self.ok += 1
-        else:
-            codes = self.codes
-            if codes is None:
-                codes = self.codes = {}
-            codes[status] = codes.get(status, 0) + 1
-            if not status:
-                return
-        hist = self.stage
-        if latency >= 0.0:
-            hist.counts[bisect_left(hist.bounds, latency)] += 1
-            hist.total += latency
-
-    def answers_by_code(self) -> dict[int, int]:
-        """Answer code -> count (0: timed out)."""
-        counts = dict(self.codes or {})
-        if self.ok:
-            counts[200] = self.ok
-        return counts
-
-    def watches(self) -> list[Watch]:
-        return [Watch(self, i) for i in range(len(self.tags or ()))]
-
-    def watch_of(self, sub: Any) -> Watch | None:
-        tags = self.tags
-        if tags is not None and sub.tag in tags:
-            return Watch(self, tags.index(sub.tag))
-        return None
+def _detail_of(rec: list, tag: str) -> int | None:
+    """Index of the watcher ``tag`` among the entry's detailed watchers."""
+    for index, base in enumerate(range(_WHO, len(rec), _STRIDE)):
+        if rec[base] == tag:
+            return index
+    return None
 
 
 class Gap:
@@ -178,6 +196,12 @@ class Gap:
 class History:
     """Rings of :class:`Entry` per presentity, the recent sequence gaps, the stage histograms."""
 
+    __slots__ = ("per_presentity", "max_bytes", "enabled", "wall", "stages", "_notify_stage",
+                 "_waits", "_applied_stage", "_subscribe_stage", "_bridge_stage", "rings",
+                 "_gone", "bytes", "dropped_rings", "gaps", "skip_sources", "t1", "t2",
+                 "offset", "_offset_at", "pending", "_seq", "_gap", "_stale", "_tomb", "_state",
+                 "_previous_on_gap", "_counters", "_recent", "_recent_at")
+
     def __init__(self, *, per_presentity: int = DEFAULT_PER_PRESENTITY,
                  max_bytes: int = DEFAULT_MEMORY_MB * 2**20,
                  wall: Callable[[], float] = time.time,
@@ -188,17 +212,19 @@ class History:
         self.wall = wall
         self.stages = stages or StageHistograms()
         self._notify_stage = self.stages["notify_to_answer"]
+        self._waits = self._notify_stage.pending  # NOTIFY -> answer times, settled in bulk
         self._applied_stage = self.stages["applied_to_notify"]
         self._subscribe_stage = self.stages["subscribe_to_notify"]
         self._bridge_stage = self.stages["bridge_to_applied"]
-        self.rings: OrderedDict[str, deque[Entry]] = OrderedDict()
-        self.entries = 0
+        self.rings: OrderedDict[str, deque[list]] = OrderedDict()  # entries: see _record
+        self._gone = 0  # entries dropped since the start (entries = added - gone)
         self.bytes = 0  # estimated, see ENTRY_BYTES
         self.dropped_rings = 0
         self.gaps: deque[Gap] = deque(maxlen=64)
         self.skip_sources: list[Any] = []  # objects with .matching(user) (bridge skip logs)
         self.t1, self.t2 = 0.5, 4.0
-        self.offset = wall() - time.monotonic()  # wall - engine clock, refreshed per update
+        self.offset = wall() - time.monotonic()  # wall - engine clock, refreshed by updates
+        self._offset_at = float("-inf")  # engine time of the last refresh (OFFSET_REFRESH)
         self.pending: list[tuple[Histogram, float, int]] = []
         self._seq = 0
         self._gap: tuple[str, int] | None = None
@@ -206,12 +232,8 @@ class History:
         self._state: Any = None
         self._previous_on_gap: Callable | None = None
         self._counters: dict[str, int] = {"notify_sent": 0}
-        self._sent_before = 0
-        self._recent: Entry | None = None  # the last update's entry, and its presentity
+        self._recent: list | None = None  # the last update's entry, and its presentity
         self._recent_at = ""
-        # answers to NOTIFYs no entry describes still reach the notify_to_answer histogram
-        self._sink = Entry(0, "sink", "", 0.0, 0.0, self._notify_stage)
-        self._sink.tags = [""] * DETAILED  # keeps no watcher one by one
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -233,15 +255,15 @@ class History:
 
     # -- the ring ---------------------------------------------------------------------------
 
-    def _entry(self, presentity: str, kind: str, package: str, now: float) -> Entry:
+    def _entry(self, presentity: str, kind: str, package: str, now: float, **fields: Any) -> list:
         self._seq += 1
-        entry = Entry(self._seq, kind, package, now, now + self.offset, self._notify_stage)
+        entry = _record(self._seq, kind, package, now, now + self.offset, **fields)
         self._add(presentity, entry)
         if kind != "subscribe":
             self._recent, self._recent_at = entry, presentity
         return entry
 
-    def _add(self, presentity: str, entry: Entry) -> None:
+    def _add(self, presentity: str, entry: list) -> None:
         rings = self.rings
         ring = rings.get(presentity)
         if ring is None:
@@ -249,10 +271,9 @@ class History:
         else:
             rings.move_to_end(presentity)
             if len(ring) == self.per_presentity:
-                self.entries -= 1
+                self._gone += 1
                 self.bytes -= _cost(ring[0])
         ring.append(entry)
-        self.entries += 1
         self.bytes += ENTRY_BYTES
         self._shrink()
 
@@ -261,9 +282,18 @@ class History:
         rings = self.rings
         while self.bytes > self.max_bytes and len(rings) > 1:
             _, oldest = rings.popitem(last=False)
-            self.entries -= len(oldest)
+            self._gone += len(oldest)
             self.bytes -= sum(_cost(e) for e in oldest)
             self.dropped_rings += 1
+
+    @property
+    def entries(self) -> int:
+        """Entries held in the rings."""
+        return self._seq - self._gone
+
+    @entries.setter
+    def entries(self, value: int) -> None:
+        self._gone = self._seq - value
 
     @property
     def added(self) -> int:
@@ -271,10 +301,14 @@ class History:
         return self._seq
 
     def latest(self, package: str, presentity: str) -> Entry | None:
+        rec = self._latest(package, presentity)
+        return None if rec is None else Entry(rec)
+
+    def _latest(self, package: str, presentity: str) -> list | None:
         ring = self.rings.get(presentity)
         if ring:
             for entry in reversed(ring):
-                if entry.package == package and entry.kind != "subscribe":
+                if entry[_PACKAGE] == package and entry[_KIND] != "subscribe":
                     return entry
         return None
 
@@ -282,12 +316,19 @@ class History:
 
     def updated(self, update: Any, keys: set, now: float) -> None:
         """One update was applied (``keys``: what changed)."""
-        wall = self.wall()
-        self.offset = wall - now
         raw = update.raw
         sent = raw.get("Bridge-Timestamp")
-        if sent is not None and type(sent) is int:
+        if sent is not None and type(sent) is int:  # the stage needs the wall clock now
+            wall = self.wall()
+            self.offset = wall - now
+            self._offset_at = now
             self._bridge_stage.observe(wall - sent / 1e6)
+        elif now - self._offset_at < OFFSET_REFRESH:
+            wall = now + self.offset
+        else:
+            wall = self.wall()
+            self.offset = wall - now
+            self._offset_at = now
         if self._gap is not None:
             self._note_gap(update.bridge_id, update.bridge_epoch, update.sequence, now)
         if not self.enabled:
@@ -295,8 +336,7 @@ class History:
         data = update.data
         state = data.get("State") or data.get("Messages-Waiting")
         if keys:
-            effect = TERMINATED if state == "terminated" or (
-                update.expires is not None and update.expires <= 0) else APPLIED
+            effect = None  # APPLIED or TERMINATED, told by the state and Expires when read
         else:  # nothing changed: the state's counters say why
             stats = self._state.stats
             if stats.stale_dropped != self._stale:
@@ -311,19 +351,17 @@ class History:
             get = raw.get
             origin = (get("Switch-Event"), get("Unique-ID"), get("Channel-Call-State"),
                       get("Event-Timestamp"), sent)
-        self._seq += 1
-        entry = self._recent = Entry(
-            self._seq, "update", update.package, now, wall, self._notify_stage,
-            update.record_id, state,
+        self._seq = seq = self._seq + 1
+        entry = self._recent = [
+            seq, "update", update.package, now, wall, update.record_id, state,
             (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
-             update.expires), origin, effect)
+             update.expires), origin, effect, 0, 0, 0, 0, None, 1e9, 0.0]  # _record
         presentity = self._recent_at = update.presentity
         rings = self.rings
         ring = rings.get(presentity)
         if ring is not None and len(ring) < self.per_presentity:  # the common case, inline
             rings.move_to_end(presentity)
             ring.append(entry)
-            self.entries += 1
             self.bytes += ENTRY_BYTES
             if self.bytes > self.max_bytes:
                 self._shrink()
@@ -333,6 +371,7 @@ class History:
     def snapshot(self, snap: Any, keys: set, now: float) -> None:
         """A switch snapshot was applied: one entry per record it carried or terminated."""
         self.offset = self.wall() - now
+        self._offset_at = now
         self._note_gap(snap.bridge_id, snap.bridge_epoch, snap.sequence, now)
         if not self.enabled:
             return
@@ -340,25 +379,23 @@ class History:
         for update in snap.updates:
             key = (update.package, update.presentity)
             carried.add(key)
-            entry = self._entry(update.presentity, "snapshot", update.package, now)
-            entry.record = update.record_id
-            entry.state = update.data.get("State") or update.data.get("Messages-Waiting")
-            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
-                           update.expires)
-            entry.effect = SNAPSHOT_APPLIED if key in keys else SNAPSHOT_UNCHANGED
+            self._entry(update.presentity, "snapshot", update.package, now,
+                        record=update.record_id,
+                        state=update.data.get("State") or update.data.get("Messages-Waiting"),
+                        stamp=(snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                               update.expires),
+                        effect=SNAPSHOT_APPLIED if key in keys else SNAPSHOT_UNCHANGED)
         for package, presentity in keys - carried:
-            entry = self._entry(presentity, "snapshot", package, now)
-            entry.stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
-                           None)
-            entry.state = "terminated"
-            entry.effect = SNAPSHOT_REPLACED
+            self._entry(presentity, "snapshot", package, now, state="terminated",
+                        stamp=(snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id,
+                               None),
+                        effect=SNAPSHOT_REPLACED)
 
     def expired(self, keys: Iterable[tuple[str, str]], now: float) -> None:
         if not self.enabled:
             return
         for package, presentity in keys:
-            entry = self._entry(presentity, "expired", package, now)
-            entry.effect = EXPIRED
+            self._entry(presentity, "expired", package, now, effect=EXPIRED)
 
     def _note_gap(self, bridge: str | None, epoch: int | None, sequence: int | None,
                   now: float) -> None:
@@ -370,49 +407,141 @@ class History:
 
     # -- engine hooks: NOTIFYs --------------------------------------------------------------
 
-    def fanout(self, package: str, presentity: str, watchers: list, now: float) -> Entry:
-        """NOTIFYs for the latest change of (package, presentity) are about to go out; the
-        engine points every subscription it notifies at the returned entry, then calls
-        :meth:`fanned`."""
-        self._sent_before = self._counters["notify_sent"]
-        entry = self._recent  # usually the entry the update just made
-        if entry is not None and entry.package == package and self._recent_at == presentity:
-            return entry
-        entry = self.latest(package, presentity) if self.enabled else None
-        return self._sink if entry is None else entry  # sink: a change no entry describes
+    def fanout(self, package: str, presentity: str, watchers: list, now: float) -> Any:
+        """NOTIFYs for the latest change of (package, presentity) are about to go out to
+        ``watchers``; the engine points every subscription it notifies at the returned note
+        (the entry itself, usually the one the update just made: its NOTIFYs go out at its
+        time) and reports each watcher it could not notify (:meth:`merged`)."""
+        entry = self._recent
+        if (entry is None or self._recent_at != presentity or entry[_PACKAGE] != package
+                or entry[_AT] != now or entry[_WATCHERS]):
+            entry = self._latest(package, presentity) if self.enabled else None
+            if entry is None or entry[_AT] != now or entry[_WATCHERS]:
+                note = _ticket(entry, now)  # None: no entry describes it (histogram only)
+                if entry is not None:
+                    self._count(entry, len(watchers))
+                return note
+        count = len(watchers)  # as _count does, inline: a fan-out's first count
+        self.bytes += WATCH_BYTES * (count if count < DETAILED else DETAILED)
+        entry[_WATCHERS] = entry[_SENT] = count
+        if len(self._waits) > SETTLE_AT:
+            self._notify_stage.settle()
+        return entry
 
-    def fanned(self, entry: Entry, watchers: list, now: float, sent: int | None = None) -> None:
-        """After the fan-out: counts, the applied -> NOTIFY stage, the first watchers kept
-        (``sent``: the NOTIFYs queued for this change, when the engine sends them in steps)."""
-        if sent is None:
-            sent = self._counters["notify_sent"] - self._sent_before
-        if entry.watchers == 0:
-            self.bytes += WATCH_BYTES * min(len(watchers), DETAILED)
-        entry.watchers = len(watchers)
-        entry.sent += sent
-        entry.coalesced += len(watchers) - sent
+    def _count(self, entry: list, count: int) -> None:
+        if not entry[_WATCHERS]:
+            self.bytes += WATCH_BYTES * (count if count < DETAILED else DETAILED)
+        entry[_WATCHERS] = count
+        entry[_SENT] += count
+        if len(self._waits) > SETTLE_AT:
+            self._notify_stage.settle()
+
+    def merged(self, note: Any) -> None:
+        """One watcher of the fan-out that returned ``note`` was not sent its NOTIFY now: one
+        is in flight (this change goes out merged after it), or it could not be built."""
+        entry = note[0] if len(note) == 2 else note
+        if entry is not None:
+            entry[_SENT] -= 1
+            entry[_COALESCED] += 1
+
+    def answered(self, sub: Any, status: int, now: float) -> None:
+        """The final answer to the last NOTIFY sent ``sub``: the first DETAILED watchers of its
+        entry one by one, the rest counted per answer code with a latency range; the
+        notify_to_answer histogram (its value queued: :meth:`Histogram.settle`)."""
+        entry = sub.note
+        size = len(entry)
+        if size < _FULL:
+            if size == 2:  # a ticket: sent apart from its entry's fan-out, or no entry
+                self._answer(entry[0], sub, status, now, entry[1])
+                return
+            at = entry[_AT]
+            self._waits.append(now - at)
+            # a fan-out's NOTIFY is answered once: no look-up
+            entry.extend((sub.tag, sub.remote_uri, sub.transport, sub.version, at, status, now))
+            return
+        latency = now - entry[_AT]
+        self._waits.append(latency)
+        if latency > entry[_LAT_MAX]:  # beyond the detailed watchers: a latency range
+            entry[_LAT_MAX] = latency
+        if latency < entry[_LAT_MIN]:
+            entry[_LAT_MIN] = latency
+        if status == 200:
+            entry[_OK] += 1
+        else:
+            codes = entry[_CODES]
+            if codes is None:
+                codes = entry[_CODES] = {}
+            codes[status] = codes.get(status, 0) + 1
+
+    def timed_out(self, sub: Any, now: float) -> None:
+        """The last NOTIFY sent ``sub`` was never answered (Timer F)."""
+        note = sub.note
+        if len(note) == 2:
+            self._answer(note[0], sub, TIMEOUT, now, note[1])
+        else:
+            self._answer(note, sub, TIMEOUT, now, note[_AT])
+
+    def _answer(self, entry: list | None, sub: Any, status: int, now: float,
+                sent_at: float) -> None:
+        """An answer (or timeout) to a NOTIFY sent at ``sent_at`` about ``entry``, which may
+        have recorded this watcher before (a refresh or merged change of the same entry)."""
+        latency = now - sent_at
+        if status:
+            self._waits.append(latency)
+        if entry is None:  # a change no entry describes: the histogram only
+            return
+        index = _detail_of(entry, sub.tag)
+        if index is not None:  # answered again
+            base = _WHO + index * _STRIDE
+            entry[base + 3:base + _STRIDE] = [sub.version, sent_at, status, now]
+            return
+        if len(entry) < _FULL:
+            entry += (sub.tag, sub.remote_uri, sub.transport, sub.version, sent_at, status, now)
+            return
+        if status:
+            entry[_LAT_MAX] = max(entry[_LAT_MAX], latency)
+            entry[_LAT_MIN] = min(entry[_LAT_MIN], latency)
+        if status == 200:
+            entry[_OK] += 1
+        else:
+            codes = entry[_CODES]
+            if codes is None:
+                codes = entry[_CODES] = {}
+            codes[status] = codes.get(status, 0) + 1
 
     def resent(self, sub: Any, now: float, coalesced: bool) -> None:
         """A NOTIFY outside a fan-out (merged changes, refresh, final): points ``sub`` at the
         presentity's latest entry."""
-        entry = self.latest(sub.package.name, sub.presentity) if self.enabled else None
-        if entry is None:
-            entry = self._sink
-        elif coalesced:
-            entry.sent += 1
-            self.pending.append((self._applied_stage, entry.at, 1))
-        sub.note, sub.noted_at = entry, now
+        if len(self._waits) > SETTLE_AT:
+            self._notify_stage.settle()
+        entry = self._latest(sub.package.name, sub.presentity) if self.enabled else None
+        if entry is not None and coalesced:
+            entry[_SENT] += 1
+            self.pending.append((self._applied_stage, entry[_AT], 1))
+        sub.note = _ticket(entry, now)
 
     def subscribed(self, sub: Any, now: float, watchers: int) -> None:
         """A SUBSCRIBE's initial NOTIFY was queued (``watchers``: now watching the presentity)."""
         self.pending.append((self._subscribe_stage, now, 1))
-        entry = self._sink
+        if len(self._waits) > SETTLE_AT:
+            self._notify_stage.settle()
         if self.enabled and watchers <= DETAILED:  # a crowd of SUBSCRIBEs must not evict changes
-            entry = self._entry(sub.presentity, "subscribe", sub.package.name, now)
-            entry.effect = "subscribed" if sub.final_reason is None else "fetched"
-            entry.watchers = entry.sent = 1
+            entry = self._entry(sub.presentity, "subscribe", sub.package.name, now,
+                                effect="subscribed" if sub.final_reason is None else "fetched")
+            entry[_WATCHERS] = entry[_SENT] = 1
             self.bytes += WATCH_BYTES
-        sub.note, sub.noted_at = entry, now
+            sub.note = entry  # sent at the entry's time
+        else:
+            sub.note = _ticket(None, now)
+
+    def told(self, sub: Any) -> tuple[Entry | None, float | None]:
+        """What the last NOTIFY sent ``sub`` told (its entry, if any) and when it was sent."""
+        note = sub.note
+        if note is None:
+            return None, None
+        if len(note) != 2:
+            return Entry(note), note[_AT]
+        return (None if note[0] is None else Entry(note[0])), note[1]
 
     def applied(self, started: float, now: float, sent: int) -> None:
         """The node applied updates at ``started`` and handed their ``sent`` NOTIFYs to the
@@ -428,7 +557,7 @@ class History:
     # -- reading ----------------------------------------------------------------------------
 
     def ring(self, presentity: str) -> list[Entry]:
-        return list(self.rings.get(presentity, ()))
+        return [Entry(rec) for rec in self.rings.get(presentity, ())]
 
     def presentities(self) -> Iterator[str]:
         return iter(list(self.rings))
@@ -451,8 +580,8 @@ class History:
         return count
 
 
-def _cost(entry: Entry) -> int:
-    return ENTRY_BYTES + WATCH_BYTES * min(entry.watchers, DETAILED)
+def _cost(entry: list) -> int:
+    return ENTRY_BYTES + WATCH_BYTES * min(entry[_WATCHERS], DETAILED)
 
 
 def _int(value: Any) -> int | None:

@@ -40,7 +40,6 @@ class Subscription:
         "final_reason",
         "source",
         "note",
-        "noted_at",
         "origin",
         "watcher",
         "verified",
@@ -87,8 +86,8 @@ class Subscription:
         self.dirty = False  # state changed while a NOTIFY was in flight
         self.final_reason: str | None = None  # set once terminated: the reason of the last NOTIFY
         self.source = source
-        self.note: object = None  # presence.history: what the last NOTIFY told (answers go there)
-        self.noted_at = 0.0
+        # presence.history: what the last NOTIFY told, and when it went out (answers go there)
+        self.note: object = None
         self.origin = origin or source[0]  # the address limits count against (see limits.py)
         self.watcher = watcher  # the watcher's AOR, for the per-watcher limit
         self.verified = True  # False until the NOTIFY target answered once (amplification)

@@ -89,19 +89,19 @@ def _lamp(package: str, records: list) -> str:
 # --- watchers ---------------------------------------------------------------------------------
 
 def _watcher(history: History, sub: Any, now: float) -> dict[str, Any]:
-    note = sub.note
+    note, sent_at = history.told(sub)
     row: dict[str, Any] = {"watcher": sub.remote_uri, "package": sub.package.name,
                            "transport": sub.transport, "in_flight": sub.inflight is not None,
                            "version": sub.version - 1 if sub.version else None}
-    watch = note.watch_of(sub) if isinstance(note, Entry) else None
+    watch = note.watch_of(sub) if note is not None else None
     if watch is not None:
         row.update(told_at=_wall(history, note, watch.sent_at), answer=watch.status,
                    answered_at=_wall(history, note, watch.answered_at))
-    elif isinstance(note, Entry):
-        row.update(told_at=_wall(history, note, sub.noted_at), answer=None, answered_at=None)
+    elif sent_at is not None:
+        row.update(told_at=_wall(history, note, sent_at), answer=None, answered_at=None)
     else:
         row.update(told_at=None, answer=None, answered_at=None)
-    row["told"] = _entry_summary(note) if isinstance(note, Entry) and note.id else None
+    row["told"] = _entry_summary(note) if note is not None else None
     row["acknowledged"] = sub.inflight is None and (row["answer"] is None
                                                     or 200 <= row["answer"] < 300)
     return row

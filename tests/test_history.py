@@ -536,3 +536,31 @@ def test_history_zero_detaches_the_hooks():
     assert off.engine.observer is None
     off.transports.close()
     on.transports.close()
+
+
+def test_queued_answer_times_settle_into_the_same_buckets_as_observe():
+    values = [0.0, 0.0001, 0.00010001, 0.00025, 0.003, 2.5, 9.99, 10.0, 10.5, 99.0, -0.5]
+    direct, queued = Histogram(), Histogram()
+    for value in values:
+        direct.observe(value)
+    queued.pending.extend(values)
+    held = queued.pending
+    assert queued.cumulative() == direct.cumulative() and queued.count == direct.count
+    assert queued.skew == direct.skew == 1 and queued.total == pytest.approx(direct.total)
+    assert held is queued.pending and held == []  # emptied in place: the history holds it
+
+
+def test_a_timed_out_notify_is_shown_for_its_watcher_and_left_out_of_the_histogram():
+    clocks = Clocks()
+    node = FakeNode(clocks)
+    node.subscribe(1)
+    node.publish()
+    node.engine.datagrams_to_send()                    # never answered
+    clocks.now += 40                                   # past Timer F
+    node.engine.handle_timer(clocks.now)
+    entry = node.history.ring(AOR)[-1]
+    watch = entry.watches()[0]
+    assert entry.kind == "update" and watch.status == 0 and watch.sent_at == entry.at
+    assert entry.answers_by_code() == {0: 1}
+    assert node.history.stages["notify_to_answer"].count == 1  # the initial NOTIFY's answer
+    assert "no answer from sip:w0@example.com (timed out" in render_text(explain(node, AOR))
