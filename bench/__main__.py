@@ -84,8 +84,8 @@ def cmd_stages(args: argparse.Namespace) -> int:
         "",
         "| stage | rate |",
         "|---|---|",
-        f"| NOTIFY responder (answer + record), alone on core 1 | "
-        f"{resp['notify_per_s']:,.0f} NOTIFY/s |",
+        f"| NOTIFY responder (C; answer + record), fed on core 0 | "
+        f"{resp['notify_per_s']:,.0f} NOTIFY/s wall, {resp['notify_per_cpu_s']:,.0f} per CPU s |",
         f"| ESL framing + event parsing | {esl['parse']['events_per_s']:,.0f} events/s |",
         f"| ESL parse + normalize | {esl['parse_normalize']['events_per_s']:,.0f} events/s |",
         f"| ESL parse + normalize + parse_update + engine.apply (no watchers; "
@@ -108,6 +108,20 @@ def cmd_responder(args: argparse.Namespace) -> int:
     from bench.responder import measure_ceiling
 
     print(json.dumps(measure_ceiling(args.count)))
+    return 0
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    """Ceilings of the C load tools (median of ``--repeats``), each fed by a C peer on core 0."""
+    from bench.analysis import median
+    from bench.publisher import measure_ceiling as publisher_ceiling
+    from bench.responder import measure_ceiling as responder_ceiling
+
+    resp = [responder_ceiling(args.count) for _ in range(args.repeats)]
+    pub = [publisher_ceiling(args.publishes) for _ in range(args.repeats)]
+    out = {"responder": {k: median([r[k] for r in resp]) for k in resp[0]},
+           "publisher": {k: median([r[k] for r in pub]) for k in pub[0]}}
+    print(json.dumps(out))
     return 0
 
 
@@ -166,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--docs", default=str(report.DOCS))
     rep.set_defaults(func=cmd_report)
     stages = sub.add_parser("stages", help="responder ceiling + ESL + NSQ, into the docs")
-    stages.add_argument("--count", type=int, default=200_000, help="NOTIFYs blasted")
+    stages.add_argument("--count", type=int, default=1_000_000, help="NOTIFYs blasted")
     stages.add_argument("--events", type=int, default=100_000, help="ESL events")
     stages.add_argument("--updates", type=int, default=50_000, help="NSQ updates")
     stages.add_argument("--nsqd", help="host:port of a running nsqd")
@@ -174,8 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     stages.add_argument("--no-docs", action="store_true")
     stages.set_defaults(func=cmd_stages)
     resp = sub.add_parser("responder", help="NOTIFY/s ceiling of the responder itself")
-    resp.add_argument("--count", type=int, default=200_000)
+    resp.add_argument("--count", type=int, default=1_000_000)
     resp.set_defaults(func=cmd_responder)
+    tools = sub.add_parser("tools", help="ceilings of the C responder and publisher")
+    tools.add_argument("--count", type=int, default=1_000_000, help="NOTIFYs blasted")
+    tools.add_argument("--publishes", type=int, default=300_000, help="unpaced publishes")
+    tools.add_argument("--repeats", type=int, default=3)
+    tools.set_defaults(func=cmd_tools)
     esl = sub.add_parser("esl", help="events/s through esl.protocol + bridge.normalize")
     esl.add_argument("--events", type=int, default=100_000)
     esl.set_defaults(func=cmd_esl)
