@@ -38,6 +38,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     names = ["busylamp", "kamailio"] if args.server == "both" else [args.server]
+    if args.baseline:  # the "before": busylamp at that git ref, run just before this checkout's
+        names.insert(0, f"busylamp@{args.baseline}")
     command = "python -m bench " + shlex.join(sys.argv[1:])
     results: dict[str, dict] = {}
     for name in names:
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small run, under 2 minutes")
     mode.add_argument("--full", action="store_true", help="300k subscriptions and ceilings")
+    run.add_argument("--baseline", metavar="REF",
+                     help="also run busylamp as of git REF (e.g. main), before this checkout's")
     run.add_argument("--watchers", type=int, help="W: phones (distinct SIP users)")
     run.add_argument("--keys", type=int, help="K: line keys per phone (default 4)")
     run.add_argument("--pool", type=int, help="P: presentity pool (default W)")

@@ -120,9 +120,10 @@ ROWS: list[tuple[str, Callable[[dict], object], int]] = [
 
 
 def table(results: dict[str, dict]) -> str:
-    names = [n for n in ORDER if n in results] or list(results)
+    names = [n for n in results if n not in ORDER] + [n for n in ORDER if n in results]
     header = "| metric | " + " | ".join(names) + " |"
-    if len(names) == 2:
+    pair = names == ["busylamp", "kamailio"]
+    if pair:
         header = "| metric | busylamp | Kamailio | busylamp / Kamailio |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for label, get, digits in ROWS:
@@ -136,7 +137,7 @@ def table(results: dict[str, dict]) -> str:
             cells.append(_fmt(v, digits))
         if all(v is None for v in raw):
             continue  # e.g. fan-out rows of a memory-only run
-        if len(names) == 2:
+        if pair:
             a, b = raw
             ratio = (f"{a / b:.2f}x" if isinstance(a, int | float) and isinstance(b, int | float)
                      and b and not math.isnan(a) and not math.isnan(b) else "")

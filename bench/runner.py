@@ -269,4 +269,8 @@ def make_server(name: str, cfg: RunConfig, workdir: Path) -> Server:
                         shm_mb=cfg.kamailio_shm_mb)
     if name == "busylamp":
         return Busylamp(cpu=0, workdir=workdir)
+    if name.startswith("busylamp@"):
+        from bench.servers import baseline_executable
+
+        return Busylamp(cpu=0, workdir=workdir, executable=baseline_executable(name[9:]))
     raise ValueError(f"unknown server {name!r}")

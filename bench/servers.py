@@ -243,4 +243,23 @@ class Busylamp(Server):
         return res.returncode == 0
 
 
+def baseline_executable(ref: str) -> str:
+    """A ``busylamp`` launcher running the code of git ``ref`` (exported into bench/build/)
+    with this checkout's virtualenv: the "before" of a before/after run."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ref)
+    root = REPO / "bench" / "build" / f"baseline-{safe}"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    exe = root / "busylamp"
+    exe.write_text(f"#!/bin/sh\nexec {REPO / '.venv' / 'bin' / 'python'} -c 'import sys; "
+                   f"sys.path.insert(0, \"{root}\"); from cli import main; sys.exit(main())' "
+                   f"\"$@\"\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
 SERVERS: dict[str, type[Server]] = {"kamailio": Kamailio, "busylamp": Busylamp}
