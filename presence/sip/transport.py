@@ -1,7 +1,12 @@
 """Thin gevent adapter: SIP over UDP and TCP sockets, one greenlet per socket / connection.
 
 Incoming messages go to `handler(data, source, transport, conn_id)` inline from the reading
-greenlet. TCP is framed by `StreamFramer`; outgoing TCP data is queued per connection and written
+greenlet.
+
+UDP: a reader drains its socket in batches (``recvmmsg`` through presence.sip.mmsg, or a
+``recvfrom`` loop) without a greenlet switch per datagram. Outgoing datagrams are queued per
+socket and leave in batches (``sendmmsg``): after each received batch is handled, and otherwise
+from a writer greenlet woken once per burst (so the NOTIFYs of one publish leave together). TCP is framed by `StreamFramer`; outgoing TCP data is queued per connection and written
 by a short-lived writer greenlet so `send()` never blocks its caller.
 
 TCP limits: at most ``max_tcp_connections`` connections and ``max_tcp_per_source`` from one IP
@@ -24,10 +29,12 @@ from collections.abc import Callable
 from itertools import count, islice
 
 import gevent
+import gevent.event
 import gevent.pool
 from gevent import socket
 
 from .message import ParseError, StreamFramer
+from .mmsg import DatagramBatcher
 
 __all__ = ["Handler", "SipTransports"]
 
@@ -40,6 +47,7 @@ CONNECT_TIMEOUT = 5.0
 ERROR_LOG_INTERVAL = 10.0
 FD_LOG_INTERVAL = 60.0
 EVICT_SCAN = 64  # connections looked at for one eviction, at most
+UDP_YIELD_AFTER = 1024  # datagrams a reader handles before letting other greenlets run
 _FD_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
@@ -83,6 +91,24 @@ class _Connection:
         self.partial_since: float | None = None  # when an incomplete message began arriving
 
 
+class _UdpSocket:
+    """One bound UDP socket: its batcher, its send queue and the writer's wake-up."""
+
+    __slots__ = ("sock", "family", "batcher", "out", "wake", "reader", "writer")
+
+    def __init__(self, sock: _stdsocket.socket, bufsize: int, batched: bool | None):
+        self.sock = sock
+        self.family = sock.family
+        self.batcher = DatagramBatcher(sock, bufsize, batched=batched)
+        self.out: list[tuple[bytes, tuple[str, int]]] = []
+        self.wake = gevent.event.Event()
+        self.reader: gevent.Greenlet | None = None
+        self.writer: gevent.Greenlet | None = None
+
+    def getsockname(self) -> tuple:
+        return self.sock.getsockname()
+
+
 class SipTransports:
     """UDP and TCP listeners plus outgoing TCP connections for the presence engine."""
 
@@ -90,8 +116,9 @@ class SipTransports:
                  max_tcp_buffer: int = 65536, tcp_idle_timeout: float = 3600.0,
                  max_tcp_connections: int = 10000, max_tcp_per_source: int = 256,
                  tcp_unused_timeout: float = 60.0, tcp_message_timeout: float = 10.0,
-                 in_use: Callable[[int], bool] | None = None):
+                 in_use: Callable[[int], bool] | None = None, udp_batch: bool | None = None):
         self.handler = handler
+        self.udp_batch = udp_batch  # None: batched system calls when the extension is built
         self.max_datagram = max_datagram
         self.max_tcp_buffer = max_tcp_buffer
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -114,7 +141,7 @@ class SipTransports:
             "send_errors": 0,
             "handler_errors": 0,
         }
-        self._udp: list[socket.socket] = []
+        self._udp: list[_UdpSocket] = []
         self._listeners: list[socket.socket] = []
         self._conns: dict[int, _Connection] = {}  # oldest first (scans move busy ones back)
         self._by_source: dict[str, dict[int, _Connection]] = {}
@@ -135,7 +162,8 @@ class SipTransports:
         transport = transport.lower()
         family = _family(host)
         if transport == "udp":
-            sock = socket.socket(family, _stdsocket.SOCK_DGRAM)
+            sock = _stdsocket.socket(family, _stdsocket.SOCK_DGRAM)
+            sock.setblocking(False)
             for option in (_stdsocket.SO_RCVBUF, _stdsocket.SO_SNDBUF):
                 try:
                     sock.setsockopt(_stdsocket.SOL_SOCKET, option, SOCKET_BUFFER)
@@ -154,29 +182,69 @@ class SipTransports:
             sock.close()
             raise
         if transport == "udp":
-            self._udp.append(sock)
-            self._group.spawn(self._udp_reader, sock)
+            udp = _UdpSocket(sock, max(self.max_datagram + 1, 65536), self.udp_batch)
+            self._udp.append(udp)
+            udp.reader = self._group.spawn(self._udp_reader, udp)
+            udp.writer = self._group.spawn(self._udp_writer, udp)
         else:
             self._listeners.append(sock)
             self._group.spawn(self._accept_loop, sock)
         return _peer(sock.getsockname())
 
-    def _udp_reader(self, sock: socket.socket) -> None:
-        bufsize = max(self.max_datagram + 1, 65536)
+    def _udp_reader(self, udp: _UdpSocket) -> None:
+        recv = udp.batcher.recv
+        fd = udp.sock.fileno()
+        max_datagram = self.max_datagram
+        handled = 0
         while not self._closed:
             try:
-                data, addr = sock.recvfrom(bufsize)
+                batch = recv()
             except OSError as exc:
-                if self._closed or sock.fileno() < 0:
+                if self._closed or udp.sock.fileno() < 0:
                     return
-                log.debug("udp recvfrom failed: %s", exc)
+                log.debug("udp receive failed: %s", exc)
+                batch = []
+            if not batch:
+                handled = 0
+                socket.wait_read(fd)
                 continue
-            if len(data) > self.max_datagram:
-                self.counters["datagrams_oversized"] += 1
-                continue
-            if not data.strip(b"\r\n"):
-                continue  # CRLF keep-alive
-            self._dispatch(data, _peer(addr), "udp", None)
+            for data, addr in batch:
+                if len(data) > max_datagram:
+                    self.counters["datagrams_oversized"] += 1
+                    continue
+                if not data.strip(b"\r\n"):
+                    continue  # CRLF keep-alive
+                self._dispatch(data, addr, "udp", None)
+            if udp.out:
+                self._flush_udp(udp)  # the answers leave before more work is read
+            handled += len(batch)
+            if handled >= UDP_YIELD_AFTER:  # a flood must not starve timers and HTTP
+                handled = 0
+                gevent.sleep(0)
+
+    def _udp_writer(self, udp: _UdpSocket) -> None:
+        """Sends what other greenlets queued (timers, HTTP publishes), one wake-up per burst."""
+        while not self._closed:
+            udp.wake.wait()
+            udp.wake.clear()
+            if udp.out:
+                self._flush_udp(udp)
+
+    def _flush_udp(self, udp: _UdpSocket) -> None:
+        """Send the queue of ``udp``; waits (cooperatively) while the socket buffer is full."""
+        while udp.out and not self._closed:
+            out = udp.out
+            udp.out = []
+            try:
+                taken, failed = udp.batcher.send(out)
+            except OSError as exc:
+                log.debug("udp send failed: %s", exc)
+                taken, failed = len(out), len(out)
+            if failed:
+                self.counters["send_errors"] += failed
+            if taken < len(out):
+                udp.out[:0] = out[taken:]
+                socket.wait_write(udp.sock.fileno())
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while not self._closed:
@@ -400,20 +468,18 @@ class SipTransports:
         return False
 
     def _send_udp(self, dest: tuple[str, int], data: bytes) -> bool:
+        """Queue one datagram; it leaves with its batch (see _flush_udp)."""
         if not self._udp:
             self.counters["send_errors"] += 1
             return False
         if len(self._udp) == 1:
-            sock = self._udp[0]
+            udp = self._udp[0]
         else:
             family = _family(dest[0])
-            sock = next((s for s in self._udp if s.family == family), self._udp[0])
-        try:
-            sock.sendto(data, (dest[0], dest[1]))
-        except (OSError, ValueError, OverflowError) as exc:  # ValueError: UnicodeError (IDNA)
-            log.debug("udp send to %s failed: %s", dest, exc)
-            self.counters["send_errors"] += 1
-            return False
+            udp = next((u for u in self._udp if u.family == family), self._udp[0])
+        if not udp.out:
+            udp.wake.set()
+        udp.out.append((data, (dest[0], dest[1])))
         return True
 
     # ------------------------------------------------------------------ misc
@@ -439,7 +505,12 @@ class SipTransports:
     def close(self) -> None:
         """Close every socket and stop every greenlet this object started."""
         self._closed = True
-        for sock in self._udp + self._listeners:
+        for udp in self._udp:  # nothing may wait on a descriptor as it closes
+            for greenlet in (udp.reader, udp.writer):
+                if greenlet is not None and greenlet is not gevent.getcurrent():
+                    greenlet.kill(block=True, timeout=1.0)
+            udp.sock.close()
+        for sock in self._listeners:
             sock.close()
         for conn in list(self._conns.values()):
             self._close_conn(conn)
