@@ -25,7 +25,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
         "duration": args.duration, "repeats": args.repeats,
         "subscribe_rate": args.subscribe_rate, "probe_start": args.probe_start,
         "probe_seconds": args.probe_seconds, "kamailio_children": args.kamailio_children,
-        "kamailio_shm_mb": args.kamailio_shm_mb,
+        "kamailio_shm_mb": args.kamailio_shm_mb, "connections": args.connections,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.ceiling is not None:
@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="raise the publish rate until delivery or state breaks")
     run.add_argument("--memory-only", action="store_true",
                      help="only subscribe, verify and read memory (e.g. 1M subscriptions)")
+    run.add_argument("--connections", type=int,
+                     help="publisher keep-alive connections (one request in flight on each)")
     run.add_argument("--kamailio-children", type=int, help="Kamailio UDP workers (-n)")
     run.add_argument("--kamailio-shm-mb", type=int, help="Kamailio shared memory (-m)")
     run.add_argument("--results-dir", default=str(report.RESULTS))

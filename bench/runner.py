@@ -48,7 +48,7 @@ class RunConfig:
     ceiling_p99_ms: float = 250.0  # a step with a worse p99 does not count as sustained
     memory_settle: float = 6.0     # wait after the subscribe phase before reading memory
     memory_only: bool = False      # subscribe + verify + memory; no fan-out, no ladders
-    connections: int = 16
+    connections: int = 64        # publisher connections, one request in flight each
     settle: float = 1.5           # quiet time that ends a phase
     kamailio_children: int = 1
     kamailio_shm_mb: int = 1024
