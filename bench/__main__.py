@@ -30,6 +30,9 @@ def _config(args: argparse.Namespace) -> RunConfig:
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.ceiling is not None:
         cfg = replace(cfg, ceiling=args.ceiling)
+    if args.overload:
+        cfg = replace(cfg, ceiling=True,
+                      overload=tuple(float(x) for x in args.overload.split(",")))
     if args.memory_only:
         cfg = replace(cfg, memory_only=True, ceiling=False, mode="memory")
     return cfg
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--probe-seconds", type=float, help="seconds per SUBSCRIBE/s rung")
     run.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=None,
                      help="raise the publish rate until delivery or state breaks")
+    run.add_argument("--overload", metavar="F1,F2",
+                     help="after the ceiling, offer F x its publish rate (e.g. 1.5,2)")
     run.add_argument("--memory-only", action="store_true",
                      help="only subscribe, verify and read memory (e.g. 1M subscriptions)")
     run.add_argument("--connections", type=int,

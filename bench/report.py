@@ -146,6 +146,29 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def steps_table(results: dict[str, dict]) -> str:
+    """Every fan-out step of the ceiling search and of the overload runs, per server."""
+    lines = ["| server | step | offered publishes/s | achieved publishes/s | HTTP non-2xx | "
+             "NOTIFY/s delivered | delivery ratio | right state | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        steps = [("fan-out", f) for f in r.get("fanout", [])[:1]]
+        steps += [("ceiling", f) for f in r.get("ceiling", [])]
+        steps += [(f"overload x{f['factor']:g}", f) for f in r.get("overload", [])]
+        for label, f in steps:
+            if "error" in f:
+                lines.append(f"| {name} | {label} | {f['target_rate']:,.0f} | {f['error']} "
+                             "| | | | | |")
+                continue
+            offered = f.get("target_rate", r["config"]["rate"])
+            lines.append(
+                f"| {name} | {label} | {offered:,.0f} | {f['publish_rate']:,.0f} | "
+                f"{_fmt(f.get('http_non_2xx'))} | {f['notify_per_s']:,.0f} | "
+                f"{f['delivery_ratio']:.4f} | {f['right_state_ratio']:.4f} | "
+                f"{_fmt(f['latency_ms_p99'], 1)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def _portable(command: str) -> str:
     """A server command line as it reads in any checkout: paths below the repo made relative,
     temporary run directories shortened."""
@@ -176,7 +199,8 @@ def run_section(results: dict[str, dict], command: str, date: str | None = None)
     if loads:
         parts.append("- Load average (1/5/15 min) at the start of each server's run: "
                      + ", ".join(f"{n} {tuple(round(x, 2) for x in v)}" for n, v in loads.items()))
-    return "\n".join([*parts, "", table(results), ""])
+    steps = steps_table(results) if any(r.get("ceiling") for r in results.values()) else ""
+    return "\n".join([*parts, "", table(results), "", *([steps, ""] if steps else [])])
 
 
 NOTES_BEGIN, NOTES_END = "<!-- notes -->", "<!-- /notes -->"

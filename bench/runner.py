@@ -46,6 +46,7 @@ class RunConfig:
     ceiling_step: float = 1.5
     ceiling_max_rate: float = 40000.0
     ceiling_p99_ms: float = 250.0  # a step with a worse p99 does not count as sustained
+    overload: tuple[float, ...] = ()  # after the ceiling: fan-out at these multiples of it
     memory_settle: float = 6.0     # wait after the subscribe phase before reading memory
     memory_only: bool = False      # subscribe + verify + memory; no fan-out, no ladders
     connections: int = 64        # publisher connections, one request in flight each
@@ -75,6 +76,7 @@ class ServerResult:
     fanout: list[dict[str, float]] = field(default_factory=list)
     fanout_median: dict[str, float] = field(default_factory=dict)
     ceiling: list[dict[str, float]] = field(default_factory=list)
+    overload: list[dict[str, float]] = field(default_factory=list)
     subscribe_ladders: list[list[dict[str, object]]] = field(default_factory=list)
     clean_subscribe_per_s: float = 0.0
     cpu_seconds: dict[str, float] = field(default_factory=dict)
@@ -225,6 +227,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
                 fig = analysis.fanout(pres.sent, analysis.decode(records), held,
                                       pres.achieved_rate).as_dict()
                 fig["target_rate"] = rate
+                fig["http_non_2xx"] = len(pres.sent) - pres.ok
                 result.ceiling.append(fig)
                 log.info("ceiling at %.0f/s: %s", rate, fig)
                 if (fig["delivery_ratio"] < 1.0 or fig["right_state_ratio"] < 1.0
@@ -233,6 +236,28 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
                     break
                 rate *= cfg.ceiling_step
             phase_done("ceiling")
+
+            # 4b. overload: offered publishes at multiples of the sustained rate (collapse?)
+            steps = [*result.fanout, *result.ceiling]
+            good = [f for f in steps if f["delivery_ratio"] >= 1.0
+                    and f["right_state_ratio"] >= 1.0 and f["latency_ms_p99"] <= cfg.ceiling_p99_ms]
+            base = max((f["publish_rate"] for f in good), default=0.0)
+            for factor in cfg.overload if base else ():
+                rate = base * factor
+                count = int(rate * cfg.duration)
+                try:
+                    pres, records = _publish_phase(server, responder, plan, count, rate, cfg,
+                                                   prefix="p")
+                except (TimeoutError, ConnectionError) as exc:
+                    result.overload.append({"factor": factor, "target_rate": rate,
+                                            "error": str(exc)})
+                    continue
+                fig = analysis.fanout(pres.sent, analysis.decode(records), held,
+                                      pres.achieved_rate).as_dict()
+                fig.update(factor=factor, target_rate=rate, http_non_2xx=len(pres.sent) - pres.ok)
+                result.overload.append(fig)
+                log.info("overload x%.1f at %.0f/s: %s", factor, rate, fig)
+            phase_done("overload")
 
         # 5. clean SUBSCRIBE/s
         cpu3 = server.cpu_seconds()
