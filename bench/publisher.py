@@ -27,6 +27,7 @@ class PublishResult:
     errors: int = 0
     started: float = 0.0
     finished: float = 0.0
+    server_cpu: float = 0.0  # CPU seconds the server spent on this phase (set by the runner)
 
     @property
     def achieved_rate(self) -> float:

@@ -99,6 +99,8 @@ ROWS: list[tuple[str, Callable[[dict], object], int]] = [
      lambda r: r["clean_subscribe_per_s"] if r.get("subscribe_ladders") else None, 0),
     ("publishes/s achieved (median)", lambda r: r["fanout_median"]["publish_rate"], 0),
     ("NOTIFY/s delivered (median)", lambda r: r["fanout_median"]["notify_per_s"], 0),
+    ("NOTIFY delivered per server CPU second (median)",
+     lambda r: r["fanout_median"].get("notify_per_cpu_s"), 0),
     ("delivery ratio (median)", lambda r: r["fanout_median"]["delivery_ratio"], 4),
     ("extra NOTIFYs, same state again (median)", lambda r: r["fanout_median"].get("extra"), 0),
     ("right-state ratio (median)", lambda r: r["fanout_median"]["right_state_ratio"], 4),
@@ -149,8 +151,8 @@ def table(results: dict[str, dict]) -> str:
 def steps_table(results: dict[str, dict]) -> str:
     """Every fan-out step of the ceiling search and of the overload runs, per server."""
     lines = ["| server | step | offered publishes/s | achieved publishes/s | HTTP non-2xx | "
-             "NOTIFY/s delivered | delivery ratio | right state | p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "NOTIFY/s delivered | per server CPU s | delivery ratio | right state | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         steps = [("fan-out", f) for f in r.get("fanout", [])[:1]]
         steps += [("ceiling", f) for f in r.get("ceiling", [])]
@@ -158,12 +160,13 @@ def steps_table(results: dict[str, dict]) -> str:
         for label, f in steps:
             if "error" in f:
                 lines.append(f"| {name} | {label} | {f['target_rate']:,.0f} | {f['error']} "
-                             "| | | | | |")
+                             "| | | | | | |")
                 continue
             offered = f.get("target_rate", r["config"]["rate"])
             lines.append(
                 f"| {name} | {label} | {offered:,.0f} | {f['publish_rate']:,.0f} | "
                 f"{_fmt(f.get('http_non_2xx'))} | {f['notify_per_s']:,.0f} | "
+                f"{_fmt(f.get('notify_per_cpu_s'))} | "
                 f"{f['delivery_ratio']:.4f} | {f['right_state_ratio']:.4f} | "
                 f"{_fmt(f['latency_ms_p99'], 1)} |")
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -112,9 +112,22 @@ def _collect(responder: Responder, settle: float, limit: float = 60.0) -> list:
 def _publish_phase(server: Server, responder: Responder, plan: PublishPlan, count: int,
                    rate: float, cfg: RunConfig, prefix: str) -> tuple[PublishResult, list]:
     responder.dump()
+    cpu0 = server.cpu_seconds()
     res = publish(("127.0.0.1", server.http_port), plan, count, rate,
                   connections=cfg.connections, path=server.publish_path, tag_prefix=prefix)
-    return res, _collect(responder, cfg.settle)
+    records = _collect(responder, cfg.settle)
+    res.server_cpu = server.cpu_seconds() - cpu0
+    return res, records
+
+
+def _figures(pres: PublishResult, records: list, held: dict[str, int]) -> dict[str, float]:
+    """The fan-out figures of one step, plus the server's CPU seconds and NOTIFYs per CPU s."""
+    fig = analysis.fanout(pres.sent, analysis.decode(records), held,
+                          pres.achieved_rate).as_dict()
+    fig["http_non_2xx"] = len(pres.sent) - pres.ok
+    fig["server_cpu_s"] = pres.server_cpu
+    fig["notify_per_cpu_s"] = fig["delivered"] / pres.server_cpu if pres.server_cpu else 0.0
+    return fig
 
 
 def _subscribe_ladder(server: Server, cfg: RunConfig, workdir: Path, ladder: int,
@@ -207,9 +220,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
             pres, records = _publish_phase(server, responder, plan, count, cfg.rate, cfg,
                                            prefix="p")
             cpu_fan += server.cpu_seconds() - c0
-            fig = analysis.fanout(pres.sent, analysis.decode(records), held,
-                                  pres.achieved_rate).as_dict()
-            fig["http_non_2xx"] = len(pres.sent) - pres.ok
+            fig = _figures(pres, records, held)
             fig["repeat"] = rep
             result.fanout.append(fig)
             log.info("fan-out %d at %.0f/s: %s", rep, cfg.rate, fig)
@@ -224,10 +235,8 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
                 count = int(rate * cfg.duration)
                 pres, records = _publish_phase(server, responder, plan, count, rate, cfg,
                                                prefix="p")
-                fig = analysis.fanout(pres.sent, analysis.decode(records), held,
-                                      pres.achieved_rate).as_dict()
+                fig = _figures(pres, records, held)
                 fig["target_rate"] = rate
-                fig["http_non_2xx"] = len(pres.sent) - pres.ok
                 result.ceiling.append(fig)
                 log.info("ceiling at %.0f/s: %s", rate, fig)
                 if (fig["delivery_ratio"] < 1.0 or fig["right_state_ratio"] < 1.0
@@ -252,9 +261,8 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
                     result.overload.append({"factor": factor, "target_rate": rate,
                                             "error": str(exc)})
                     continue
-                fig = analysis.fanout(pres.sent, analysis.decode(records), held,
-                                      pres.achieved_rate).as_dict()
-                fig.update(factor=factor, target_rate=rate, http_non_2xx=len(pres.sent) - pres.ok)
+                fig = _figures(pres, records, held)
+                fig.update(factor=factor, target_rate=rate)
                 result.overload.append(fig)
                 log.info("overload x%.1f at %.0f/s: %s", factor, rate, fig)
             phase_done("overload")
