@@ -6,7 +6,8 @@ greenlet.
 UDP: a reader drains its socket in batches (``recvmmsg`` through presence.sip.mmsg, or a
 ``recvfrom`` loop) without a greenlet switch per datagram. Outgoing datagrams are queued per
 socket and leave in batches (``sendmmsg``): after each received batch is handled, and otherwise
-from a writer greenlet woken once per burst (so the NOTIFYs of one publish leave together). TCP is framed by `StreamFramer`; outgoing TCP data is queued per connection and written
+from a hub callback run once the sending greenlet yields (so the NOTIFYs of one publish leave
+together); only a full socket buffer makes a greenlet wait for writability. TCP is framed by `StreamFramer`; outgoing TCP data is queued per connection and written
 by a short-lived writer greenlet so `send()` never blocks its caller.
 
 TCP limits: at most ``max_tcp_connections`` connections and ``max_tcp_per_source`` from one IP
@@ -29,7 +30,6 @@ from collections.abc import Callable
 from itertools import count, islice
 
 import gevent
-import gevent.event
 import gevent.pool
 from gevent import socket
 
@@ -94,14 +94,14 @@ class _Connection:
 class _UdpSocket:
     """One bound UDP socket: its batcher, its send queue and the writer's wake-up."""
 
-    __slots__ = ("sock", "family", "batcher", "out", "wake", "reader", "writer")
+    __slots__ = ("sock", "family", "batcher", "out", "flush_due", "reader", "writer")
 
     def __init__(self, sock: _stdsocket.socket, bufsize: int, batched: bool | None):
         self.sock = sock
         self.family = sock.family
         self.batcher = DatagramBatcher(sock, bufsize, batched=batched)
         self.out: list[tuple[bytes, tuple[str, int]]] = []
-        self.wake = gevent.event.Event()
+        self.flush_due = False  # a flush callback is scheduled on the hub
         self.reader: gevent.Greenlet | None = None
         self.writer: gevent.Greenlet | None = None
 
@@ -185,7 +185,6 @@ class SipTransports:
             udp = _UdpSocket(sock, max(self.max_datagram + 1, 65536), self.udp_batch)
             self._udp.append(udp)
             udp.reader = self._group.spawn(self._udp_reader, udp)
-            udp.writer = self._group.spawn(self._udp_writer, udp)
         else:
             self._listeners.append(sock)
             self._group.spawn(self._accept_loop, sock)
@@ -193,42 +192,55 @@ class SipTransports:
 
     def _udp_reader(self, udp: _UdpSocket) -> None:
         recv = udp.batcher.recv
-        fd = udp.sock.fileno()
-        max_datagram = self.max_datagram
-        handled = 0
-        while not self._closed:
-            try:
-                batch = recv()
-            except OSError as exc:
-                if self._closed or udp.sock.fileno() < 0:
-                    return
-                log.debug("udp receive failed: %s", exc)
-                batch = []
-            if not batch:
-                handled = 0
-                socket.wait_read(fd)
-                continue
-            for data, addr in batch:
-                if len(data) > max_datagram:
-                    self.counters["datagrams_oversized"] += 1
+        hub = gevent.get_hub()
+        readable = hub.loop.io(udp.sock.fileno(), 1)
+        try:
+            max_datagram = self.max_datagram
+            handled = 0
+            while not self._closed:
+                try:
+                    batch = recv()
+                except OSError as exc:
+                    if self._closed or udp.sock.fileno() < 0:
+                        return
+                    log.debug("udp receive failed: %s", exc)
+                    batch = []
+                if not batch:
+                    handled = 0
+                    hub.wait(readable)
                     continue
-                if not data.strip(b"\r\n"):
-                    continue  # CRLF keep-alive
-                self._dispatch(data, addr, "udp", None)
-            if udp.out:
-                self._flush_udp(udp)  # the answers leave before more work is read
-            handled += len(batch)
-            if handled >= UDP_YIELD_AFTER:  # a flood must not starve timers and HTTP
-                handled = 0
-                gevent.sleep(0)
+                for data, addr in batch:
+                    if len(data) > max_datagram:
+                        self.counters["datagrams_oversized"] += 1
+                        continue
+                    if not data.strip(b"\r\n"):
+                        continue  # CRLF keep-alive
+                    self._dispatch(data, addr, "udp", None)
+                if udp.out:
+                    self._flush_udp(udp)  # the answers leave before more work is read
+                handled += len(batch)
+                if handled >= UDP_YIELD_AFTER:  # a flood must not starve timers and HTTP
+                    handled = 0
+                    gevent.sleep(0)
+        finally:
+            readable.close()
 
-    def _udp_writer(self, udp: _UdpSocket) -> None:
-        """Sends what other greenlets queued (timers, HTTP publishes), one wake-up per burst."""
-        while not self._closed:
-            udp.wake.wait()
-            udp.wake.clear()
-            if udp.out:
-                self._flush_udp(udp)
+    def _flush_soon(self, udp: _UdpSocket) -> None:
+        """Hub callback: send what other greenlets queued (timers, HTTP publishes) once they
+        yield, so a burst leaves in one batch; a full socket buffer hands over to a greenlet."""
+        udp.flush_due = False
+        if not udp.out or self._closed:
+            return
+        try:
+            taken, failed = udp.batcher.send(udp.out)
+        except OSError as exc:
+            log.debug("udp send failed: %s", exc)
+            taken = failed = len(udp.out)
+        if failed:
+            self.counters["send_errors"] += failed
+        del udp.out[:taken]
+        if udp.out and (udp.writer is None or udp.writer.dead):
+            udp.writer = self._group.spawn(self._flush_udp, udp)
 
     def _flush_udp(self, udp: _UdpSocket) -> None:
         """Send the queue of ``udp``; waits (cooperatively) while the socket buffer is full."""
@@ -477,9 +489,10 @@ class SipTransports:
         else:
             family = _family(dest[0])
             udp = next((u for u in self._udp if u.family == family), self._udp[0])
-        if not udp.out:
-            udp.wake.set()
         udp.out.append((data, (dest[0], dest[1])))
+        if not udp.flush_due:
+            udp.flush_due = True
+            gevent.get_hub().loop.run_callback(self._flush_soon, udp)
         return True
 
     # ------------------------------------------------------------------ misc
