@@ -154,7 +154,7 @@ def steps_table(results: dict[str, dict]) -> str:
              "NOTIFY/s delivered | per server CPU s | delivery ratio | right state | p99 ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        steps = [("fan-out", f) for f in r.get("fanout", [])[:1]]
+        steps = [("fan-out (1st repeat)", f) for f in r.get("fanout", [])[:1]]
         steps += [("ceiling", f) for f in r.get("ceiling", [])]
         steps += [(f"overload x{f['factor']:g}", f) for f in r.get("overload", [])]
         for label, f in steps:
