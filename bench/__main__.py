@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -125,8 +127,12 @@ def cmd_tools(args: argparse.Namespace) -> int:
     resp = [responder_ceiling(args.count) for _ in range(args.repeats)]
     pub = [publisher_ceiling(args.publishes) for _ in range(args.repeats)]
     out = {"responder": {k: median([r[k] for r in resp]) for k in resp[0]},
-           "publisher": {k: median([r[k] for r in pub]) for k in pub[0]}}
+           "publisher": {k: median([r[k] for r in pub]) for k in pub[0]},
+           "command": "python -m bench " + shlex.join(sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d %H:%M %Z"), "loadavg": os.getloadavg()}
     print(json.dumps(out))
+    report.RESULTS.mkdir(parents=True, exist_ok=True)
+    report.TOOLS.write_text(json.dumps(out, indent=1))  # quoted next to every run's results
     return 0
 
 

@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+TOOLS = RESULTS / "tools.json"  # the last `python -m bench tools`
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 ORDER = ("busylamp", "kamailio")
 MODES = ("full", "memory", "quick", "stages")  # results sections of docs/BENCHMARKS.md, in this order
@@ -59,6 +60,20 @@ def write_json(results: dict[str, dict], command: str, directory: Path = RESULTS
                "machine": machine(), "results": results}
     path.write_text(json.dumps(payload, indent=1, default=str))
     return path
+
+
+def tool_ceilings() -> str:
+    """The load tools' ceilings from the last ``python -m bench tools`` (empty if never run)."""
+    try:
+        t = json.loads(TOOLS.read_text())
+    except (OSError, ValueError):
+        return ""
+    r, p = t["responder"], t["publisher"]
+    return (f"- Load tools' ceilings (`{t['command']}`, {t['date']}, load "
+            f"{tuple(round(x, 2) for x in t['loadavg'])}): NOTIFY responder "
+            f"{r['notify_per_cpu_s']:,.0f} NOTIFY/s per CPU s ({r['notify_per_s']:,.0f}/s "
+            f"wall-clock), HTTP publisher {p['publish_per_cpu_s']:,.0f} publishes/s per CPU s "
+            f"({p['publish_per_s']:,.0f}/s wall-clock)")
 
 
 def _fmt(value: object, digits: int = 0) -> str:
@@ -199,6 +214,9 @@ def run_section(results: dict[str, dict], command: str, date: str | None = None)
         server = r["server"]
         parts.append(f"- {name}: `{_portable(server.get('command', ''))}`"
                      + (f" ({server['version']})" if server.get("version") else ""))
+    tools = tool_ceilings()
+    if tools:
+        parts.append(tools)
     if loads:
         parts.append("- Load average (1/5/15 min) at the start of each server's run: "
                      + ", ".join(f"{n} {tuple(round(x, 2) for x in v)}" for n, v in loads.items()))
