@@ -85,11 +85,13 @@ def _fmt(value: object, digits: int = 0) -> str:
 
 
 def _ceiling(r: dict) -> float | None:
-    """Highest NOTIFY/s with 100% delivery and right state (and p99 within the limit)."""
+    """Highest NOTIFY/s with 100% delivery and right state (and p99 within the limit), over the
+    fan-out, ceiling and overload steps."""
     if not r["config"].get("ceiling"):
         return None
     limit = r["config"].get("ceiling_p99_ms", math.inf)
-    steps = list(r.get("fanout", [])) + list(r.get("ceiling", []))
+    steps = [*r.get("fanout", []), *r.get("ceiling", []),
+             *(f for f in r.get("overload", []) if "error" not in f)]
     good = [s["notify_per_s"] for s in steps
             if s["delivery_ratio"] >= 1.0 and s["right_state_ratio"] >= 1.0
             and s["latency_ms_p99"] <= limit]
