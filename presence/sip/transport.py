@@ -1,14 +1,14 @@
 """Thin gevent adapter: SIP over UDP and TCP sockets, one greenlet per socket / connection.
 
 Incoming messages go to `handler(data, source, transport, conn_id)` inline from the reading
-greenlet.
+greenlet. TCP is framed by `StreamFramer`; outgoing TCP data is queued per connection and written
+by a short-lived writer greenlet so `send()` never blocks its caller.
 
 UDP: a reader drains its socket in batches (``recvmmsg`` through presence.sip.mmsg, or a
 ``recvfrom`` loop) without a greenlet switch per datagram. Outgoing datagrams are queued per
 socket and leave in batches (``sendmmsg``): after each received batch is handled, and otherwise
 from a hub callback run once the sending greenlet yields (so the NOTIFYs of one publish leave
-together); only a full socket buffer makes a greenlet wait for writability. TCP is framed by `StreamFramer`; outgoing TCP data is queued per connection and written
-by a short-lived writer greenlet so `send()` never blocks its caller.
+together); only a full socket buffer makes a greenlet wait for writability.
 
 TCP limits: at most ``max_tcp_connections`` connections and ``max_tcp_per_source`` from one IP
 address; a new connection over either cap takes the place of the oldest one that carries no
@@ -92,7 +92,8 @@ class _Connection:
 
 
 class _UdpSocket:
-    """One bound UDP socket: its batcher, its send queue and the writer's wake-up."""
+    """One bound UDP socket: its batcher, its send queue, its reader and (while the socket
+    buffer is full) its writer greenlet."""
 
     __slots__ = ("sock", "family", "batcher", "out", "flush_due", "reader", "writer")
 
@@ -104,9 +105,6 @@ class _UdpSocket:
         self.flush_due = False  # a flush callback is scheduled on the hub
         self.reader: gevent.Greenlet | None = None
         self.writer: gevent.Greenlet | None = None
-
-    def getsockname(self) -> tuple:
-        return self.sock.getsockname()
 
 
 class SipTransports:
