@@ -28,6 +28,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
         "subscribe_rate": args.subscribe_rate, "probe_start": args.probe_start,
         "probe_seconds": args.probe_seconds, "kamailio_children": args.kamailio_children,
         "kamailio_shm_mb": args.kamailio_shm_mb, "connections": args.connections,
+        "depth": args.depth,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.ceiling is not None:
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="only subscribe, verify and read memory (e.g. 1M subscriptions)")
     run.add_argument("--connections", type=int,
                      help="publisher keep-alive connections (one request in flight on each)")
+    run.add_argument("--depth", type=int,
+                     help="requests in flight per publisher connection (> 1: HTTP pipelining, "
+                     "an offered load that does not wait for the server)")
     run.add_argument("--kamailio-children", type=int, help="Kamailio UDP workers (-n)")
     run.add_argument("--kamailio-shm-mb", type=int, help="Kamailio shared memory (-m)")
     run.add_argument("--results-dir", default=str(report.RESULTS))

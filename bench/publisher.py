@@ -1,7 +1,7 @@
 """HTTP publisher: one JSON update per POST, paced, over keep-alive HTTP/1.1 connections.
 
 The C tool ``bench/c/publisher.c`` does the sending; this wrapper writes the publish plan for it
-and reads back what was sent. Each connection carries at most one request in flight; a publish
+and reads back what was sent. Each connection carries at most ``depth`` requests in flight (1 unless pipelining); a publish
 is sent on the first idle connection once it is due (``start + i / rate``). If the server falls
 behind, publishes go out as fast as connections free up and the achieved rate shows it.
 :func:`measure_ceiling` runs it unpaced against a trivial HTTP sink of its own.
@@ -45,9 +45,9 @@ def _pinned(cmd: list[str], cpu: int | None) -> list[str]:
 
 def publish(address: tuple[str, int], plan: PublishPlan, count: int, rate: float,
             connections: int = 4, path: str = "/publish", tag_prefix: str = "p",
-            cpu: int | None = None) -> PublishResult:
+            cpu: int | None = None, depth: int = 1) -> PublishResult:
     """Send ``count`` updates from ``plan`` at ``rate`` per second (<= 0: unpaced); wait for
-    every answer."""
+    every answer. ``depth`` > 1 pipelines that many requests per connection."""
     steps = [plan.next() for _ in range(count)]
     with tempfile.TemporaryDirectory(prefix="bench-publisher-") as tmp:
         plan_path, out_path = Path(tmp) / "plan", Path(tmp) / "out"
@@ -55,7 +55,7 @@ def publish(address: tuple[str, int], plan: PublishPlan, count: int, rate: float
                                      for seq, pres, state, call in steps), encoding="ascii")
         proc = subprocess.run(_pinned([str(tool("publisher")), address[0], str(address[1]), path,
                                        repr(float(rate)), str(max(1, connections)), tag_prefix,
-                                       str(plan_path), str(out_path)], cpu),
+                                       str(plan_path), str(out_path), str(max(1, depth))], cpu),
                               capture_output=True, text=True, check=False)
         if proc.returncode == 3:
             raise TimeoutError("server stopped answering HTTP publishes")

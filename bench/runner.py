@@ -50,6 +50,7 @@ class RunConfig:
     memory_settle: float = 6.0     # wait after the subscribe phase before reading memory
     memory_only: bool = False      # subscribe + verify + memory; no fan-out, no ladders
     connections: int = 64        # publisher connections, one request in flight each
+    depth: int = 1                # requests in flight per connection (> 1: HTTP pipelining)
     settle: float = 1.5           # quiet time that ends a phase
     kamailio_children: int = 1
     kamailio_shm_mb: int = 1024
@@ -114,7 +115,8 @@ def _publish_phase(server: Server, responder: Responder, plan: PublishPlan, coun
     responder.dump()
     cpu0 = server.cpu_seconds()
     res = publish(("127.0.0.1", server.http_port), plan, count, rate,
-                  connections=cfg.connections, path=server.publish_path, tag_prefix=prefix)
+                  connections=cfg.connections, path=server.publish_path, tag_prefix=prefix,
+                  depth=cfg.depth)
     records = _collect(responder, cfg.settle)
     res.server_cpu = server.cpu_seconds() - cpu0
     return res, records

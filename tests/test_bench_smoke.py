@@ -112,7 +112,7 @@ def test_c_publisher_posts_the_workload_json_paced(tmp_path: Path):
 
     threading.Thread(target=serve, daemon=True).start()
     plan = PublishPlan([3, 5])
-    res = publish(listener.getsockname(), plan, 6, 200.0, connections=1, tag_prefix="q")
+    res = publish(listener.getsockname(), plan, 6, 200.0, connections=1, tag_prefix="q", depth=2)
     listener.close()
     assert [s[:3] for s in res.sent] == [(0, 3, "early"), (1, 5, "early"), (2, 3, "confirmed"),
                                          (3, 5, "confirmed"), (4, 3, "terminated"),

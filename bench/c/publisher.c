@@ -1,12 +1,13 @@
 /* HTTP publisher for the benchmark harness (bench/publisher.py drives it).
  *
- *   publisher HOST PORT PATH RATE CONNECTIONS TAG_PREFIX PLAN_FILE OUT_FILE
+ *   publisher HOST PORT PATH RATE CONNECTIONS TAG_PREFIX PLAN_FILE OUT_FILE [DEPTH]
  *   publisher --sink     a trivial HTTP server answering 200 to every request (the
  *                        publisher's own ceiling); prints "port N", runs until SIGTERM
  *
  * PLAN_FILE holds one publish per line: "seq presentity state call". Each becomes one
  * Kazoo/pua_json dialog update (the JSON of bench.workload.dialog_update) POSTed over
- * CONNECTIONS keep-alive HTTP/1.1 connections, at most one request in flight on each, publish i
+ * CONNECTIONS keep-alive HTTP/1.1 connections, at most DEPTH requests (default 1; more is HTTP
+ * pipelining) in flight on each, publish i
  * due at start + i / RATE (RATE <= 0: as fast as connections free up). OUT_FILE gets
  * "S index send_time" per request sent (CLOCK_MONOTONIC seconds), "C status count" per HTTP
  * status and a last line "T started finished errors". Exit 3 when the server stops answering.
@@ -32,7 +33,7 @@
 #define RBUF 65536
 
 typedef struct { long seq, pres, call; int state; } plan_t;
-typedef struct { int fd, busy; size_t blen; char buf[RBUF]; } conn_t;
+typedef struct { int fd, busy; size_t blen; char buf[RBUF]; } conn_t;  /* busy: in flight */
 
 static const char *STATES[] = {"early", "confirmed", "terminated"};
 static const int EXPIRES[] = {120, 3600, 10};
@@ -131,12 +132,13 @@ static int sink(void) {
 
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--sink") == 0) return sink();
-    if (argc != 9) {
-        fprintf(stderr, "usage: publisher HOST PORT PATH RATE CONNECTIONS TAG_PREFIX PLAN OUT\n");
+    if (argc != 9 && argc != 10) {
+        fprintf(stderr, "usage: publisher HOST PORT PATH RATE CONNECTIONS TAG_PREFIX PLAN OUT [DEPTH]\n");
         return 2;
     }
     const char *ip = argv[1], *path = argv[3], *prefix = argv[6];
-    int port = atoi(argv[2]), nconn = atoi(argv[5]);
+    int port = atoi(argv[2]), nconn = atoi(argv[5]), depth = argc == 10 ? atoi(argv[9]) : 1;
+    if (depth < 1) depth = 1;
     double rate = atof(argv[4]);
     char host[128];
     snprintf(host, sizeof host, "%s:%d", ip, port);
@@ -154,7 +156,8 @@ int main(int argc, char **argv) {
     fclose(pf);
     if (nconn < 1) nconn = 1;
     conn_t *conns = calloc(nconn, sizeof *conns);
-    int *idle = malloc(nconn * sizeof *idle), nidle = 0;
+    /* one entry per free request slot: a connection appears up to DEPTH times */
+    int *idle = malloc((size_t)nconn * depth * sizeof *idle), nidle = 0;
     int ep = epoll_create1(0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, ip, &sa.sin_addr);
@@ -166,8 +169,9 @@ int main(int argc, char **argv) {
         conns[i].fd = fd;
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
-        idle[nidle++] = i;
     }
+    for (int d = 0; d < depth; d++)
+        for (int i = 0; i < nconn; i++) idle[nidle++] = i;
     double *sent_at = malloc((count + 1) * sizeof *sent_at);
     long *sent_idx = malloc((count + 1) * sizeof *sent_idx);
     size_t nsent = 0, done = 0;
@@ -186,7 +190,7 @@ int main(int argc, char **argv) {
             if (w != len) { errors++; idle[nidle++] = i; done++; continue; }
             sent_at[nsent] = t;
             sent_idx[nsent++] = done;
-            conns[i].busy = 1;
+            conns[i].busy++;
             in_flight++;
             done++;
         }
@@ -218,7 +222,7 @@ int main(int argc, char **argv) {
             while ((status = take_response(c)) != 0) {
                 if (status > 0 && status < 600) statuses[status]++;
                 in_flight--;
-                c->busy = 0;
+                c->busy--;
                 idle[nidle++] = evs[e].data.u32;
             }
         }
