@@ -74,3 +74,20 @@ def test_transport_answers_a_burst_and_sends_queued_datagrams(batched: bool):
     finally:
         t.close()
         peer.close()
+
+
+@pytest.mark.parametrize("batched", MODES)
+def test_poll_udp_handles_queued_datagrams_from_the_callers_greenlet(batched: bool):
+    seen: list[bytes] = []
+    t = SipTransports(lambda data, *rest: seen.append(data), udp_batch=batched)
+    peer = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    try:
+        addr = t.listen("udp", "127.0.0.1", 0)
+        for i in range(10):
+            peer.sendto(b"a%d" % i, addr)
+        time.sleep(0.05)  # queued in the kernel; the reader greenlet has not run
+        assert t.poll_udp() == 10 and seen == [b"a%d" % i for i in range(10)]
+        assert t.poll_udp() == 0
+    finally:
+        t.close()
+        peer.close()

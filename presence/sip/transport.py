@@ -189,39 +189,60 @@ class SipTransports:
         return _peer(sock.getsockname())
 
     def _udp_reader(self, udp: _UdpSocket) -> None:
-        recv = udp.batcher.recv
         hub = gevent.get_hub()
         readable = hub.loop.io(udp.sock.fileno(), 1)
         try:
-            max_datagram = self.max_datagram
             handled = 0
             while not self._closed:
-                try:
-                    batch = recv()
-                except OSError as exc:
-                    if self._closed or udp.sock.fileno() < 0:
-                        return
-                    log.debug("udp receive failed: %s", exc)
-                    batch = []
-                if not batch:
+                got = self._udp_batch(udp)
+                if got < 0:
+                    return
+                if not got:
                     handled = 0
                     hub.wait(readable)
                     continue
-                for data, addr in batch:
-                    if len(data) > max_datagram:
-                        self.counters["datagrams_oversized"] += 1
-                        continue
-                    if not data.strip(b"\r\n"):
-                        continue  # CRLF keep-alive
-                    self._dispatch(data, addr, "udp", None)
-                if udp.out:
-                    self._flush_udp(udp)  # the answers leave before more work is read
-                handled += len(batch)
+                handled += got
                 if handled >= UDP_YIELD_AFTER:  # a flood must not starve timers and HTTP
                     handled = 0
                     gevent.sleep(0)
         finally:
             readable.close()
+
+    def _udp_batch(self, udp: _UdpSocket) -> int:
+        """Receive and handle one batch, then send the answers; the number of datagrams
+        taken (0: none queued, -1: the socket is closed)."""
+        try:
+            batch = udp.batcher.recv()
+        except OSError as exc:
+            if self._closed or udp.sock.fileno() < 0:
+                return -1
+            log.debug("udp receive failed: %s", exc)
+            return 0
+        max_datagram = self.max_datagram
+        for data, addr in batch:
+            if len(data) > max_datagram:
+                self.counters["datagrams_oversized"] += 1
+                continue
+            if not data.strip(b"\r\n"):
+                continue  # CRLF keep-alive
+            self._dispatch(data, addr, "udp", None)
+        if udp.out:
+            self._flush_udp(udp)  # the answers leave before more work is read
+        return len(batch)
+
+    def poll_udp(self, limit: int = 256) -> int:
+        """Handle datagrams already queued on the UDP sockets (up to about ``limit``), from the
+        caller's greenlet: the node calls it before taking new work (a publish), so answers to
+        its NOTIFYs are read first instead of overflowing the socket buffer and being
+        retransmitted. Returns the number handled."""
+        handled = 0
+        for udp in self._udp:
+            while handled < limit and not self._closed:
+                got = self._udp_batch(udp)
+                if got <= 0:
+                    break
+                handled += got
+        return handled
 
     def _flush_soon(self, udp: _UdpSocket) -> None:
         """Hub callback: send what other greenlets queued (timers, HTTP publishes) once they
