@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -25,11 +27,15 @@ def _config(args: argparse.Namespace) -> RunConfig:
         "duration": args.duration, "repeats": args.repeats,
         "subscribe_rate": args.subscribe_rate, "probe_start": args.probe_start,
         "probe_seconds": args.probe_seconds, "kamailio_children": args.kamailio_children,
-        "kamailio_shm_mb": args.kamailio_shm_mb,
+        "kamailio_shm_mb": args.kamailio_shm_mb, "connections": args.connections,
+        "depth": args.depth,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if args.ceiling is not None:
         cfg = replace(cfg, ceiling=args.ceiling)
+    if args.overload:
+        cfg = replace(cfg, ceiling=True,
+                      overload=tuple(float(x) for x in args.overload.split(",")))
     if args.memory_only:
         cfg = replace(cfg, memory_only=True, ceiling=False, mode="memory")
     return cfg
@@ -38,6 +44,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     names = ["busylamp", "kamailio"] if args.server == "both" else [args.server]
+    if args.baseline:  # the "before": busylamp at that git ref, run just before this checkout's
+        names.insert(0, f"busylamp@{args.baseline}")
     command = "python -m bench " + shlex.join(sys.argv[1:])
     results: dict[str, dict] = {}
     for name in names:
@@ -84,8 +92,8 @@ def cmd_stages(args: argparse.Namespace) -> int:
         "",
         "| stage | rate |",
         "|---|---|",
-        f"| NOTIFY responder (answer + record), alone on core 1 | "
-        f"{resp['notify_per_s']:,.0f} NOTIFY/s |",
+        f"| NOTIFY responder (C; answer + record), fed on core 0 | "
+        f"{resp['notify_per_s']:,.0f} NOTIFY/s wall, {resp['notify_per_cpu_s']:,.0f} per CPU s |",
         f"| ESL framing + event parsing | {esl['parse']['events_per_s']:,.0f} events/s |",
         f"| ESL parse + normalize | {esl['parse_normalize']['events_per_s']:,.0f} events/s |",
         f"| ESL parse + normalize + parse_update + engine.apply (no watchers; "
@@ -108,6 +116,24 @@ def cmd_responder(args: argparse.Namespace) -> int:
     from bench.responder import measure_ceiling
 
     print(json.dumps(measure_ceiling(args.count)))
+    return 0
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    """Ceilings of the C load tools (median of ``--repeats``), each fed by a C peer on core 0."""
+    from bench.analysis import median
+    from bench.publisher import measure_ceiling as publisher_ceiling
+    from bench.responder import measure_ceiling as responder_ceiling
+
+    resp = [responder_ceiling(args.count) for _ in range(args.repeats)]
+    pub = [publisher_ceiling(args.publishes) for _ in range(args.repeats)]
+    out = {"responder": {k: median([r[k] for r in resp]) for k in resp[0]},
+           "publisher": {k: median([r[k] for r in pub]) for k in pub[0]},
+           "command": "python -m bench " + shlex.join(sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d %H:%M %Z"), "loadavg": os.getloadavg()}
+    print(json.dumps(out))
+    report.RESULTS.mkdir(parents=True, exist_ok=True)
+    report.TOOLS.write_text(json.dumps(out, indent=1))  # quoted next to every run's results
     return 0
 
 
@@ -149,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small run, under 2 minutes")
     mode.add_argument("--full", action="store_true", help="300k subscriptions and ceilings")
+    run.add_argument("--baseline", metavar="REF",
+                     help="also run busylamp as of git REF (e.g. main), before this checkout's")
     run.add_argument("--watchers", type=int, help="W: phones (distinct SIP users)")
     run.add_argument("--keys", type=int, help="K: line keys per phone (default 4)")
     run.add_argument("--pool", type=int, help="P: presentity pool (default W)")
@@ -160,8 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--probe-seconds", type=float, help="seconds per SUBSCRIBE/s rung")
     run.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=None,
                      help="raise the publish rate until delivery or state breaks")
+    run.add_argument("--overload", metavar="F1,F2",
+                     help="after the ceiling, offer F x its publish rate (e.g. 1.5,2)")
     run.add_argument("--memory-only", action="store_true",
                      help="only subscribe, verify and read memory (e.g. 1M subscriptions)")
+    run.add_argument("--connections", type=int,
+                     help="publisher keep-alive connections (one request in flight on each)")
+    run.add_argument("--depth", type=int,
+                     help="requests in flight per publisher connection (> 1: HTTP pipelining, "
+                     "an offered load that does not wait for the server)")
     run.add_argument("--kamailio-children", type=int, help="Kamailio UDP workers (-n)")
     run.add_argument("--kamailio-shm-mb", type=int, help="Kamailio shared memory (-m)")
     run.add_argument("--results-dir", default=str(report.RESULTS))
@@ -175,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--docs", default=str(report.DOCS))
     rep.set_defaults(func=cmd_report)
     stages = sub.add_parser("stages", help="responder ceiling + ESL + NSQ, into the docs")
-    stages.add_argument("--count", type=int, default=200_000, help="NOTIFYs blasted")
+    stages.add_argument("--count", type=int, default=1_000_000, help="NOTIFYs blasted")
     stages.add_argument("--events", type=int, default=100_000, help="ESL events")
     stages.add_argument("--updates", type=int, default=50_000, help="NSQ updates")
     stages.add_argument("--nsqd", help="host:port of a running nsqd")
@@ -183,8 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     stages.add_argument("--no-docs", action="store_true")
     stages.set_defaults(func=cmd_stages)
     resp = sub.add_parser("responder", help="NOTIFY/s ceiling of the responder itself")
-    resp.add_argument("--count", type=int, default=200_000)
+    resp.add_argument("--count", type=int, default=1_000_000)
     resp.set_defaults(func=cmd_responder)
+    tools = sub.add_parser("tools", help="ceilings of the C responder and publisher")
+    tools.add_argument("--count", type=int, default=1_000_000, help="NOTIFYs blasted")
+    tools.add_argument("--publishes", type=int, default=300_000, help="unpaced publishes")
+    tools.add_argument("--repeats", type=int, default=3)
+    tools.set_defaults(func=cmd_tools)
     esl = sub.add_parser("esl", help="events/s through esl.protocol + bridge.normalize")
     esl.add_argument("--events", type=int, default=100_000)
     esl.set_defaults(func=cmd_esl)

@@ -1,20 +1,21 @@
 """HTTP publisher: one JSON update per POST, paced, over keep-alive HTTP/1.1 connections.
 
-Each connection carries at most one request in flight; a publish is sent on the first idle
-connection once it is due (``start + i / rate``). If the server falls behind, publishes go out
-as fast as connections free up and the achieved rate shows it.
+The C tool ``bench/c/publisher.c`` does the sending; this wrapper writes the publish plan for it
+and reads back what was sent. Each connection carries at most ``depth`` requests in flight (1 unless pipelining); a publish
+is sent on the first idle connection once it is due (``start + i / rate``). If the server falls
+behind, publishes go out as fast as connections free up and the achieved rate shows it.
+:func:`measure_ceiling` runs it unpaced against a trivial HTTP sink of its own.
 """
 
 from __future__ import annotations
 
-import json
-import selectors
-import socket
-import time
-from collections.abc import Callable
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from bench.workload import PublishPlan, dialog_update
+from bench.cbuild import tool
+from bench.workload import PublishPlan
 
 Sent = tuple[int, int, str, float]  # seq, presentity, state, send time (monotonic)
 
@@ -26,6 +27,7 @@ class PublishResult:
     errors: int = 0
     started: float = 0.0
     finished: float = 0.0
+    server_cpu: float = 0.0  # CPU seconds the server spent on this phase (set by the runner)
 
     @property
     def achieved_rate(self) -> float:
@@ -37,104 +39,64 @@ class PublishResult:
         return sum(n for code, n in self.statuses.items() if 200 <= code < 300)
 
 
-class _Conn:
-    __slots__ = ("sock", "buf", "busy")
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(address, timeout=5)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setblocking(False)
-        self.buf = b""
-        self.busy = False
-
-    def take_response(self) -> int | None:
-        """Pop one complete response from the buffer; return its status or None."""
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        head = self.buf[:end].decode("latin-1")
-        length = 0
-        for line in head.split("\r\n")[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value.strip())
-        total = end + 4 + length
-        if len(self.buf) < total:
-            return None
-        self.buf = self.buf[total:]
-        return int(head.split(" ", 2)[1])
-
-
-def _request(host: str, path: str, body: bytes) -> bytes:
-    return (
-        b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-        b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n%s"
-        % (path.encode(), host.encode(), len(body), body)
-    )
+def _pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
 
 
 def publish(address: tuple[str, int], plan: PublishPlan, count: int, rate: float,
-            connections: int = 4, path: str = "/publish",
-            tag_prefix: str = "p", clock: Callable[[], float] = time.monotonic) -> PublishResult:
-    """Send ``count`` updates from ``plan`` at ``rate`` per second; wait for every answer."""
-    host = f"{address[0]}:{address[1]}"
-    conns = [_Conn(address) for _ in range(max(1, connections))]
-    sel = selectors.DefaultSelector()
-    for c in conns:
-        sel.register(c.sock, selectors.EVENT_READ, c)
-    result = PublishResult()
-    idle = list(conns)
-    in_flight = 0
-    done = 0
-    start = clock()
-    result.started = start
-    deadline_idle = None
-    try:
-        while done < count or in_flight:
-            now = clock()
-            while idle and done < count and start + done / rate <= now:
-                c = idle.pop()
-                seq, pres, state, call = plan.next()
-                body = json.dumps(dialog_update(pres, state, f"{tag_prefix}{seq}", call),
-                                  separators=(",", ":")).encode()
-                t_send = clock()
-                try:
-                    c.sock.sendall(_request(host, path, body))
-                except (BlockingIOError, OSError):
-                    result.errors += 1
-                    idle.append(c)
-                    done += 1
-                    continue
-                result.sent.append((seq, pres, state, t_send))
-                c.busy = True
-                in_flight += 1
-                done += 1
-            timeout = max(0.0, start + done / rate - clock()) if done < count and idle else 1.0
-            events = sel.select(timeout)
-            if not events and in_flight and not idle:
-                deadline_idle = deadline_idle or clock() + 10
-                if clock() > deadline_idle:
-                    raise TimeoutError("server stopped answering HTTP publishes")
-                continue
-            deadline_idle = None
-            for key, _ in events:
-                c = key.data
-                try:
-                    chunk = c.sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    raise ConnectionError("server closed a keep-alive connection")
-                c.buf += chunk
-                while (status := c.take_response()) is not None:
-                    result.statuses[status] = result.statuses.get(status, 0) + 1
-                    in_flight -= 1
-                    c.busy = False
-                    idle.append(c)
-    finally:
-        result.finished = clock()
-        for c in conns:
-            sel.unregister(c.sock)
-            c.sock.close()
-        sel.close()
+            connections: int = 4, path: str = "/publish", tag_prefix: str = "p",
+            cpu: int | None = None, depth: int = 1) -> PublishResult:
+    """Send ``count`` updates from ``plan`` at ``rate`` per second (<= 0: unpaced); wait for
+    every answer. ``depth`` > 1 pipelines that many requests per connection."""
+    steps = [plan.next() for _ in range(count)]
+    with tempfile.TemporaryDirectory(prefix="bench-publisher-") as tmp:
+        plan_path, out_path = Path(tmp) / "plan", Path(tmp) / "out"
+        plan_path.write_text("".join(f"{seq} {pres} {state} {call}\n"
+                                     for seq, pres, state, call in steps), encoding="ascii")
+        proc = subprocess.run(_pinned([str(tool("publisher")), address[0], str(address[1]), path,
+                                       repr(float(rate)), str(max(1, connections)), tag_prefix,
+                                       str(plan_path), str(out_path), str(max(1, depth))], cpu),
+                              capture_output=True, text=True, check=False)
+        if proc.returncode == 3:
+            raise TimeoutError("server stopped answering HTTP publishes")
+        if proc.returncode == 4:
+            raise ConnectionError("server closed a keep-alive connection")
+        if proc.returncode:
+            raise RuntimeError(f"publisher failed ({proc.returncode}): {proc.stderr.strip()}")
+        result = PublishResult()
+        for line in out_path.read_text(encoding="ascii").splitlines():
+            kind, *rest = line.split()
+            if kind == "S":
+                seq, pres, state, _ = steps[int(rest[0])]
+                result.sent.append((seq, pres, state, float(rest[1])))
+            elif kind == "C":
+                result.statuses[int(rest[0])] = int(rest[1])
+            elif kind == "T":
+                result.started, result.finished = float(rest[0]), float(rest[1])
+                result.errors = int(rest[2])
     return result
+
+
+def measure_ceiling(count: int = 300_000, connections: int = 16, publisher_cpu: int | None = 1,
+                    sink_cpu: int | None = 0) -> dict[str, float]:
+    """Publishes/s of the unpaced publisher against the C HTTP sink on another core, and per CPU
+    second of the publisher (its ceiling on a core of its own)."""
+    import resource
+
+    sink = subprocess.Popen(_pinned([str(tool("publisher")), "--sink"], sink_cpu),
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert sink.stdout is not None
+        port = int(sink.stdout.readline().split()[1])
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        res = publish(("127.0.0.1", port), PublishPlan(list(range(1000))), count, 0.0,
+                      connections=connections, cpu=publisher_cpu)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"sent": float(len(res.sent)), "ok": float(res.ok),
+            "seconds": res.finished - res.started, "publisher_cpu_s": cpu,
+            "publish_per_s": res.achieved_rate,
+            "publish_per_cpu_s": len(res.sent) / cpu if cpu else 0.0}

@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+TOOLS = RESULTS / "tools.json"  # the last `python -m bench tools`
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 ORDER = ("busylamp", "kamailio")
 MODES = ("full", "memory", "quick", "stages")  # results sections of docs/BENCHMARKS.md, in this order
@@ -61,6 +62,20 @@ def write_json(results: dict[str, dict], command: str, directory: Path = RESULTS
     return path
 
 
+def tool_ceilings() -> str:
+    """The load tools' ceilings from the last ``python -m bench tools`` (empty if never run)."""
+    try:
+        t = json.loads(TOOLS.read_text())
+    except (OSError, ValueError):
+        return ""
+    r, p = t["responder"], t["publisher"]
+    return (f"- Load tools' ceilings (`{t['command']}`, {t['date']}, load "
+            f"{tuple(round(x, 2) for x in t['loadavg'])}): NOTIFY responder "
+            f"{r['notify_per_cpu_s']:,.0f} NOTIFY/s per CPU s ({r['notify_per_s']:,.0f}/s "
+            f"wall-clock), HTTP publisher {p['publish_per_cpu_s']:,.0f} publishes/s per CPU s "
+            f"({p['publish_per_s']:,.0f}/s wall-clock)")
+
+
 def _fmt(value: object, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -70,11 +85,13 @@ def _fmt(value: object, digits: int = 0) -> str:
 
 
 def _ceiling(r: dict) -> float | None:
-    """Highest NOTIFY/s with 100% delivery and right state (and p99 within the limit)."""
+    """Highest NOTIFY/s with 100% delivery and right state (and p99 within the limit), over the
+    fan-out, ceiling and overload steps."""
     if not r["config"].get("ceiling"):
         return None
     limit = r["config"].get("ceiling_p99_ms", math.inf)
-    steps = list(r.get("fanout", [])) + list(r.get("ceiling", []))
+    steps = [*r.get("fanout", []), *r.get("ceiling", []),
+             *(f for f in r.get("overload", []) if "error" not in f)]
     good = [s["notify_per_s"] for s in steps
             if s["delivery_ratio"] >= 1.0 and s["right_state_ratio"] >= 1.0
             and s["latency_ms_p99"] <= limit]
@@ -99,6 +116,8 @@ ROWS: list[tuple[str, Callable[[dict], object], int]] = [
      lambda r: r["clean_subscribe_per_s"] if r.get("subscribe_ladders") else None, 0),
     ("publishes/s achieved (median)", lambda r: r["fanout_median"]["publish_rate"], 0),
     ("NOTIFY/s delivered (median)", lambda r: r["fanout_median"]["notify_per_s"], 0),
+    ("NOTIFY delivered per server CPU second (median)",
+     lambda r: r["fanout_median"].get("notify_per_cpu_s"), 0),
     ("delivery ratio (median)", lambda r: r["fanout_median"]["delivery_ratio"], 4),
     ("extra NOTIFYs, same state again (median)", lambda r: r["fanout_median"].get("extra"), 0),
     ("right-state ratio (median)", lambda r: r["fanout_median"]["right_state_ratio"], 4),
@@ -120,9 +139,10 @@ ROWS: list[tuple[str, Callable[[dict], object], int]] = [
 
 
 def table(results: dict[str, dict]) -> str:
-    names = [n for n in ORDER if n in results] or list(results)
+    names = [n for n in results if n not in ORDER] + [n for n in ORDER if n in results]
     header = "| metric | " + " | ".join(names) + " |"
-    if len(names) == 2:
+    pair = names == ["busylamp", "kamailio"]
+    if pair:
         header = "| metric | busylamp | Kamailio | busylamp / Kamailio |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for label, get, digits in ROWS:
@@ -136,13 +156,37 @@ def table(results: dict[str, dict]) -> str:
             cells.append(_fmt(v, digits))
         if all(v is None for v in raw):
             continue  # e.g. fan-out rows of a memory-only run
-        if len(names) == 2:
+        if pair:
             a, b = raw
             ratio = (f"{a / b:.2f}x" if isinstance(a, int | float) and isinstance(b, int | float)
                      and b and not math.isnan(a) and not math.isnan(b) else "")
             cells.append(ratio)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def steps_table(results: dict[str, dict]) -> str:
+    """Every fan-out step of the ceiling search and of the overload runs, per server."""
+    lines = ["| server | step | offered publishes/s | achieved publishes/s | HTTP non-2xx | "
+             "NOTIFY/s delivered | per server CPU s | delivery ratio | right state | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        steps = [("fan-out (1st repeat)", f) for f in r.get("fanout", [])[:1]]
+        steps += [("ceiling", f) for f in r.get("ceiling", [])]
+        steps += [(f"overload x{f['factor']:g}", f) for f in r.get("overload", [])]
+        for label, f in steps:
+            if "error" in f:
+                lines.append(f"| {name} | {label} | {f['target_rate']:,.0f} | {f['error']} "
+                             "| | | | | | |")
+                continue
+            offered = f.get("target_rate", r["config"]["rate"])
+            lines.append(
+                f"| {name} | {label} | {offered:,.0f} | {f['publish_rate']:,.0f} | "
+                f"{_fmt(f.get('http_non_2xx'))} | {f['notify_per_s']:,.0f} | "
+                f"{_fmt(f.get('notify_per_cpu_s'))} | "
+                f"{f['delivery_ratio']:.4f} | {f['right_state_ratio']:.4f} | "
+                f"{_fmt(f['latency_ms_p99'], 1)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _portable(command: str) -> str:
@@ -172,10 +216,14 @@ def run_section(results: dict[str, dict], command: str, date: str | None = None)
         server = r["server"]
         parts.append(f"- {name}: `{_portable(server.get('command', ''))}`"
                      + (f" ({server['version']})" if server.get("version") else ""))
+    tools = tool_ceilings()
+    if tools:
+        parts.append(tools)
     if loads:
         parts.append("- Load average (1/5/15 min) at the start of each server's run: "
                      + ", ".join(f"{n} {tuple(round(x, 2) for x in v)}" for n, v in loads.items()))
-    return "\n".join([*parts, "", table(results), ""])
+    steps = steps_table(results) if any(r.get("ceiling") for r in results.values()) else ""
+    return "\n".join([*parts, "", table(results), "", *([steps, ""] if steps else [])])
 
 
 NOTES_BEGIN, NOTES_END = "<!-- notes -->", "<!-- /notes -->"

@@ -46,9 +46,11 @@ class RunConfig:
     ceiling_step: float = 1.5
     ceiling_max_rate: float = 40000.0
     ceiling_p99_ms: float = 250.0  # a step with a worse p99 does not count as sustained
+    overload: tuple[float, ...] = ()  # after the ceiling: fan-out at these multiples of it
     memory_settle: float = 6.0     # wait after the subscribe phase before reading memory
     memory_only: bool = False      # subscribe + verify + memory; no fan-out, no ladders
-    connections: int = 16
+    connections: int = 64        # publisher connections, one request in flight each
+    depth: int = 1                # requests in flight per connection (> 1: HTTP pipelining)
     settle: float = 1.5           # quiet time that ends a phase
     kamailio_children: int = 1
     kamailio_shm_mb: int = 1024
@@ -75,6 +77,7 @@ class ServerResult:
     fanout: list[dict[str, float]] = field(default_factory=list)
     fanout_median: dict[str, float] = field(default_factory=dict)
     ceiling: list[dict[str, float]] = field(default_factory=list)
+    overload: list[dict[str, float]] = field(default_factory=list)
     subscribe_ladders: list[list[dict[str, object]]] = field(default_factory=list)
     clean_subscribe_per_s: float = 0.0
     cpu_seconds: dict[str, float] = field(default_factory=dict)
@@ -110,9 +113,23 @@ def _collect(responder: Responder, settle: float, limit: float = 60.0) -> list:
 def _publish_phase(server: Server, responder: Responder, plan: PublishPlan, count: int,
                    rate: float, cfg: RunConfig, prefix: str) -> tuple[PublishResult, list]:
     responder.dump()
+    cpu0 = server.cpu_seconds()
     res = publish(("127.0.0.1", server.http_port), plan, count, rate,
-                  connections=cfg.connections, path=server.publish_path, tag_prefix=prefix)
-    return res, _collect(responder, cfg.settle)
+                  connections=cfg.connections, path=server.publish_path, tag_prefix=prefix,
+                  depth=cfg.depth)
+    records = _collect(responder, cfg.settle)
+    res.server_cpu = server.cpu_seconds() - cpu0
+    return res, records
+
+
+def _figures(pres: PublishResult, records: list, held: dict[str, int]) -> dict[str, float]:
+    """The fan-out figures of one step, plus the server's CPU seconds and NOTIFYs per CPU s."""
+    fig = analysis.fanout(pres.sent, analysis.decode(records), held,
+                          pres.achieved_rate).as_dict()
+    fig["http_non_2xx"] = len(pres.sent) - pres.ok
+    fig["server_cpu_s"] = pres.server_cpu
+    fig["notify_per_cpu_s"] = fig["delivered"] / pres.server_cpu if pres.server_cpu else 0.0
+    return fig
 
 
 def _subscribe_ladder(server: Server, cfg: RunConfig, workdir: Path, ladder: int,
@@ -205,9 +222,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
             pres, records = _publish_phase(server, responder, plan, count, cfg.rate, cfg,
                                            prefix="p")
             cpu_fan += server.cpu_seconds() - c0
-            fig = analysis.fanout(pres.sent, analysis.decode(records), held,
-                                  pres.achieved_rate).as_dict()
-            fig["http_non_2xx"] = len(pres.sent) - pres.ok
+            fig = _figures(pres, records, held)
             fig["repeat"] = rep
             result.fanout.append(fig)
             log.info("fan-out %d at %.0f/s: %s", rep, cfg.rate, fig)
@@ -222,8 +237,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
                 count = int(rate * cfg.duration)
                 pres, records = _publish_phase(server, responder, plan, count, rate, cfg,
                                                prefix="p")
-                fig = analysis.fanout(pres.sent, analysis.decode(records), held,
-                                      pres.achieved_rate).as_dict()
+                fig = _figures(pres, records, held)
                 fig["target_rate"] = rate
                 result.ceiling.append(fig)
                 log.info("ceiling at %.0f/s: %s", rate, fig)
@@ -233,6 +247,27 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
                     break
                 rate *= cfg.ceiling_step
             phase_done("ceiling")
+
+            # 4b. overload: offered publishes at multiples of the sustained rate (collapse?)
+            steps = [*result.fanout, *result.ceiling]
+            good = [f for f in steps if f["delivery_ratio"] >= 1.0
+                    and f["right_state_ratio"] >= 1.0 and f["latency_ms_p99"] <= cfg.ceiling_p99_ms]
+            base = max((f["publish_rate"] for f in good), default=0.0)
+            for factor in cfg.overload if base else ():
+                rate = base * factor
+                count = int(rate * cfg.duration)
+                try:
+                    pres, records = _publish_phase(server, responder, plan, count, rate, cfg,
+                                                   prefix="p")
+                except (TimeoutError, ConnectionError) as exc:
+                    result.overload.append({"factor": factor, "target_rate": rate,
+                                            "error": str(exc)})
+                    continue
+                fig = _figures(pres, records, held)
+                fig.update(factor=factor, target_rate=rate)
+                result.overload.append(fig)
+                log.info("overload x%.1f at %.0f/s: %s", factor, rate, fig)
+            phase_done("overload")
 
         # 5. clean SUBSCRIBE/s
         cpu3 = server.cpu_seconds()
@@ -269,4 +304,8 @@ def make_server(name: str, cfg: RunConfig, workdir: Path) -> Server:
                         shm_mb=cfg.kamailio_shm_mb)
     if name == "busylamp":
         return Busylamp(cpu=0, workdir=workdir)
+    if name.startswith("busylamp@"):
+        from bench.servers import baseline_executable
+
+        return Busylamp(cpu=0, workdir=workdir, executable=baseline_executable(name[9:]))
     raise ValueError(f"unknown server {name!r}")

@@ -229,7 +229,22 @@ class Busylamp(Server):
             "--max-expires", "3600",
             # the harness ends the server when a run is over: no final NOTIFYs to 300k phones
             "--shutdown", "drop", "--status-interval", "0",
+            *self._harness_limits(),
         ]
+
+    def _harness_limits(self) -> list[str]:
+        """Every simulated phone's SUBSCRIBE comes from sipp's one address: lift the per-source
+        limits (docs/security.md) that would count them as one phone, when this build has them
+        (an older ``--baseline`` build has not)."""
+        try:
+            help_text = subprocess.run([self.executable, "run", "--help"], capture_output=True,
+                                       text=True, timeout=30, check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        if "--max-subscriptions-per-source" not in help_text:
+            return []
+        return ["--max-subscriptions-per-source", "10000000", "--subscribe-rate", "1000000",
+                "--subscribe-burst", "1000000", "--max-subscriptions", "10000000"]
 
     @classmethod
     def available(cls, executable: str | None = None) -> bool:
@@ -241,6 +256,25 @@ class Busylamp(Server):
         except (OSError, subprocess.TimeoutExpired):
             return False
         return res.returncode == 0
+
+
+def baseline_executable(ref: str) -> str:
+    """A ``busylamp`` launcher running the code of git ``ref`` (exported into bench/build/)
+    with this checkout's virtualenv: the "before" of a before/after run."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ref)
+    root = REPO / "bench" / "build" / f"baseline-{safe}"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    exe = root / "busylamp"
+    exe.write_text(f"#!/bin/sh\nexec {REPO / '.venv' / 'bin' / 'python'} -c 'import sys; "
+                   f"sys.path.insert(0, \"{root}\"); from cli import main; sys.exit(main())' "
+                   f"\"$@\"\n")
+    exe.chmod(0o755)
+    return str(exe)
 
 
 SERVERS: dict[str, type[Server]] = {"kamailio": Kamailio, "busylamp": Busylamp}

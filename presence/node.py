@@ -252,6 +252,9 @@ class PresenceNode:
 
     def publish(self, messages: list) -> int:
         """Apply validated updates/snapshots (from the HTTP API or the bus)."""
+        # answers to earlier NOTIFYs first: under load, new work must not push them out of the
+        # socket buffer (each lost answer is a retransmitted NOTIFY, more load still)
+        self.transports.poll_udp()
         now = self.clock()
         sent = self.engine.counters["notify_sent"]
         applied = self.engine.apply(messages, now)

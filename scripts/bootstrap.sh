@@ -37,4 +37,8 @@ if [ ! -f "$stamp" ] || [ "$repo/setup.cfg" -nt "$stamp" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -e "$spec"
   touch "$stamp"
 fi
+# recvmmsg/sendmmsg for the UDP transport (optional: without it, one recvfrom/sendto per datagram)
+if [ ! -f "$repo/presence/sip/.mmsg-built" ] || [ "$repo/presence/sip/_mmsg.c" -nt "$repo/presence/sip/.mmsg-built" ]; then
+  if "$venv/bin/python" -m presence.sip.buildext; then touch "$repo/presence/sip/.mmsg-built"; fi
+fi
 export PATH="$venv/bin:$PATH"

@@ -10,7 +10,7 @@ import pytest
 
 from bench import analysis
 from bench.report import table
-from bench.responder import Responder, answer_notify
+from bench.responder import Responder
 from bench.sipp import parse_stat_file
 from bench.workload import PublishPlan, Workload, dialog_update, presentity_index
 
@@ -54,8 +54,19 @@ def test_publish_plan_cycles_each_presentity_through_call_states():
     assert presentity_index("ext3") == 3 and presentity_index("rp1x2") is None
 
 
-def test_answer_notify_copies_dialog_headers_and_records_state():
-    reply, rec = answer_notify(NOTIFY, 12.5)
+def test_c_responder_copies_dialog_headers_and_records_state():
+    import socket
+
+    responder = Responder(cpu=None)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5)
+            s.sendto(b"SIP/2.0 200 OK\r\n\r\n", ("127.0.0.1", responder.port))  # ignored
+            s.sendto(NOTIFY, ("127.0.0.1", responder.port))
+            reply = s.recv(65535)
+    finally:
+        answered, records = responder.stop()
     lines = reply.split(b"\r\n")
     assert lines[0] == b"SIP/2.0 200 OK"
     assert lines[1:7] == [
@@ -64,22 +75,6 @@ def test_answer_notify_copies_dialog_headers_and_records_state():
         b"To: <sip:phone1@bench.local>;tag=abc", b"From: <sip:ext7@bench.local>;tag=srv",
         b"CSeq: 3 NOTIFY", b"Call-ID: 9-1@127.0.0.1"]
     assert reply.endswith(b"Content-Length: 0\r\n\r\n")
-    assert rec == (12.5, b"9-1@127.0.0.1", b"ext7", b"confirmed", 4, b"p12")
-    assert answer_notify(b"SIP/2.0 200 OK\r\n\r\n", 1.0) == (None, None)
-
-
-def test_responder_process_answers_over_udp():
-    import socket
-
-    responder = Responder(cpu=None)
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            s.settimeout(5)
-            s.sendto(NOTIFY, ("127.0.0.1", responder.port))
-            assert s.recv(65535).startswith(b"SIP/2.0 200 OK\r\n")
-    finally:
-        answered, records = responder.stop()
     assert answered == 1 and records[0][1:] == (b"9-1@127.0.0.1", b"ext7", b"confirmed", 4, b"p12")
 
 
@@ -88,6 +83,43 @@ def test_responder_ceiling_closed_loop_loses_nothing():
 
     res = measure_ceiling(2000, responder_cpu=None, blaster_cpu=None, window=100)
     assert res["answered"] == 2000 and res["notify_per_s"] > 0
+
+
+def test_c_publisher_posts_the_workload_json_paced(tmp_path: Path):
+    import json
+    import socket
+    import threading
+
+    from bench.publisher import publish
+
+    bodies: list[dict] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        buf = b""
+        while len(bodies) < 6:
+            buf += conn.recv(65536)
+            while b"\r\n\r\n" in buf:
+                head, rest = buf.split(b"\r\n\r\n", 1)
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(rest) < length:
+                    break
+                bodies.append(json.loads(rest[:length]))
+                buf = rest[length:]
+                conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok")
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    plan = PublishPlan([3, 5])
+    res = publish(listener.getsockname(), plan, 6, 200.0, connections=1, tag_prefix="q", depth=2)
+    listener.close()
+    assert [s[:3] for s in res.sent] == [(0, 3, "early"), (1, 5, "early"), (2, 3, "confirmed"),
+                                         (3, 5, "confirmed"), (4, 3, "terminated"),
+                                         (5, 5, "terminated")]
+    assert bodies[2] == dialog_update(3, "confirmed", "q2", call=0)
+    assert res.statuses == {202: 6} and res.errors == 0
+    assert res.finished - res.started >= 5 / 200.0  # paced, not a burst
 
 
 def _rec(t, call, pres, state, version, tag):

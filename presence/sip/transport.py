@@ -4,6 +4,12 @@ Incoming messages go to `handler(data, source, transport, conn_id)` inline from 
 greenlet. TCP is framed by `StreamFramer`; outgoing TCP data is queued per connection and written
 by a short-lived writer greenlet so `send()` never blocks its caller.
 
+UDP: a reader drains its socket in batches (``recvmmsg`` through presence.sip.mmsg, or a
+``recvfrom`` loop) without a greenlet switch per datagram. Outgoing datagrams are queued per
+socket and leave in batches (``sendmmsg``): after each received batch is handled, and otherwise
+from a hub callback run once the sending greenlet yields (so the NOTIFYs of one publish leave
+together); only a full socket buffer makes a greenlet wait for writability.
+
 TCP limits: at most ``max_tcp_connections`` connections and ``max_tcp_per_source`` from one IP
 address; a new connection over either cap takes the place of the oldest one that carries no
 subscription (``in_use(conn_id)`` says which do), or is closed when there is none. A connection
@@ -28,6 +34,7 @@ import gevent.pool
 from gevent import socket
 
 from .message import ParseError, StreamFramer
+from .mmsg import DatagramBatcher
 
 __all__ = ["Handler", "SipTransports"]
 
@@ -40,6 +47,7 @@ CONNECT_TIMEOUT = 5.0
 ERROR_LOG_INTERVAL = 10.0
 FD_LOG_INTERVAL = 60.0
 EVICT_SCAN = 64  # connections looked at for one eviction, at most
+UDP_YIELD_AFTER = 1024  # datagrams a reader handles before letting other greenlets run
 _FD_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
@@ -83,6 +91,22 @@ class _Connection:
         self.partial_since: float | None = None  # when an incomplete message began arriving
 
 
+class _UdpSocket:
+    """One bound UDP socket: its batcher, its send queue, its reader and (while the socket
+    buffer is full) its writer greenlet."""
+
+    __slots__ = ("sock", "family", "batcher", "out", "flush_due", "reader", "writer")
+
+    def __init__(self, sock: _stdsocket.socket, bufsize: int, batched: bool | None):
+        self.sock = sock
+        self.family = sock.family
+        self.batcher = DatagramBatcher(sock, bufsize, batched=batched)
+        self.out: list[tuple[bytes, tuple[str, int]]] = []
+        self.flush_due = False  # a flush callback is scheduled on the hub
+        self.reader: gevent.Greenlet | None = None
+        self.writer: gevent.Greenlet | None = None
+
+
 class SipTransports:
     """UDP and TCP listeners plus outgoing TCP connections for the presence engine."""
 
@@ -90,8 +114,9 @@ class SipTransports:
                  max_tcp_buffer: int = 65536, tcp_idle_timeout: float = 3600.0,
                  max_tcp_connections: int = 10000, max_tcp_per_source: int = 256,
                  tcp_unused_timeout: float = 60.0, tcp_message_timeout: float = 10.0,
-                 in_use: Callable[[int], bool] | None = None):
+                 in_use: Callable[[int], bool] | None = None, udp_batch: bool | None = None):
         self.handler = handler
+        self.udp_batch = udp_batch  # None: batched system calls when the extension is built
         self.max_datagram = max_datagram
         self.max_tcp_buffer = max_tcp_buffer
         self.tcp_idle_timeout = tcp_idle_timeout
@@ -114,7 +139,7 @@ class SipTransports:
             "send_errors": 0,
             "handler_errors": 0,
         }
-        self._udp: list[socket.socket] = []
+        self._udp: list[_UdpSocket] = []
         self._listeners: list[socket.socket] = []
         self._conns: dict[int, _Connection] = {}  # oldest first (scans move busy ones back)
         self._by_source: dict[str, dict[int, _Connection]] = {}
@@ -135,7 +160,8 @@ class SipTransports:
         transport = transport.lower()
         family = _family(host)
         if transport == "udp":
-            sock = socket.socket(family, _stdsocket.SOCK_DGRAM)
+            sock = _stdsocket.socket(family, _stdsocket.SOCK_DGRAM)
+            sock.setblocking(False)
             for option in (_stdsocket.SO_RCVBUF, _stdsocket.SO_SNDBUF):
                 try:
                     sock.setsockopt(_stdsocket.SOL_SOCKET, option, SOCKET_BUFFER)
@@ -154,29 +180,102 @@ class SipTransports:
             sock.close()
             raise
         if transport == "udp":
-            self._udp.append(sock)
-            self._group.spawn(self._udp_reader, sock)
+            udp = _UdpSocket(sock, max(self.max_datagram + 1, 65536), self.udp_batch)
+            self._udp.append(udp)
+            udp.reader = self._group.spawn(self._udp_reader, udp)
         else:
             self._listeners.append(sock)
             self._group.spawn(self._accept_loop, sock)
         return _peer(sock.getsockname())
 
-    def _udp_reader(self, sock: socket.socket) -> None:
-        bufsize = max(self.max_datagram + 1, 65536)
-        while not self._closed:
-            try:
-                data, addr = sock.recvfrom(bufsize)
-            except OSError as exc:
-                if self._closed or sock.fileno() < 0:
+    def _udp_reader(self, udp: _UdpSocket) -> None:
+        hub = gevent.get_hub()
+        readable = hub.loop.io(udp.sock.fileno(), 1)
+        try:
+            handled = 0
+            while not self._closed:
+                got = self._udp_batch(udp)
+                if got < 0:
                     return
-                log.debug("udp recvfrom failed: %s", exc)
-                continue
-            if len(data) > self.max_datagram:
+                if not got:
+                    handled = 0
+                    hub.wait(readable)
+                    continue
+                handled += got
+                if handled >= UDP_YIELD_AFTER:  # a flood must not starve timers and HTTP
+                    handled = 0
+                    gevent.sleep(0)
+        finally:
+            readable.close()
+
+    def _udp_batch(self, udp: _UdpSocket) -> int:
+        """Receive and handle one batch, then send the answers; the number of datagrams
+        taken (0: none queued, -1: the socket is closed)."""
+        try:
+            batch = udp.batcher.recv()
+        except OSError as exc:
+            if self._closed or udp.sock.fileno() < 0:
+                return -1
+            log.debug("udp receive failed: %s", exc)
+            return 0
+        max_datagram = self.max_datagram
+        for data, addr in batch:
+            if len(data) > max_datagram:
                 self.counters["datagrams_oversized"] += 1
                 continue
             if not data.strip(b"\r\n"):
                 continue  # CRLF keep-alive
-            self._dispatch(data, _peer(addr), "udp", None)
+            self._dispatch(data, addr, "udp", None)
+        if udp.out:
+            self._flush_udp(udp)  # the answers leave before more work is read
+        return len(batch)
+
+    def poll_udp(self, limit: int = 256) -> int:
+        """Handle datagrams already queued on the UDP sockets (up to about ``limit``), from the
+        caller's greenlet: the node calls it before taking new work (a publish), so answers to
+        its NOTIFYs are read first instead of overflowing the socket buffer and being
+        retransmitted. Returns the number handled."""
+        handled = 0
+        for udp in self._udp:
+            while handled < limit and not self._closed:
+                got = self._udp_batch(udp)
+                if got <= 0:
+                    break
+                handled += got
+        return handled
+
+    def _flush_soon(self, udp: _UdpSocket) -> None:
+        """Hub callback: send what other greenlets queued (timers, HTTP publishes) once they
+        yield, so a burst leaves in one batch; a full socket buffer hands over to a greenlet."""
+        udp.flush_due = False
+        if not udp.out or self._closed:
+            return
+        try:
+            taken, failed = udp.batcher.send(udp.out)
+        except OSError as exc:
+            log.debug("udp send failed: %s", exc)
+            taken = failed = len(udp.out)
+        if failed:
+            self.counters["send_errors"] += failed
+        del udp.out[:taken]
+        if udp.out and (udp.writer is None or udp.writer.dead):
+            udp.writer = self._group.spawn(self._flush_udp, udp)
+
+    def _flush_udp(self, udp: _UdpSocket) -> None:
+        """Send the queue of ``udp``; waits (cooperatively) while the socket buffer is full."""
+        while udp.out and not self._closed:
+            out = udp.out
+            udp.out = []
+            try:
+                taken, failed = udp.batcher.send(out)
+            except OSError as exc:
+                log.debug("udp send failed: %s", exc)
+                taken, failed = len(out), len(out)
+            if failed:
+                self.counters["send_errors"] += failed
+            if taken < len(out):
+                udp.out[:0] = out[taken:]
+                socket.wait_write(udp.sock.fileno())
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while not self._closed:
@@ -400,20 +499,19 @@ class SipTransports:
         return False
 
     def _send_udp(self, dest: tuple[str, int], data: bytes) -> bool:
+        """Queue one datagram; it leaves with its batch (see _flush_udp)."""
         if not self._udp:
             self.counters["send_errors"] += 1
             return False
         if len(self._udp) == 1:
-            sock = self._udp[0]
+            udp = self._udp[0]
         else:
             family = _family(dest[0])
-            sock = next((s for s in self._udp if s.family == family), self._udp[0])
-        try:
-            sock.sendto(data, (dest[0], dest[1]))
-        except (OSError, ValueError, OverflowError) as exc:  # ValueError: UnicodeError (IDNA)
-            log.debug("udp send to %s failed: %s", dest, exc)
-            self.counters["send_errors"] += 1
-            return False
+            udp = next((u for u in self._udp if u.family == family), self._udp[0])
+        udp.out.append((data, (dest[0], dest[1])))
+        if not udp.flush_due:
+            udp.flush_due = True
+            gevent.get_hub().loop.run_callback(self._flush_soon, udp)
         return True
 
     # ------------------------------------------------------------------ misc
@@ -439,7 +537,12 @@ class SipTransports:
     def close(self) -> None:
         """Close every socket and stop every greenlet this object started."""
         self._closed = True
-        for sock in self._udp + self._listeners:
+        for udp in self._udp:  # nothing may wait on a descriptor as it closes
+            for greenlet in (udp.reader, udp.writer):
+                if greenlet is not None and greenlet is not gevent.getcurrent():
+                    greenlet.kill(block=True, timeout=1.0)
+            udp.sock.close()
+        for sock in self._listeners:
             sock.close()
         for conn in list(self._conns.values()):
             self._close_conn(conn)
