@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.sipp_util import SippRun, free_port, start_sipp
+from tests.sipp_util import SippRun, SipSeen, free_port, start_sipp
 from tests.system.freeswitch import DOMAIN, PASSWORD
 
 _HEAD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -477,25 +477,10 @@ class LampWatcher:
 # --- traces and bodies ---------------------------------------------------------------------------
 
 @dataclass
-class Traced:
-    at: float  # sipp's wall clock (epoch seconds)
-    received: bool
-    start_line: str
-    headers: dict[str, str]
-    body: str
+class Traced(SipSeen):
+    """A message of a sipp trace, with the time sipp logged it."""
 
-    @property
-    def method(self) -> str | None:
-        first = self.start_line.split(" ", 1)[0]
-        return None if first.startswith("SIP/") else first
-
-    @property
-    def status(self) -> int | None:
-        parts = self.start_line.split(" ")
-        return int(parts[1]) if self.start_line.startswith("SIP/") else None
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
+    at: float = 0.0  # sipp's wall clock (epoch seconds)
 
 
 _TIMED = re.compile(
@@ -517,7 +502,7 @@ def parse_timed_trace(text: str) -> list[Traced]:
             name, sep, value = line.partition(":")
             if sep:
                 headers.setdefault(name.strip().lower(), value.strip())
-        seen.append(Traced(at, match["verb"] == "received", lines[0].strip(), headers, body))
+        seen.append(Traced(match["verb"] == "received", lines[0].strip(), headers, body, at=at))
     return seen
 
 
