@@ -16,7 +16,7 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """Captured ESL/SIP data and the torture messages, copied from ../shared/fixtures (SOURCES.md)."""
+    """Captured ESL/SIP data and the torture messages, copies of the project kit fixtures, each folder with its SOURCES.md."""
     return FIXTURES
 
 
