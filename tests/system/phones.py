@@ -614,20 +614,9 @@ class SteadyWatcher(LampWatcher):
 
 # --- appended: phones that transfer, timing helpers ----------------------------------------------
 
-_OK_IN_DIALOG = """  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:{user}@[local_ip]:[local_port]>
-      Content-Length: 0
-
-    ]]>
-  </send>
-"""
+# the same 200, with a Contact (a dialog-creating or target-refreshing answer); {user} formatted
+_OK_IN_DIALOG = _OK_TO_REQUEST.replace(
+    "      Content-Length: 0", "      Contact: <sip:{user}@[local_ip]:[local_port]>\n      Content-Length: 0")
 
 
 def transferring_callee_xml(user: str, ring_ms: int, talk_ms: int, refer_to: str) -> str:
