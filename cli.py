@@ -30,9 +30,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import click
-from click.core import ParameterSource
-
-from presence.config import (
+from busylamp.presence.config import (
     FIELDS,
     Address,
     ConfigError,
@@ -41,6 +39,7 @@ from presence.config import (
     normalize_file_keys,
     parse_host_port,
 )
+from click.core import ParameterSource
 
 log = logging.getLogger("busylamp")
 
@@ -163,7 +162,7 @@ def run(config_file: Path | None, **options: Any) -> None:
     config = _resolve_config(config_file, given, os.environ)
     _patch_gevent()
     setup_logging(config.log_level, config.log_format)
-    from presence.roles import run_roles
+    from busylamp.app.roles import run_roles
 
     try:
         run_roles(config)
@@ -234,8 +233,8 @@ def setup_logging(level: str, fmt: str) -> None:
 
 def startup_summary(config: RunConfig) -> list[str]:
     """Human lines describing what `run` starts (ESL passwords hidden); `run` logs them once
-    the listeners are bound, with the real addresses (presence.roles)."""
-    from presence.roles import startup_summary as summary
+    the listeners are bound, with the real addresses (app.roles)."""
+    from busylamp.app.roles import startup_summary as summary
 
     return summary(config, None)
 
@@ -593,7 +592,7 @@ STATE_COLOURS = {"early": "yellow", "confirmed": "red", "terminated": "green", "
 def format_update(update: dict, *, when: float | None = None) -> str:
     """One human line: time, presentity, package, state, direction, call-id (ANSI colour; click
     strips it when stdout is not a terminal)."""
-    from presence.api import update_fields
+    from busylamp.presence.api import update_fields
 
     presentity, package, state, direction, call_id = update_fields(update)
     stamp = time.strftime("%H:%M:%S", time.localtime(when or time.time()))
@@ -657,7 +656,7 @@ class _UpdatePrinter:
         self.filters = (presentity, package, call_id)
 
     def show(self, update: dict, raw_headers: dict | None = None) -> bool:
-        from presence.api import update_matches
+        from busylamp.presence.api import update_matches
 
         if not update_matches(update, *self.filters):
             return False
@@ -680,8 +679,8 @@ class _UpdatePrinter:
 def _tail_esl(ctx: click.Context, spec: str, raw: bool, printer: _UpdatePrinter) -> None:
     """Follow one FreeSWITCH through greenswitch (esl/greenswitch_tail.py), normalized here."""
     _patch_gevent()
-    from bridge.normalize import NormalizeConfig, normalize
-    from esl.greenswitch_tail import GreenswitchTail, parse_target
+    from busylamp.bridge.normalize import NormalizeConfig, normalize
+    from busylamp.esl.greenswitch_tail import GreenswitchTail, parse_target
 
     try:
         target = parse_target(spec)
@@ -729,8 +728,7 @@ def _tail_nsq(nsqd: tuple[Address, ...], lookupd: tuple[str, ...], topic: str,
               printer: _UpdatePrinter) -> None:
     _patch_gevent()
     import gevent.event
-
-    from bridge.nsq import NsqConsumer, NsqLoop
+    from busylamp.bridge.nsq import NsqConsumer, NsqLoop
 
     done = gevent.event.Event()
 
@@ -948,7 +946,7 @@ def demo(duration: float | None, speed: float, headless: bool) -> None:
     """Watch busylamp light lamps: a simulated FreeSWITCH office, the real bridge and engine,
     and SIP watchers on loopback whose NOTIFYs drive the lamp board. No FreeSWITCH needed."""
     _patch_gevent()
-    from presence.demo.run import DemoError, run_demo
+    from busylamp.app.demo.run import DemoError, run_demo
 
     try:
         result = run_demo(duration=duration, headless=headless, speed=speed)
@@ -975,7 +973,7 @@ def why(aor: str, as_json: bool, follow: bool, interval: float, count: int | Non
     """Why is this lamp lit (or dark)? The lamp per package, what each watcher was last told,
     and the timeline: FreeSWITCH event -> update -> NOTIFY -> answer; likely causes when the
     presentity is unknown, unwatched or maybe stale."""
-    from presence.why import render_item, render_text
+    from busylamp.presence.why import render_item, render_text
 
     if "@" not in aor:
         raise click.BadParameter("expected USER@DOMAIN", param_hint="AOR")

@@ -13,11 +13,11 @@ import gc
 import time
 from typing import Any
 
-from presence.engine import EngineConfig, PresenceEngine
-from presence.packages import REGISTRY
-from presence.packages.base import PackageOptions
-from presence.state import PresenceState
-from presence.updates import parse_updates
+from busylamp.presence.engine import EngineConfig, PresenceEngine
+from busylamp.presence.packages import REGISTRY
+from busylamp.presence.packages.base import PackageOptions
+from busylamp.presence.state import PresenceState
+from busylamp.presence.updates import parse_updates
 
 PHONE = ("10.0.0.7", 5062)
 DOMAIN = "example.com"
@@ -59,7 +59,7 @@ def engine_throughput(presentities: int = 2500, keys: int = 4,
     engine = PresenceEngine(EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}), state, REGISTRY)
     recorder = None
     if history:
-        from presence.history import History
+        from busylamp.presence.history import History
 
         recorder = History()
         recorder.attach(state, engine.counters)

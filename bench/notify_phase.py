@@ -20,20 +20,23 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> None:
-    sys.path.insert(0, tree)
-    sys.path.insert(1, str(HERE))
+    sys.path.insert(0, str(HERE))
+    from bench.tree import use_tree
+
+    use_tree(tree)
+    from busylamp.presence.engine import EngineConfig, PresenceEngine
+    from busylamp.presence.packages import REGISTRY
+    from busylamp.presence.packages.base import PackageOptions
+    from busylamp.presence.state import PresenceState
+    from busylamp.presence.updates import parse_updates
+
     from bench.engine import PHONE, _ok_for, _subscribe, _update
-    from presence.engine import EngineConfig, PresenceEngine
-    from presence.packages import REGISTRY
-    from presence.packages.base import PackageOptions
-    from presence.state import PresenceState
-    from presence.updates import parse_updates
 
     state = PresenceState(REGISTRY, PackageOptions())
     engine = PresenceEngine(EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}), state, REGISTRY)
     recorder = None
     if history == "on":
-        from presence.history import History
+        from busylamp.presence.history import History
 
         recorder = History()
         recorder.attach(state, engine.counters)

@@ -25,7 +25,7 @@ CALL_STATES = ("RINGING", "ACTIVE", "HANGUP")
 
 def _frames(events: int) -> bytes:
     """``events`` CHANNEL_CALLSTATE frames: ringing -> active -> hangup for events/3 calls."""
-    from esl.protocol import encode_event
+    from busylamp.esl.protocol import encode_event
 
     core = str(uuid.uuid4())
     out = []
@@ -56,12 +56,12 @@ def _frames(events: int) -> bytes:
 
 def esl_throughput(events: int = 100_000, chunk: int = 16384) -> dict[str, Any]:
     """Events/s for: parse only; parse + normalize; parse + normalize + engine hand-off."""
-    from bridge.normalize import NormalizeConfig, normalize
-    from esl.protocol import FrameParser, parse_event
-    from presence.engine import EngineConfig, PresenceEngine
-    from presence.packages import REGISTRY, PackageOptions
-    from presence.state import PresenceState
-    from presence.updates import parse_update
+    from busylamp.bridge.normalize import NormalizeConfig, normalize
+    from busylamp.esl.protocol import FrameParser, parse_event
+    from busylamp.presence.engine import EngineConfig, PresenceEngine
+    from busylamp.presence.packages import REGISTRY, PackageOptions
+    from busylamp.presence.state import PresenceState
+    from busylamp.presence.updates import parse_update
 
     data = _frames(events)
     config = NormalizeConfig(domain_default=DOMAIN)
@@ -111,10 +111,10 @@ def _free_tcp_port() -> int:
 def nsq_throughput(updates: int = 100_000, nsqd: str | None = None) -> dict[str, Any]:
     """Updates/s consumed (JSON decoded + validated with parse_update) through NsqConsumer."""
     import gevent
+    from busylamp.bridge.nsq import NsqConsumer, NsqLoop, NsqPublisher
+    from busylamp.presence.updates import parse_update
 
     from bench.workload import dialog_update
-    from bridge.nsq import NsqConsumer, NsqLoop, NsqPublisher
-    from presence.updates import parse_update
 
     proc = None
     broker = "nsqd"

@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from bench.tree import launcher_code
+
 HERE = Path(__file__).resolve().parent.parent
 
 
@@ -34,8 +36,7 @@ def _port() -> int:
 
 
 def _start(tree: Path, args: list[str], prefix: list[str] = ()) -> subprocess.Popen:
-    code = (f"import sys; sys.path.insert(0, {str(tree)!r}); import cli; "
-            "sys.exit(cli.main(prog_name='busylamp'))")
+    code = launcher_code(tree)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUSYLAMP_")}
     return subprocess.Popen([*prefix, sys.executable, "-c", code, "run", "--role", "presence",
                              "--status-interval", "0", *args], cwd=tree, env=env,
@@ -351,12 +352,14 @@ def amplification(tree: Path, wait: float = 34.0) -> str:
 
 _FANOUT_CODE = """
 import sys, time
-sys.path.insert(0, TREE)
-from presence.engine import EngineConfig, PresenceEngine
-from presence.packages import REGISTRY
-from presence.packages.base import PackageOptions
-from presence.state import PresenceState
-from presence.updates import parse_updates
+sys.path.insert(0, HERE)
+from bench.tree import use_tree
+use_tree(TREE)
+from busylamp.presence.engine import EngineConfig, PresenceEngine
+from busylamp.presence.packages import REGISTRY
+from busylamp.presence.packages.base import PackageOptions
+from busylamp.presence.state import PresenceState
+from busylamp.presence.updates import parse_updates
 
 try:  # the default of --fanout-batch, where there is one
     config = EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}, fanout_batch=500)
@@ -381,7 +384,7 @@ for n in range(WATCHERS):
 engine.datagrams_to_send()
 import gc
 gc.collect()
-gc.freeze()  # as a running node does after its table grew (presence/node.py housekeeping)
+gc.freeze()  # as a running node does after its table grew (presence/node/node.py housekeeping)
 update = parse_updates({"Event-Name": "update", "Event-Package": "dialog",
     "From": "sip:1001@example.com", "From-User": "1001", "From-Realm": "example.com",
     "To": "sip:1002@example.com", "Call-ID": "big", "State": "early", "Direction": "recipient",
@@ -404,7 +407,7 @@ print(f"{sent} NOTIFYs in {len(steps)} steps, {sum(steps) * 1000:.0f} ms in all,
 def fanout(tree: Path, watchers: int = 36_000) -> str:
     """One publish to a presentity with ``watchers`` watchers (the sans-IO engine, no sockets):
     how long the caller's loop is held at a stretch (the longest step) and in all."""
-    code = _FANOUT_CODE.replace("TREE", repr(str(tree))).replace("WATCHERS", str(watchers))
+    code = _FANOUT_CODE.replace("TREE", repr(str(tree))).replace("HERE", repr(str(HERE))).replace("WATCHERS", str(watchers))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=tree)
     return out.stdout.strip()

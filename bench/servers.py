@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -12,6 +13,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from bench.tree import launcher_code
 
 REPO = Path(__file__).resolve().parent.parent
 KAMAILIO_CFG = Path(__file__).resolve().parent / "kamailio" / "kamailio.cfg"
@@ -270,9 +273,8 @@ def baseline_executable(ref: str) -> str:
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
     exe = root / "busylamp"
-    exe.write_text(f"#!/bin/sh\nexec {REPO / '.venv' / 'bin' / 'python'} -c 'import sys; "
-                   f"sys.path.insert(0, \"{root}\"); from cli import main; sys.exit(main())' "
-                   f"\"$@\"\n")
+    exe.write_text(f"#!/bin/sh\nexec {REPO / '.venv' / 'bin' / 'python'} -c "
+                   f"{shlex.quote(launcher_code(root))} \"$@\"\n")
     exe.chmod(0o755)
     return str(exe)
 

@@ -24,8 +24,7 @@ import gevent.event
 import gevent.selectors
 import tornado.ioloop
 import ujson
-
-from bridge.pynsq_adapter import (
+from busylamp.bridge.pynsq_adapter import (
     BoundedReader,
     ObservedWriter,
     is_error,

@@ -1,7 +1,7 @@
 """Everything busylamp asks of pynsq, in one file: Writer and Reader subclasses and log filters.
 
 The rest of the code base imports pynsq only through here, so a pynsq release that changes
-what we rely on breaks one file (and tests/test_dependency_api.py says which name is gone).
+what we rely on breaks one file (and tests/integration/test_dependency_api.py says which name is gone).
 
 Reader: followed through each connection's public ``on("ready")``/``on("close")`` events, as
 ``Reader.connect_to_nsqd`` returns the connection.  Writer: ``Writer.connect_to_nsqd`` creates
@@ -19,7 +19,7 @@ from typing import Any
 import nsq
 import tornado.iostream
 
-log = logging.getLogger("bridge.nsq")  # the outage lines belong to the NSQ transport
+log = logging.getLogger("busylamp.bridge.nsq")  # the outage lines belong to the NSQ transport
 
 REFUSALS = (b"E_BAD_MESSAGE", b"E_BAD_BODY", b"E_BAD_TOPIC")  # sending again cannot help
 

@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from esl.protocol import EslEvent
+from busylamp.esl.protocol import EslEvent
 
 SUBCLASSES = ("sofia::register", "sofia::unregister", "sofia::expire")
 EVENTS = "CUSTOM " + " ".join(SUBCLASSES)

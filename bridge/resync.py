@@ -28,8 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ujson
-
-from bridge.normalize import NormalizeConfig, channel_updates, park_updates, split_aor
+from busylamp.bridge.normalize import NormalizeConfig, channel_updates, park_updates, split_aor
 
 _LOT = re.compile(r'<lot name="([^"]*)">(.*?)</lot>', re.S)
 _SLOT = re.compile(r'<extension uuid="([^"]*)">([^<]*)</extension>')

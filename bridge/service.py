@@ -23,18 +23,21 @@ from typing import Any
 
 import gevent
 import gevent.event
-
-from bridge.bus import Bus
-from bridge.calls import CallTable
-from bridge.mwi import MailboxBook
-from bridge.normalize import NormalizeConfig, normalize, split_aor
-from bridge.origin import SkipLog, event_latency, origin_fields
-from bridge.registrations import EVENTS as REGISTRATION_EVENTS
-from bridge.registrations import RegistrationsError, registration_from_event, registrations_from_api
-from bridge.resync import PART_BYTES, SnapshotError, snapshot_from_channels, split_snapshot
-from bridge.sequence import Sequencer
-from esl.connection import EslClient, EslError, EslTarget
-from esl.protocol import EslEvent
+from busylamp.bridge.bus import Bus
+from busylamp.bridge.calls import CallTable
+from busylamp.bridge.mwi import MailboxBook
+from busylamp.bridge.normalize import NormalizeConfig, normalize, split_aor
+from busylamp.bridge.origin import SkipLog, event_latency, origin_fields
+from busylamp.bridge.registrations import EVENTS as REGISTRATION_EVENTS
+from busylamp.bridge.registrations import (
+    RegistrationsError,
+    registration_from_event,
+    registrations_from_api,
+)
+from busylamp.bridge.resync import PART_BYTES, SnapshotError, snapshot_from_channels, split_snapshot
+from busylamp.bridge.sequence import Sequencer
+from busylamp.esl.connection import EslClient, EslError, EslTarget
+from busylamp.esl.protocol import EslEvent
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,8 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.socket
-
-from esl.protocol import EslEvent, EslFrame
-from esl.session import (
+from busylamp.esl.protocol import EslEvent, EslFrame
+from busylamp.esl.session import (
     Authenticated,
     AuthFailed,
     Backoff,

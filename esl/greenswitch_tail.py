@@ -2,7 +2,7 @@
 
 The only module that imports greenswitch.  It calls ``InboundESL(host, port, password, timeout)``,
 ``register_handle``, ``connect``, ``send`` and ``stop``, and reads the public attributes
-``connected``, ``sock`` and ``sock_file``; ``tests/test_dependency_api.py`` pins all of them.
+``connected``, ``sock`` and ``sock_file``; ``tests/integration/test_dependency_api.py`` pins all of them.
 What ``InboundESL`` lacks is added around those calls: a time limit on the handshake and on each
 command (its waits have none), dead-peer detection (HEARTBEAT), reconnecting with capped backoff,
 one log line per outage.  It connects over IPv4 only (``AF_INET``), so IPv6 literals are refused
@@ -23,9 +23,8 @@ import gevent.event
 import gevent.queue
 import greenswitch
 import greenswitch.esl
-
-from esl.connection import TARGET_FORM, EslTarget
-from esl.session import Backoff
+from busylamp.esl.connection import TARGET_FORM, EslTarget
+from busylamp.esl.session import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from esl.protocol import EVENT_PLAIN, EslEvent, EslFrame, FrameParser, parse_event
+from busylamp.esl.protocol import EVENT_PLAIN, EslEvent, EslFrame, FrameParser, parse_event
 
 AUTH_OK = "+OK accepted"
 

@@ -21,8 +21,7 @@ import gevent
 import gevent.lock
 import gevent.server
 import gevent.socket
-
-from esl.fsheaders import (
+from busylamp.esl.fsheaders import (
     Leg,
     SwitchInfo,
     callstate_headers,
@@ -32,7 +31,7 @@ from esl.fsheaders import (
     presence_in_headers,
     progress_headers,
 )
-from esl.protocol import encode_event, encode_frame
+from busylamp.esl.protocol import encode_event, encode_frame
 
 log = logging.getLogger(__name__)
 

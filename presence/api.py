@@ -32,9 +32,8 @@ from urllib.parse import parse_qs
 
 import gevent
 import ujson
-
-from presence.config import ConfigError
-from presence.httpserver import MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
+from busylamp.presence.config import ConfigError
+from busylamp.presence.httpserver import MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class TailSubscription(Protocol):
 
 
 class NodeControl(Protocol):
-    """What the API needs from the running node (implemented by presence/node.py)."""
+    """What the API needs from the running node (implemented by presence/node/node.py)."""
 
     def publish(self, messages: list) -> int: ...
     def subscriptions(self, *, presentity: str | None, watcher: str | None, event: str | None,
@@ -105,7 +104,7 @@ def update_matches(update: dict, presentity: str | None, package: str | None,
 
 
 def _default_parser() -> Parser:
-    from presence.updates import parse_updates
+    from busylamp.presence.updates import parse_updates
     return parse_updates
 
 

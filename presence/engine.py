@@ -20,11 +20,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from presence.aor import aor_from_uri
-from presence.limits import Limits, TokenBuckets, in_networks, vouched_address
-from presence.packages.base import EventPackage, RenderedBody
-from presence.registrations import RegistrationTable
-from presence.sip.message import (
+from busylamp.presence.aor import aor_from_uri
+from busylamp.presence.limits import Limits, TokenBuckets, in_networks, vouched_address
+from busylamp.presence.packages.base import EventPackage, RenderedBody
+from busylamp.presence.registrations import RegistrationTable
+from busylamp.presence.sip.message import (
     ParseError,
     Request,
     Response,
@@ -36,12 +36,12 @@ from presence.sip.message import (
     parse_uri,
     sniff_response,
 )
-from presence.sip.tokens import token64
-from presence.sip.transaction import ClientTransactions, ServerTransactions
-from presence.snapshots import SNAPSHOT_TIMEOUT, SnapshotAssembler
-from presence.state import PresenceState
-from presence.subscriptions import Subscription, SubscriptionTable, new_tag
-from presence.updates import Snapshot, Update
+from busylamp.presence.sip.tokens import token64
+from busylamp.presence.sip.transaction import ClientTransactions, ServerTransactions
+from busylamp.presence.snapshots import SNAPSHOT_TIMEOUT, SnapshotAssembler
+from busylamp.presence.state import PresenceState
+from busylamp.presence.subscriptions import Subscription, SubscriptionTable, new_tag
+from busylamp.presence.updates import Snapshot, Update
 
 log = logging.getLogger(__name__)
 

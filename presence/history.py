@@ -38,13 +38,13 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from presence.histogram import Histogram, StageHistograms
+from busylamp.presence.histogram import Histogram, StageHistograms
 
 __all__ = ["DETAILED", "ENTRY_BYTES", "WATCH_BYTES", "Entry", "Gap", "History", "Watch"]
 
 DETAILED = 8
 DEFAULT_PER_PRESENTITY = 32
-# Measured bytes of an entry and of each watcher detailed in it (tests/test_history.py measures
+# Measured bytes of an entry and of each watcher detailed in it (tests/system/test_history.py measures
 # them, docs/BENCHMARKS.md reports them): the memory cap counts with these.
 ENTRY_BYTES = 800
 WATCH_BYTES = 96

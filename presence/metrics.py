@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from presence.node import PresenceNode
+    from busylamp.presence.node import PresenceNode
 
 PREFIX = "busylamp_"
 
 
-class _Writer:
+class MetricWriter:
     """Collects metric families in the text exposition format."""
 
     def __init__(self) -> None:
@@ -34,7 +33,7 @@ def render_metrics(node: PresenceNode) -> str:
     """Every counter of the engine, transports, state and publish path, as text format 0.0.4,
     then those of the bridge and the bus when this process runs them."""
     engine = node.engine
-    metric = _Writer()
+    metric = MetricWriter()
     lines = metric.lines
 
     by_package = engine.subscriptions.counts_by_package()
@@ -158,55 +157,6 @@ def render_metrics(node: PresenceNode) -> str:
     for extra in node.extra_metrics:
         extra(metric)
     return "\n".join(lines) + "\n"
-
-
-def bridge_metrics(service) -> Callable[[_Writer], None]:
-    """The ESL bridge's counters (role all): events, updates, skips by reason, ESL links."""
-
-    def render(metric: _Writer) -> None:
-        c = service.counters
-        metric("bridge_events_total", "counter", "FreeSWITCH events received by the bridge.",
-               [({}, c["events"])])
-        metric("bridge_updates_published_total", "counter", "Presence updates the bridge published.",
-               [({"kind": "event"}, c["published"]), ({"kind": "republish"}, c["republished"]),
-                ({"kind": "snapshot"}, c["snapshots"])])
-        metric("bridge_events_skipped_total", "counter",
-               "Events that produced no update, by reason.",
-               [({"reason": reason}, n) for reason, n in sorted(service.skipped.items())])
-        metric("bridge_errors_total", "counter", "Bridge errors (resync, control, publish).",
-               [({}, c["errors"])])
-        metric("esl_connected", "gauge", "1 while the event socket to a FreeSWITCH is up.",
-               [({"server": f"{cl.target.host}:{cl.target.port}"}, cl.state == "connected")
-                for cl in service.clients])
-        metric("esl_reconnects_total", "counter", "Event-socket reconnections, per FreeSWITCH.",
-               [({"server": f"{cl.target.host}:{cl.target.port}"}, cl.counters["reconnects"])
-                for cl in service.clients])
-
-    return render
-
-
-def nsq_metrics(bus) -> Callable[[_Writer], None]:
-    """The NSQ bus's publisher buffer and consumer counters."""
-
-    def render(metric: _Writer) -> None:
-        publishers = [p for p in (bus.publisher, bus.control_publisher)]
-        metric("nsq_publisher_connected", "gauge", "1 while the publisher has an nsqd connection.",
-               [({"topic": p.topic}, p.connected) for p in publishers])
-        metric("nsq_publisher_buffered", "gauge", "Messages waiting for nsqd.",
-               [({"topic": p.topic}, p.buffered) for p in publishers])
-        metric("nsq_publisher_dropped_total", "counter",
-               "Messages dropped because the buffer was full while nsqd was unreachable.",
-               [({"topic": p.topic}, p.dropped) for p in publishers])
-        metric("nsq_publisher_refused_total", "counter",
-               "Messages not sent because nsqd refuses them (over its --max-msg-size).",
-               [({"topic": p.topic}, p.refused) for p in publishers])
-        metric("nsq_messages_received_total", "counter", "Messages consumed, per topic.",
-               [({"topic": c.topic}, c.received) for c in bus.consumers])
-        metric("nsq_messages_malformed_total", "counter",
-               "Messages FIN'd without being applied (bad JSON or invalid update).",
-               [({"topic": c.topic}, c.malformed) for c in bus.consumers])
-
-    return render
 
 
 def _escape(value: str) -> str:

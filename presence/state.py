@@ -25,9 +25,9 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from presence.aor import aor_uri
-from presence.packages.base import EventPackage, PackageOptions, RenderedBody
-from presence.updates import Snapshot, Update
+from busylamp.presence.aor import aor_uri
+from busylamp.presence.packages.base import EventPackage, PackageOptions, RenderedBody
+from busylamp.presence.updates import Snapshot, Update
 
 __all__ = ["PresenceState", "Record", "StateStats", "TERMINATED_LIFETIME"]
 

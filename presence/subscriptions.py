@@ -11,8 +11,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
-from presence.packages.base import EventPackage
-from presence.sip.tokens import token64
+from busylamp.presence.packages.base import EventPackage
+from busylamp.presence.sip.tokens import token64
 
 
 class Subscription:

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ujson
-
-from presence.aor import aor_uri, normalize_aor
+from busylamp.presence.aor import aor_uri, normalize_aor
 
 __all__ = [
     "FIELD_TABLE",

@@ -38,7 +38,7 @@ if [ ! -f "$stamp" ] || [ "$repo/setup.cfg" -nt "$stamp" ]; then
   touch "$stamp"
 fi
 # recvmmsg/sendmmsg for the UDP transport (optional: without it, one recvfrom/sendto per datagram)
-if [ ! -f "$repo/presence/sip/.mmsg-built" ] || [ "$repo/presence/sip/_mmsg.c" -nt "$repo/presence/sip/.mmsg-built" ]; then
-  if "$venv/bin/python" -m presence.sip.buildext; then touch "$repo/presence/sip/.mmsg-built"; fi
+if [ ! -f "$repo/presence/node/.mmsg-built" ] || [ "$repo/presence/node/_mmsg.c" -nt "$repo/presence/sip/.mmsg-built" ]; then
+  if "$venv/bin/python" -m busylamp.presence.node.buildext; then touch "$repo/presence/node/.mmsg-built"; fi
 fi
 export PATH="$venv/bin:$PATH"

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/readme_tables.py flags
     .venv/bin/python scripts/readme_tables.py fields
 
-tests/test_readme.py checks that README.md carries exactly this output between its markers.
+tests/integration/test_readme.py checks that README.md carries exactly this output between its markers.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from presence.config import RunConfig
-from presence.updates import FIELD_TABLE
+from busylamp.presence.config import RunConfig
+from busylamp.presence.updates import FIELD_TABLE
 
 
 def _cell(text: object) -> str:

@@ -11,6 +11,7 @@ from tests.kits import FreeSwitchKit, NsqKit, require_freeswitch, require_nsq
 from tests.nsq_kit import NsqCluster
 
 REPO = Path(__file__).resolve().parent.parent
+LAYERS = ("unit", "integration", "system")
 FIXTURES = REPO / "tests" / "fixtures"
 
 
@@ -38,3 +39,13 @@ def nsq(nsq_kit: NsqKit, tmp_path: Path) -> Iterator[NsqCluster]:
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer, the folder it lives in: ``-m unit`` runs the tests that
+    open no socket, ``-m integration`` those that use sockets in one process, ``-m system``
+    those that start sipp, Kamailio, FreeSWITCH, nsqd or other processes."""
+    for item in items:
+        parts = Path(str(item.path)).relative_to(REPO / "tests").parts
+        if parts and parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))

@@ -1,4 +1,4 @@
-"""A small seeded mutation fuzzer for the suite (tests/test_fuzz.py): no dependency, reproducible.
+"""A small seeded mutation fuzzer for the suite (tests/unit/test_fuzz.py): no dependency, reproducible.
 
 Every case is derived from (seed, target, index) alone, so one failing case can be replayed on its
 own: the failure message prints the seed and index, and ``BUSYLAMP_FUZZ_SEED`` /

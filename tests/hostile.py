@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 
-from tests.sipp_util import wait_until
+from tests.polling import wait_until
 
 
 class RawPeer:

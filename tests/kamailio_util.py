@@ -15,8 +15,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.polling import wait_until as _wait_until
 from tests.sipp_util import free_port as _free_port
-from tests.sipp_util import wait_until as _wait_until
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 

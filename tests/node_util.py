@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from presence.engine import EngineConfig
-from presence.node import PresenceNode
-from presence.packages.base import PackageOptions
-from presence.updates import parse_updates
+from busylamp.presence.engine import EngineConfig
+from busylamp.presence.node import PresenceNode
+from busylamp.presence.packages.base import PackageOptions
+from busylamp.presence.updates import parse_updates
+
 from tests.sipp_util import free_port
 
 

@@ -21,7 +21,8 @@ import gevent.socket
 import ujson
 
 from tests.kits import NsqKit
-from tests.sipp_util import free_port, wait_until
+from tests.polling import wait_until
+from tests.sipp_util import free_port
 
 STOP_TIMEOUT = 10.0
 READY_TIMEOUT = 15.0

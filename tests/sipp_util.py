@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.polling import pause, wait_until  # noqa: F401  (the suite's one polling helper)
+
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 
@@ -76,7 +78,7 @@ class SippRun:
                 self.proc.kill()
                 self.proc.wait()
                 raise AssertionError(f"sipp did not finish in {timeout}s:\n{self.errors()}")
-            _yield(0.02)
+            pause(0.02)
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -190,23 +192,3 @@ def start_sipp(
     return SippRun(proc, workdir, str(scenario), port, args)
 
 
-def _yield(seconds: float) -> None:
-    try:
-        import gevent
-
-        gevent.sleep(seconds)
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        time.sleep(seconds)
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = ""):
-    """Poll ``predicate`` (yielding to gevent) until it is true or the deadline passes; return
-    its (true) value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(message or f"condition not met within {timeout}s")
-        _yield(interval)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from presence.packages.base import EventPackage, PackageOptions, RenderedBody
-from presence.packages.dialog import DialogPackage
-from presence.packages.message_summary import MessageSummaryPackage
-from presence.packages.pidf import PidfPackage
+from busylamp.presence.packages.base import EventPackage, PackageOptions, RenderedBody
+from busylamp.presence.packages.dialog import DialogPackage
+from busylamp.presence.packages.message_summary import MessageSummaryPackage
+from busylamp.presence.packages.pidf import PidfPackage
 
 __all__ = ["REGISTRY", "EventPackage", "PackageOptions", "RenderedBody", "get_package"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from presence.state import Record
+    from busylamp.presence.state import Record
 
 __all__ = ["EventPackage", "PackageOptions", "RenderedBody", "xml_escape", "as_uri"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from presence.aor import aor_uri
-from presence.packages.base import PackageOptions, RenderedBody, as_uri, xml_escape
+from busylamp.presence.aor import aor_uri
+from busylamp.presence.packages.base import PackageOptions, RenderedBody, as_uri, xml_escape
 
 if TYPE_CHECKING:
-    from presence.state import Record
+    from busylamp.presence.state import Record
 
 __all__ = ["DialogPackage", "SINGLE_DIALOG_PRIORITY", "DUMMY_DIALOG_ID"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.kits import FreeSwitchKit
 from tests.system.freeswitch import FreeSwitch
-from tests.test_cli_subprocess import Node, run_node
+from tests.system.test_cli_subprocess import Node, run_node
 
 
 @pytest.fixture(scope="module")

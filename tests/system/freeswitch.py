@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from tests.kits import REPO, FreeSwitchKit
-from tests.sipp_util import free_port, wait_until
+from tests.polling import wait_until
+from tests.sipp_util import free_port
 
 DOMAIN = "127.0.0.1"
 PASSWORD = "fs-test-pw"  # every directory user 1000..1019 of the kit's configuration
@@ -120,7 +121,7 @@ class FreeSwitch:
     def dialplan_install(self, *extra: str) -> subprocess.CompletedProcess:
         """``busylamp dialplan install --freeswitch-conf COPY`` as the README has it."""
         result = subprocess.run(
-            [sys.executable, "-c", "import cli; cli.main(prog_name='busylamp')",
+            [sys.executable, "-c", "from busylamp import cli; cli.main(prog_name='busylamp')",
              "dialplan", "install", "--freeswitch-conf", str(self.conf), *extra],
             capture_output=True, text=True, timeout=60, cwd=REPO)
         if result.returncode != 0:

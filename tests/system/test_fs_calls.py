@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.sipp_util import wait_until
+from tests.polling import wait_until
 from tests.system.freeswitch import DOMAIN, use_silent_prompts
 from tests.system.phones import (
     Callee,

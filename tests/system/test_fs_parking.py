@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from tests.sipp_util import wait_until
+from tests.polling import wait_until
 from tests.system.freeswitch import DOMAIN, PHONES_DOC, originate, valet_slots
 from tests.system.phones import Caller, CallerPlan, LampWatcher, SteadyWatcher, lamp
-from tests.test_cli_subprocess import metric
+from tests.system.test_cli_subprocess import metric
 
 AFTER_TERMINATED = 'busylamp_updates_dropped_total{reason="after_terminated"}'
 

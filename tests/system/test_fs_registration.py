@@ -4,10 +4,11 @@ SUBSCRIBE's address may subscribe; the registration's end closes the door again.
 from __future__ import annotations
 
 from tests.hostile import RawPeer, answers_until_ping, status, subscribe
-from tests.sipp_util import free_port, wait_until
+from tests.polling import wait_until
+from tests.sipp_util import free_port
 from tests.system.freeswitch import DOMAIN
 from tests.system.phones import LampWatcher, register
-from tests.test_cli_subprocess import run_node
+from tests.system.test_cli_subprocess import run_node
 
 PRESENTITY = f"1001@{DOMAIN}"
 WATCHER = f"1000@{DOMAIN}"

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.kits import FreeSwitchKit
-from tests.sipp_util import free_port, wait_until
+from tests.polling import wait_until
+from tests.sipp_util import free_port
 from tests.system.freeswitch import DOMAIN, FreeSwitch, originate, valet_slots
 from tests.system.phones import SteadyWatcher, lamp
-from tests.test_cli_subprocess import Proc, healthy, http_get, metric
+from tests.system.test_cli_subprocess import Proc, healthy, http_get, metric
 
 SNAPSHOTS = 'busylamp_bridge_updates_published_total{kind="snapshot"}'
 

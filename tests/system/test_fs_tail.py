@@ -6,9 +6,9 @@ import json
 import signal
 import wave
 
-from tests.sipp_util import wait_until
+from tests.polling import wait_until
 from tests.system.freeswitch import DOMAIN, originate
-from tests.test_cli_subprocess import Proc
+from tests.system.test_cli_subprocess import Proc
 
 
 def test_tail_raw_shows_real_events_as_they_come(fs, tmp_path):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.sipp_util import wait_until
+from tests.polling import wait_until
 from tests.system.freeswitch import DOMAIN, PHONES_DOC, FreeSwitch
 from tests.system.phones import LampWatcher, NotifySink, SteadyWatcher, message_summary
-from tests.test_cli_subprocess import run_node
+from tests.system.test_cli_subprocess import run_node
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import time
 
-from tests.sipp_util import wait_until
+from tests.polling import wait_until
 from tests.system.phones import Callee, CalleePlan, Caller, CallerPlan, LampWatcher, lamp
-from tests.test_cli_subprocess import busylamp, http_get
+from tests.system.test_cli_subprocess import busylamp, http_get
 
 
 def test_why_names_the_freeswitch_event_the_update_and_the_answered_notify(

@@ -1,0 +1,87 @@
+"""The API's HTTP/1.1 server: keep-alive, pipelining, framing errors, streaming."""
+
+from __future__ import annotations
+
+import socket
+
+import gevent
+import pytest
+from busylamp.presence.httpserver import HttpServer
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "application/x-ndjson")])
+        return (b'{"n": %d}\n' % i for i in range(3))
+    body = environ["wsgi.input"].read()
+    text = f"{environ['REQUEST_METHOD']} {path} {environ['QUERY_STRING']} {len(body)}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [text]
+
+
+@pytest.fixture
+def server():
+    srv = HttpServer(("127.0.0.1", 0), app)
+    srv.start()
+    yield srv
+    srv.stop(timeout=1)
+
+
+def exchange(server, data: bytes, expect_close: bool = False) -> bytes:
+    sock = socket.create_connection(("127.0.0.1", server.server_port))
+    sock.settimeout(0.05)
+    sock.sendall(data)
+    out = b""
+    for _ in range(200):
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            gevent.sleep(0.005)
+            if out and not expect_close:
+                break
+            continue
+        if not chunk:
+            break
+        out += chunk
+    sock.close()
+    return out
+
+
+def test_keep_alive_and_pipelined_requests(server):
+    reqs = (b"POST /publish?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /presentities/1001%40example.com HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = exchange(server, reqs)
+    assert out.count(b"HTTP/1.1 200 OK") == 2
+    assert b"POST /publish a=1 5" in out
+    assert b"GET /presentities/1001@example.com  0" in out
+    assert b"Connection: keep-alive" in out
+
+
+def test_http10_closes_and_streams_without_chunks(server):
+    out = exchange(server, b"GET /stream HTTP/1.0\r\n\r\n", expect_close=True)
+    assert out.startswith(b"HTTP/1.0 200 OK") and b"Connection: close" in out
+    assert out.endswith(b'{"n": 2}\n')
+
+
+def test_streaming_is_chunked_on_http11(server):
+    out = exchange(server, b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in out
+    assert out.endswith(b"0\r\n\r\n") and b'9\r\n{"n": 0}\n\r\n' in out
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET / HTTP/2.0\r\n\r\n", b"505"),
+        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", b"413"),
+        (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
+    ],
+)
+def test_bad_requests_get_a_clear_status_and_close(server, request_bytes, status):
+    out = exchange(server, request_bytes, expect_close=True)
+    assert out.split(b" ")[1] == status
+    assert b'{"error":"' in out and b"Connection: close" in out

@@ -1,0 +1,144 @@
+"""Server and client transaction tables with an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+from busylamp.presence.sip.message import Request, parse_message
+from busylamp.presence.sip.transaction import ClientTransactions, ServerTransactions
+
+REQUEST = (
+    b"SUBSCRIBE sip:1000@example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 10.0.0.5:5062;branch=BRANCH\r\n"
+    b"From: <sip:1001@example.com>;tag=ft1\r\nTo: <sip:1000@example.com>\r\n"
+    b"Call-ID: cid-1\r\nCSeq: 7 SUBSCRIBE\r\nEvent: dialog\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+def _request(branch: str = "z9hG4bK-1", method: str = "SUBSCRIBE") -> Request:
+    data = REQUEST.replace(b"BRANCH", branch.encode())
+    data = data.replace(b"SUBSCRIBE", method.encode())
+    msg = parse_message(data)
+    assert isinstance(msg, Request)
+    return msg
+
+
+def _drive(table: ClientTransactions, until: float) -> tuple[list[float], list[object]]:
+    """Fire every timer up to `until`, returning the retransmission times and timeouts."""
+    sent: list[float] = []
+    timeouts: list[object] = []
+    while (deadline := table.get_timer()) is not None and deadline <= until:
+        retransmits, expired = table.handle_timer(deadline)
+        sent.extend(deadline for _ in retransmits)
+        timeouts.extend(expired)
+    return sent, timeouts
+
+
+# ----------------------------------------------------------------- server
+
+
+def test_server_key_rfc3261_and_2543() -> None:
+    table = ServerTransactions()
+    a = table.key(_request("z9hG4bK-1"), "UDP")
+    assert a == table.key(_request("z9hG4bK-1"), "udp")
+    assert a != table.key(_request("z9hG4bK-2"), "udp")
+    assert a != table.key(_request("z9hG4bK-1"), "tcp")
+    assert table.key(_request("z9hG4bK-1", "CANCEL"), "udp") != a
+    assert table.key(_request("z9hG4bK-1", "INVITE"), "udp") == table.key(
+        _request("z9hG4bK-1", "ACK"), "udp")
+    legacy = table.key(_request("abc123"), "udp")  # RFC 2543: no magic cookie
+    assert legacy[0] == "2543" and "cid-1" in legacy and "ft1" in legacy
+    bare = table.key(_request("z9hG4bK"), "udp")  # bare cookie is no transaction id
+    assert bare[0] == "2543"
+
+
+def test_server_retransmission_gets_same_bytes_until_timer_j() -> None:
+    table = ServerTransactions(t1=0.5)
+    key = table.key(_request(), "udp")
+    assert table.lookup(key) is None and table.get_timer() is None
+    table.store(key, b"SIP/2.0 202 Accepted\r\n...", reliable=False, now=10.0)
+    assert table.lookup(table.key(_request(), "udp")) == b"SIP/2.0 202 Accepted\r\n..."
+    assert len(table) == 1 and table.get_timer() == pytest.approx(42.0)
+    table.handle_timer(41.9)
+    assert table.lookup(key) is not None
+    table.store(key, b"second", reliable=False, now=20.0)  # re-stored: old heap entry is stale
+    assert table.get_timer() == pytest.approx(52.0)
+    table.handle_timer(52.0)
+    assert table.lookup(key) is None and len(table) == 0 and table.get_timer() is None
+
+
+def test_server_reliable_not_kept() -> None:
+    table = ServerTransactions()
+    key = table.key(_request(), "tcp")
+    table.store(key, b"resp", reliable=True, now=0.0)
+    assert table.lookup(key) is None and len(table) == 0 and table.get_timer() is None
+
+
+# ----------------------------------------------------------------- client
+
+
+def test_client_retransmit_schedule_until_timer_f() -> None:
+    table = ClientTransactions(t1=0.5, t2=4.0)
+    table.start("b1", b"NOTIFY", ("10.0.0.5", 5062), reliable=False, now=0.0, owner="sub1")
+    assert table.get_timer() == 0.5
+    sent, timeouts = _drive(table, 100.0)
+    gaps = [b - a for a, b in zip([0.0, *sent], sent, strict=False)]
+    assert gaps[:6] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert all(g == 4.0 for g in gaps[3:])
+    assert sent[-1] < 32.0
+    assert timeouts == ["sub1"]
+    assert table.retransmissions == len(sent) == 10
+    assert len(table) == 0 and table.get_timer() is None
+
+
+def test_client_retransmits_carry_destination_and_bytes() -> None:
+    table = ClientTransactions()
+    table.start("b1", b"DATA", ("h", 1), reliable=False, now=0.0, owner=1)
+    assert table.handle_timer(0.4) == ([], [])
+    assert table.handle_timer(0.5) == ([(("h", 1), b"DATA")], [])
+
+
+def test_client_provisional_switches_to_t2() -> None:
+    table = ClientTransactions(t1=0.5, t2=4.0)
+    table.start("b1", b"N", "dest", reliable=False, now=0.0, owner="o")
+    table.handle_timer(0.5)  # next at 1.5
+    assert table.on_response("b1", 180, 0.7) is None
+    assert table.get_timer() == 1.5
+    sent, _ = _drive(table, 14.0)
+    assert sent == [1.5, 5.5, 9.5, 13.5]
+
+
+def test_client_final_response_stops_and_returns_owner() -> None:
+    table = ClientTransactions()
+    table.start("b1", b"N", "dest", reliable=False, now=0.0, owner="o1")
+    table.start("b2", b"N", "dest", reliable=False, now=0.0, owner="o2")
+    assert table.on_response("b1", 200, 0.1) == "o1"
+    assert table.on_response("b1", 200, 0.2) is None  # retransmitted final: unknown now
+    assert table.on_response("nope", 200, 0.2) is None
+    assert len(table) == 1
+    sent, timeouts = _drive(table, 100.0)
+    assert timeouts == ["o2"] and len(sent) == 10
+
+
+def test_client_reliable_only_timer_f() -> None:
+    table = ClientTransactions(t1=0.5, timer_f=10.0)
+    table.start("b1", b"N", "dest", reliable=True, now=5.0, owner="o")
+    assert table.get_timer() == 15.0
+    sent, timeouts = _drive(table, 100.0)
+    assert sent == [] and timeouts == ["o"] and table.retransmissions == 0
+
+
+def test_client_cancel() -> None:
+    table = ClientTransactions()
+    table.start("b1", b"N", "dest", reliable=False, now=0.0, owner="o")
+    table.cancel("b1")
+    table.cancel("unknown")
+    assert len(table) == 0 and table.get_timer() is None
+    assert table.handle_timer(100.0) == ([], [])
+
+
+def test_client_late_timer_does_not_burst() -> None:
+    table = ClientTransactions(t1=0.5, t2=4.0)
+    table.start("b1", b"N", "dest", reliable=False, now=0.0, owner="o")
+    retransmits, _ = table.handle_timer(3.0)  # woke up late: one retransmission, not several
+    assert len(retransmits) == 1
+    assert table.get_timer() == 4.0
