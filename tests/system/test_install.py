@@ -1,9 +1,11 @@
 """``pip install .`` puts one name into site-packages, and importing every module of it loads no
 top-level ``presence``, ``bridge``, ``esl``, ``app`` or ``cli``.
 
-The install is a real pip build of this checkout (with build isolation, as a user's
-``pip install .``) into a fresh prefix; the import check runs in a new interpreter whose
-working directory is not the checkout, so only the installed copy can be found.
+pip builds the wheel of this checkout as ``pip install .`` does (with build isolation); the
+wheel's top level is what lands in site-packages. It is unpacked into a temporary folder rather
+than installed, because installing would replace the suite's own editable install. The import
+check runs in a new interpreter whose working directory is not the checkout, so only the
+unpacked copy can be found.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -31,19 +33,34 @@ print(json.dumps({"file": busylamp.__file__, "modules": len(names), "stray": str
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    prefix = tmp_path_factory.mktemp("prefix")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--prefix", str(prefix), str(REPO)], check=True, cwd=prefix, timeout=300)
-    purelib = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
-    return Path(purelib)
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--wheel-dir", str(out), str(REPO)], check=True, cwd=out, timeout=300)
+    (built,) = out.glob("busylamp-*.whl")
+    return built
 
 
-def test_pip_install_puts_only_busylamp_into_site_packages(installed: Path) -> None:
-    names = sorted(p.name for p in installed.iterdir() if p.name != "__pycache__")
-    assert names == ["busylamp", "busylamp-0.1.0.dist-info"]
-    entry_points = (installed / "busylamp-0.1.0.dist-info" / "entry_points.txt").read_text()
-    assert "busylamp = busylamp.cli:main" in entry_points
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory) -> Path:
+    site = tmp_path_factory.mktemp("site-packages")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    return site
+
+
+def test_pip_install_puts_only_busylamp_into_site_packages(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    top = sorted({name.split("/")[0] for name in names})
+    # data files (the dialplan snippets) go to <prefix>/share, not to site-packages
+    assert top == ["busylamp", "busylamp-0.1.0.data", "busylamp-0.1.0.dist-info"]
+    assert all(n.startswith("busylamp-0.1.0.data/data/share/busylamp/")
+               for n in names if n.startswith("busylamp-0.1.0.data/"))
+    entry_points = [n for n in names if n.endswith("entry_points.txt")]
+    with zipfile.ZipFile(wheel) as archive:
+        text = archive.read(entry_points[0]).decode()
+    assert "busylamp = busylamp.cli:main" in text
 
 
 def test_importing_every_module_loads_no_top_level_name_of_ours(installed: Path,
