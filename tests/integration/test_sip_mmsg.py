@@ -12,6 +12,8 @@ from busylamp.presence.node.mmsg import DatagramBatcher, batching_available
 from busylamp.presence.node.transport import SipTransports
 from gevent import socket
 
+from tests.polling import wait_until
+
 MODES = [pytest.param(True, id="batched", marks=pytest.mark.skipif(
              not batching_available(), reason="python -m busylamp.presence.node.buildext not run")),
          pytest.param(False, id="fallback")]
@@ -68,8 +70,7 @@ def test_transport_answers_a_burst_and_sends_queued_datagrams(batched: bool):
                               for i in range(5)]).join()
         assert [peer.recv(100) for _ in range(5)] == [b"n%d" % i for i in range(5)]
         t.send("udp", ("no-such-host.invalid", 9), b"x")
-        gevent.sleep(0.05)
-        assert t.counters["send_errors"] == 1
+        wait_until(lambda: t.counters["send_errors"] == 1, timeout=5)
     finally:
         t.close()
         peer.close()

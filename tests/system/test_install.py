@@ -11,6 +11,7 @@ unpacked copy can be found.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -35,8 +36,16 @@ print(json.dumps({"file": busylamp.__file__, "modules": len(names), "stray": str
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # a copy of the checkout's files: pip builds in the source tree and leaves build/ there
+    source = tmp_path_factory.mktemp("source")
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in listed.splitlines():
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--wheel-dir", str(out), str(REPO)], check=True, cwd=out, timeout=300)
+                    "--wheel-dir", str(out), str(source)], check=True, cwd=out, timeout=300)
     (built,) = out.glob("busylamp-*.whl")
     return built
 
