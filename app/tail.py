@@ -118,7 +118,7 @@ def follow_nsq(nsqd: Sequence[str], lookupd: Sequence[str], topic: str, show: Sh
         loop.stop()
 
 
-def tail_path(presentity: str | None, package: str | None, call_id: str | None) -> str:
+def _tail_path(presentity: str | None, package: str | None, call_id: str | None) -> str:
     """The node's ``/tail`` path, filtered on the node's side too."""
     query = urlencode({k: v for k, v in (("presentity", presentity), ("package", package),
                                          ("call_id", call_id)) if v})
@@ -130,5 +130,5 @@ def follow_http(stream: Callable[[str], Iterable[dict]], show: ShowUpdate, *,
                 call_id: str | None = None) -> bool:
     """Follow a node's ``/tail`` through `stream` (path → NDJSON objects: the caller's HTTP
     client); True when `show` said stop, False when the node closed the stream."""
-    updates = stream(tail_path(presentity, package, call_id))
+    updates = stream(_tail_path(presentity, package, call_id))
     return any(show(update, None) for update in updates)

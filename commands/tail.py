@@ -18,13 +18,13 @@ STATE_COLOURS = {"early": "yellow", "confirmed": "red", "terminated": "green", "
                  "no": "green", "open": "green", "closed": "bright_black"}
 
 
-def format_update(update: dict, *, when: float | None = None) -> str:
+def format_update(update: dict) -> str:
     """One human line: time, presentity, package, state, direction, call-id (ANSI colour; click
     strips it when stdout is not a terminal)."""
     from busylamp.presence.api import update_fields  # gevent and the HTTP server: lazily
 
     presentity, package, state, direction, call_id = update_fields(update)
-    stamp = time.strftime("%H:%M:%S", time.localtime(when or time.time()))
+    stamp = time.strftime("%H:%M:%S")
     state_text = click.style(f"{state or '-':<10}", fg=STATE_COLOURS.get(state.lower()))
     who = click.style(f"{presentity or '-':<28}", bold=True)
     return f"{stamp} {who} {package or '-':<15} {state_text} {direction or '-':<9} {call_id or '-'}"

@@ -469,7 +469,7 @@ def split_list(text: str) -> list[str]:
     return [part for part in str(text).split(",") if part.strip()]
 
 
-def parse_field(name: str, raw: Any, label: str) -> Any:
+def _parse_field(name: str, raw: Any, label: str) -> Any:
     """One field's value from its raw form (a string, a TOML value, or a list of them for a
     repeatable field); ConfigError naming `label` (the flag, variable or file key) when bad."""
     meta = FIELDS[name].metadata
@@ -501,7 +501,7 @@ def load_config(raw: Mapping[str, Any], *, labels: Mapping[str, str] | None = No
     --node-id is not given.
     """
     labels = labels or {}
-    chosen = {name: parse_field(name, value, labels.get(name, FIELDS[name].metadata["flag"]))
+    chosen = {name: _parse_field(name, value, labels.get(name, FIELDS[name].metadata["flag"]))
               for name, value in raw.items()}
     config = RunConfig(**chosen)
     if hostname is not None and "node_id" not in chosen:
