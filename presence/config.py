@@ -1,10 +1,12 @@
-"""`busylamp run` options: one dataclass, its parsers, and flag > env > file > default resolution.
+"""`busylamp run` options: one dataclass, its value parsers and its cross-field checks.
 
-Every `RunConfig` field carries `metadata={"help", "env", "flag", ...}`: the CLI builds its flags
-from it and the README flag table is generated from it. Parsing is pure (no sockets, no files):
-`load_config(flags, env, file_values)` turns raw strings (flags, `BUSYLAMP_*` variables) and TOML
-values into a checked `RunConfig`, or raises `ConfigError` naming the flag/variable/key and the
-accepted form.
+Every `RunConfig` field carries `metadata={"help", "env", "flag", ...}`: the CLI builds its click
+options from it (flag, `BUSYLAMP_*` variable) and the README flag table is generated from it.
+Which source a value comes from (flag > environment variable > `--config` TOML file > default) is
+click's own resolution, done by the CLI; this module is pure (no sockets, no files, no
+environment): `load_config(raw, labels=...)` turns the raw values that were given (strings from
+flags and variables, native TOML values) into a checked `RunConfig`, or raises `ConfigError`
+naming the flag/variable/key (`labels`) and the accepted form.
 """
 
 from __future__ import annotations
@@ -459,16 +461,22 @@ def default_node_id(hostname: str, sip_port: int) -> str:
 
 
 FIELDS = {f.name: f for f in fields(RunConfig)}
-ENV_NAMES = {f.metadata["env"]: f.name for f in fields(RunConfig)}
 
 
-def _parse_one(name: str, raw: Any, label: str) -> Any:
+def split_list(text: str) -> list[str]:
+    """A list given as one string (environment variable, TOML string): comma-separated, blanks
+    skipped."""
+    return [part for part in str(text).split(",") if part.strip()]
+
+
+def _parse_field(name: str, raw: Any, label: str) -> Any:
+    """One field's value from its raw form (a string, a TOML value, or a list of them for a
+    repeatable field); ConfigError naming `label` (the flag, variable or file key) when bad."""
     meta = FIELDS[name].metadata
     parse = meta["parse"]
     try:
         if meta["multiple"]:
-            items = raw if isinstance(raw, list | tuple) else [
-                part for part in str(raw).split(",") if part.strip()]
+            items = raw if isinstance(raw, list | tuple) else split_list(raw)
             values = []
             for item in items:
                 try:
@@ -483,24 +491,18 @@ def _parse_one(name: str, raw: Any, label: str) -> Any:
         raise ConfigError(label, str(err), raw) from None
 
 
-def load_config(flags: Mapping[str, Any], env: Mapping[str, str],
-                file_values: Mapping[str, Any], *, file_label: str = "config file",
+def load_config(raw: Mapping[str, Any], *, labels: Mapping[str, str] | None = None,
                 hostname: str | None = None) -> RunConfig:
-    """Resolve every field: command-line flag > BUSYLAMP_* variable > config file > default.
+    """A checked RunConfig from the raw values that were given (absent fields keep defaults).
 
-    `flags` maps field names to raw values given on the command line (absent = not given; lists
-    for repeatable flags); `env` is the environment (unknown BUSYLAMP_* names are ignored; lists
-    are comma-separated); `file_values` comes from `read_toml` (keys already field names).
+    `raw` maps field names to raw values (lists for repeatable fields, or one comma-separated
+    string); `labels` names where each came from for error messages (default: its flag, e.g.
+    "--sip"; the CLI passes "BUSYLAMP_SIP" or "sip in FILE"). `hostname` names the node when
+    --node-id is not given.
     """
-    chosen: dict[str, Any] = {}
-    for name, f in FIELDS.items():
-        meta = f.metadata
-        if name in flags:
-            chosen[name] = _parse_one(name, flags[name], meta["flag"])
-        elif meta["env"] in env:
-            chosen[name] = _parse_one(name, env[meta["env"]], meta["env"])
-        elif name in file_values:
-            chosen[name] = _parse_one(name, file_values[name], f"{name} in {file_label}")
+    labels = labels or {}
+    chosen = {name: _parse_field(name, value, labels.get(name, FIELDS[name].metadata["flag"]))
+              for name, value in raw.items()}
     config = RunConfig(**chosen)
     if hostname is not None and "node_id" not in chosen:
         port = config.sip[0].port if config.sip else 0
@@ -534,7 +536,8 @@ def check(config: RunConfig) -> None:
 
 
 def normalize_file_keys(data: Mapping[str, Any], file_label: str) -> dict[str, Any]:
-    """TOML keys as field names ('max-in-flight' and 'max_in_flight' both accepted)."""
+    """TOML keys as field names ('max-in-flight' and 'max_in_flight' both accepted); unknown
+    keys refused. A repeatable field's value becomes a list (a string is comma-separated)."""
     values: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
@@ -542,6 +545,8 @@ def normalize_file_keys(data: Mapping[str, Any], file_label: str) -> dict[str, A
             raise ConfigError(
                 f'key "{key}" in {file_label}', "a `busylamp run` option name such as "
                 "max_in_flight or sip (see busylamp run --help)")
+        if FIELDS[name].metadata["multiple"] and not isinstance(value, list | tuple):
+            value = split_list(value) if isinstance(value, str) else [value]
         values[name] = value
     return values
 

@@ -1,4 +1,5 @@
-"""cli.py through click's CliRunner: run (flags/env/TOML), publish, inspect, tail, dialplan."""
+"""The CLI (cli.py and commands/) through click's CliRunner: run (flags/env/TOML), publish,
+inspect, tail, dialplan."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import gevent
 import gevent.server
 import pytest
 from busylamp import cli
+from busylamp.app.tail import TAIL_EVENTS
+from busylamp.commands import dialplanfiles
+from busylamp.commands.logsetup import JsonLogFormatter
+from busylamp.commands.tail import UpdatePrinter
 from busylamp.presence.config import ConfigError
 from click.testing import CliRunner
 
@@ -33,8 +38,9 @@ def runner():
 def started(monkeypatch):
     """Replace the long-running parts of `run`: record the config instead of serving."""
     calls: dict = {"patched": 0}
-    monkeypatch.setattr(cli, "_patch_gevent", lambda: calls.__setitem__("patched", 1))
-    monkeypatch.setattr(cli, "setup_logging", lambda level, fmt: calls.update(log=(level, fmt)))
+    monkeypatch.setattr("busylamp.app.patch_gevent", lambda: calls.__setitem__("patched", 1))
+    monkeypatch.setattr("busylamp.commands.run.setup_logging",
+                        lambda level, fmt: calls.update(log=(level, fmt)))
     monkeypatch.setattr("busylamp.app.roles.run_roles", lambda config: calls.update(config=config))
     for name in list(__import__("os").environ):
         if name.startswith("BUSYLAMP_"):
@@ -122,6 +128,33 @@ def test_run_precedence_flag_env_file(runner, started, tmp_path):
     assert started["log"] == ("info", "json")
 
 
+def test_run_config_from_busylamp_config_with_lists_and_switches(runner, started, tmp_path):
+    """The file named by BUSYLAMP_CONFIG: arrays or comma-separated strings for repeatable
+    options, TOML booleans or words for switches; a variable still beats it, and what neither
+    gives keeps its default."""
+    config_file = tmp_path / "busylamp.toml"
+    config_file.write_text('esl = "a@127.0.0.1:1, b@127.0.0.1:2"\ntrusted = ["10.0.0.0/8"]\n'
+                           'cross_domain = true\nnat-send-to-source = "yes"\nt1 = 0.25\n')
+    result = runner.invoke(cli.main, ["run"], env={"BUSYLAMP_CONFIG": str(config_file),
+                                                   "BUSYLAMP_CROSS_DOMAIN": "off",
+                                                   "BUSYLAMP_SIP": "udp:127.0.0.1:5061,"})
+    assert result.exit_code == 0, result.output
+    config = started["config"]
+    assert config.esl == ["a@127.0.0.1:1", "b@127.0.0.1:2"] and len(config.trusted) == 1
+    assert config.cross_domain is False and config.nat_send_to_source is True
+    assert config.t1 == 0.25 and config.t2 == 4.0
+    assert [str(s) for s in config.sip] == ["udp:127.0.0.1:5061"]
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"BUSYLAMP_CROSS_DOMAIN": "maybe"}, 'invalid BUSYLAMP_CROSS_DOMAIN "maybe": expected true'),
+    ({"BUSYLAMP_SIP": "udp:x"}, 'invalid BUSYLAMP_SIP "udp:x"'),
+])
+def test_run_bad_env_values_name_the_variable(runner, started, env, needle):
+    result = runner.invoke(cli.main, ["run"], env=env)
+    assert result.exit_code == 2 and needle in one_line_error(result)
+
+
 def test_run_bool_flag_beats_env(runner, started):
     result = runner.invoke(cli.main, ["run", "--no-nat-send-to-source"],
                            env={"BUSYLAMP_NAT_SEND_TO_SOURCE": "yes",
@@ -161,17 +194,18 @@ def test_run_maps_bind_errors_to_exit_2(runner, started, monkeypatch):
 
 
 def test_startup_summary_hides_esl_passwords():
+    from busylamp.app.roles import startup_summary
     from busylamp.presence.config import load_config
 
-    config = load_config({"esl": ["hunter2@10.0.0.5:8021"], "http_token": "t"}, {}, {})
-    text = "\n".join(cli.startup_summary(config))
+    config = load_config({"esl": ["hunter2@10.0.0.5:8021"], "http_token": "t"})
+    text = "\n".join(startup_summary(config, None))
     assert "hunter2" not in text and "10.0.0.5:8021" in text and "bearer token required" in text
 
 
 def test_json_log_lines():
     record = logging.LogRecord("busylamp.x", logging.WARNING, __file__, 1, "hello %s", ("you",),
                                None)
-    line = json.loads(cli.JsonLogFormatter().format(record))
+    line = json.loads(JsonLogFormatter().format(record))
     assert line["level"] == "warning" and line["msg"] == "hello you"
     assert line["logger"] == "busylamp.x"
 
@@ -356,7 +390,7 @@ def test_tail_errors(runner):
 def test_tail_esl_normalizes_simulator_events(runner, monkeypatch):
     from busylamp.esl.simulator import FreeSwitchSimulator
 
-    monkeypatch.setattr(cli, "_patch_gevent", lambda: None)
+    monkeypatch.setattr("busylamp.app.patch_gevent", lambda: None)
     simulator = FreeSwitchSimulator(password="pw", heartbeat_interval=None)
     host, port = simulator.start()
 
@@ -388,7 +422,7 @@ def subscribed(simulator, times: int = 1) -> bool:
 def test_tail_esl_raw_decoded_headers_and_skipped_lines(runner, monkeypatch):
     from busylamp.esl.simulator import FreeSwitchSimulator
 
-    monkeypatch.setattr(cli, "_patch_gevent", lambda: None)
+    monkeypatch.setattr("busylamp.app.patch_gevent", lambda: None)
     simulator = FreeSwitchSimulator(password="pw", heartbeat_interval=None)
     host, port = simulator.start()
 
@@ -424,7 +458,7 @@ def test_tail_esl_raw_decoded_headers_and_skipped_lines(runner, monkeypatch):
     ("pw@[::1]:8021", "IPv6 address ::1 not supported (greenswitch connects over IPv4 only)"),
 ])
 def test_tail_esl_bad_target_is_one_line_exit_2(runner, monkeypatch, spec, says):
-    monkeypatch.setattr(cli, "_patch_gevent", lambda: None)
+    monkeypatch.setattr("busylamp.app.patch_gevent", lambda: None)
     result = runner.invoke(cli.main, ["tail", "--esl", spec])
     assert result.exit_code == 2
     line = one_line_error(result)
@@ -442,16 +476,16 @@ def test_tail_esl_waits_for_freeswitch_follows_a_restart_and_stops_on_ctrl_c(run
     from busylamp.esl.simulator import FreeSwitchSimulator
     from greenlet import getcurrent
 
-    monkeypatch.setattr(cli, "_patch_gevent", lambda: None)
+    monkeypatch.setattr("busylamp.app.patch_gevent", lambda: None)
     caplog.set_level(logging.INFO, logger="busylamp.esl.greenswitch_tail")
     shown: list[str] = []
-    real_show = cli._UpdatePrinter.show
+    real_show = UpdatePrinter.show
 
     def spy(self, update, raw_headers=None):
         shown.append(update["From-User"])
         return real_show(self, update, raw_headers)
 
-    monkeypatch.setattr(cli._UpdatePrinter, "show", spy)
+    monkeypatch.setattr(UpdatePrinter, "show", spy)
     port = free_port(socket.SOCK_STREAM)
     simulator = FreeSwitchSimulator(password="pw", port=port, heartbeat_interval=None)
     main_greenlet = getcurrent()
@@ -500,7 +534,7 @@ def tail_factory():
     def make(target, on_event=lambda name, headers: None, **kwargs):
         options = {"backoff_initial": 0.02, "backoff_max": 0.05, "jitter": 0.0,
                    "connect_timeout": 0.5, "command_timeout": 0.5, "poll": 0.02, **kwargs}
-        tail = GreenswitchTail(target, cli.TAIL_EVENTS, on_event, **options)
+        tail = GreenswitchTail(target, TAIL_EVENTS, on_event, **options)
         started.append((tail, gevent.spawn(tail.run)))
         return tail
 
@@ -592,7 +626,7 @@ def test_tail_esl_silent_listener_and_dead_peer_one_line_per_outage(tail_factory
 @pytest.fixture
 def snippets(tmp_path):
     real = REPO / "contrib" / "freeswitch-dialplan"
-    if real.is_dir() and cli.snippet_files(real):
+    if real.is_dir() and dialplanfiles.snippet_files(real):
         return real
     folder = tmp_path / "snippets"
     (folder / "dialplan" / "default").mkdir(parents=True)
@@ -604,7 +638,7 @@ def snippets(tmp_path):
 def test_dialplan_install_is_idempotent_with_backup_and_dry_run(runner, snippets, tmp_path):
     conf = tmp_path / "conf"
     conf.mkdir()
-    files = cli.snippet_files(snippets)
+    files = dialplanfiles.snippet_files(snippets)
     assert files and all(f.name != "README.md" for f in files)
     args = ["dialplan", "install", "--freeswitch-conf", str(conf), "--source", str(snippets)]
 
@@ -640,16 +674,16 @@ def test_dialplan_show_and_default_source(runner, snippets, monkeypatch):
     monkeypatch.setenv("BUSYLAMP_DIALPLAN_DIR", str(snippets))
     result = runner.invoke(cli.main, ["dialplan", "show"])
     assert result.exit_code == 0
-    for relative in cli.snippet_files(snippets):
+    for relative in dialplanfiles.snippet_files(snippets):
         assert f"==> {relative} <==" in result.output
     assert "not installed" not in result.output
 
 
 def test_dialplan_found_from_the_checkout():
     real = REPO / "contrib" / "freeswitch-dialplan"
-    if not (real.is_dir() and cli.snippet_files(real)):
+    if not (real.is_dir() and dialplanfiles.snippet_files(real)):
         pytest.skip("contrib/freeswitch-dialplan has no snippets yet")
-    assert cli.dialplan_source() == real
+    assert dialplanfiles.dialplan_source() == real
 
 
 _VANILLA_DEFAULT_XML = """<?xml version="1.0" encoding="utf-8"?>
@@ -676,25 +710,25 @@ _VANILLA_DEFAULT_XML = """<?xml version="1.0" encoding="utf-8"?>
 
 
 def test_default_xml_edit_includes_caller_presence_first_and_disables_vanilla():
-    text, notes = cli.edit_default_xml(_VANILLA_DEFAULT_XML)
+    text, notes = dialplanfiles.edit_default_xml(_VANILLA_DEFAULT_XML)
     context = text.index('<context name="default">')
-    assert text.index(cli.TOP_INCLUDE) > context
-    assert text.index(cli.TOP_INCLUDE) < text.index("<extension")
+    assert text.index(dialplanfiles.TOP_INCLUDE) > context
+    assert text.index(dialplanfiles.TOP_INCLUDE) < text.index("<extension")
     for name in ("Local_Extension", "intercept-ext"):
         head = text.index(f'<extension name="{name}">')
         first_condition = text.index("<condition", head)
-        assert text.startswith(cli.VANILLA_GUARD, first_condition), name
+        assert text.startswith(dialplanfiles.VANILLA_GUARD, first_condition), name
     assert len(notes) == 3
     # nothing of the vanilla text is lost: removing the added lines gives it back
     stripped = "\n".join(line for line in text.splitlines()
                          if "busylamp" not in line)
     assert stripped == _VANILLA_DEFAULT_XML.rstrip("\n")
-    assert cli.edit_default_xml(text) == (text, [])  # idempotent
+    assert dialplanfiles.edit_default_xml(text) == (text, [])  # idempotent
 
 
 def test_default_xml_without_the_context_names_the_edit():
-    with pytest.raises(cli.DialplanEditError, match="00_busylamp_presence.xml"):
-        cli.edit_default_xml("<include><context name=\"other\"></context></include>")
+    with pytest.raises(dialplanfiles.DialplanEditError, match="00_busylamp_presence.xml"):
+        dialplanfiles.edit_default_xml("<include><context name=\"other\"></context></include>")
 
 
 def test_dialplan_install_edits_default_xml_with_a_backup(runner, snippets, tmp_path):
@@ -709,7 +743,7 @@ def test_dialplan_install_edits_default_xml_with_a_backup(runner, snippets, tmp_
     result = runner.invoke(cli.main, args)
     assert result.exit_code == 0, result.output
     assert "disables vanilla extension Local_Extension" in result.output
-    assert cli.VANILLA_GUARD in default_xml.read_text()
+    assert dialplanfiles.VANILLA_GUARD in default_xml.read_text()
     [backup] = list((conf / "dialplan").glob("default.xml.busylamp-bak-*"))
     assert backup.read_text() == _VANILLA_DEFAULT_XML
     result = runner.invoke(cli.main, args)

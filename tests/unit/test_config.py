@@ -1,4 +1,5 @@
-"""busylamp.presence.config: parsers, precedence flag > env > file > default, cross-field checks."""
+"""busylamp.presence.config: parsers, source-named errors, file keys, cross-field checks (which
+source wins, flag > env > file > default, is click's: tests/integration/test_cli.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from busylamp.presence.config import (
 
 
 def test_defaults_match_the_documented_ones():
-    config = load_config({}, {}, {}, hostname="pbx1.example.com")
+    config = load_config({}, hostname="pbx1.example.com")
     assert config.role == "all"
     assert config.sip == [Listen("udp", "0.0.0.0", 5065), Listen("tcp", "0.0.0.0", 5065)]
     assert config.http == Address("127.0.0.1", 8080)
@@ -45,7 +46,7 @@ def test_every_field_is_documented_for_the_flag_table():
 
 def test_error_message_names_the_flag_and_the_accepted_form():
     with pytest.raises(ConfigError) as err:
-        load_config({"sip": ["udp:foo"]}, {}, {})
+        load_config({"sip": ["udp:foo"]})
     assert str(err.value) == 'invalid --sip "udp:foo": expected udp:HOST:PORT or tcp:HOST:PORT'
     assert err.value.key == "--sip"
 
@@ -67,7 +68,7 @@ def test_error_message_names_the_flag_and_the_accepted_form():
 def test_bad_values_are_refused_with_the_accepted_form(name, raw, accepted):
     value = [raw] if FIELDS[name].metadata["multiple"] else raw
     with pytest.raises(ConfigError) as err:
-        load_config({name: value}, {}, {})
+        load_config({name: value})
     assert FIELDS[name].metadata["flag"] in str(err.value)
     assert accepted in str(err.value)
 
@@ -78,7 +79,7 @@ def test_parsed_values():
         "trusted": ["10.1.2.3/8"], "domain_alias": ["Alias.example=Example.com"],
         "cross_domain": True, "lookupd": ["127.0.0.1:4161"], "bus": "nsq",
         "advertise": "203.0.113.5:5060",
-    }, {}, {}, hostname="h")
+    }, hostname="h")
     assert config.sip == [Listen("udp", "::1", 5070), Listen("tcp", "127.0.0.1", 5071)]
     assert str(config.sip[0]) == "udp:[::1]:5070"
     assert config.http is None
@@ -91,35 +92,26 @@ def test_parsed_values():
     assert config.node_id == "h-5070"
 
 
-def test_precedence_flag_over_env_over_file_over_default():
-    file_values = {"max_in_flight": 10, "topic": "file-topic", "t1": 0.25, "role": "presence"}
-    env = {"BUSYLAMP_MAX_IN_FLIGHT": "20", "BUSYLAMP_TOPIC": "env-topic", "UNRELATED": "x"}
-    config = load_config({"max_in_flight": "30"}, env, file_values)
-    assert config.max_in_flight == 30          # flag
-    assert config.topic == "env-topic"         # env beats file
-    assert config.t1 == 0.25                   # file beats default
-    assert config.role == "presence"
-    assert config.t2 == 4.0                    # default
-
-
-def test_env_lists_are_comma_separated_and_file_lists_are_arrays():
-    config = load_config({}, {"BUSYLAMP_SIP": "udp:127.0.0.1:5061, tcp:127.0.0.1:5062"},
-                         {"esl": ["a@127.0.0.1:1", "b@127.0.0.1:2"]})
+def test_lists_are_arrays_or_one_comma_separated_string():
+    config = load_config({"sip": "udp:127.0.0.1:5061, tcp:127.0.0.1:5062,",
+                          "esl": ("a@127.0.0.1:1", "b@127.0.0.1:2")})
     assert [s.port for s in config.sip] == [5061, 5062]
     assert config.esl == ["a@127.0.0.1:1", "b@127.0.0.1:2"]
 
 
-def test_source_is_named_in_env_and_file_errors():
+def test_errors_name_the_source_the_label_gives():
     with pytest.raises(ConfigError, match=r'^invalid BUSYLAMP_T2 "x": expected'):
-        load_config({}, {"BUSYLAMP_T2": "x"}, {})
+        load_config({"t2": "x"}, labels={"t2": "BUSYLAMP_T2"})
     with pytest.raises(ConfigError, match=r'^invalid t2 in my.toml "x": expected'):
-        load_config({}, {}, {"t2": "x"}, file_label="my.toml")
+        load_config({"t2": "x"}, labels={"t2": "t2 in my.toml"})
     with pytest.raises(ConfigError, match="a single value"):
-        load_config({}, {}, {"t2": [1]})
+        load_config({"t2": [1]})
 
 
 def test_file_keys_accept_dashes_and_refuse_unknown_names():
     assert normalize_file_keys({"max-in-flight": 5}, "f.toml") == {"max_in_flight": 5}
+    assert normalize_file_keys({"esl": "a@h:1,b@h:2", "peer": 7}, "f.toml") == {
+        "esl": ["a@h:1", "b@h:2"], "peer": [7]}
     with pytest.raises(ConfigError, match='key "colour" in f.toml'):
         normalize_file_keys({"colour": "red"}, "f.toml")
 
@@ -134,24 +126,24 @@ def test_file_keys_accept_dashes_and_refuse_unknown_names():
 ])
 def test_cross_field_rules(flags, flag):
     with pytest.raises(ConfigError) as err:
-        load_config(flags, {}, {})
+        load_config(flags)
     assert flag in str(err.value)
 
 
 def test_node_id_is_safe_for_nsq_channel_names():
     assert default_node_id("my host!.lan", 5065) == "my-host--5065"
     assert len(default_node_id("x" * 200, 5065) + "#ephemeral") <= 64
-    config = load_config({"node_id": "edge-a"}, {}, {})
+    config = load_config({"node_id": "edge-a"})
     assert config.channel == "edge-a#ephemeral"
     with pytest.raises(ConfigError, match="--node-id"):
-        load_config({"node_id": "bad id"}, {}, {})
+        load_config({"node_id": "bad id"})
 
 
 def test_example_config_file_parses_and_lists_every_option():
     path = Path(__file__).resolve().parents[2] / "contrib" / "busylamp.example.toml"
     text = path.read_text()
     values = normalize_file_keys(tomllib.loads(text), str(path))
-    config = load_config({}, {}, values, hostname="h")
+    config = load_config(values, hostname="h")
     assert config.role == "all" and config.http == Address("127.0.0.1", 8080)
     for name in FIELDS:
         assert f"{name} = " in text, name

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("app", "bridge", "esl", "presence")
-TOP_LEVEL = ("app", "bridge", "esl", "presence", "cli")
+FOLDERS = ("app", "bridge", "commands", "esl", "presence")
+TOP_LEVEL = ("app", "bridge", "commands", "esl", "presence", "cli")
+CLI = ("busylamp.cli", "busylamp.commands")
 
 # Modules of the sans-IO core: no gevent, no sockets, no clock (time comes in as an argument).
 SANS_IO = (
@@ -91,7 +92,8 @@ def violations(rule) -> list[str]:
 def test_the_walk_sees_the_whole_package() -> None:
     names = {name for name, _ in MODULES}
     assert {"busylamp.cli", "busylamp.presence.engine", "busylamp.esl.session",
-            "busylamp.bridge.normalize", "busylamp.app.roles"} <= names
+            "busylamp.bridge.normalize", "busylamp.app.roles", "busylamp.app.tail",
+            "busylamp.commands.run", "busylamp.commands.tail"} <= names
     # in-function imports are seen: the roles import the bridge lazily
     assert any(within(m, "busylamp.bridge") for _, m in imports_of(
         "busylamp.app.roles", ROOT / "app" / "roles.py"))
@@ -119,7 +121,7 @@ def test_esl_imports_nothing_of_ours() -> None:
 def test_presence_imports_neither_bridge_nor_esl_nor_the_wiring() -> None:
     def rule(name: str, module: str) -> str:
         if within(name, "busylamp.presence") and within(
-                module, "busylamp.bridge", "busylamp.esl", "busylamp.app", "busylamp.cli"):
+                module, "busylamp.bridge", "busylamp.esl", "busylamp.app", *CLI):
             return "presence/ knows updates, not where they come from"
         return ""
 
@@ -129,7 +131,7 @@ def test_presence_imports_neither_bridge_nor_esl_nor_the_wiring() -> None:
 def test_bridge_does_not_import_the_engine_or_the_wiring() -> None:
     def rule(name: str, module: str) -> str:
         if within(name, "busylamp.bridge") and within(
-                module, "busylamp.presence", "busylamp.app", "busylamp.cli"):
+                module, "busylamp.presence", "busylamp.app", *CLI):
             return "bridge/ publishes updates; it does not know the engine"
         return ""
 
@@ -138,8 +140,28 @@ def test_bridge_does_not_import_the_engine_or_the_wiring() -> None:
 
 def test_only_the_cli_imports_the_composition_root() -> None:
     def rule(name: str, module: str) -> str:
-        if within(module, "busylamp.app") and not within(name, "busylamp.app", "busylamp.cli"):
-            return "the composition root is imported by the CLI only"
+        if within(module, "busylamp.app") and not within(name, "busylamp.app", *CLI):
+            return "the composition root is imported by the CLI (cli, commands/) only"
+        return ""
+
+    assert violations(rule) == []
+
+
+def test_the_cli_wires_nothing_itself() -> None:
+    """cli.py and commands/ parse options and print; ESL clients, NSQ and the bridge are the
+    composition root's (busylamp.app) to build."""
+    def rule(name: str, module: str) -> str:
+        if within(name, *CLI) and within(module, "busylamp.esl", "busylamp.bridge"):
+            return "the CLI reaches esl/ and bridge/ through busylamp.app only"
+        return ""
+
+    assert violations(rule) == []
+
+
+def test_nothing_below_the_cli_imports_it() -> None:
+    def rule(name: str, module: str) -> str:
+        if within(module, *CLI) and not within(name, *CLI):
+            return "the CLI is the top: nothing imports it"
         return ""
 
     assert violations(rule) == []
