@@ -25,6 +25,10 @@ def bridge_metrics(service) -> Callable[[MetricWriter], None]:
         metric("esl_connected", "gauge", "1 while the event socket to a FreeSWITCH is up.",
                [({"server": f"{cl.target.host}:{cl.target.port}"}, cl.state == "connected")
                 for cl in service.clients])
+        metric("esl_connect_failures_total", "counter",
+               "Event-socket connection attempts that failed (refused, timed out, auth), per FreeSWITCH.",
+               [({"server": f"{cl.target.host}:{cl.target.port}"}, cl.counters["connect_failures"])
+                for cl in service.clients])
         metric("esl_reconnects_total", "counter", "Event-socket reconnections, per FreeSWITCH.",
                [({"server": f"{cl.target.host}:{cl.target.port}"}, cl.counters["reconnects"])
                 for cl in service.clients])
