@@ -304,6 +304,7 @@ class BridgeService:
 
     @property
     def bridge_id(self) -> str:
+        """This bridge's Bridge-ID (on every message it sends; a resync request may name it)."""
         return self.sequencer.bridge_id
 
     def handle_control(self, message: dict[str, Any]) -> None:
@@ -331,6 +332,7 @@ class BridgeService:
                         reason)
 
     def _resync_requested(self, control: Control) -> None:
+        """Resync the switch(es) asked for, unless the request names another bridge."""
         if not control.addressed_to(self.bridge_id):
             self.counters["resync_not_ours"] += 1  # another bridge's gap: its own resync
             return
@@ -341,6 +343,7 @@ class BridgeService:
                 gevent.spawn(self.resync, client)
 
     def _mailbox_claim(self, control: Control) -> None:
+        """A node claims (mwi_query, mwi_watch) or releases (mwi_forget) a mailbox."""
         aor = split_aor(control.presentity, self.config.domain_default)
         if aor is None:
             self._reject_control(f"{control.kind}: Presentity is not an address")
