@@ -4,7 +4,7 @@ Every update with a positive ``Expires`` that is not ``terminated`` is remembere
 (Switch-ID, Event-Package, Call-ID) and republished every ``Expires / 2`` seconds (early 120 s ->
 60 s, confirmed 600 s -> 300 s), so a long call never expires at the engine while a lost
 ``terminated`` still lets the lamp go dark when the last republish expires. A ``terminated``
-update removes the entry. Timers are aioquic-style: ``get_timer()`` / ``handle_timer(now)``.
+update removes the entry. Timers are aioquic-style: ``get_timer()`` / ``due(now)``.
 """
 
 from __future__ import annotations
@@ -58,9 +58,6 @@ class CallTable:
         """Current updates of one switch (copies)."""
         return [dict(e.update) for k, e in self._entries.items() if k[0] == switch_id]
 
-    def switch_ids(self) -> set[str]:
-        return {k[0] for k in self._entries}
-
     def replace_switch(self, switch_id: str, updates: list[dict[str, Any]], now: float) -> None:
         """After a snapshot: the switch's calls are exactly ``updates``."""
         self.forget_switch(switch_id)
@@ -93,5 +90,3 @@ class CallTable:
             entry.due = now + entry.interval
             heapq.heappush(self._heap, (entry.due, key))
         return out
-
-    handle_timer = due

@@ -97,9 +97,10 @@ its CHANNEL_CALLSTATE, so it is skipped with reason "park application has no slo
 
 Message waiting (mod_voicemail / ``sendevent MESSAGE_WAITING``): presentity from
 ``MWI-Message-Account`` (``sip:`` stripped; no domain -> ``domain_default``),
-``Messages-Waiting`` yes|no, ``Message-Account``, ``MWI-Voice-Message`` verbatim and parsed into
-integer ``Messages-New``/``-Saved``/``-Urgent``/``-Urgent-Saved`` when it has the ``n/m (u/v)``
-or ``n/m`` form; Call-ID ``mwi+<user>@<domain>``; no Expires (the latest one wins).
+``Messages-Waiting`` yes|no, ``Message-Account``, ``MWI-Voice-Message`` (outer blanks stripped) and
+its integer ``Messages-New``/``-Saved``/``-Urgent``/``-Urgent-Saved`` when it has a wire form
+(``n/m (u/v)`` or ``n/m``: busylamp.wire.names.VOICE_MESSAGE, the one the engine checks), else
+neither; Call-ID ``mwi+<user>@<domain>``; no Expires (the latest one wins).
 
 User presence (``PRESENCE_IN`` without ``Unique-ID``): ``rpid`` then ``status`` decide the State:
 
@@ -124,11 +125,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from busylamp.wire import dialog_update, message_summary_update, presence_update
+
 RINGING_STATES = frozenset({"RINGING", "RING_WAIT", "EARLY", "DIALING"})
 _VOICEMAIL_LEG = re.compile(r"^loopback/voicemail-[ab]$")
 TALKING_STATES = frozenset({"ACTIVE", "HELD", "UNHELD"})
 PARK_PREFIX = "park+"
-_VOICE_MESSAGE = re.compile(r"^\s*(\d+)/(\d+)(?:\s*\((\d+)/(\d+)\))?\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,79 +237,6 @@ def _event_fields(h: _Headers, with_switch: bool = True) -> dict[str, Any]:
     return extra
 
 
-def dialog_update(
-    *,
-    user: str,
-    domain: str,
-    call_id: str,
-    state: str,
-    direction: str,
-    remote: str,
-    config: NormalizeConfig,
-    remote_target: str | None = None,
-    from_tag: str | None = None,
-    to_tag: str | None = None,
-) -> dict[str, Any]:
-    """One pua_json ``dialog`` update (local = the presentity, remote = the other party)."""
-    local_uri = f"sip:{user}@{domain}"
-    remote_uri = f"sip:{remote}@{domain}" if "@" not in remote else f"sip:{remote}"
-    update: dict[str, Any] = {
-        "Event-Category": "presence",
-        "Event-Name": "update",
-        "Event-Package": "dialog",
-        "Presentity": local_uri,
-        "Presentity-User": user,
-        "Presentity-Realm": domain,
-        "From": local_uri,
-        "From-User": user,
-        "From-Realm": domain,
-        "From-URI": local_uri,
-        "To": remote_uri,
-        "To-User": remote.split("@", 1)[0],
-        "To-Realm": domain,
-        "To-URI": remote_target or remote_uri,
-        "Call-ID": call_id,
-        "State": state,
-        "Direction": direction,
-        "Expires": config.expires_for(state),
-    }
-    if from_tag:
-        update["From-Tag"] = from_tag
-    if to_tag:
-        update["To-Tag"] = to_tag
-    return update
-
-
-def _self_addressed(package: str, user: str, domain: str, call_id: str) -> dict[str, Any]:
-    """The head of an update about ``user@domain`` itself (presence, message-summary)."""
-    uri = f"sip:{user}@{domain}"
-    return {
-        "Event-Category": "presence",
-        "Event-Name": "update",
-        "Event-Package": package,
-        "Presentity": uri,
-        "Presentity-User": user,
-        "Presentity-Realm": domain,
-        "From": uri,
-        "From-User": user,
-        "From-Realm": domain,
-        "To": uri,
-        "To-User": user,
-        "To-Realm": domain,
-        "Call-ID": call_id,
-    }
-
-
-def presence_update(
-    *, user: str, domain: str, call_id: str, state: str, expires: int
-) -> dict[str, Any]:
-    """One pua_json ``presence`` update (PIDF) for ``user@domain``."""
-    update = _self_addressed("presence", user, domain, call_id)
-    update["State"] = state
-    update["Expires"] = expires
-    return update
-
-
 def dialog_state(call_state: str, direction: str, previous: str | None, config: NormalizeConfig) -> str | None:
     """Channel-Call-State NAME -> dialog state, or None when the event says nothing yet."""
     if call_state in RINGING_STATES:
@@ -372,7 +301,7 @@ def channel_updates(
         target = f"sip:{config.pickup_prefix}{user}@{domain}"
     dialog = dialog_update(
         user=user, domain=domain, call_id=call_id, state=state, direction=direction,
-        remote=remote, config=config, remote_target=target,
+        remote=remote, expires=config.expires_for(state), remote_target=target,
         from_tag=local_tag, to_tag=remote_tag,
     )
     updates = [dialog]
@@ -430,19 +359,8 @@ def _message_waiting(h: _Headers, config: NormalizeConfig) -> NormalizeResult:
     if waiting not in ("yes", "no"):
         return NormalizeResult(skipped="bad messages-waiting")
     user, domain = aor
-    update = _self_addressed("message-summary", user, domain, f"mwi+{user}@{domain}")
-    update["Messages-Waiting"] = waiting
-    update["Message-Account"] = update["From"]
-    voice = h.get("MWI-Voice-Message")
-    if voice:
-        match = _VOICE_MESSAGE.match(voice)
-        if match:
-            update["MWI-Voice-Message"] = voice.strip()
-            new, saved, urgent, urgent_saved = (int(g) if g else 0 for g in match.groups())
-            update.update({
-                "Messages-New": new, "Messages-Saved": saved,
-                "Messages-Urgent": urgent, "Messages-Urgent-Saved": urgent_saved,
-            })
+    update = message_summary_update(user=user, domain=domain, waiting=waiting,
+                                    voice_message=h.get("MWI-Voice-Message"))
     update.update(_event_fields(h, with_switch=False))
     return NormalizeResult([update])
 
@@ -512,7 +430,7 @@ def park_updates(*, slot: str, lot: str | None, domain: str, parked_uuid: str, s
     the remote target is the slot, so pressing the lit key dials the slot and retrieves the call."""
     return [
         dialog_update(user=user, domain=domain, call_id=parked_uuid, state=state,
-                      direction="recipient", remote=caller, config=config,
+                      direction="recipient", remote=caller, expires=config.expires_for(state),
                       remote_target=f"sip:{slot}@{domain}")
         for user in park_presentities(slot, lot)
     ]

@@ -4,7 +4,8 @@ On connect the bridge reads ``api show registrations as json`` (the sofia regist
 reg_user, realm, token (the REGISTER's Call-ID), url, expires (absolute, epoch seconds),
 network_ip, network_port, ...) and publishes one ``registrations`` message per switch; then each
 ``sofia::register`` / ``sofia::unregister`` / ``sofia::expire`` CUSTOM event becomes one
-``registration`` message. presence/registrations.py validates and keeps them.
+``registration`` message (both defined in busylamp.wire.registrations, which validates them for
+presence/registrations.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from typing import Any
 
 from busylamp.esl.protocol import EslEvent
+from busylamp.wire import registration, registration_entry, registrations
 
 SUBCLASSES = ("sofia::register", "sofia::unregister", "sofia::expire")
 EVENTS = "CUSTOM " + " ".join(SUBCLASSES)
@@ -45,15 +47,12 @@ def registration_from_event(event: EslEvent, switch_id: str) -> dict[str, Any] |
         expires = 0
     if subclass != "sofia::register":
         expires = 0
-    return {
-        "Event-Name": "registration",
-        "Switch-ID": switch_id,
-        "User": _first(headers, "username", "from-user", "user", "to-user"),
-        "Realm": _first(headers, "realm", "from-host", "host", "to-host"),
-        "Network-IP": _first(headers, "network-ip"),
-        "Call-ID": _first(headers, "call-id"),
-        "Expires": max(0, min(expires, 7 * 86400)),
-    }
+    return registration(switch_id, registration_entry(
+        user=_first(headers, "username", "from-user", "user", "to-user"),
+        realm=_first(headers, "realm", "from-host", "host", "to-host"),
+        network_ip=_first(headers, "network-ip"), call_id=_first(headers, "call-id"),
+        expires=expires,
+    ))
 
 
 def registrations_from_api(text: str, switch_id: str, now: float | None = None) -> dict[str, Any]:
@@ -83,9 +82,9 @@ def registrations_from_api(text: str, switch_id: str, now: float | None = None) 
             continue
         if expires <= 0:
             continue
-        entries.append({
-            "User": str(row.get("reg_user") or ""), "Realm": str(row.get("realm") or ""),
-            "Network-IP": str(row.get("network_ip") or ""), "Call-ID": str(row.get("token") or ""),
-            "Expires": min(expires, 7 * 86400),
-        })
-    return {"Event-Name": "registrations", "Switch-ID": switch_id, "Registrations": entries}
+        entries.append(registration_entry(
+            user=str(row.get("reg_user") or ""), realm=str(row.get("realm") or ""),
+            network_ip=str(row.get("network_ip") or ""), call_id=str(row.get("token") or ""),
+            expires=expires,
+        ))
+    return registrations(switch_id, entries)

@@ -1,4 +1,4 @@
-"""``api show channels as json`` -> snapshot message (pure).
+"""``api show channels as json`` -> snapshot message (pure; the message is busylamp.wire's).
 
 FreeSWITCH answers ``show channels as json`` from its ``channels`` table (src/switch_core_sqldb.c:
 uuid, direction, created, created_epoch, name, state, cid_name, cid_num, ip_addr, dest, ...,
@@ -23,21 +23,13 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from collections.abc import Callable
 from typing import Any
 
-import ujson
 from busylamp.bridge.normalize import NormalizeConfig, channel_updates, park_updates, split_aor
+from busylamp.wire import snapshot
 
 _LOT = re.compile(r'<lot name="([^"]*)">(.*?)</lot>', re.S)
 _SLOT = re.compile(r'<extension uuid="([^"]*)">([^<]*)</extension>')
-
-# Encoded updates per snapshot part: far below nsqd's --max-msg-size (1 MiB by default), so a
-# part with its envelope always fits one bus message, and no part holds more than the engine's
-# per-message item limit (presence.updates.MAX_ITEMS).
-PART_BYTES = 256 * 1024
-PART_UPDATES = 5000
 
 
 class SnapshotError(ValueError):
@@ -138,33 +130,4 @@ def snapshot_from_channels(json_text: str, switch_id: str, config: NormalizeConf
     rows = parse_channel_rows(json_text)
     updates = updates_from_rows(rows, switch_id, config)
     updates += park_updates_from(parse_valet_info(valet_text), rows, switch_id, config)
-    return {
-        "Event-Name": "snapshot",
-        "Switch-ID": switch_id,
-        "Updates": updates,
-    }
-
-
-def split_snapshot(snapshot: dict[str, Any], part_bytes: int = PART_BYTES,
-                   part_updates: int = PART_UPDATES,
-                   new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> list[dict[str, Any]]:
-    """The parts of ``snapshot`` (at least one), each with at most ``part_bytes`` of encoded
-    updates (one oversized update still gets a part of its own) and ``part_updates`` updates.
-
-    Every part is the snapshot's envelope plus ``Snapshot-ID``, ``Snapshot-Part`` (0-based),
-    ``Snapshot-Parts`` and its share of ``Updates``; the engine applies them as one.
-    """
-    groups: list[list[dict[str, Any]]] = [[]]
-    size = 0
-    for update in snapshot.get("Updates") or []:
-        length = len(ujson.dumps(update)) + 1
-        if groups[-1] and (size + length > part_bytes or len(groups[-1]) >= part_updates):
-            groups.append([])
-            size = 0
-        groups[-1].append(update)
-        size += length
-    envelope = {k: v for k, v in snapshot.items() if k != "Updates"}
-    snapshot_id = new_id()
-    return [{**envelope, "Snapshot-ID": snapshot_id, "Snapshot-Part": index,
-             "Snapshot-Parts": len(groups), "Updates": group}
-            for index, group in enumerate(groups)]
+    return snapshot(switch_id, updates)

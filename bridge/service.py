@@ -6,8 +6,11 @@ built from ``api show channels as json`` and ``api valet_info`` (occupied park s
 ``MESSAGE_QUERY`` for every mailbox a presence node watches, paced (bridge/mwi.py; mod_voicemail
 answers with MESSAGE_WAITING). When the Core-UUID changed (FreeSWITCH restarted), an empty
 snapshot for the old Switch-ID is published first: none of its calls survived.
-Control messages from engines: ``resync`` (Switch-ID or ``*``), ``mwi_query``, ``mwi_watch`` and
-``mwi_forget`` (Presentity; see bridge/mwi.py).
+Control messages from engines (busylamp.wire.control, validated by ``parse_control``): ``resync``
+(Switch-ID or ``*``; one naming a Bridge-ID is for that bridge only, the others count it in
+``resync_not_ours``), ``mwi_query``, ``mwi_watch`` and ``mwi_forget`` (Presentity; see
+bridge/mwi.py). A malformed one is counted (``bad_control``, and per reason in
+``bad_control_reasons``) and logged once per reason.
 One greenlet republishes live calls, driven by ``CallTable.get_timer``. ``first_round`` is set once
 every switch has had its first chance: its first snapshot sent (or tried), or its first connect
 attempt failed; a presence node in the same process serves SUBSCRIBEs only then (``--esl-warmup``).
@@ -34,10 +37,22 @@ from busylamp.bridge.registrations import (
     registration_from_event,
     registrations_from_api,
 )
-from busylamp.bridge.resync import PART_BYTES, SnapshotError, snapshot_from_channels, split_snapshot
+from busylamp.bridge.resync import SnapshotError, snapshot_from_channels
 from busylamp.bridge.sequence import Sequencer
 from busylamp.esl.connection import EslClient, EslError, EslTarget
 from busylamp.esl.protocol import EslEvent
+from busylamp.wire import (
+    ALL_SWITCHES,
+    MWI_FORGET,
+    MWI_QUERY,
+    PART_BYTES,
+    RESYNC,
+    Control,
+    ControlError,
+    parse_control,
+    snapshot,
+    split_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,7 @@ EVENTS = ("CHANNEL_CALLSTATE", "CHANNEL_PROGRESS", "PRESENCE_IN", "MESSAGE_WAITI
           "CUSTOM valet_parking::info")
 # ``show channels as json`` of a big switch (tens of MB) takes longer than an ordinary command
 RESYNC_TIMEOUT = 60.0
+MAX_LOGGED_REASONS = 100  # distinct bad-control reasons logged (each once); later ones counted
 UpdateTap = Callable[[EslEvent, list[dict[str, Any]]], None]
 
 
@@ -84,6 +100,7 @@ class BridgeService:
         self.resync_timeout = resync_timeout
         self.counters: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
+        self.bad_control_reasons: Counter[str] = Counter()
         self.clients: list[EslClient] = []
         self._switch_of: dict[int, str] = {}
         self._timer_greenlet: gevent.Greenlet | None = None
@@ -125,9 +142,6 @@ class BridgeService:
             self._mwi_greenlet = None
 
     # ------------------------------------------------------------------ events
-
-    def switch_id_of(self, client: EslClient) -> str | None:
-        return self._switch_of.get(id(client))
 
     def _on_event(self, event: EslEvent) -> None:
         self.handle_event(event, None)
@@ -223,7 +237,7 @@ class BridgeService:
             log.info("%s restarted (Core-UUID %s -> %s): dropping its old calls",
                      client.target, old, switch_id)
             self.calls.forget_switch(old)
-            self._send_snapshot({"Event-Name": "snapshot", "Switch-ID": old, "Updates": []})
+            self._send_snapshot(snapshot(old, []))
         self.resync(client)
         if self.registrations:
             self._publish_registrations(client, switch_id)
@@ -288,31 +302,61 @@ class BridgeService:
                 self.counters["errors"] += 1
                 log.warning("%s: MESSAGE_QUERY %s failed: %s", client.target, mailbox, exc)
 
+    @property
+    def bridge_id(self) -> str:
+        """This bridge's Bridge-ID (on every message it sends; a resync request may name it)."""
+        return self.sequencer.bridge_id
+
     def handle_control(self, message: dict[str, Any]) -> None:
         """Engine -> bridge messages; the work runs in its own greenlet (never blocks the bus)."""
-        name = message.get("Event-Name")
-        if name == "resync":
-            wanted = str(message.get("Switch-ID") or "*")
-            chosen = [c for c in self.clients if wanted == "*" or self._switch_of.get(id(c)) == wanted]
-            self.counters["resync_requests"] += 1
-            for client in chosen:
-                gevent.spawn(self.resync, client)
-        elif name in ("mwi_query", "mwi_watch", "mwi_forget"):
-            aor = split_aor(str(message.get("Presentity") or ""), self.config.domain_default)
-            if aor is None:
-                self.counters["bad_control"] += 1
-                return
-            mailbox = f"{aor[0]}@{aor[1]}"
-            node = str(message.get("Node-ID") or "")
-            if name == "mwi_forget":
-                self.mailboxes.release(mailbox, node, self.clock())
-                return
-            switches = [id(c) for c in self.clients if c.state == "connected"] \
-                if name == "mwi_query" else []  # mwi_watch: the node knows the state already
-            if self.mailboxes.claim(mailbox, node, self.clock(), switches):
-                self._mwi_wakeup.set()  # coalesced and paced: see bridge/mwi.py
+        try:
+            control = parse_control(message)
+        except ControlError as exc:
+            self._reject_control(str(exc))
+            return
+        if control.kind == RESYNC:
+            self._resync_requested(control)
         else:
-            self.counters["bad_control"] += 1
+            self._mailbox_claim(control)
+
+    def _reject_control(self, reason: str) -> None:
+        """Count a malformed control message; log each reason once."""
+        self.counters["bad_control"] += 1
+        first = reason not in self.bad_control_reasons
+        if first and len(self.bad_control_reasons) >= MAX_LOGGED_REASONS:
+            reason = "(other reasons)"
+            first = reason not in self.bad_control_reasons
+        self.bad_control_reasons[reason] += 1
+        if first:
+            log.warning("control message rejected: %s (logged once; counted in bad_control)",
+                        reason)
+
+    def _resync_requested(self, control: Control) -> None:
+        """Resync the switch(es) asked for, unless the request names another bridge."""
+        if not control.addressed_to(self.bridge_id):
+            self.counters["resync_not_ours"] += 1  # another bridge's gap: its own resync
+            return
+        self.counters["resync_requests"] += 1
+        for client in self.clients:
+            if control.switch_id == ALL_SWITCHES or \
+                    self._switch_of.get(id(client)) == control.switch_id:
+                gevent.spawn(self.resync, client)
+
+    def _mailbox_claim(self, control: Control) -> None:
+        """A node claims (mwi_query, mwi_watch) or releases (mwi_forget) a mailbox."""
+        aor = split_aor(control.presentity, self.config.domain_default)
+        if aor is None:
+            self._reject_control(f"{control.kind}: Presentity is not an address")
+            return
+        mailbox = f"{aor[0]}@{aor[1]}"
+        node = control.node_id or ""
+        if control.kind == MWI_FORGET:
+            self.mailboxes.release(mailbox, node, self.clock())
+            return
+        switches = [id(c) for c in self.clients if c.state == "connected"] \
+            if control.kind == MWI_QUERY else []  # mwi_watch: the node knows the state already
+        if self.mailboxes.claim(mailbox, node, self.clock(), switches):
+            self._mwi_wakeup.set()  # coalesced and paced: see bridge/mwi.py
 
     def _mwi_loop(self) -> None:
         """Send the MESSAGE_QUERYs the mailbox book lets go, at its pace."""

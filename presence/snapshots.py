@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from busylamp.presence.updates import Snapshot, Update
+from busylamp.wire.updates import Snapshot, Update
 
 __all__ = ["SNAPSHOT_TIMEOUT", "SnapshotAssembler"]
 

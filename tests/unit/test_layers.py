@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("app", "bridge", "commands", "esl", "presence")
-TOP_LEVEL = ("app", "bridge", "commands", "esl", "presence", "cli")
+FOLDERS = ("app", "bridge", "commands", "esl", "presence", "wire")
+TOP_LEVEL = ("app", "bridge", "commands", "esl", "presence", "wire", "cli")
 CLI = ("busylamp.cli", "busylamp.commands")
 
 # Modules of the sans-IO core: no gevent, no sockets, no clock (time comes in as an argument).
@@ -31,6 +31,7 @@ SANS_IO = (
     "busylamp.bridge.resync",
     "busylamp.esl.protocol",
     "busylamp.esl.session",
+    "busylamp.wire",
 )
 IO_MODULES = ("gevent", "socket", "select", "selectors", "asyncio", "threading", "time",
               "ssl", "http", "urllib.request")
@@ -136,6 +137,25 @@ def test_bridge_does_not_import_the_engine_or_the_wiring() -> None:
         return ""
 
     assert violations(rule) == []
+
+
+def test_wire_imports_nothing_of_ours() -> None:
+    """The message contract stands alone: bridge/ and presence/ build and check messages
+    through it, it knows neither of them."""
+    def rule(name: str, module: str) -> str:
+        if within(name, "busylamp.wire") and within(module, "busylamp") and not within(
+                module, "busylamp.wire"):
+            return "wire/ is the contract between bridge and presence, below both"
+        return ""
+
+    assert violations(rule) == []
+
+
+def test_the_bridge_and_presence_reach_the_wire() -> None:
+    """The rule above is no empty promise: both sides do build/check messages through wire."""
+    users = {name.split(".")[1] for name, (_, imports) in IMPORTS.items()
+             if any(within(module, "busylamp.wire") for _, module in imports)}
+    assert {"bridge", "presence"} <= users
 
 
 def test_only_the_cli_imports_the_composition_root() -> None:

@@ -7,12 +7,12 @@ import itertools
 
 import pytest
 import ujson
-from busylamp.bridge.resync import split_snapshot
 from busylamp.presence.engine import EngineConfig, PresenceEngine
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.snapshots import SnapshotAssembler
 from busylamp.presence.state import PresenceState
 from busylamp.presence.updates import MAX_ITEMS, Snapshot, UpdateError, parse_update
+from busylamp.wire import split_snapshot
 
 SWITCH = "switch-1"
 
