@@ -10,17 +10,16 @@ from busylamp.commands.base import ADDRESS, Command, OneLineUsageError
 from busylamp.commands.httpclient import NodeClient, http_options
 from busylamp.commands.nsqpub import nsq_publish_once
 from busylamp.presence.config import Address
-
-DIALOG_STATES = ("early", "confirmed", "terminated", "trying", "proceeding")
+from busylamp.wire.names import DIALOG_STATES, DIRECTIONS, MESSAGE_SUMMARY, PACKAGES, UPDATE
 
 
 @click.command(cls=Command)
-@click.option("--package", type=click.Choice(["dialog", "message-summary", "presence"]),
+@click.option("--package", type=click.Choice(list(PACKAGES)),
               default="dialog", show_default=True, help="Event package of the update.")
 @click.option("--presentity", metavar="USER@DOMAIN", help="Whose lamp/mailbox/status changes.")
 @click.option("--state", help="dialog: early|confirmed|terminated|trying|proceeding; "
               "presence: open|closed|busy|away|dnd|on-the-phone|...")
-@click.option("--direction", type=click.Choice(["initiator", "recipient"]),
+@click.option("--direction", type=click.Choice(list(DIRECTIONS)),
               help="dialog direction.")
 @click.option("--call-id", help="Call-ID (one record per Call-ID) [default: busylamp-cli-AOR].")
 @click.option("--expires", type=click.IntRange(min=0), help="Seconds the record lives.")
@@ -79,10 +78,10 @@ def build_update(ctx: click.Context, package: str, presentity: str | None, state
     presentity = presentity.removeprefix("sip:")
     user, realm = presentity.split("@")
     update: dict[str, Any] = {
-        "Event-Name": "update", "Event-Package": package, "From": f"sip:{presentity}",
+        "Event-Name": UPDATE, "Event-Package": package, "From": f"sip:{presentity}",
         "From-User": user, "From-Realm": realm,
     }
-    if package == "message-summary":
+    if package == MESSAGE_SUMMARY:
         if waiting is None and new is None:
             raise OneLineUsageError("message-summary needs --waiting yes|no or --new N", ctx)
         update["Messages-Waiting"] = waiting or ("yes" if new else "no")
@@ -106,7 +105,7 @@ def build_update(ctx: click.Context, package: str, presentity: str | None, state
             update["To-URI"] = to_uri or remote
             if direction:
                 update["Direction"] = direction
-    if call_id and package == "message-summary":
+    if call_id and package == MESSAGE_SUMMARY:
         update["Call-ID"] = call_id
     if expires is not None:
         update["Expires"] = expires
