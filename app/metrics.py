@@ -20,6 +20,12 @@ def bridge_metrics(service) -> Callable[[MetricWriter], None]:
         metric("bridge_events_skipped_total", "counter",
                "Events that produced no update, by reason.",
                [({"reason": reason}, n) for reason, n in sorted(service.skipped.items())])
+        metric("bridge_control_messages_total", "counter",
+               "Control messages from the nodes, by outcome (resync honoured, resync addressed "
+               "to another bridge, rejected as malformed).",
+               [({"outcome": "resync"}, c["resync_requests"]),
+                ({"outcome": "not_ours"}, c["resync_not_ours"]),
+                ({"outcome": "malformed"}, c["bad_control"])])
         metric("bridge_errors_total", "counter", "Bridge errors (resync, control, publish).",
                [({}, c["errors"])])
         metric("esl_connected", "gauge", "1 while the event socket to a FreeSWITCH is up.",
