@@ -29,15 +29,21 @@ def bad(reason: str, status: int = 400) -> ParseError:
     return ParseError(reason, status)
 
 
-TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+# Bound once for the other modules: Python 3.11 compiles ``imported_name.method(...)`` without the
+# method-call optimisation, so ``_TOKEN_RE.fullmatch(x)`` there would bind a method per call.
+match_token = _TOKEN_RE.fullmatch
+"""``fullmatch`` of an RFC 3261 token."""
+match_scheme = _SCHEME_RE.fullmatch
+"""``fullmatch`` of a URI scheme."""
 _HOST_RE = re.compile(r"[A-Za-z0-9\-._]+")
 _V6_CHARS = frozenset("0123456789abcdefABCDEF:.")
 
 
 def is_token(text: str) -> bool:
     """True when ``text`` is an RFC 3261 token (a tag, a method, a parameter name)."""
-    return TOKEN_RE.fullmatch(text) is not None
+    return _TOKEN_RE.fullmatch(text) is not None
 
 
 def split_outside(text: str, sep: str, *, angle: bool) -> tuple[list[str], bool]:
@@ -92,7 +98,7 @@ def split_params(text: str, what: str) -> dict[str, str | None]:
     for part in parts:
         name, eq, value = part.partition("=")
         name = name.strip()
-        if not name or not TOKEN_RE.fullmatch(name):
+        if not name or not _TOKEN_RE.fullmatch(name):
             raise bad(f"Bad {what} Parameter")
         if eq:
             value = value.strip()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .grammar import TOKEN_RE, split_list
+from .grammar import match_token, split_list
 
 __all__ = ["Headers", "canonical_name"]
 
@@ -44,7 +44,7 @@ def canonical_name(name: str) -> str | None:
     if cached is not None:
         return cached
     stripped = name.rstrip(" \t")
-    if not TOKEN_RE.fullmatch(stripped):
+    if not match_token(stripped):
         return None
     lower = stripped.lower()
     canon = _CANON_BY_LOWER.get(lower)

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .grammar import TOKEN_RE, ParseError, split_params
+from .grammar import ParseError, match_token, split_params
 from .headers import CANON_CACHE, Headers, canonical_name
 from .uri import NameAddr, parse_name_addr, parse_uri
 from .via import Via, parse_via
@@ -19,6 +19,7 @@ MAX_EXPIRES = 2**32 - 1
 
 _SINGLE_HEADERS = ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Length")
 _MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
+_headers_from_canonical = Headers._from_canonical  # bound once, see grammar.match_token
 
 
 class _MessageMixin:
@@ -50,7 +51,7 @@ class _MessageMixin:
                 raise ParseError("Bad CSeq")
             if len(parts[0]) > 10 or int(parts[0]) > MAX_CSEQ:
                 raise ParseError("CSeq Number Too Large")
-            if not TOKEN_RE.fullmatch(parts[1]):
+            if not match_token(parts[1]):
                 raise ParseError("Bad CSeq Method")
             cached = self._cache["cseq"] = (int(parts[0]), parts[1])
         return cached
@@ -117,7 +118,7 @@ class Request(_MessageMixin):
             return None
         package, semi, ptext = value.partition(";")
         package = package.strip().lower()
-        if not package or not TOKEN_RE.fullmatch(package):
+        if not package or not match_token(package):
             raise ParseError("Bad Event")
         return package, (split_params(";" + ptext, "Event") if semi else {})
 
@@ -268,7 +269,7 @@ def _parse_request_line(line: str) -> tuple[str, str, str | None, int]:
         uri = loose[1] if len(loose) > 1 else ""
         return method, uri, "Bad Request-Line", 400
     method, uri, version = parts
-    if not TOKEN_RE.fullmatch(method):
+    if not match_token(method):
         return method, uri, "Bad Method", 400
     if "<" in uri or ">" in uri or "\t" in uri:
         return method, uri, "Bad Request-URI", 400
@@ -290,7 +291,7 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
         return _parse_response(start, lines, data, body_at, stream)
     method, uri, error, status = _parse_request_line(start)
     items, header_error = _parse_headers(lines[1:])
-    headers = Headers._from_canonical(items)
+    headers = _headers_from_canonical(items)
     request = Request(method, uri, headers, b"")
     try:
         if error is not None and status == 400:
@@ -328,7 +329,7 @@ def _parse_response(
     items, header_error = _parse_headers(lines[1:])
     if header_error is not None:
         raise ParseError(header_error)
-    headers = Headers._from_canonical(items)
+    headers = _headers_from_canonical(items)
     response = Response(int(code), parts[2] if len(parts) == 3 else "", headers, b"")
     _check_common(response)
     response._top_via()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .grammar import SCHEME_RE, ParseError, bad, parse_hostport, split_params
+from .grammar import ParseError, bad, match_scheme, parse_hostport, split_params
 
 __all__ = ["NameAddr", "SipUri", "parse_name_addr", "parse_uri"]
 
@@ -41,7 +41,7 @@ class SipUri:
 def parse_uri(text: str) -> SipUri:
     """Parse a sip:/sips:/tel: URI. ParseError(416) for other schemes, ParseError(400) if bad."""
     scheme, colon, rest = text.partition(":")
-    if not colon or not SCHEME_RE.fullmatch(scheme):
+    if not colon or not match_scheme(scheme):
         raise bad("Bad URI")
     scheme_l = scheme.lower()
     if any(ch in text for ch in " \t\r\n<>"):
@@ -146,6 +146,6 @@ def parse_name_addr(text: str) -> NameAddr:
         ptext = semi + ptext
     if not uri or " " in uri or "\t" in uri:
         raise bad("Bad Address URI")
-    if uri != "*" and not SCHEME_RE.fullmatch(uri.partition(":")[0]):
+    if uri != "*" and not match_scheme(uri.partition(":")[0]):
         raise bad("Bad Address URI")
     return NameAddr(display, uri, split_params(ptext, "Address"))
