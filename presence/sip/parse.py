@@ -95,6 +95,8 @@ class _MessageMixin:
 
 @dataclass(slots=True)
 class Request(_MessageMixin):
+    """A parsed request; structured header views are parsed on first use and cached."""
+
     method: str
     uri: str
     headers: Headers
@@ -144,6 +146,8 @@ class Request(_MessageMixin):
 
 @dataclass(slots=True)
 class Response(_MessageMixin):
+    """A parsed response; structured header views are parsed on first use and cached."""
+
     status: int
     reason: str
     headers: Headers

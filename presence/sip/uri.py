@@ -11,6 +11,8 @@ __all__ = ["NameAddr", "SipUri", "parse_name_addr", "parse_uri"]
 
 @dataclass(slots=True)
 class SipUri:
+    """A parsed sip:/sips:/tel: URI; IPv6 hosts keep their brackets, params are lower-cased."""
+
     scheme: str
     user: str | None
     password: str | None
@@ -75,6 +77,8 @@ def parse_uri(text: str) -> SipUri:
 
 @dataclass(slots=True)
 class NameAddr:
+    """A name-addr or addr-spec: display name, URI text and header-field parameters."""
+
     display: str | None
     uri: str
     params: dict[str, str | None]

@@ -17,6 +17,8 @@ _VIA_PROTO_RE = re.compile(r"\s*([^\s/]+)\s*/\s*([^\s/]+)\s*/\s*([^\s/;]+)\s+")
 
 @dataclass(slots=True)
 class Via:
+    """One via-parm: transport (upper-cased), sent-by host and port, parameters, raw text."""
+
     transport: str
     host: str
     port: int | None
