@@ -24,7 +24,7 @@ from busylamp.presence.aor import aor_from_uri
 from busylamp.presence.limits import Limits, TokenBuckets, in_networks, vouched_address
 from busylamp.presence.packages.base import EventPackage, RenderedBody
 from busylamp.presence.registrations import RegistrationTable
-from busylamp.presence.sip.message import (
+from busylamp.presence.sip import (
     ParseError,
     Request,
     Response,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from busylamp.presence.sip.message import ParseError, Request
+from busylamp.presence.sip import ParseError, Request
 
 TOKEN_TABLE_MAX = 65_536  # sources tracked by the rate limiter at most
 # A NOTIFY target that never answered gets at most this many times the SUBSCRIBE's bytes.

@@ -31,7 +31,7 @@ from busylamp.app.demo.lamps import (
     dialog_held,
     dialog_lamp,
 )
-from busylamp.presence.sip.message import (
+from busylamp.presence.sip import (
     ParseError,
     Request,
     Response,

@@ -31,7 +31,7 @@ from itertools import count, islice
 
 import gevent
 import gevent.pool
-from busylamp.presence.sip.message import ParseError, StreamFramer
+from busylamp.presence.sip import ParseError, StreamFramer
 from gevent import socket
 
 from .mmsg import DatagramBatcher

@@ -10,7 +10,9 @@ import heapq
 from itertools import count
 from typing import Any
 
-from .message import MAGIC_COOKIE, ParseError, Request
+from .grammar import ParseError
+from .parse import Request
+from .via import MAGIC_COOKIE
 
 __all__ = ["ClientTransactions", "ServerTransactions"]
 

@@ -21,7 +21,7 @@ from busylamp.presence.histogram import BUCKETS, Histogram, StageHistograms
 from busylamp.presence.history import DETAILED, ENTRY_BYTES, WATCH_BYTES, History
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.packages.base import PackageOptions
-from busylamp.presence.sip.message import parse_message
+from busylamp.presence.sip import parse_message
 from busylamp.presence.state import PresenceState
 from busylamp.presence.updates import parse_updates
 from busylamp.presence.why import explain, render_text

@@ -10,7 +10,7 @@ import pytest
 from busylamp.app.demo.lamps import LampState
 from busylamp.app.demo.useragent import WatcherUA
 from busylamp.app.demo.watcher import WatcherCore
-from busylamp.presence.sip.message import (
+from busylamp.presence.sip import (
     Request,
     Response,
     build_request,

@@ -9,7 +9,7 @@ import pytest
 from busylamp.presence.engine import EngineConfig, PresenceEngine
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.packages.base import PackageOptions
-from busylamp.presence.sip.message import Request, Response, parse_message
+from busylamp.presence.sip import Request, Response, parse_message
 from busylamp.presence.state import PresenceState
 from busylamp.presence.updates import parse_updates
 

@@ -21,7 +21,7 @@ from busylamp.presence.engine import EngineConfig, PresenceEngine
 from busylamp.presence.limits import AMPLIFICATION_FACTOR, Limits
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.packages.base import PackageOptions
-from busylamp.presence.sip.message import parse_message
+from busylamp.presence.sip import parse_message
 from busylamp.presence.state import PresenceState
 from busylamp.presence.updates import Snapshot, UpdateError, parse_update, parse_updates
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from busylamp.presence.sip.message import Response, parse_message, sniff_response
+from busylamp.presence.sip import Response, parse_message, sniff_response
 
 BASE = (
     "SIP/2.0 200 OK\r\n"

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from busylamp.presence.sip.message import (
+from busylamp.presence.sip import (
     ParseError,
     Request,
     Response,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from busylamp.presence.sip.message import Request, parse_message
+from busylamp.presence.sip import Request, parse_message
 from busylamp.presence.sip.transaction import ClientTransactions, ServerTransactions
 
 REQUEST = (
