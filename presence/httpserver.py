@@ -12,6 +12,11 @@ once), a complete request head and body within ``request_timeout`` of its first 
 a connection's first request, of the accept — (408), and
 the app's ``check_head(environ)`` — authorisation, Host, Content-Type — is asked before any body
 is read, so a refused request never costs its body's memory.
+
+``Expect: 100-continue`` (RFC 9110 §10.1.1): once a request's head has passed every check
+(framing, ``check_head``, the body cap), ``HTTP/1.1 100 Continue`` is sent before the body is
+read, so clients such as curl do not wait for their own expect timeout; a request refused by its
+head gets only its final answer (401, 413, ...), never a 100. Any other expectation is 417.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT = 10.0
 
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 411: "Length Required",
-            413: "Content Too Large", 431: "Request Header Fields Too Large",
+            413: "Content Too Large", 417: "Expectation Failed", 431: "Request Header Fields Too Large",
             503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
 
@@ -233,6 +238,7 @@ class HttpServer:
         environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
         environ["QUERY_STRING"] = query
         connection = ""
+        expect = None
         length = None
         if header_text:
             for line in header_text.split("\r\n"):
@@ -253,10 +259,14 @@ class HttpServer:
                 else:
                     if name == "connection":
                         connection = value.lower()
+                    elif name == "expect":
+                        expect = value.lower() if expect is None else f"{expect},{value.lower()}"
                     key = "HTTP_" + name.upper().replace("-", "_")
                     environ[key] = f"{environ[key]},{value}" if key in environ else value
         environ["REMOTE_ADDR"] = str(address[0])
         environ["REMOTE_PORT"] = str(address[1]) if len(address) > 1 else ""
+        if expect is not None and expect != "100-continue":
+            raise _Reject(417, "the only expectation supported is 100-continue")
         if length and self._check_head is not None:
             refused = self._check_head(environ)  # before the body costs any memory
             if refused is not None:
@@ -270,6 +280,8 @@ class HttpServer:
         elif length > self.max_body:
             raise _Reject(413, f"request body over {self.max_body} bytes")
         else:
+            if expect is not None and version == "HTTP/1.1" and len(buf) < length:
+                sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # the head passed: send the body
             while len(buf) < length:
                 chunk = self._recv(sock, min(1 << 20, max(65536, length - len(buf))), deadline)
                 if not chunk:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from contextlib import contextmanager
 
 import pytest
 from busylamp.presence.api import serve_api
-from gevent import socket
+from gevent import socket, subprocess
 
 from tests.node_util import running_node, settled, sip_address
 from tests.polling import wait_until
@@ -106,6 +107,35 @@ def test_token_is_checked_before_the_body_is_read(tmp_path):
         assert server.counters["refused_before_body"] == 25
         assert 'busylamp_http_refused_total{reason="unauthorized"} 25' in node.metrics_text()
         phone_sees_http_publish(tmp_path, node, port, {"Authorization": f"Bearer {TOKEN}"})
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_large_publish_with_100_continue_is_not_delayed(tmp_path):
+    """curl waits for ``100 Continue`` before a body (here up to 30 s): the node sends it at
+    once for a head that passes its checks, and refuses a bad one without it."""
+    big = tmp_path / "big.json"
+    big.write_bytes(json.dumps(update()).encode() + b" " * (2 << 20))  # 2 MiB of JSON space
+    with api_node(TOKEN) as (node, server):
+        url = f"http://127.0.0.1:{server.server_port}/publish"
+
+        def curl(token: str) -> tuple[subprocess.CompletedProcess, float]:
+            started = time.monotonic()
+            done = subprocess.run(
+                ["curl", "-sS", "-v", "--expect100-timeout", "30", "-H", "Expect: 100-continue",
+                 "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {token}",
+                 "--data-binary", f"@{big}", "-o", "-", "-w", "\\n%{http_code}", url],
+                capture_output=True, text=True, timeout=60, check=False)
+            return done, time.monotonic() - started
+
+        done, took = curl(TOKEN)
+        assert done.stdout.endswith("\n202"), (done.stdout, done.stderr)
+        assert "< HTTP/1.1 100 Continue" in done.stderr
+        assert took < 10, f"{took:.1f} s: curl waited for its expect timeout"
+        assert node.publish_counters["accepted"] == 1
+        done, took = curl("wrong")
+        assert done.stdout.endswith("\n401"), (done.stdout, done.stderr)
+        assert "100 Continue" not in done.stderr and took < 10
+        assert server.counters["refused_before_body"] == 1
 
 
 def test_publish_needs_application_json(tmp_path):
