@@ -162,10 +162,6 @@ class ApiApp:
             self._check(environ)
         except HttpError as err:
             return err.status, str(err), err.headers
-        length = environ.get("CONTENT_LENGTH")
-        if length and length.isdigit() and int(length) > self.max_body:
-            return ("413 Content Too Large", f"body larger than {self.max_body} bytes",
-                    [("Connection", "close")])
         return None
 
     def _check(self, environ: dict) -> Callable[..., Iterable[bytes]]:

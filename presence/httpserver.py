@@ -2,8 +2,9 @@
 
 Why not gevent.pywsgi: the publish path carries one update per request at thousands of requests
 per second, and pywsgi spends ~150-250 µs per request (environ building, header parsing, two
-writes). This server does what the API needs and nothing else: keep-alive connections,
-request bodies framed by Content-Length (no chunked request bodies: 411), responses written in
+writes). Why not h11: in this server's place it cost ~2.5x as much per publish request
+(docs/BENCHMARKS.md, issue 11). This server does what the API needs and nothing else:
+keep-alive connections, request bodies framed by Content-Length (no chunked request bodies: 411), responses written in
 one ``sendall`` when their size is known, and streamed with chunked transfer-coding when not
 (``/tail``, ``/snapshot``, NDJSON listings). One greenlet per connection.
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from contextlib import contextmanager
 
+import gevent
 import pytest
 from busylamp.presence.api import serve_api
-from gevent import socket, subprocess
+from gevent import socket
 
 from tests.node_util import running_node, settled, sip_address
 from tests.polling import wait_until
@@ -118,23 +120,33 @@ def test_curl_large_publish_with_100_continue_is_not_delayed(tmp_path):
     with api_node(TOKEN) as (node, server):
         url = f"http://127.0.0.1:{server.server_port}/publish"
 
-        def curl(token: str) -> tuple[subprocess.CompletedProcess, float]:
+        def curl(token: str) -> tuple[str, str, float]:
+            """Run curl (stdlib subprocess, polled: gevent's child watcher would reap the
+            children of later tests) while this process's hub serves the node."""
+            out, err = tmp_path / f"curl-{token}.out", tmp_path / f"curl-{token}.err"
             started = time.monotonic()
-            done = subprocess.run(
-                ["curl", "-sS", "-v", "--expect100-timeout", "30", "-H", "Expect: 100-continue",
-                 "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {token}",
-                 "--data-binary", f"@{big}", "-o", "-", "-w", "\\n%{http_code}", url],
-                capture_output=True, text=True, timeout=60, check=False)
-            return done, time.monotonic() - started
+            with out.open("wb") as stdout, err.open("wb") as stderr:
+                proc = subprocess.Popen(
+                    ["curl", "-sS", "-v", "--expect100-timeout", "30",
+                     "-H", "Expect: 100-continue", "-H", "Content-Type: application/json",
+                     "-H", f"Authorization: Bearer {token}", "--data-binary", f"@{big}",
+                     "-o", "-", "-w", "\\n%{http_code}", url], stdout=stdout, stderr=stderr)
+                deadline = started + 60
+                while proc.poll() is None and time.monotonic() < deadline:
+                    gevent.sleep(0.01)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            return out.read_text(), err.read_text(), time.monotonic() - started
 
-        done, took = curl(TOKEN)
-        assert done.stdout.endswith("\n202"), (done.stdout, done.stderr)
-        assert "< HTTP/1.1 100 Continue" in done.stderr
+        stdout, stderr, took = curl(TOKEN)
+        assert stdout.endswith("\n202"), (stdout, stderr)
+        assert "< HTTP/1.1 100 Continue" in stderr
         assert took < 10, f"{took:.1f} s: curl waited for its expect timeout"
         assert node.publish_counters["accepted"] == 1
-        done, took = curl("wrong")
-        assert done.stdout.endswith("\n401"), (done.stdout, done.stderr)
-        assert "100 Continue" not in done.stderr and took < 10
+        stdout, stderr, took = curl("wrong")
+        assert stdout.endswith("\n401"), (stdout, stderr)
+        assert "100 Continue" not in stderr and took < 10
         assert server.counters["refused_before_body"] == 1
 
 
