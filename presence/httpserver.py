@@ -2,11 +2,12 @@
 
 Why not gevent.pywsgi: the publish path carries one update per request at thousands of requests
 per second, and pywsgi spends ~150-250 µs per request (environ building, header parsing, two
-writes). Why not h11: in this server's place it cost ~2.5x as much per publish request
-(docs/BENCHMARKS.md, issue 11). This server does what the API needs and nothing else:
-keep-alive connections, request bodies framed by Content-Length (no chunked request bodies: 411), responses written in
-one ``sendall`` when their size is known, and streamed with chunked transfer-coding when not
-(``/tail``, ``/snapshot``, NDJSON listings). One greenlet per connection.
+writes). Why not h11: in this server's place it cost 2.6x the CPU per publish request and
+39% of the NOTIFY ceiling (docs/BENCHMARKS.md, issue 11). This server does what the API needs
+and nothing else: keep-alive connections, request bodies framed by Content-Length (no chunked
+request bodies: 411), responses written in one ``sendall`` when their size is known, and
+streamed with chunked transfer-coding when not (``/tail``, ``/snapshot``, NDJSON listings).
+One greenlet per connection.
 
 Limits: at most ``max_connections`` open connections (one more is answered 503 and closed at
 once), a complete request head and body within ``request_timeout`` of its first byte — or, for
@@ -47,8 +48,9 @@ MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT = 10.0
 
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 411: "Length Required",
-            413: "Content Too Large", 417: "Expectation Failed", 431: "Request Header Fields Too Large",
-            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+            413: "Content Too Large", 417: "Expectation Failed",
+            431: "Request Header Fields Too Large", 503: "Service Unavailable",
+            505: "HTTP Version Not Supported"}
 
 
 FD_LOG_INTERVAL = 60.0

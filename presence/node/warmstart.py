@@ -61,10 +61,7 @@ def stream_snapshot(url: str, token: str | None = None, timeout: float = 10.0) -
         headers["Authorization"] = f"Basic {basic}"
     conn = _GeventConnection(parts.hostname, port, timeout=timeout)
     try:
-        try:
-            conn.request("GET", path, headers=headers)
-        except OSError as exc:
-            raise PeerError(f"peer {url}: {exc}") from None
+        conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         if response.status != 200:
             raise PeerError(f"peer {url}: answered {response.status} {response.reason}")
