@@ -251,7 +251,8 @@ class HttpServer:
                 name = name.lower()
                 value = value.strip()
                 if name == "content-length":
-                    if not value.isdigit() or (length is not None and int(value) != length):
+                    if not (value.isascii() and value.isdigit()) or (
+                            length is not None and int(value) != length):
                         raise _Reject(400, "bad Content-Length")
                     length = int(value)
                     environ["CONTENT_LENGTH"] = value

@@ -77,6 +77,7 @@ def test_streaming_is_chunked_on_http11(server):
         (b"GARBAGE\r\n\r\n", b"400"),
         (b"GET / HTTP/2.0\r\n\r\n", b"505"),
         (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
+        ("POST / HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1"), b"400"),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
         (b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", b"413"),
         (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),

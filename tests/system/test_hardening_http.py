@@ -111,6 +111,27 @@ def test_token_is_checked_before_the_body_is_read(tmp_path):
         phone_sees_http_publish(tmp_path, node, port, {"Authorization": f"Bearer {TOKEN}"})
 
 
+def test_a_body_over_the_limit_is_refused_before_100_continue():
+    with api_node(TOKEN) as (node, server):
+        port = server.server_port
+        head = request(port, "POST", "/publish", headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}",
+            "Expect": "100-continue"}).replace(b"Content-Length: 0",
+                                               b"Content-Length: 8388609")
+        status, headers, body = exchange(port, head)  # no byte of the body is ever sent
+        assert status == 413 and headers["connection"] == "close", body
+        assert server.counters["refused_before_body"] == 1
+        # at the limit: 100 Continue, and the node waits for the body
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(head.replace(b"Content-Length: 8388609", b"Content-Length: 8388608"))
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_curl_large_publish_with_100_continue_is_not_delayed(tmp_path):
     """curl waits for ``100 Continue`` before a body (here up to 30 s): the node sends it at
