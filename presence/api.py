@@ -162,6 +162,12 @@ class ApiApp:
             self._check(environ)
         except HttpError as err:
             return err.status, str(err), err.headers
+        length = environ.get("CONTENT_LENGTH")
+        if "HTTP_EXPECT" in environ and length and int(length) > self.max_body:
+            # a client waiting for 100 Continue sends no body yet: refuse it now, not after it
+            # (one that sends at once is answered after its body, so no RST loses the answer)
+            return ("413 Content Too Large", f"body larger than {self.max_body} bytes",
+                    [("Connection", "close")])
         return None
 
     def _check(self, environ: dict) -> Callable[..., Iterable[bytes]]:

@@ -2,16 +2,23 @@
 
 Why not gevent.pywsgi: the publish path carries one update per request at thousands of requests
 per second, and pywsgi spends ~150-250 µs per request (environ building, header parsing, two
-writes). This server does what the API needs and nothing else: keep-alive connections,
-request bodies framed by Content-Length (no chunked request bodies: 411), responses written in
-one ``sendall`` when their size is known, and streamed with chunked transfer-coding when not
-(``/tail``, ``/snapshot``, NDJSON listings). One greenlet per connection.
+writes). Why not h11: in this server's place it cost 2.6x the CPU per publish request and
+39% of the NOTIFY ceiling (docs/BENCHMARKS.md, issue 11). This server does what the API needs
+and nothing else: keep-alive connections, request bodies framed by Content-Length (no chunked
+request bodies: 411), responses written in one ``sendall`` when their size is known, and
+streamed with chunked transfer-coding when not (``/tail``, ``/snapshot``, NDJSON listings).
+One greenlet per connection.
 
 Limits: at most ``max_connections`` open connections (one more is answered 503 and closed at
 once), a complete request head and body within ``request_timeout`` of its first byte — or, for
 a connection's first request, of the accept — (408), and
 the app's ``check_head(environ)`` — authorisation, Host, Content-Type — is asked before any body
 is read, so a refused request never costs its body's memory.
+
+``Expect: 100-continue`` (RFC 9110 §10.1.1): once a request's head has passed every check
+(framing, ``check_head``, the body cap), ``HTTP/1.1 100 Continue`` is sent before the body is
+read, so clients such as curl do not wait for their own expect timeout; a request refused by its
+head gets only its final answer (401, 413, ...), never a 100. Any other expectation is 417.
 """
 
 from __future__ import annotations
@@ -41,8 +48,9 @@ MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT = 10.0
 
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 411: "Length Required",
-            413: "Content Too Large", 431: "Request Header Fields Too Large",
-            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+            413: "Content Too Large", 417: "Expectation Failed",
+            431: "Request Header Fields Too Large", 503: "Service Unavailable",
+            505: "HTTP Version Not Supported"}
 
 
 FD_LOG_INTERVAL = 60.0
@@ -233,6 +241,7 @@ class HttpServer:
         environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
         environ["QUERY_STRING"] = query
         connection = ""
+        expect = None
         length = None
         if header_text:
             for line in header_text.split("\r\n"):
@@ -242,7 +251,8 @@ class HttpServer:
                 name = name.lower()
                 value = value.strip()
                 if name == "content-length":
-                    if not value.isdigit() or (length is not None and int(value) != length):
+                    if not (value.isascii() and value.isdigit()) or (
+                            length is not None and int(value) != length):
                         raise _Reject(400, "bad Content-Length")
                     length = int(value)
                     environ["CONTENT_LENGTH"] = value
@@ -253,10 +263,14 @@ class HttpServer:
                 else:
                     if name == "connection":
                         connection = value.lower()
+                    elif name == "expect":
+                        expect = value.lower() if expect is None else f"{expect},{value.lower()}"
                     key = "HTTP_" + name.upper().replace("-", "_")
                     environ[key] = f"{environ[key]},{value}" if key in environ else value
         environ["REMOTE_ADDR"] = str(address[0])
         environ["REMOTE_PORT"] = str(address[1]) if len(address) > 1 else ""
+        if expect is not None and expect != "100-continue":
+            raise _Reject(417, "the only expectation supported is 100-continue")
         if length and self._check_head is not None:
             refused = self._check_head(environ)  # before the body costs any memory
             if refused is not None:
@@ -270,6 +284,8 @@ class HttpServer:
         elif length > self.max_body:
             raise _Reject(413, f"request body over {self.max_body} bytes")
         else:
+            if expect is not None and version == "HTTP/1.1" and len(buf) < length:
+                sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # the head passed: send the body
             while len(buf) < length:
                 chunk = self._recv(sock, min(1 << 20, max(65536, length - len(buf))), deadline)
                 if not chunk:

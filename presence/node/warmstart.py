@@ -11,12 +11,14 @@ Order, so nothing is lost and nothing old wins (no race):
 4. it starts answering SUBSCRIBE and OPTIONS (before that: 503 with Retry-After, so an edge
    proxy's dispatcher keeps the node out of rotation).
 
-The peer download uses gevent sockets directly, so it also works in an unpatched process.
+The peer download is stdlib ``http.client`` (HTTP/1.1, so a chunked stream that breaks off is
+an error, not a short snapshot) over a gevent socket, so it also works in an unpatched process.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import logging
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -27,49 +29,53 @@ import ujson
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 1 << 20
-
 
 class PeerError(OSError):
     """The peer could not be reached or answered something other than a snapshot."""
 
 
+class _GeventConnection(http.client.HTTPConnection):
+    """``http.client`` over a gevent socket: cooperative even where ``socket`` is not patched."""
+
+    def connect(self) -> None:
+        self.sock = gevent.socket.create_connection((self.host, self.port), self.timeout,
+                                                    self.source_address)
+
+
 def stream_snapshot(url: str, token: str | None = None, timeout: float = 10.0) -> Iterator[dict]:
-    """Yield the JSON objects of a peer's ``GET /snapshot`` (NDJSON) as they arrive."""
+    """Yield the JSON objects of a peer's ``GET /snapshot`` (NDJSON) as they arrive; every
+    socket operation has ``timeout``; any failure is a PeerError."""
     parts = urlsplit(url if "://" in url else "http://" + url)
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise PeerError(f"peer {url!r}: {exc}") from None
     if parts.scheme != "http" or not parts.hostname:
         raise PeerError(f"peer {url!r}: expected http://HOST:PORT")
-    port = parts.port or 80
     path = (parts.path.rstrip("/") or "") + "/snapshot"
-    headers = [f"GET {path} HTTP/1.0", f"Host: {parts.hostname}:{port}", "Accept: application/x-ndjson"]
+    headers = {"Accept": "application/x-ndjson"}
     if token:
-        headers.append(f"Authorization: Bearer {token}")
+        headers["Authorization"] = f"Bearer {token}"
     elif parts.username:
         basic = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
-        headers.append(f"Authorization: Basic {basic}")
+        headers["Authorization"] = f"Basic {basic}"
+    conn = _GeventConnection(parts.hostname, port, timeout=timeout)
     try:
-        sock = gevent.socket.create_connection((parts.hostname, port), timeout=timeout)
-    except OSError as exc:
-        raise PeerError(f"peer {url}: {exc}") from None
-    try:
-        sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
-        reader = sock.makefile("rb")
-        status_line = reader.readline(MAX_LINE).decode("latin-1").strip()
-        status = status_line.split(" ", 2)
-        if len(status) < 2 or status[1] != "200":
-            raise PeerError(f"peer {url}: answered {status_line!r}")
-        while reader.readline(MAX_LINE).strip():
-            pass  # response headers
-        for raw in reader:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        if response.status != 200:
+            raise PeerError(f"peer {url}: answered {response.status} {response.reason}")
+        for raw in response:  # line by line as the (chunked) stream arrives
             raw = raw.strip()
             if raw:
                 try:
                     yield ujson.loads(raw)
                 except ValueError as exc:
                     raise PeerError(f"peer {url}: bad snapshot line: {exc}") from None
-    except (OSError, gevent.Timeout) as exc:
+    except (OSError, http.client.HTTPException, gevent.Timeout) as exc:
         if isinstance(exc, PeerError):
             raise
-        raise PeerError(f"peer {url}: {exc}") from None
+        raise PeerError(f"peer {url}: {exc!r}" if isinstance(exc, http.client.HTTPException)
+                        else f"peer {url}: {exc}") from None
     finally:
-        sock.close()
+        conn.close()

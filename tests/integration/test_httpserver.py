@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import gevent
+import gevent.socket
 import pytest
 from busylamp.presence.httpserver import HttpServer
 
@@ -76,6 +77,7 @@ def test_streaming_is_chunked_on_http11(server):
         (b"GARBAGE\r\n\r\n", b"400"),
         (b"GET / HTTP/2.0\r\n\r\n", b"505"),
         (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
+        ("POST / HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1"), b"400"),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
         (b"POST / HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", b"413"),
         (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
@@ -85,3 +87,88 @@ def test_bad_requests_get_a_clear_status_and_close(server, request_bytes, status
     out = exchange(server, request_bytes, expect_close=True)
     assert out.split(b" ")[1] == status
     assert b'{"error":"' in out and b"Connection: close" in out
+
+
+# --- Expect: 100-continue -----------------------------------------------------------------------
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class GuardedApp:
+    """The test app behind a ``check_head`` that refuses requests without the right token."""
+
+    def __call__(self, environ, start_response):
+        return app(environ, start_response)
+
+    def check_head(self, environ):
+        if environ.get("HTTP_AUTHORIZATION") != "Bearer ok":
+            return "401 Unauthorized", "missing or wrong bearer token", [
+                ("WWW-Authenticate", 'Bearer realm="test"')]
+        return None
+
+
+@pytest.fixture
+def guarded():
+    srv = HttpServer(("127.0.0.1", 0), GuardedApp(), max_body=1000)
+    srv.start()
+    yield srv
+    srv.stop(timeout=1)
+
+
+def read_until(sock: gevent.socket.socket, marker: bytes, closed: bool = False) -> bytes:
+    """Read until ``marker`` has arrived (or, with ``closed``, until EOF); 5 s deadline."""
+    sock.settimeout(5)
+    out = b""
+    while closed or marker not in out:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def head(body_length: int, *extra: str, version: str = "HTTP/1.1",
+         token: str = "Bearer ok") -> bytes:
+    lines = [f"POST /publish {version}", "Host: x", f"Authorization: {token}",
+             f"Content-Length: {body_length}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_100_continue_is_sent_before_the_body_is_read(guarded):
+    with gevent.socket.create_connection(("127.0.0.1", guarded.server_port)) as sock:
+        sock.sendall(head(5, "Expect: 100-continue"))
+        assert read_until(sock, b"\r\n\r\n") == CONTINUE
+        sock.sendall(b"hello")
+        out = read_until(sock, b"POST /publish  5")
+        assert out.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: keep-alive" in out
+        # the connection stays usable, and the expectation's name is case-insensitive
+        sock.sendall(head(3, "expect: 100-Continue"))
+        assert read_until(sock, b"\r\n\r\n") == CONTINUE
+        sock.sendall(b"abc")
+        assert read_until(sock, b"POST /publish  3").startswith(b"HTTP/1.1 200 OK")
+
+
+def test_no_100_when_the_body_came_with_the_head_or_on_http10(guarded):
+    with gevent.socket.create_connection(("127.0.0.1", guarded.server_port)) as sock:
+        sock.sendall(head(5, "Expect: 100-continue") + b"hello")
+        assert read_until(sock, b"POST /publish  5").startswith(b"HTTP/1.1 200 OK")
+    with gevent.socket.create_connection(("127.0.0.1", guarded.server_port)) as sock:
+        sock.sendall(head(5, "Expect: 100-continue", version="HTTP/1.0"))
+        sock.sendall(b"hello")  # a 1.0 client gets no 100 (RFC 9110: the server ignores it)
+        out = read_until(sock, b"", closed=True)
+        assert out.startswith(b"HTTP/1.0 200 OK") and b"POST /publish  5" in out
+
+
+@pytest.mark.parametrize(("request_head", "status"), [
+    (head(5, "Expect: 100-continue", token="Bearer wrong"), b"401 Unauthorized"),
+    (head(5000, "Expect: 100-continue"), b"413 Content Too Large"),
+    (head(5, "Expect: 200-ok"), b"417 Expectation Failed"),
+])
+def test_a_request_refused_by_its_head_gets_its_final_answer_and_no_100(
+        guarded, request_head, status):
+    with gevent.socket.create_connection(("127.0.0.1", guarded.server_port)) as sock:
+        sock.sendall(request_head)  # the body is never sent: the answer must not wait for it
+        out = read_until(sock, b"", closed=True)
+    assert out.startswith(b"HTTP/1.1 " + status + b"\r\n"), out
+    assert b"100 Continue" not in out and b"Connection: close" in out
+    assert out.endswith(b"}")

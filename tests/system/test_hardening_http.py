@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from contextlib import contextmanager
 
+import gevent
 import pytest
 from busylamp.presence.api import serve_api
 from gevent import socket
@@ -106,6 +109,66 @@ def test_token_is_checked_before_the_body_is_read(tmp_path):
         assert server.counters["refused_before_body"] == 25
         assert 'busylamp_http_refused_total{reason="unauthorized"} 25' in node.metrics_text()
         phone_sees_http_publish(tmp_path, node, port, {"Authorization": f"Bearer {TOKEN}"})
+
+
+def test_a_body_over_the_limit_is_refused_before_100_continue():
+    with api_node(TOKEN) as (node, server):
+        port = server.server_port
+        head = request(port, "POST", "/publish", headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}",
+            "Expect": "100-continue"}).replace(b"Content-Length: 0",
+                                               b"Content-Length: 8388609")
+        status, headers, body = exchange(port, head)  # no byte of the body is ever sent
+        assert status == 413 and headers["connection"] == "close", body
+        assert server.counters["refused_before_body"] == 1
+        # at the limit: 100 Continue, and the node waits for the body
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(head.replace(b"Content-Length: 8388609", b"Content-Length: 8388608"))
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_large_publish_with_100_continue_is_not_delayed(tmp_path):
+    """curl waits for ``100 Continue`` before a body (here up to 30 s): the node sends it at
+    once for a head that passes its checks, and refuses a bad one without it."""
+    big = tmp_path / "big.json"
+    big.write_bytes(json.dumps(update()).encode() + b" " * (2 << 20))  # 2 MiB of JSON space
+    with api_node(TOKEN) as (node, server):
+        url = f"http://127.0.0.1:{server.server_port}/publish"
+
+        def curl(token: str) -> tuple[str, str, float]:
+            """Run curl (stdlib subprocess, polled: gevent's child watcher would reap the
+            children of later tests) while this process's hub serves the node."""
+            out, err = tmp_path / f"curl-{token}.out", tmp_path / f"curl-{token}.err"
+            started = time.monotonic()
+            with out.open("wb") as stdout, err.open("wb") as stderr:
+                proc = subprocess.Popen(
+                    ["curl", "-sS", "-v", "--expect100-timeout", "30",
+                     "-H", "Expect: 100-continue", "-H", "Content-Type: application/json",
+                     "-H", f"Authorization: Bearer {token}", "--data-binary", f"@{big}",
+                     "-o", "-", "-w", "\\n%{http_code}", url], stdout=stdout, stderr=stderr)
+                deadline = started + 60
+                while proc.poll() is None and time.monotonic() < deadline:
+                    gevent.sleep(0.01)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            return out.read_text(), err.read_text(), time.monotonic() - started
+
+        stdout, stderr, took = curl(TOKEN)
+        assert stdout.endswith("\n202"), (stdout, stderr)
+        assert "< HTTP/1.1 100 Continue" in stderr
+        assert took < 10, f"{took:.1f} s: curl waited for its expect timeout"
+        assert node.publish_counters["accepted"] == 1
+        stdout, stderr, took = curl("wrong")
+        assert stdout.endswith("\n401"), (stdout, stderr)
+        assert "100 Continue" not in stderr and took < 10
+        assert server.counters["refused_before_body"] == 1
 
 
 def test_publish_needs_application_json(tmp_path):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 
 import gevent
+import gevent.event
 import pytest
 from busylamp.presence.api import serve_api
 from busylamp.presence.node.warmstart import PeerError, stream_snapshot
+from gevent.server import StreamServer
 
 from tests.node_util import publish, running_node, settled, sip_address
 from tests.polling import wait_until
@@ -40,6 +44,90 @@ def test_engine_answers_503_while_warming_up():
 def test_unreachable_peer_is_a_peer_error():
     with pytest.raises(PeerError):
         list(stream_snapshot(f"http://127.0.0.1:{free_port()}", timeout=1))
+
+
+class SnapshotPeer:
+    """A NodeControl serving only ``/snapshot``: ``rows`` records, paused after the first
+    ``pause_after`` until ``go`` is set (so a test can see rows arrive while the peer still
+    holds the rest)."""
+
+    def __init__(self, rows: int, pause_after: int) -> None:
+        self.rows = rows
+        self.pause_after = pause_after
+        self.go = gevent.event.Event()
+        self.produced = 0
+
+    def snapshot(self):
+        for index in range(self.rows):
+            if index == self.pause_after:
+                assert self.go.wait(timeout=10), "the client did not see the first rows"
+            self.produced += 1
+            yield {"n": index, "pad": "x" * 100}
+
+
+@contextmanager
+def raw_peer(handler):
+    """A TCP server on 127.0.0.1 answering every connection with ``handler(sock)``."""
+    server = StreamServer(("127.0.0.1", 0), lambda sock, _addr: handler(sock))
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.stop(timeout=1)
+
+
+def test_snapshot_rows_arrive_while_a_large_body_streams():
+    peer = SnapshotPeer(rows=30000, pause_after=600)
+    server = serve_api("127.0.0.1", 0, peer, "tok")
+    try:
+        rows = stream_snapshot(f"http://127.0.0.1:{server.server_port}", "tok", timeout=5)
+        first = next(rows)
+        assert first == {"n": 0, "pad": "x" * 100} and peer.produced < peer.rows
+        peer.go.set()
+        rest = list(rows)
+        assert [row["n"] for row in rest] == list(range(1, peer.rows))
+    finally:
+        server.stop(timeout=1)
+
+
+def test_peer_refusal_is_a_peer_error_naming_the_status():
+    server = serve_api("127.0.0.1", 0, SnapshotPeer(rows=1, pause_after=1), "tok")
+    try:
+        with pytest.raises(PeerError, match="answered 401 Unauthorized"):
+            list(stream_snapshot(f"http://127.0.0.1:{server.server_port}", "wrong", timeout=5))
+    finally:
+        server.stop(timeout=1)
+
+
+def test_a_stream_that_breaks_off_is_a_peer_error_not_a_short_snapshot():
+    def handler(sock):
+        sock.recv(65536)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n9\r\n{\"n\": 0}\n\r\n40\r\n{\"n\"")
+        sock.close()
+
+    with raw_peer(handler) as url:
+        rows = stream_snapshot(url, timeout=5)
+        with pytest.raises(PeerError, match="IncompleteRead"):
+            list(rows)
+
+
+def test_a_silent_peer_is_a_peer_error_after_the_timeout():
+    def handler(sock):
+        sock.recv(65536)
+        gevent.sleep(30)  # never answers; ended by the server's stop
+
+    with raw_peer(handler) as url:
+        started = time.monotonic()
+        with pytest.raises(PeerError, match="timed out"):
+            list(stream_snapshot(url, timeout=0.3))
+        assert time.monotonic() - started < 5
+
+
+def test_a_bad_peer_address_is_a_peer_error():
+    for url in ("https://127.0.0.1:1", "http://127.0.0.1:notaport", "http://"):
+        with pytest.raises(PeerError):
+            list(stream_snapshot(url, timeout=1))
 
 
 @pytest.mark.sipp
