@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import ipaddress
 import itertools
 import logging
 import time
@@ -19,7 +18,13 @@ from collections.abc import Callable, Iterator
 import gevent
 import gevent.event
 import gevent.queue
-from busylamp.presence.engine import EngineConfig, PresenceEngine
+from busylamp.presence.engine import (
+    EngineConfig,
+    Event,
+    PresenceEngine,
+    ResolveName,
+    SubscriptionEnded,
+)
 from busylamp.presence.history import History, history_metrics
 from busylamp.presence.metrics import render_metrics
 from busylamp.presence.node.resolver import Resolver
@@ -81,9 +86,7 @@ class PresenceNode:
         self.node_id = node_id
         self.clock = clock
         self.state = PresenceState(REGISTRY, package_options or PackageOptions())
-        self.engine = PresenceEngine(
-            engine_config, self.state, REGISTRY, on_control=self._on_control
-        )
+        self.engine = PresenceEngine(engine_config, self.state, REGISTRY)
         self._control_sink = on_control
         # a stream connection that carries a subscription is never closed as unused or evicted
         self.transports = SipTransports(
@@ -125,9 +128,7 @@ class PresenceNode:
         known once the listeners are bound)."""
         if self._loop is not None or len(self.engine.subscriptions):
             raise RuntimeError("reconfigure() is for a node that has not started")
-        self.engine = PresenceEngine(
-            engine_config, self.state, REGISTRY, on_control=self._on_control
-        )
+        self.engine = PresenceEngine(engine_config, self.state, REGISTRY)
         self._observe(engine_config)
 
     def start(self) -> None:
@@ -218,19 +219,30 @@ class PresenceNode:
             self._wake.set()
 
     def _flush(self) -> bool:
-        """Send what the engine queued; True when anything was sent (and so maybe timed)."""
+        """Send what the engine queued, then act on its events (after the engine returned, so
+        nothing done here re-enters it mid-call); True when anything was sent (and so maybe
+        timed)."""
         engine = self.engine
-        out = engine.datagrams_to_send()
-        names = engine.names_to_resolve()
-        if names:
-            for name in names:
-                self.resolver.lookup(name)  # a cached answer comes back (and flushes) at once
-        if not out:
-            return False
-        send = self.transports.send
-        for transport, dest, data, conn_id in out:
-            send(transport, dest, data, conn_id)
-        return True
+        out = engine.messages_to_send()
+        if out:
+            send = self.transports.send
+            for transport, dest, data, conn_id in out:
+                send(transport, dest, data, conn_id)
+        events = engine.events()
+        if events:
+            self._handle_events(events)
+        return bool(out)
+
+    def _handle_events(self, events: list[Event]) -> None:
+        """The I/O the engine's events ask for (presence/engine/events.py)."""
+        for event in events:
+            kind = event.__class__
+            if kind is ResolveName:
+                self.resolver.lookup(event.name)  # a cached answer comes back (and flushes) at once
+            elif kind is SubscriptionEnded:
+                continue  # counted by the engine; nothing to do outside it
+            else:  # RequestResync, WatchMailbox, ForgetMailbox: a message to the bridges
+                self._on_control(event.control_message())
 
     def _on_resolved(self, name: str, address: str | None) -> None:
         self.engine.resolved(name, address, self.clock())
@@ -400,14 +412,6 @@ class PresenceNode:
         rows = [sub.as_dict(now) for sub in page[:limit]]
         return rows, (str(offset + limit) if len(page) > limit else None)
 
-    def iter_subscription_rows(
-        self, *, presentity: str | None = None, watcher: str | None = None,
-        event: str | None = None,
-    ) -> Iterator[dict]:
-        now = self.clock()
-        for sub in self.engine.iter_subscriptions(presentity, watcher, event):
-            yield sub.as_dict(now)
-
     def presentity(self, aor: str) -> dict | None:
         found = False
         result: dict = {"presentity": aor, "packages": {}}
@@ -463,10 +467,6 @@ def _record_view(record, now: float) -> dict:
         "bridge_id": record.bridge_id,
         "sequence": record.sequence,
     }
-
-
-def parse_networks(cidrs: list[str]) -> tuple:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
 __all__ = ["PresenceNode", "TailSubscription", "Snapshot", "Update"]

@@ -3,10 +3,13 @@
 Sans-IO, in the manner of h11 and aioquic: the caller hands in received messages
 (:meth:`PresenceEngine.receive`) and validated presence updates (:meth:`apply`), asks when the
 engine next needs waking (:meth:`get_timer`), wakes it (:meth:`handle_timer`), and sends whatever
-:meth:`datagrams_to_send` returns. There are no sockets, greenlets or clocks in here.
+:meth:`messages_to_send` returns (one batched list of SIP messages). Everything else it wants
+done (resolve a name, ask a bridge for a resync, claim or release a mailbox) it queues as typed
+events (:mod:`~busylamp.presence.engine.events`) for :meth:`events`: the engine never calls out, so
+nothing can re-enter it half-way through a call. There are no sockets, greenlets or clocks in here.
 
 The hot path is NOTIFY fan-out: a presentity's body is rendered once per change by the package
-(``PresenceState.body``); each watcher's NOTIFY is then spliced together from bytes kept on the
+(``PresenceState.body``, marked sent with ``PresenceState.mark_sent``); each watcher's NOTIFY is then spliced together from bytes kept on the
 subscription and that prebuilt body with the watcher's own ``version``.
 """
 
@@ -21,6 +24,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from busylamp.presence.aor import aor_from_uri
+from busylamp.presence.engine.events import (
+    Event,
+    ForgetMailbox,
+    RequestResync,
+    ResolveName,
+    SendMessage,
+    SubscriptionEnded,
+    WatchMailbox,
+)
 from busylamp.presence.limits import Limits, TokenBuckets, in_networks, vouched_address
 from busylamp.presence.packages.base import EventPackage, RenderedBody
 from busylamp.presence.registrations import RegistrationTable
@@ -57,7 +69,6 @@ NOTIFY_REMOVE_STATUSES = frozenset((404, 481))
 SENDABLE_TRANSPORTS = frozenset(("udp", "tcp"))
 ERROR_LOG_INTERVAL = 60.0
 
-Outgoing = tuple[str, tuple[str, int], bytes, int | None]  # (transport, dest, data, conn_id)
 AWAITING_ADDRESS = "dns"  # Subscription.inflight while its destination's name is looked up
 
 
@@ -106,8 +117,6 @@ class PresenceEngine:
         config: EngineConfig,
         state: PresenceState,
         packages: Mapping[str, EventPackage],
-        *,
-        on_control: Callable[[dict], None] | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -118,7 +127,6 @@ class PresenceEngine:
         self.client_transactions = ClientTransactions(
             t1=config.t1, t2=config.t2, timer_f=config.timer_f
         )
-        self.on_control = on_control
         self.snapshots = SnapshotAssembler(config.snapshot_timeout)
         self.observer = None  # presence.history.History: per-lamp history hooks (optional)
         self.accepting = True  # False while warming up: SUBSCRIBE/OPTIONS get 503
@@ -126,8 +134,8 @@ class PresenceEngine:
         self._malformed_logged_count = 0
         self._notify_error_logged_at = float("-inf")
         self._notify_error_logged_count = 0
-        self._out: list[Outgoing] = []
-        self._lookups: list[str] = []
+        self._out: list[SendMessage] = []
+        self._events: list[Event] = []
         self._resolving: dict[str, list[Subscription]] = {}
         self._trusted_cache: dict[str, bool] = {}
         self._edge_cache: dict[str, bool] = {}
@@ -189,14 +197,16 @@ class PresenceEngine:
 
     # -- output and timers --------------------------------------------------------------------
 
-    def datagrams_to_send(self) -> list[Outgoing]:
-        """Everything queued for the transports since the last call."""
+    def messages_to_send(self) -> list[SendMessage]:
+        """Every SIP message (UDP datagram or stream message) queued since the last call, as one
+        list: (transport, destination, bytes, connection id)."""
         out, self._out = self._out, []
         return out
 
-    def names_to_resolve(self) -> list[str]:
-        """Host names the caller is to look up (each once), answering with :meth:`resolved`."""
-        out, self._lookups = self._lookups, []
+    def events(self) -> list[Event]:
+        """Every event (see :mod:`~busylamp.presence.engine.events`) queued since the last call,
+        in order; the caller drains it after each input, after :meth:`messages_to_send`."""
+        out, self._events = self._events, []
         return out
 
     def resolved(self, name: str, address: str | None, now: float) -> None:
@@ -216,12 +226,11 @@ class PresenceEngine:
                     address = None
                 if address is None:
                     if live:
-                        self.subscriptions.remove(sub)
-                        self.counters["subscriptions_removed_unresolvable"] += 1
+                        self._remove(sub, "unresolvable")
                     continue
                 sub.dest = self.subscriptions.shared((address, dest[1]))
             if live or sub.final_reason is not None:
-                self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+                self._notify(sub, self._body_to_send(sub), now)
 
     def _await_address(self, sub: Subscription) -> None:
         """Hold ``sub``'s NOTIFYs until its destination's name is resolved (one lookup per
@@ -231,7 +240,7 @@ class PresenceEngine:
         waiting = self._resolving.get(name)
         if waiting is None:
             self._resolving[name] = [sub]
-            self._lookups.append(name)
+            self._events.append(ResolveName(name))
         else:
             waiting.append(sub)
 
@@ -266,7 +275,7 @@ class PresenceEngine:
                 self.observer.expired(changed, now)
             self._fan_out(changed, now)
         for sub in self.subscriptions.pop_expired(now):
-            self.counters["subscriptions_removed_expired"] += 1
+            self._ended(sub, "expired")
             self._terminate(sub, "timeout", now)
         if self._backlog:
             self._drain(now)
@@ -282,8 +291,7 @@ class PresenceEngine:
         for item in items:
             if isinstance(item, Snapshot):
                 if item.parts > 1:  # each part is a message of the bridge's sequence
-                    self.state.note_sequence(item.bridge_id, item.bridge_epoch, item.sequence,
-                                             item.switch_id)
+                    self.state.note_sequence(item.bridge_id, item.bridge_epoch, item.sequence)
                 whole = self.snapshots.add(item, now)
                 if whole is not None:  # the parts of a snapshot are applied as one
                     keys = self.state.apply_snapshot(whole, now)
@@ -303,17 +311,11 @@ class PresenceEngine:
         return count
 
     def _request_resyncs(self) -> None:
+        """The gaps the state recorded become :class:`RequestResync` events (one per bridge)."""
         gaps = self.state.pending_gaps
-        if not gaps or self.on_control is None:
+        if gaps:
+            self._events.extend(RequestResync(bridge_id, gaps[bridge_id]) for bridge_id in sorted(gaps))
             gaps.clear()
-            return
-        bridges = sorted(gaps)
-        gaps.clear()
-        for bridge_id in bridges:
-            self.on_control(
-                {"Event-Name": "resync", "Switch-ID": "*", "Bridge-ID": bridge_id,
-                 "Reason": "sequence gap"}
-            )
 
     def _fan_out(self, changed: Iterable[tuple[str, str]], now: float) -> None:
         """Queue a NOTIFY for every watcher of what changed, then send the first batch.
@@ -367,6 +369,7 @@ class PresenceEngine:
             body = bodies.get(key)
             if body is None:
                 body = bodies[key] = self.state.body(*key)
+                self.state.mark_sent(*key)
             budget -= 1
             try:
                 self._send_notify(sub, body, now)
@@ -452,10 +455,7 @@ class PresenceEngine:
                 self.counters["subscribe_rejected"] += 1
             respond(403, "Source not trusted")
             return
-        cseq_num, cseq_method = req.cseq
-        if cseq_method != method:
-            respond(400, "CSeq method does not match the request")
-            return
+        # (a CSeq method other than the request's never gets here: parse_message refuses it)
         # Extensions this UAS does not support (RFC 3261 8.2.2.3).
         required = [opt for opt in req.headers.get_all("Require") if opt.strip()]
         unsupported = [opt for opt in required if opt.strip().lower() not in SUPPORTED_EXTENSIONS]
@@ -691,6 +691,7 @@ class PresenceEngine:
         respond(200, None, self._ok_headers(sub, expires), to_tag=sub.tag)
         self._set_budget(sub, source, transport, conn_id)
         body = self.state.body(package.name, presentity)
+        self.state.mark_sent(package.name, presentity)
         if expires == 0:
             # A fetch (RFC 6665 4.4.3): one terminated NOTIFY with the state, nothing kept.
             self.counters["subscribe_fetch"] += 1
@@ -710,8 +711,7 @@ class PresenceEngine:
                 sub, now, self.subscriptions.watcher_count(package.name, presentity))
         if first:  # a state already known needs no query: the claim alone (mwi_watch)
             known = bool(self.state.records(package.name, presentity))
-            self._control({"Event-Name": "mwi_watch" if known else "mwi_query",
-                           "Presentity": presentity})
+            self._events.append(WatchMailbox(presentity, known))
 
     def _in_dialog(
         self, req: Request, to_tag: str, respond: Callable[..., None], source: tuple[str, int],
@@ -773,8 +773,7 @@ class PresenceEngine:
             sub.budget += int(self.config.amplification_factor * self._in_size) - \
                 len(self._out[-1][2])
         if expires == 0:
-            self.counters["subscriptions_removed_unsubscribe"] += 1
-            self.subscriptions.remove(sub)
+            self._remove(sub, "unsubscribe")
             self._terminate(sub, "timeout", now)
             return
         self.subscriptions.refresh(sub, now + expires)
@@ -782,7 +781,7 @@ class PresenceEngine:
         if sub.inflight is not None:
             sub.dirty = True
         else:
-            self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            self._notify(sub, self._body_to_send(sub), now)
             if self.observer is not None:
                 self.observer.resent(sub, now, False)
 
@@ -1023,13 +1022,12 @@ class PresenceEngine:
             obs.answered(sub, status, now)
         if status in NOTIFY_REMOVE_STATUSES:
             if sub.final_reason is None:
-                self.counters["subscriptions_removed_notify_rejected"] += 1
-                self.subscriptions.remove(sub)
+                self._remove(sub, "notify_rejected")
             return
         if status >= 300:
             self.counters["notify_failed"] += 1
         if sub.dirty:
-            self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            self._notify(sub, self._body_to_send(sub), now)
             if self.observer is not None:
                 self.observer.resent(sub, now, True)
 
@@ -1039,8 +1037,7 @@ class PresenceEngine:
             self.observer.timed_out(sub, now)
         self.counters["notify_timeouts"] += 1
         if sub.final_reason is None:
-            self.counters["subscriptions_removed_notify_timeout"] += 1
-            self.subscriptions.remove(sub)
+            self._remove(sub, "notify_timeout")
 
     def _terminate(self, sub: Subscription, reason: str, now: float) -> None:
         """Send the final NOTIFY now, or when the one in flight completes (never overlapping)."""
@@ -1048,7 +1045,7 @@ class PresenceEngine:
         if sub.inflight is not None:
             sub.dirty = True
         else:
-            self._notify(sub, self.state.body(sub.package.name, sub.presentity), now)
+            self._notify(sub, self._body_to_send(sub), now)
             if self.observer is not None:
                 self.observer.resent(sub, now, False)
 
@@ -1065,8 +1062,7 @@ class PresenceEngine:
         self.counters["notify_errors"] += 1
         sub.inflight = None
         sub.dirty = False
-        if self.subscriptions.remove(sub):
-            self.counters["subscriptions_removed_notify_error"] += 1
+        self._remove(sub, "notify_error")
         if now < self._notify_error_logged_at + ERROR_LOG_INTERVAL:
             return
         count = self.counters["notify_errors"] - self._notify_error_logged_count
@@ -1082,8 +1078,7 @@ class PresenceEngine:
         for sub in self.subscriptions:
             if limit is not None and ended >= limit:
                 break
-            self.subscriptions.remove(sub)
-            self.counters["subscriptions_removed_shutdown"] += 1
+            self._remove(sub, "shutdown")
             self._terminate(sub, reason, now)
             ended += 1
         return ended
@@ -1097,11 +1092,26 @@ class PresenceEngine:
 
     def _unwatched(self, key: tuple[str, str]) -> None:
         if key[0] == "message-summary":
-            self._control({"Event-Name": "mwi_forget", "Presentity": key[1]})
+            self._events.append(ForgetMailbox(key[1]))
 
-    def _control(self, message: dict) -> None:
-        if self.on_control is not None:
-            self.on_control(message)
+    def _remove(self, sub: Subscription, reason: str) -> None:
+        """Take ``sub`` out of the table (when it is there), counted under ``reason``."""
+        if self.subscriptions.remove(sub):
+            self._ended(sub, reason)
+
+    def _ended(self, sub: Subscription, reason: str) -> None:
+        """``sub`` left the table: count it and tell the caller (:class:`SubscriptionEnded`)."""
+        self.counters["subscriptions_removed_" + reason] += 1
+        self._events.append(SubscriptionEnded(sub.tag, sub.package.name, sub.presentity,
+                                              sub.watcher, reason))
+
+    def _body_to_send(self, sub: Subscription) -> RenderedBody:
+        """The body of ``sub``'s presentity, marked sent (its tombstones are then announced)."""
+        state = self.state
+        name = sub.package.name
+        body = state.body(name, sub.presentity)
+        state.mark_sent(name, sub.presentity)
+        return body
 
     def iter_subscriptions(
         self, presentity: str | None = None, watcher: str | None = None, event: str | None = None
