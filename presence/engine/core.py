@@ -33,6 +33,18 @@ from busylamp.presence.engine.events import (
     SubscriptionEnded,
     WatchMailbox,
 )
+from busylamp.presence.lifecycle import (
+    BUSY,
+    FINAL_IN_FLIGHT,
+    IDLE,
+    IN_FLIGHT,
+    IN_FLIGHT_DIRTY,
+    QUEUED,
+    RESOLVING,
+    TERMINATED,
+    TERMINATING,
+    advance,
+)
 from busylamp.presence.limits import Limits, TokenBuckets, in_networks, vouched_address
 from busylamp.presence.packages.base import EventPackage, RenderedBody
 from busylamp.presence.registrations import RegistrationTable
@@ -213,7 +225,7 @@ class PresenceEngine:
         """The lookup of ``name`` ended: its address, or None when it has none (or timed out);
         the NOTIFYs waiting for it go out, or their subscriptions end."""
         for sub in self._resolving.pop(name, ()):
-            if sub.inflight != AWAITING_ADDRESS:
+            if sub.phase != RESOLVING:
                 continue
             sub.inflight = None
             live = self.subscriptions.get(sub.tag) is sub
@@ -225,16 +237,20 @@ class PresenceEngine:
                     self.counters["target_refused"] += 1
                     address = None
                 if address is None:
+                    advance(sub, TERMINATED)
                     if live:
                         self._remove(sub, "unresolvable")
                     continue
                 sub.dest = self.subscriptions.shared((address, dest[1]))
             if live or sub.final_reason is not None:
                 self._notify(sub, self._body_to_send(sub), now)
+            else:
+                advance(sub, TERMINATED)
 
     def _await_address(self, sub: Subscription) -> None:
         """Hold ``sub``'s NOTIFYs until its destination's name is resolved (one lookup per
         name, however many subscriptions wait for it)."""
+        advance(sub, RESOLVING)
         sub.inflight = AWAITING_ADDRESS
         name = sub.dest[0]
         waiting = self._resolving.get(name)
@@ -322,7 +338,8 @@ class PresenceEngine:
 
         The rest go out ``fanout_batch`` at a time from :meth:`handle_timer` (due at once), so a
         presentity with tens of thousands of watchers never holds the caller's loop for long.
-        A queued watcher is marked dirty; it gets the state as it is when its turn comes. With a
+        A queued watcher is QUEUED (presence/lifecycle.py); it gets the state as it is when its
+        turn comes. With a
         history (``observer``), each watcher points at the entry its next NOTIFY tells."""
         backlog = self._backlog
         obs = self.observer
@@ -332,17 +349,20 @@ class PresenceEngine:
                 continue
             note = obs.fanout(package_name, presentity, watchers, now) if obs else None
             for sub in watchers:
-                if sub.inflight is not None:
-                    sub.dirty = True  # the change goes out merged after the NOTIFY in flight
+                phase = sub.phase
+                if phase == IDLE:
+                    advance(sub, QUEUED)
+                    if note is not None:
+                        sub.note = note  # its answer lands there (presence/history.py)
+                    backlog.append(sub)
+                elif phase == QUEUED:  # already queued for a step of an earlier fan-out
+                    if note is not None:
+                        sub.note = note
+                else:  # busy: the change goes out merged after the NOTIFY in flight
+                    if phase == IN_FLIGHT:
+                        advance(sub, IN_FLIGHT_DIRTY)
                     if note is not None:
                         obs.merged(note)
-                    continue
-                if note is not None:
-                    sub.note = note  # its answer lands there (presence/history.py)
-                if sub.dirty:
-                    continue  # already queued for a step of an earlier fan-out
-                sub.dirty = True
-                backlog.append(sub)
         if backlog:
             self._drain(now)
 
@@ -363,7 +383,7 @@ class PresenceEngine:
         bodies: dict[tuple[str, str], RenderedBody] = {}
         while backlog and budget > 0 and not self._pending_full():
             sub = backlog.popleft()
-            if sub.inflight is not None or not sub.dirty or live(sub.tag) is not sub:
+            if sub.phase != QUEUED or live(sub.tag) is not sub:
                 continue
             key = (sub.package.name, sub.presentity)
             body = bodies.get(key)
@@ -778,8 +798,9 @@ class PresenceEngine:
             return
         self.subscriptions.refresh(sub, now + expires)
         # Every accepted refresh gets an immediate NOTIFY (RFC 6665 4.2.1.2).
-        if sub.inflight is not None:
-            sub.dirty = True
+        if sub.phase in BUSY:
+            if sub.phase == IN_FLIGHT:
+                advance(sub, IN_FLIGHT_DIRTY)
         else:
             self._notify(sub, self._body_to_send(sub), now)
             if self.observer is not None:
@@ -942,16 +963,16 @@ class PresenceEngine:
                 # not even that: nothing until the watcher shows it is there (a refresh adds
                 # to the budget); only a SUBSCRIBE far smaller than any phone's gets here
                 sub.cseq -= 1
-                sub.dirty = sub.final_reason is None
+                advance(sub, QUEUED if sub.final_reason is None else TERMINATED)
                 self.counters["notify_withheld"] += 1
                 return
             self.counters["notify_minimal"] += 1
-            if sub.final_reason is None:
-                sub.dirty = True
+            # the state is still owed: it follows once this one is answered
+            advance(sub, IN_FLIGHT_DIRTY if sub.final_reason is None else FINAL_IN_FLIGHT)
         else:
             if body.versioned:
                 sub.version += 1
-            sub.dirty = False
+            advance(sub, IN_FLIGHT if sub.final_reason is None else FINAL_IN_FLIGHT)
         sub.inflight = branch
         dest = (transport, sub.dest, sub.conn_id)
         if verified:
@@ -1016,23 +1037,34 @@ class PresenceEngine:
             self._notify_done(sub, status, now)
 
     def _notify_done(self, sub: Subscription, status: int, now: float) -> None:
+        """The NOTIFY in flight was answered: the subscription is idle again, or what is owed
+        goes now; a 404 or 481 ends it."""
         sub.inflight = None
         obs = self.observer
         if obs is not None and sub.note is not None:
             obs.answered(sub, status, now)
+        phase = sub.phase
         if status in NOTIFY_REMOVE_STATUSES:
+            advance(sub, TERMINATED)
             if sub.final_reason is None:
                 self._remove(sub, "notify_rejected")
             return
         if status >= 300:
             self.counters["notify_failed"] += 1
-        if sub.dirty:
+        if phase == IN_FLIGHT:
+            advance(sub, IDLE)
+        elif phase == FINAL_IN_FLIGHT:
+            advance(sub, TERMINATED)
+        else:  # IN_FLIGHT_DIRTY, TERMINATING: what is owed goes at once
+            if phase == IN_FLIGHT_DIRTY:
+                advance(sub, QUEUED)
             self._notify(sub, self._body_to_send(sub), now)
             if self.observer is not None:
                 self.observer.resent(sub, now, True)
 
     def _notify_timed_out(self, sub: Subscription, now: float) -> None:
         sub.inflight = None
+        advance(sub, TERMINATED)
         if sub.note is not None and self.observer is not None:
             self.observer.timed_out(sub, now)
         self.counters["notify_timeouts"] += 1
@@ -1042,8 +1074,11 @@ class PresenceEngine:
     def _terminate(self, sub: Subscription, reason: str, now: float) -> None:
         """Send the final NOTIFY now, or when the one in flight completes (never overlapping)."""
         sub.final_reason = reason
-        if sub.inflight is not None:
-            sub.dirty = True
+        phase = sub.phase
+        if phase in BUSY:
+            if phase in (IN_FLIGHT, IN_FLIGHT_DIRTY):
+                advance(sub, TERMINATING)
+            # RESOLVING: the NOTIFY sent once resolved is the final one
         else:
             self._notify(sub, self._body_to_send(sub), now)
             if self.observer is not None:
@@ -1061,7 +1096,8 @@ class PresenceEngine:
         logged at most once a minute, and never in the way of fan-out, timers or shutdown."""
         self.counters["notify_errors"] += 1
         sub.inflight = None
-        sub.dirty = False
+        if sub.phase != TERMINATED:
+            advance(sub, TERMINATED)
         self._remove(sub, "notify_error")
         if now < self._notify_error_logged_at + ERROR_LOG_INTERVAL:
             return

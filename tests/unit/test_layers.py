@@ -20,6 +20,7 @@ SANS_IO = (
     "busylamp.presence.engine",
     "busylamp.presence.subscriptions",
     "busylamp.presence.state",
+    "busylamp.presence.lifecycle",
     "busylamp.presence.packages",
     "busylamp.presence.updates",
     "busylamp.presence.snapshots",
