@@ -72,6 +72,18 @@ _LEGAL: tuple[tuple[bool, ...], ...] = tuple(
 )
 
 
+def check_moves(*moves: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """Raise IllegalTransition unless every (from, to) move is in the table; returns them.
+
+    For the few moves on the NOTIFY hot path the engine makes by assignment right after testing
+    the phase it moves from (``if sub.phase == IDLE: sub.phase = QUEUED``): their legality is
+    checked once, here, when the engine module is imported, instead of on every NOTIFY."""
+    for phase, to in moves:
+        if not _LEGAL[phase][to]:
+            raise IllegalTransition(phase, to)
+    return moves
+
+
 class HasPhase(Protocol):
     phase: int
 

@@ -29,6 +29,7 @@ from busylamp.presence.lifecycle import (
     TERMINATED,
     TERMINATING,
     advance,
+    check_moves,
 )
 from busylamp.presence.packages.base import RenderedBody
 from busylamp.presence.sip.message import (
@@ -39,6 +40,16 @@ from busylamp.presence.sip.tokens import token64
 from busylamp.presence.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
+
+# The lifecycle moves made by assignment on the hot path, each right after testing the phase it
+# leaves (presence/lifecycle.py); every other move goes through advance().
+HOT_MOVES = check_moves(
+    (IDLE, QUEUED),  # fan-out: a change for an idle watcher
+    (IN_FLIGHT, IN_FLIGHT_DIRTY),  # fan-out or refresh while a NOTIFY is in flight
+    (IN_FLIGHT, IDLE),  # answered, nothing owed
+    (IN_FLIGHT_DIRTY, QUEUED),  # answered, a NOTIFY owed: it goes at once
+    (FINAL_IN_FLIGHT, TERMINATED),  # the final NOTIFY answered
+)
 
 
 class Notifier:
@@ -101,7 +112,7 @@ class Notifier:
             for sub in watchers:
                 phase = sub.phase
                 if phase == IDLE:
-                    advance(sub, QUEUED)
+                    sub.phase = QUEUED  # HOT_MOVES
                     if note is not None:
                         sub.note = note  # its answer lands there (presence/history.py)
                     backlog.append(sub)
@@ -110,7 +121,7 @@ class Notifier:
                         sub.note = note
                 else:  # busy: the change goes out merged after the NOTIFY in flight
                     if phase == IN_FLIGHT:
-                        advance(sub, IN_FLIGHT_DIRTY)
+                        sub.phase = IN_FLIGHT_DIRTY  # HOT_MOVES
                     if note is not None:
                         obs.merged(note)
         if backlog:
@@ -294,12 +305,12 @@ class Notifier:
         if status >= 300:
             self.counters["notify_failed"] += 1
         if phase == IN_FLIGHT:
-            advance(sub, IDLE)
+            sub.phase = IDLE  # HOT_MOVES
         elif phase == FINAL_IN_FLIGHT:
-            advance(sub, TERMINATED)
+            sub.phase = TERMINATED  # HOT_MOVES
         else:  # IN_FLIGHT_DIRTY, TERMINATING: what is owed goes at once
             if phase == IN_FLIGHT_DIRTY:
-                advance(sub, QUEUED)
+                sub.phase = QUEUED  # HOT_MOVES
             self._notify(sub, self._body_to_send(sub), now)
             if self.observer is not None:
                 self.observer.resent(sub, now, True)

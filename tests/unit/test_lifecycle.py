@@ -105,3 +105,12 @@ def test_a_subscription_starts_new_and_keeps_one_slot_for_its_phase() -> None:
     assert not sub.dirty and sub.phase_name == "NEW"
     advance(sub, QUEUED)
     assert sub.dirty
+
+
+def test_the_engine_hot_moves_are_legal_and_checked_at_import() -> None:
+    from busylamp.presence.engine.notify import HOT_MOVES
+
+    assert set(HOT_MOVES) <= EXPECTED
+    assert lifecycle.check_moves((IDLE, QUEUED)) == ((IDLE, QUEUED),)
+    with pytest.raises(IllegalTransition):
+        lifecycle.check_moves((IDLE, QUEUED), (FINAL_IN_FLIGHT, IDLE))
