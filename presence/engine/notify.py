@@ -141,11 +141,9 @@ class Notifier:
         backlog = self._backlog
         budget = self.config.fanout_batch
         cap = self.config.limits.max_pending_notifies  # _pending_full(), inline
-        if cap is None:
-            cap = float("inf")
         pending = self.client_transactions
         bodies: dict[tuple[str, str], RenderedBody] = {}
-        while backlog and budget > 0 and len(pending) < cap:
+        while backlog and budget > 0 and (cap is None or len(pending) < cap):
             sub = backlog.popleft()
             if sub.phase != QUEUED:  # sent meanwhile, or ended (QUEUED is always in the table)
                 continue
