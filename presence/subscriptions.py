@@ -141,7 +141,6 @@ class SubscriptionTable:
         self._conn_use: dict[int, int] = {}  # stream connection -> subscriptions notified on it
         self.per_origin: dict[str, int] = {}  # origin address -> subscriptions (limits)
         self.per_watcher: dict[str, int] = {}  # watcher AOR -> subscriptions (limits)
-        self.on_unwatched = None  # called with (event, presentity) when its last watcher left
 
     def __len__(self) -> int:
         return len(self._by_tag)
@@ -184,8 +183,6 @@ class SubscriptionTable:
             watchers.pop(sub.tag, None)
             if not watchers:
                 del self._watchers[key]
-                if self.on_unwatched is not None:
-                    self.on_unwatched(key)
         if sub.conn_id is not None:
             self._release_conn(sub.conn_id)
         _decrement(self.per_origin, sub.origin)

@@ -54,7 +54,6 @@ class PresenceEngine(Dispatcher, SubscribePolicy, Routing, Notifier):
         self.state = state
         self.packages = dict(packages)
         self.subscriptions = SubscriptionTable()
-        self.subscriptions.on_unwatched = self._unwatched
         self.server_transactions = ServerTransactions(t1=config.t1)
         self.client_transactions = ClientTransactions(
             t1=config.t1, t2=config.t2, timer_f=config.timer_f
@@ -215,20 +214,21 @@ class PresenceEngine(Dispatcher, SubscribePolicy, Routing, Notifier):
         aliases = self.config.domain_aliases
         self.registrations.apply(checked, now, lambda aor: _aliased(aor, aliases))
 
-    def _unwatched(self, key: tuple[str, str]) -> None:
-        if key[0] == "message-summary":
-            self._events.append(ForgetMailbox(key[1]))
-
     def _remove(self, sub: Subscription, reason: str) -> None:
         """Take ``sub`` out of the table (when it is there), counted under ``reason``."""
         if self.subscriptions.remove(sub):
             self._ended(sub, reason)
 
     def _ended(self, sub: Subscription, reason: str) -> None:
-        """``sub`` left the table: count it and tell the caller (:class:`SubscriptionEnded`)."""
+        """``sub`` left the table: count it and tell the caller (:class:`SubscriptionEnded`);
+        a mailbox's last watcher here releases it at the bridges (:class:`ForgetMailbox`)."""
         self.counters["subscriptions_removed_" + reason] += 1
-        self._events.append(SubscriptionEnded(sub.tag, sub.package.name, sub.presentity,
-                                              sub.watcher, reason))
+        package = sub.package.name
+        events = self._events
+        events.append(SubscriptionEnded(sub.tag, package, sub.presentity, sub.watcher, reason))
+        if package == "message-summary" and \
+                not self.subscriptions.watcher_count(package, sub.presentity):
+            events.append(ForgetMailbox(sub.presentity))
 
     def iter_subscriptions(
         self, presentity: str | None = None, watcher: str | None = None, event: str | None = None

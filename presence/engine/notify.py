@@ -14,7 +14,6 @@ from busylamp.presence.engine.events import (
 from busylamp.presence.engine.routing import (
     AWAITING_ADDRESS,
     Unresolved,
-    _from_destination,
     _routed,
     _unreachable,
 )
@@ -278,7 +277,9 @@ class Notifier:
             if status >= 200:
                 self.counters["notify_unmatched_responses"] += 1
             return
-        if not _from_destination(dest, source, transport, conn_id):
+        out, addr, out_conn = dest  # (transport, address, connection) the NOTIFY went to
+        if transport != out or not ((conn_id is not None and conn_id == out_conn)
+                                    or (source[0] == addr[0] and source[1] == addr[1])):
             self.counters["notify_responses_wrong_source"] += 1
             return
         sub = clients.on_response(branch, status, now)

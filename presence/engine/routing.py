@@ -106,20 +106,6 @@ def _routed(route: tuple[str, ...], target: str) -> tuple[str, str]:
     return first, "".join(f"Route: {r}\r\n" for r in route[1:]) + f"Route: <{target}>\r\n"
 
 
-def _from_destination(
-    dest: tuple[str, tuple[str, int], int | None], source: tuple[str, int], transport: str,
-    conn_id: int | None,
-) -> bool:
-    """Whether a response arriving from ``source`` (``conn_id`` on streams) can answer a request
-    sent to ``dest`` (transport, address, connection)."""
-    out, addr, out_conn = dest
-    if transport != out:
-        return False
-    if conn_id is not None and conn_id == out_conn:
-        return True
-    return source[0] == addr[0] and source[1] == addr[1]
-
-
 class Routing:
     """Destination routing of the engine's dialogs (a mixin of PresenceEngine)."""
 

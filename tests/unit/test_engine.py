@@ -538,3 +538,13 @@ def test_events_are_typed_queued_and_drained_once():
     assert h.events() == [SubscriptionEnded(sub.tag, "dialog", "1001@example.com",
                                             sub.watcher, "shutdown")]
     assert h.events() == [] and h.engine.counters["subscriptions_removed_shutdown"] == 1
+
+
+def test_a_mailbox_is_claimed_by_its_first_watcher_and_released_by_its_last():
+    h = Harness()
+    _, notify = h.subscribe_ok(event="message-summary",
+                               accept="application/simple-message-summary")
+    h.send(answer(notify))
+    assert h.control == [{"Event-Name": "mwi_query", "Presentity": "1001@example.com"}]
+    h.engine.terminate_all("deactivated", h.clock.now)
+    assert h.control[1:] == [{"Event-Name": "mwi_forget", "Presentity": "1001@example.com"}]
