@@ -99,8 +99,8 @@ class Notifier:
         The rest go out ``fanout_batch`` at a time from :meth:`handle_timer` (due at once), so a
         presentity with tens of thousands of watchers never holds the caller's loop for long.
         A queued watcher is QUEUED (presence/lifecycle.py); it gets the state as it is when its
-        turn comes. With a
-        history (``observer``), each watcher points at the entry its next NOTIFY tells."""
+        turn comes. With a history (``observer``), each watcher points at the entry its next
+        NOTIFY tells."""
         backlog = self._backlog
         obs = self.observer
         for package_name, presentity in changed:
