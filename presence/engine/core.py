@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 
 from busylamp.presence.engine.config import EngineConfig
+from busylamp.presence.engine.counters import EngineCounters
 from busylamp.presence.engine.dispatch import Dispatcher
 from busylamp.presence.engine.events import (
     Event,
@@ -90,41 +91,7 @@ class PresenceEngine(Dispatcher, SubscribePolicy, Routing, Notifier):
             transport: f"SIP/2.0/{transport.upper()} {_hostport(host, port)}"
             for transport, (host, port) in config.contacts.items()
         }
-        self.counters: dict[str, int] = {
-            "sip_requests_received": 0,
-            "sip_responses_received": 0,
-            "sip_malformed": 0,
-            "sip_dropped": 0,
-            "sip_untrusted": 0,
-            "sip_retransmissions_received": 0,
-            "subscribe_accepted": 0,
-            "subscribe_rejected": 0,
-            "subscribe_fetch": 0,
-            "notify_sent": 0,
-            "notify_failed": 0,
-            "notify_timeouts": 0,
-            "notify_unmatched_responses": 0,
-            "notify_responses_wrong_source": 0,
-            "notify_errors": 0,
-            "subscriptions_removed_unsubscribe": 0,
-            "subscriptions_removed_expired": 0,
-            "subscriptions_removed_notify_rejected": 0,
-            "subscriptions_removed_notify_timeout": 0,
-            "subscriptions_removed_shutdown": 0,
-            "subscriptions_removed_notify_error": 0,
-            "subscriptions_removed_unresolvable": 0,
-            "updates_applied": 0,
-            "limit_total": 0,
-            "limit_source": 0,
-            "limit_watcher": 0,
-            "limit_rate": 0,
-            "limit_pending": 0,
-            "subscribe_rate_dropped": 0,
-            "target_refused": 0,
-            "notify_minimal": 0,
-            "notify_withheld": 0,
-            "registration_refused": 0,
-        }
+        self.counters = EngineCounters()
 
     def messages_to_send(self) -> list[SendMessage]:
         """Every SIP message (UDP datagram or stream message) queued since the last call, as one
@@ -196,7 +163,7 @@ class PresenceEngine(Dispatcher, SubscribePolicy, Routing, Notifier):
                     obs.updated(item, keys, now)
                 changed |= keys
             count += 1
-        self.counters["updates_applied"] += count
+        self.counters.updates_applied += count
         if changed:
             self._fan_out(changed, now)
         self._request_resyncs()
@@ -222,7 +189,7 @@ class PresenceEngine(Dispatcher, SubscribePolicy, Routing, Notifier):
     def _ended(self, sub: Subscription, reason: str) -> None:
         """``sub`` left the table: count it and tell the caller (:class:`SubscriptionEnded`);
         a mailbox's last watcher here releases it at the bridges (:class:`ForgetMailbox`)."""
-        self.counters["subscriptions_removed_" + reason] += 1
+        self.counters.add("subscriptions_removed_" + reason)
         package = sub.package.name
         events = self._events
         events.append(SubscriptionEnded(sub.tag, package, sub.presentity, sub.watcher, reason))

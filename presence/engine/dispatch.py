@@ -45,41 +45,41 @@ class Dispatcher:
             sniffed = sniff_response(data)
             if sniffed is not None and sniffed[1].startswith(self._branch_prefix):
                 # the answer to one of our NOTIFYs: no need for a full parse
-                self.counters["sip_responses_received"] += 1
+                self.counters.sip_responses_received += 1
                 self._notify_response(sniffed[1], sniffed[0], source, transport, conn_id, now)
                 return
         try:
             message = parse_message(data, stream=transport != "udp")
         except ParseError as exc:
-            self.counters["sip_malformed"] += 1
+            self.counters.sip_malformed += 1
             self._log_malformed(source, exc.reason, now)
             if exc.request is None:
-                self.counters["sip_dropped"] += 1
+                self.counters.sip_dropped += 1
             elif self.config.trusted and not self._is_trusted(source[0]):
-                self.counters["sip_untrusted"] += 1
+                self.counters.sip_untrusted += 1
                 self._respond(exc.request, 403, "Source not trusted", source, transport,
                               conn_id, now)
             else:
                 self._respond(exc.request, exc.status, exc.reason, source, transport, conn_id, now)
             return
         if isinstance(message, Response):
-            self.counters["sip_responses_received"] += 1
+            self.counters.sip_responses_received += 1
             self._handle_response(message, source, transport, conn_id, now)
             return
-        self.counters["sip_requests_received"] += 1
+        self.counters.sip_requests_received += 1
         try:
             self._handle_request(message, source, transport, conn_id, now)
         except ParseError as exc:
-            self.counters["sip_malformed"] += 1
+            self.counters.sip_malformed += 1
             self._respond(message, exc.status, exc.reason, source, transport, conn_id, now)
 
     def _log_malformed(self, source: tuple[str, int], reason: str, now: float) -> None:
         """One WARNING per minute at most, however much garbage arrives."""
         if now < self._malformed_logged_at + 60.0:
             return
-        count = self.counters["sip_malformed"] - self._malformed_logged_count
+        count = self.counters.sip_malformed - self._malformed_logged_count
         self._malformed_logged_at = now
-        self._malformed_logged_count = self.counters["sip_malformed"]
+        self._malformed_logged_count = self.counters.sip_malformed
         log.warning("malformed SIP from %s:%s (%s); %d malformed since the last report",
                     source[0], source[1], reason, count)
 
@@ -93,16 +93,16 @@ class Dispatcher:
         key = self.server_transactions.key(req, transport)
         previous = self.server_transactions.lookup(key)
         if previous is not None:
-            self.counters["sip_retransmissions_received"] += 1
+            self.counters.sip_retransmissions_received += 1
             self._out.append((transport, source, previous, conn_id))
             return
         respond = self._responder(req, key, source, transport, conn_id, now)
         if self.config.trusted and not self._is_trusted(source[0]):
             # --trusted covers every request, in a dialog or not, and comes before any answer
             # that would tell an outsider about this node (489 Allow-Events, 481, OPTIONS)
-            self.counters["sip_untrusted"] += 1
+            self.counters.sip_untrusted += 1
             if method == "SUBSCRIBE":
-                self.counters["subscribe_rejected"] += 1
+                self.counters.subscribe_rejected += 1
             respond(403, "Source not trusted")
             return
         # (a CSeq method other than the request's never gets here: parse_message refuses it)
@@ -122,16 +122,16 @@ class Dispatcher:
         if method == "SUBSCRIBE":
             origin = self._origin(req, source)
             if self._buckets is not None and not self._buckets.allow(origin, now):
-                self.counters["limit_rate"] += 1
+                self.counters.limit_rate += 1
                 # through an edge, a 503 or silence would make the edge mark this node down and
                 # fail over (contrib/kamailio-edge): one phone's flood is that phone's 480
                 via_edge = origin != source[0] or (bool(self.config.edges)
                                                    and self._is_edge(source[0]))
                 if self.config.limits.rate_drop and not via_edge:
-                    self.counters["subscribe_rate_dropped"] += 1
+                    self.counters.subscribe_rate_dropped += 1
                     return
                 # not kept for retransmissions: a flood must not fill the transaction table
-                self.counters["subscribe_rejected"] += 1
+                self.counters.subscribe_rejected += 1
                 respond(480 if via_edge else 503, "Too many SUBSCRIBEs",
                         [("Retry-After", str(self.config.limits.retry_after))], store=False)
                 return
@@ -176,7 +176,7 @@ class Dispatcher:
                 req, status, reason, source=source, to_tag=new_tag(), server=self._server_header
             )
         except (ParseError, ValueError):
-            self.counters["sip_dropped"] += 1
+            self.counters.sip_dropped += 1
             return
         self._out.append((transport, source, data, conn_id))
 
@@ -209,20 +209,20 @@ class Dispatcher:
             return
         origin = origin or source[0]
         if not expires and self._pending_full():  # a fetch sends a NOTIFY too
-            self.counters["limit_pending"] += 1
+            self.counters.limit_pending += 1
             self._reject(respond, 503, "Too many NOTIFYs pending",
                          [("Retry-After", str(self.config.limits.retry_after))])
             return
         if self.config.require_registration and \
                 not self.registrations.allows(watcher_aor.lower(), origin, now):
-            self.counters["registration_refused"] += 1
+            self.counters.registration_refused += 1
             self._reject(respond, 403, "Watcher not registered from this address")
             return
         if expires:
             over = self._over_limit(origin, watcher_aor)
             if over is not None:
                 counter, reason = over
-                self.counters[counter] += 1
+                self.counters.add(counter)
                 # the total and pending limits are the node's load (try again later, or another
                 # node); the per-source and per-watcher ones are the sender's own doing
                 if counter in ("limit_total", "limit_pending"):
@@ -261,17 +261,17 @@ class Dispatcher:
             watcher=shared(watcher_aor),
         )
         if not self._believable(dest, source):
-            self.counters["target_refused"] += 1
+            self.counters.target_refused += 1
             self._reject(respond, 403, "Contact is not at the source address")
             return
-        self.counters["subscribe_accepted"] += 1
+        self.counters.subscribe_accepted += 1
         respond(200, None, self._ok_headers(sub, expires), to_tag=sub.tag)
         self._set_budget(sub, source, transport, conn_id)
         body = self.state.body(package.name, presentity)
         self.state.mark_sent(package.name, presentity)
         if expires == 0:
             # A fetch (RFC 6665 4.4.3): one terminated NOTIFY with the state, nothing kept.
-            self.counters["subscribe_fetch"] += 1
+            self.counters.subscribe_fetch += 1
             sub.final_reason = "timeout"
             self._notify(sub, body, now)
             if self.observer is not None:
@@ -327,7 +327,7 @@ class Dispatcher:
                 dest, out, out_conn = self._destination(target, first, source, transport, conn_id)
                 _reachable(dest, source, "Route" if first else "Contact")
                 if not self._believable(dest, source):
-                    self.counters["target_refused"] += 1
+                    self.counters.target_refused += 1
                     raise ParseError("Contact is not at the source address", 403)
             except ParseError as exc:
                 respond(exc.status, exc.reason, to_tag=to_tag)

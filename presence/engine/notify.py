@@ -67,7 +67,7 @@ class Notifier:
                 if address is not None and _unreachable(address, sub.source[0]):
                     address = None  # a name may not lead where its address could not
                 if address is not None and not self._believable((address, dest[1]), sub.source):
-                    self.counters["target_refused"] += 1
+                    self.counters.target_refused += 1
                     address = None
                 if address is None:
                     advance(sub, TERMINATED)
@@ -214,9 +214,9 @@ class Notifier:
                 # to the budget); only a SUBSCRIBE far smaller than any phone's gets here
                 sub.cseq -= 1
                 advance(sub, QUEUED if sub.final_reason is None else TERMINATED)
-                self.counters["notify_withheld"] += 1
+                self.counters.notify_withheld += 1
                 return
-            self.counters["notify_minimal"] += 1
+            self.counters.notify_minimal += 1
             # the state is still owed: it follows once this one is answered
             advance(sub, IN_FLIGHT_DIRTY if sub.final_reason is None else FINAL_IN_FLIGHT)
         else:
@@ -230,7 +230,7 @@ class Notifier:
         else:  # no retransmissions to a target that may never have asked for anything
             sub.budget -= len(data)
             self.client_transactions.start(branch, b"", dest, True, now, sub)
-        self.counters["notify_sent"] += 1
+        self.counters.notify_sent += 1
         self._out.append((transport, sub.dest, data, sub.conn_id))
 
     def _verify(self, sub: Subscription) -> None:
@@ -257,10 +257,10 @@ class Notifier:
             branch = vias[0].branch if vias else None
             method = resp.cseq[1]
         except ParseError:
-            self.counters["sip_dropped"] += 1
+            self.counters.sip_dropped += 1
             return
         if branch is None or method != "NOTIFY":
-            self.counters["notify_unmatched_responses"] += 1
+            self.counters.notify_unmatched_responses += 1
             return
         self._notify_response(branch, resp.status, source, transport, conn_id, now)
 
@@ -275,12 +275,12 @@ class Notifier:
         dest = clients.destination(branch)
         if dest is None:
             if status >= 200:
-                self.counters["notify_unmatched_responses"] += 1
+                self.counters.notify_unmatched_responses += 1
             return
         out, addr, out_conn = dest  # (transport, address, connection) the NOTIFY went to
         if transport != out or not ((conn_id is not None and conn_id == out_conn)
                                     or (source[0] == addr[0] and source[1] == addr[1])):
-            self.counters["notify_responses_wrong_source"] += 1
+            self.counters.notify_responses_wrong_source += 1
             return
         sub = clients.on_response(branch, status, now)
         if sub is not None:
@@ -302,7 +302,7 @@ class Notifier:
                 self._remove(sub, "notify_rejected")
             return
         if status >= 300:
-            self.counters["notify_failed"] += 1
+            self.counters.notify_failed += 1
         if phase == IN_FLIGHT:
             sub.phase = IDLE  # HOT_MOVES
         elif phase == FINAL_IN_FLIGHT:
@@ -319,7 +319,7 @@ class Notifier:
         advance(sub, TERMINATED)
         if sub.note is not None and self.observer is not None:
             self.observer.timed_out(sub, now)
-        self.counters["notify_timeouts"] += 1
+        self.counters.notify_timeouts += 1
         if sub.final_reason is None:
             self._remove(sub, "notify_timeout")
 
@@ -346,16 +346,16 @@ class Notifier:
     def _notify_broken(self, sub: Subscription, exc: Exception, now: float) -> None:
         """A NOTIFY that could not be built ends its subscription, and only that one: counted,
         logged at most once a minute, and never in the way of fan-out, timers or shutdown."""
-        self.counters["notify_errors"] += 1
+        self.counters.notify_errors += 1
         sub.inflight = None
         if sub.phase != TERMINATED:
             advance(sub, TERMINATED)
         self._remove(sub, "notify_error")
         if now < self._notify_error_logged_at + ERROR_LOG_INTERVAL:
             return
-        count = self.counters["notify_errors"] - self._notify_error_logged_count
+        count = self.counters.notify_errors - self._notify_error_logged_count
         self._notify_error_logged_at = now
-        self._notify_error_logged_count = self.counters["notify_errors"]
+        self._notify_error_logged_count = self.counters.notify_errors
         log.warning("NOTIFY for subscription %s (%s) failed, subscription removed: %r; "
                     "%d such failures since the last report",
                     sub.tag, sub.remote_uri, exc, count)

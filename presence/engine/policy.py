@@ -151,7 +151,7 @@ class SubscribePolicy:
         self, respond: Callable[..., None], status: int, reason: str | None,
         headers: Iterable[tuple[str, str]] = (), to_tag: str | None = None,
     ) -> None:
-        self.counters["subscribe_rejected"] += 1
+        self.counters.subscribe_rejected += 1
         respond(status, reason, headers, to_tag=to_tag)
 
     def _ok_headers(self, sub: Subscription, expires: int) -> list[tuple[str, str]]:
