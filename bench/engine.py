@@ -71,12 +71,12 @@ def engine_throughput(presentities: int = 2500, keys: int = 4,
     answers = []
     for data in messages:
         engine.receive(data, PHONE, "udp", None, now)
-        out = engine.datagrams_to_send()
+        out = engine.messages_to_send()
         answers.append(_ok_for(out[1][2]))
     subscribe_s = time.perf_counter() - started
     for ok in answers:
         engine.receive(ok, PHONE, "udp", None, now)
-    engine.datagrams_to_send()
+    engine.messages_to_send()
     if freeze:
         gc.collect(1)
         gc.freeze()
@@ -89,7 +89,7 @@ def engine_throughput(presentities: int = 2500, keys: int = 4,
     for batch in batches:
         t0 = time.perf_counter()
         engine.apply(batch, now)
-        out = engine.datagrams_to_send()
+        out = engine.messages_to_send()
         if recorder is not None and recorder.pending:  # as the node does
             recorder.flushed(now)
         t1 = time.perf_counter()
@@ -97,7 +97,7 @@ def engine_throughput(presentities: int = 2500, keys: int = 4,
         t2 = time.perf_counter()
         for ok in oks:
             engine.receive(ok, PHONE, "udp", None, now)
-        engine.datagrams_to_send()
+        engine.messages_to_send()
         t3 = time.perf_counter()
         apply_s += t1 - t0
         respond_s += t3 - t2

@@ -41,12 +41,14 @@ def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> Non
         recorder = History()
         recorder.attach(state, engine.counters)
         engine.observer = recorder
+    # the engine's batched output: messages_to_send(), datagrams_to_send() in older trees
+    drain = getattr(engine, "messages_to_send", None) or engine.datagrams_to_send
     now = 1000.0
     for i in range(presentities * keys):
         engine.receive(_subscribe(i, f"p{i % presentities}"), PHONE, "udp", None, now)
-        out = engine.datagrams_to_send()
+        out = drain()
         engine.receive(_ok_for(out[1][2]), PHONE, "udp", None, now)
-        engine.datagrams_to_send()
+        drain()
     if recorder is not None:
         recorder.flushed(now)
     gc.collect(1)
@@ -58,12 +60,12 @@ def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> Non
     def notify_phase(_: int) -> None:
         for batch in batches:
             engine.apply(batch, now)
-            out = engine.datagrams_to_send()
+            out = drain()
             if recorder is not None and recorder.pending:
                 recorder.flushed(now)
             for _, _, data, _ in out:
                 engine.receive(_ok_for(data), PHONE, "udp", None, now)
-            engine.datagrams_to_send()
+            drain()
 
     list(map(notify_phase, [0]))
 

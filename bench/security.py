@@ -375,13 +375,13 @@ for n in range(WATCHERS):
                     f"Contact: <sip:{n}@{host}:5060>\\r\\nMax-Forwards: 70\\r\\nEvent: dialog\\r\\n"
                     f"Expires: 3600\\r\\nContent-Length: 0\\r\\n\\r\\n").encode(),
                    (host, 5060), "udp", None, now)
-    for _, dest, data, _ in engine.datagrams_to_send():
+    for _, dest, data, _ in engine.messages_to_send():
         if data.startswith(b"NOTIFY"):
             head = data.split(b"\\r\\n\\r\\n", 1)[0].split(b"\\r\\n")[1:]
             keep = [h for h in head if h.split(b":", 1)[0] in (b"Via", b"From", b"To", b"Call-ID", b"CSeq")]
             engine.receive(b"SIP/2.0 200 OK\\r\\n" + b"\\r\\n".join(keep)
                            + b"\\r\\nContent-Length: 0\\r\\n\\r\\n", dest, "udp", None, now)
-engine.datagrams_to_send()
+engine.messages_to_send()
 import gc
 gc.collect()
 gc.freeze()  # as a running node does after its table grew (presence/node/node.py housekeeping)
@@ -392,12 +392,12 @@ update = parse_updates({"Event-Name": "update", "Event-Package": "dialog",
 steps = []
 started = time.perf_counter()
 engine.apply(update, now)
-sent = len(engine.datagrams_to_send())
+sent = len(engine.messages_to_send())
 steps.append(time.perf_counter() - started)
 while getattr(engine, "backlog", 0):
     t0 = time.perf_counter()
     engine.handle_timer(now)
-    sent += len(engine.datagrams_to_send())
+    sent += len(engine.messages_to_send())
     steps.append(time.perf_counter() - t0)
 print(f"{sent} NOTIFYs in {len(steps)} steps, {sum(steps) * 1000:.0f} ms in all, "
       f"longest step {max(steps) * 1000:.1f} ms")

@@ -199,8 +199,8 @@ class History:
     __slots__ = ("per_presentity", "max_bytes", "enabled", "wall", "stages", "_notify_stage",
                  "_waits", "_applied_stage", "_subscribe_stage", "_bridge_stage", "rings",
                  "_gone", "bytes", "dropped_rings", "gaps", "skip_sources", "t1", "t2",
-                 "offset", "_offset_at", "pending", "_seq", "_gap", "_stale", "_tomb", "_state",
-                 "_previous_on_gap", "_counters", "_recent", "_recent_at")
+                 "offset", "_offset_at", "pending", "_seq", "_gaps_seen", "_stale", "_tomb",
+                 "_state", "_counters", "_recent", "_recent_at")
 
     def __init__(self, *, per_presentity: int = DEFAULT_PER_PRESENTITY,
                  max_bytes: int = DEFAULT_MEMORY_MB * 2**20,
@@ -227,10 +227,9 @@ class History:
         self._offset_at = float("-inf")  # engine time of the last refresh (OFFSET_REFRESH)
         self.pending: list[tuple[Histogram, float, int]] = []
         self._seq = 0
-        self._gap: tuple[str, int] | None = None
+        self._gaps_seen = 0  # the state's gap counter at the last update
         self._stale = self._tomb = 0  # the state's drop counters at the last update
         self._state: Any = None
-        self._previous_on_gap: Callable | None = None
         self._counters: dict[str, int] = {"notify_sent": 0}
         self._recent: list | None = None  # the last update's entry, and its presentity
         self._recent_at = ""
@@ -239,19 +238,12 @@ class History:
 
     def attach(self, state: Any, counters: dict[str, int], *, t1: float = 0.5,
                t2: float = 4.0) -> None:
-        """Follow ``state``'s gap reports (chained to any callback already set) and the
-        engine's ``counters`` (NOTIFYs sent during a fan-out)."""
+        """Follow ``state``'s gap counter (read after each update: a sequence gap it counted
+        becomes a :class:`Gap`) and the engine's ``counters`` (NOTIFYs sent during a fan-out)."""
         self._state = state
+        self._gaps_seen = state.stats.gaps
         self._counters = counters
         self.t1, self.t2 = t1, t2
-        if state.on_gap is not self._on_gap:
-            self._previous_on_gap = state.on_gap
-            state.on_gap = self._on_gap
-
-    def _on_gap(self, bridge_id: str, missing: int) -> None:
-        self._gap = (bridge_id, missing)
-        if self._previous_on_gap is not None:
-            self._previous_on_gap(bridge_id, missing)
 
     # -- the ring ---------------------------------------------------------------------------
 
@@ -329,7 +321,8 @@ class History:
             wall = self.wall()
             self.offset = wall - now
             self._offset_at = now
-        if self._gap is not None:
+        tracked = self._state
+        if tracked is not None and tracked.stats.gaps != self._gaps_seen:
             self._note_gap(update.bridge_id, update.bridge_epoch, update.sequence, now)
         if not self.enabled:
             return
@@ -399,10 +392,16 @@ class History:
 
     def _note_gap(self, bridge: str | None, epoch: int | None, sequence: int | None,
                   now: float) -> None:
-        gap, self._gap = self._gap, None
-        if gap is None or bridge is None or sequence is None or gap[0] != bridge:
+        """Record the updates the state counted missing since the last update (a gap before
+        this bridge message's ``sequence``)."""
+        state = self._state
+        if state is None:
             return
-        self.gaps.append(Gap(bridge, epoch or 0, sequence - gap[1], sequence - 1, now,
+        missing = state.stats.gaps - self._gaps_seen
+        self._gaps_seen = state.stats.gaps
+        if missing <= 0 or bridge is None or sequence is None:
+            return
+        self.gaps.append(Gap(bridge, epoch or 0, sequence - missing, sequence - 1, now,
                              now + self.offset))
 
     # -- engine hooks: NOTIFYs --------------------------------------------------------------

@@ -13,8 +13,11 @@ Rules:
   Expires <= 0 and expiry of a live record terminate it the same way.
 - message-summary records (no State) are simply replaced or deleted; snapshots leave them.
 - Gaps: per Bridge-ID the highest Sequence of the current epoch is tracked; a jump of more
-  than one counts the missing numbers in `stats.gaps` and adds the Bridge-ID to
-  `pending_gaps` (drained by the engine to request a resync). A new epoch resets.
+  than one counts the missing numbers in `stats.gaps` and in `pending_gaps[bridge_id]`
+  (drained by the engine into resync request events; nothing is called back). A new epoch
+  resets.
+- Reads never change state: `body()` renders (and caches) what is there; the engine calls
+  `mark_sent()` when it sends a body, which makes its terminated records announced.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from busylamp.presence.aor import aor_uri
 from busylamp.presence.packages.base import EventPackage, PackageOptions, RenderedBody
 from busylamp.presence.updates import Snapshot, Update
+from busylamp.wire.aor import aor_uri
+from busylamp.wire.names import UPDATE
 
 __all__ = ["PresenceState", "Record", "StateStats", "TERMINATED_LIFETIME"]
 
@@ -80,12 +84,11 @@ class PresenceState:
         self._count = 0
         self._bodies: dict[_Key, RenderedBody] = {}
         self._bodies_with_tombstones: set[_Key] = set()
+        self._unannounced: set[_Key] = set()  # cached bodies that show unannounced tombstones
         self._heap: list[tuple[float, str, str, str]] = []
         self._marks: dict[str, tuple[int, int]] = {}
         self._last_now = 0.0  # latest clock seen, for export() without `now`
-        self.pending_gaps: set[str] = set()
-        self.bridge_switches: dict[str, str] = {}  # Bridge-ID -> last Switch-ID seen from it
-        self.on_gap: Callable[[str, int], None] | None = None  # (bridge_id, missing count)
+        self.pending_gaps: dict[str, int] = {}  # Bridge-ID -> updates missing (not yet drained)
         self.stats = StateStats(records=dict.fromkeys(packages, 0))
 
     # --- updates -------------------------------------------------------------------------
@@ -97,9 +100,7 @@ class PresenceState:
         """
         self._last_now = max(self._last_now, now)
         if track_gaps:
-            self._note_sequence(
-                update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id
-            )
+            self._note_sequence(update.bridge_id, update.bridge_epoch, update.sequence)
         stamp = (update.bridge_id, update.bridge_epoch, update.sequence)
         if self._apply_record(update, stamp, now):
             return {(update.package, update.presentity)}
@@ -108,7 +109,7 @@ class PresenceState:
     def apply_snapshot(self, snap: Snapshot, now: float) -> set[_Key]:
         """Apply a switch's snapshot; its other stateful records become terminated."""
         self._last_now = max(self._last_now, now)
-        self._note_sequence(snap.bridge_id, snap.bridge_epoch, snap.sequence, snap.switch_id)
+        self._note_sequence(snap.bridge_id, snap.bridge_epoch, snap.sequence)
         snap_stamp = (snap.bridge_id, snap.bridge_epoch, snap.sequence)
         changed: set[_Key] = set()
         seen: set[tuple[str, str, str]] = set()
@@ -201,20 +202,14 @@ class PresenceState:
         self._changed(key)
         return True
 
-    def note_sequence(
-        self, bridge_id: str | None, epoch: int | None, sequence: int | None, switch_id: str | None
-    ) -> None:
+    def note_sequence(self, bridge_id: str | None, epoch: int | None, sequence: int | None) -> None:
         """Track a bridge message's Sequence (gaps) before its content is applied (a part of
         a snapshot waiting for the others)."""
-        self._note_sequence(bridge_id, epoch, sequence, switch_id)
+        self._note_sequence(bridge_id, epoch, sequence)
 
-    def _note_sequence(
-        self, bridge_id: str | None, epoch: int | None, sequence: int | None, switch_id: str | None
-    ) -> None:
+    def _note_sequence(self, bridge_id: str | None, epoch: int | None, sequence: int | None) -> None:
         if bridge_id is None or sequence is None:
             return
-        if switch_id:
-            self.bridge_switches[bridge_id] = switch_id
         epoch = epoch or 0
         mark = self._marks.get(bridge_id)
         if mark is None or epoch > mark[0]:
@@ -225,20 +220,18 @@ class PresenceState:
         missing = sequence - mark[1] - 1
         if missing > 0:
             self.stats.gaps += missing
-            self.pending_gaps.add(bridge_id)
+            self.pending_gaps[bridge_id] = self.pending_gaps.get(bridge_id, 0) + missing
             log.debug(
                 "bridge %s: %d updates missing before sequence %d", bridge_id, missing, sequence
             )
-            if self.on_gap is not None:
-                self.on_gap(bridge_id, missing)
         self._marks[bridge_id] = (epoch, sequence)
 
     # --- bodies --------------------------------------------------------------------------
 
     def body(self, package: str, presentity: str) -> RenderedBody:
-        """The current body, cached until the next change.
+        """The current body, cached until the next change; a read: it changes no record.
 
-        Rendering a terminated record announces it: later renders leave it out.
+        Terminated records show until a body with them was sent (:meth:`mark_sent`).
         """
         key = (package, presentity)
         cached = self._bodies.get(key)
@@ -251,16 +244,31 @@ class PresenceState:
                 if record.terminated:
                     if record.announced:
                         continue
-                    record.announced = True
+                    self._unannounced.add(key)
                     self._bodies_with_tombstones.add(key)
                 shown.append(record)
         rendered = self._packages[package].render(presentity, shown, self.options)
         if bucket:  # idle bodies are cheap; caching them would grow with every probe
             self._bodies[key] = rendered
+        else:
+            self._unannounced.discard(key)
         return rendered
 
+    def mark_sent(self, package: str, presentity: str) -> None:
+        """The body :meth:`body` returned went out: its terminated records are announced, and
+        the next render (after the next change) leaves them out. The cached body stays, so the
+        rest of a fan-out sends the same."""
+        key = (package, presentity)
+        if key not in self._unannounced:
+            return
+        self._unannounced.discard(key)
+        for record in self._records.get(key, {}).values():
+            if record.terminated:
+                record.announced = True
+
     def mark_announced(self, package: str, presentity: str) -> None:
-        """Call after sending a body: drops announced terminated records from the cached body."""
+        """Announce the terminated records now: sent, and dropped from the cached body."""
+        self.mark_sent(package, presentity)
         key = (package, presentity)
         if key in self._bodies_with_tombstones:
             self._bodies_with_tombstones.discard(key)
@@ -332,7 +340,7 @@ class PresenceState:
                 if record.terminated:
                     continue
                 item: dict = {
-                    "Event-Name": "update",
+                    "Event-Name": UPDATE,
                     "Event-Package": package,
                     "Presentity": aor_uri(presentity),
                     "Presentity-User": user,
@@ -399,6 +407,7 @@ class PresenceState:
             del self._records[key]
             self._bodies.pop(key, None)
             self._bodies_with_tombstones.discard(key)
+            self._unannounced.discard(key)
         self._count -= 1
         if record.terminated:
             self.stats.tombstones -= 1
@@ -423,6 +432,7 @@ class PresenceState:
     def _changed(self, key: _Key) -> None:
         self._bodies.pop(key, None)
         self._bodies_with_tombstones.discard(key)
+        self._unannounced.discard(key)
 
     def _schedule(self, record: Record) -> None:
         if record.expires_at is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
+from busylamp.presence.lifecycle import NAMES, NEW, OWED
 from busylamp.presence.packages.base import EventPackage
 from busylamp.presence.sip.tokens import token64
 
@@ -36,7 +37,7 @@ class Subscription:
         "version",
         "expires_at",
         "inflight",
-        "dirty",
+        "phase",
         "final_reason",
         "source",
         "note",
@@ -83,7 +84,7 @@ class Subscription:
         self.version = 0
         self.expires_at = expires_at
         self.inflight: str | None = None  # branch of the NOTIFY awaiting its final response
-        self.dirty = False  # state changed while a NOTIFY was in flight
+        self.phase = NEW  # where it is in its lifecycle: presence/lifecycle.py
         self.final_reason: str | None = None  # set once terminated: the reason of the last NOTIFY
         self.source = source
         # presence.history: what the last NOTIFY told, and when it went out (answers go there)
@@ -92,6 +93,15 @@ class Subscription:
         self.watcher = watcher  # the watcher's AOR, for the per-watcher limit
         self.verified = True  # False until the NOTIFY target answered once (amplification)
         self.budget = 0  # bytes a not yet verified target may still be sent
+
+    @property
+    def dirty(self) -> bool:
+        """Whether a NOTIFY is owed that has not gone out yet."""
+        return self.phase in OWED
+
+    @property
+    def phase_name(self) -> str:
+        return NAMES[self.phase]
 
     def as_dict(self, now: float) -> dict:
         """A JSON-able view for the admin API."""
@@ -131,7 +141,6 @@ class SubscriptionTable:
         self._conn_use: dict[int, int] = {}  # stream connection -> subscriptions notified on it
         self.per_origin: dict[str, int] = {}  # origin address -> subscriptions (limits)
         self.per_watcher: dict[str, int] = {}  # watcher AOR -> subscriptions (limits)
-        self.on_unwatched = None  # called with (event, presentity) when its last watcher left
 
     def __len__(self) -> int:
         return len(self._by_tag)
@@ -174,8 +183,6 @@ class SubscriptionTable:
             watchers.pop(sub.tag, None)
             if not watchers:
                 del self._watchers[key]
-                if self.on_unwatched is not None:
-                    self.on_unwatched(key)
         if sub.conn_id is not None:
             self._release_conn(sub.conn_id)
         _decrement(self.per_origin, sub.origin)

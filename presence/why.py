@@ -19,8 +19,8 @@ import datetime as dt
 from collections import Counter
 from typing import Any
 
-from busylamp.presence.aor import normalize_aor
 from busylamp.presence.history import DETAILED, Entry, History, Watch
+from busylamp.wire.aor import normalize_aor
 
 __all__ = ["WATCHERS_SHOWN", "explain", "render_text", "render_item"]
 

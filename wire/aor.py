@@ -1,11 +1,14 @@
-"""The spelling of a presentity on the wire and in the engine: ``user@domain``."""
+"""The spelling of a presentity on the wire and in the engine: ``user@domain`` (one spelling
+per presentity), and the ``sip:`` URI back from it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
-__all__ = ["aor_uri", "normalize_aor", "normalize_host"]
+__all__ = ["aor_from_uri", "aor_uri", "normalize_aor", "normalize_host"]
 
+_SCHEMES = ("sip", "sips", "tel")
 _USER_SAFE = "-_.!~*'()&=+$,;?/"  # RFC 3261 unreserved and user-unreserved characters
 
 
@@ -20,7 +23,7 @@ def normalize_host(host: str) -> str:
     return host
 
 
-def normalize_aor(user: str, host: str, aliases: dict[str, str] | None = None) -> str:
+def normalize_aor(user: str, host: str, aliases: Mapping[str, str] | None = None) -> str:
     """Return ``user@domain``: user percent-decoded, host normalised and mapped through aliases.
 
     `aliases` maps an alias host (lower-case, without port) to its canonical domain. An empty
@@ -33,6 +36,41 @@ def normalize_aor(user: str, host: str, aliases: dict[str, str] | None = None) -
     if not host:
         return user
     return f"{user}@{host}" if user else host
+
+
+def aor_from_uri(uri: str, aliases: Mapping[str, str] | None = None) -> str:
+    """AOR of a sip:/sips:/tel: URI (or a bare ``user@host``); params, headers, port dropped.
+
+    Accepts an optional display name and angle brackets (``"Bob" <sip:1001@x>``).
+    Raises ValueError for other schemes.
+    """
+    text = uri.strip()
+    lt = text.find("<")
+    if lt != -1:
+        gt = text.find(">", lt)
+        text = text[lt + 1 : gt if gt != -1 else len(text)].strip()
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme.lower() in _SCHEMES:
+        scheme = scheme.lower()
+    elif "@" in text or not sep:
+        scheme, rest = "sip", text
+    else:
+        raise ValueError(f"unsupported URI scheme in {uri!r}")
+    rest = rest.split("?", 1)[0]
+    if scheme == "tel":
+        number, _, params = rest.partition(";")
+        context = ""
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "phone-context" and not value.startswith("+"):
+                context = value
+        return normalize_aor(number, context, aliases)
+    userinfo, at, hostport = rest.partition("@")
+    if not at:
+        userinfo, hostport = "", userinfo
+    user = userinfo.split(":", 1)[0].split(";", 1)[0]
+    host = hostport.split(";", 1)[0]
+    return normalize_aor(user, host, aliases)
 
 
 def aor_uri(aor: str) -> str:

@@ -4,66 +4,41 @@ This is the gevent edge around the sans-IO :class:`~presence.engine.PresenceEngi
 (the *clock loop*) sleeps until the engine's next deadline; the SIP reader greenlets, the HTTP
 handlers and the bus consumer call into the engine directly (one OS thread, cooperative) and flush
 what it wants sent. No greenlet or timer exists per subscription or per transaction.
+
+``PresenceNode`` (lifecycle and inputs) is put together from one module per job: ``loop`` (the
+clock loop, draining the engine's messages and events), ``housekeeping`` (the garbage collector),
+``tail`` (``/tail`` readers), ``views`` (the admin API's read-only views) and ``warming`` (warm
+start and ESL warm-up).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import ipaddress
-import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import gevent
 import gevent.event
-import gevent.queue
 from busylamp.presence.engine import EngineConfig, PresenceEngine
 from busylamp.presence.history import History, history_metrics
-from busylamp.presence.metrics import render_metrics
+from busylamp.presence.node.housekeeping import Housekeeping
+from busylamp.presence.node.loop import EngineLoop
 from busylamp.presence.node.resolver import Resolver
+from busylamp.presence.node.tail import Tails, TailSubscription
 from busylamp.presence.node.transport import SipTransports
-from busylamp.presence.node.warmstart import PeerError, stream_snapshot
+from busylamp.presence.node.views import AdminViews
+from busylamp.presence.node.warming import Warming
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.packages.base import PackageOptions
 from busylamp.presence.registrations import KINDS as REGISTRATION_KINDS
 from busylamp.presence.registrations import RegistrationError, parse_registration
 from busylamp.presence.state import PresenceState
-from busylamp.presence.updates import Snapshot, Update, UpdateError, parse_update
+from busylamp.presence.updates import UpdateError, parse_update
 
 log = logging.getLogger(__name__)
 
-TAIL_QUEUE_MAX = 10_000
-GC_FREEZE_GROWTH = 2_000  # freeze the heap again after this many new subscriptions
-HOUSEKEEPING_INTERVAL = 2.0
 
-
-class TailSubscription:
-    """One `/tail` reader: a bounded queue of applied update objects (oldest dropped when full)."""
-
-    def __init__(self, node: PresenceNode) -> None:
-        self._node = node
-        self._queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=TAIL_QUEUE_MAX)
-        self.dropped = 0
-
-    def put(self, message: dict) -> None:
-        try:
-            self._queue.put_nowait(message)
-        except gevent.queue.Full:
-            self.dropped += 1
-
-    def get(self, timeout: float | None = None) -> dict | None:
-        try:
-            return self._queue.get(timeout=timeout)
-        except gevent.queue.Empty:
-            return None
-
-    def close(self) -> None:
-        self._node._tails.discard(self)
-
-
-class PresenceNode:
+class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
     """The engine, its SIP transports and its wake-up loop; implements the API's NodeControl."""
 
     def __init__(
@@ -81,9 +56,7 @@ class PresenceNode:
         self.node_id = node_id
         self.clock = clock
         self.state = PresenceState(REGISTRY, package_options or PackageOptions())
-        self.engine = PresenceEngine(
-            engine_config, self.state, REGISTRY, on_control=self._on_control
-        )
+        self.engine = PresenceEngine(engine_config, self.state, REGISTRY)
         self._control_sink = on_control
         # a stream connection that carries a subscription is never closed as unused or evicted
         self.transports = SipTransports(
@@ -112,8 +85,6 @@ class PresenceNode:
         # --history 0: no hooks at all (the NOTIFY stages go with it)
         self.engine.observer = self.history if self.history.enabled else None
 
-    # -- lifecycle ----------------------------------------------------------------------------
-
     def listen(self, transport: str, host: str, port: int) -> tuple[str, int]:
         """Bind one SIP listener; raises OSError when the address is unavailable."""
         bound = self.transports.listen(transport, host, port)
@@ -125,34 +96,13 @@ class PresenceNode:
         known once the listeners are bound)."""
         if self._loop is not None or len(self.engine.subscriptions):
             raise RuntimeError("reconfigure() is for a node that has not started")
-        self.engine = PresenceEngine(
-            engine_config, self.state, REGISTRY, on_control=self._on_control
-        )
+        self.engine = PresenceEngine(engine_config, self.state, REGISTRY)
         self._observe(engine_config)
 
     def start(self) -> None:
         if self._loop is None:
             self._loop = gevent.spawn(self._clock_loop)
             self._housekeeper = gevent.spawn(self._housekeeping)
-
-    def _housekeeping(self) -> None:
-        """Keep the cyclic garbage collector out of the latency: subscriptions, records and
-        their strings are long-lived and acyclic (refcounting frees them), but a full collection
-        would still walk all of them — a pause that grows with the table. After each bulk growth
-        the heap is frozen (``gc.freeze``): later collections only walk younger objects."""
-        frozen_at = 0
-        history_at = 0  # the per-lamp history is long-lived and acyclic too
-        while not self._stopping:
-            gevent.sleep(HOUSEKEEPING_INTERVAL)
-            count = len(self.engine.subscriptions)
-            if (abs(count - frozen_at) >= GC_FREEZE_GROWTH
-                    or self.history.added - history_at >= 10 * GC_FREEZE_GROWTH):
-                gc.collect(1)  # let young garbage go first, not into the permanent generation
-                gc.freeze()
-                frozen_at = count
-                history_at = self.history.added
-                log.debug("gc: froze the heap at %d subscriptions (%d objects permanent)",
-                          count, gc.get_freeze_count())
 
     def stop(self, *, terminate: bool = False, rate: int = 500, timeout: float = 10.0) -> None:
         """Stop the node; with ``terminate``, first end subscriptions at ``rate`` NOTIFY/s
@@ -188,57 +138,6 @@ class PresenceNode:
                         ended, left, timeout)
         return ended
 
-    def _clock_loop(self) -> None:
-        engine = self.engine
-        while not self._stopping:
-            deadline = engine.get_timer()
-            self._deadline = deadline
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
-            self._wake.wait(timeout)
-            self._wake.clear()
-            if self._stopping:
-                break
-            now = self.clock()
-            if deadline is not None and now >= deadline:
-                try:
-                    engine.handle_timer(now)
-                except Exception:  # an engine bug must not stop the node's clock
-                    log.exception("engine timer handling failed")
-                self._flush()
-                if self.history.pending:
-                    self.history.flushed(self.clock())
-                if engine.backlog:
-                    gevent.sleep(0)  # a big fan-out goes on in steps: let the readers in between
-
-    def _poke(self) -> None:
-        """Wake the clock loop when the engine's next deadline moved earlier."""
-        deadline = self.engine.get_timer()
-        if deadline is not None and (self._deadline is None or deadline < self._deadline):
-            self._deadline = deadline
-            self._wake.set()
-
-    def _flush(self) -> bool:
-        """Send what the engine queued; True when anything was sent (and so maybe timed)."""
-        engine = self.engine
-        out = engine.datagrams_to_send()
-        names = engine.names_to_resolve()
-        if names:
-            for name in names:
-                self.resolver.lookup(name)  # a cached answer comes back (and flushes) at once
-        if not out:
-            return False
-        send = self.transports.send
-        for transport, dest, data, conn_id in out:
-            send(transport, dest, data, conn_id)
-        return True
-
-    def _on_resolved(self, name: str, address: str | None) -> None:
-        self.engine.resolved(name, address, self.clock())
-        if self._flush():
-            self._poke()
-
-    # -- inputs -------------------------------------------------------------------------------
-
     def _on_sip(self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:
         self.engine.receive(data, source, transport, conn_id, self.clock())
         # only what the engine sent can have started a timer (a NOTIFY transaction, a stored
@@ -266,11 +165,7 @@ class PresenceNode:
             self.history.flushed(flushed)
         self._poke()
         if self._tails:
-            for item in messages:
-                raw = item.raw if isinstance(item, Update) else {"Event-Name": "snapshot",
-                                                                 "Switch-ID": item.switch_id}
-                for tail in list(self._tails):
-                    tail.put(raw)
+            self._to_tails(messages)
         return applied
 
     def on_bus_message(self, message: dict) -> None:
@@ -293,180 +188,9 @@ class PresenceNode:
             raise
         self.publish([item])
 
-    def prepare_warm_start(self) -> None:
-        """Stop accepting SUBSCRIBEs and start buffering bus messages (call before the bus runs)."""
-        self.ready = False
-        self.engine.accepting = False
-        if self._warm_buffer is None:
-            self._warm_buffer = []
-
-    def prepare_esl_warmup(self) -> None:
-        """Answer new SUBSCRIBEs 503 (Retry-After) until :meth:`finish_esl_warmup`: right after a
-        start the state holds no calls yet, and an idle lamp followed by the real one ~20 ms later
-        is a wrong lamp (the bridge in this process is about to send its first snapshots)."""
-        self.ready = False
-        self.engine.accepting = False
-
-    def finish_esl_warmup(self, first_round: gevent.event.Event, timeout: float) -> bool:
-        """Serve once ``first_round`` is set (every switch answered or failed once), at the latest
-        after ``timeout`` seconds; True when the switches were heard in time."""
-        started = time.monotonic()
-        heard = bool(first_round.wait(timeout))
-        self.engine.accepting = True
-        self.ready = True
-        log.info("serving SUBSCRIBEs: %s after %.2fs",
-                 "every switch's first snapshot (or failed connect) in" if heard
-                 else "--esl-warmup ran out", time.monotonic() - started)
-        return heard
-
-    def warm_start(
-        self, peers: list[str], *, token: str | None = None, resync: bool = False,
-        resync_wait: float = 3.0,
-    ) -> dict:
-        """Fill the state before accepting SUBSCRIBEs (see presence/node/warmstart.py for the order).
-
-        Buffers bus messages, imports the first reachable peer's snapshot (records, then its
-        bridge marks), optionally asks the bridges to resync and waits ``resync_wait`` for their
-        snapshots, then applies the buffer on top and starts accepting. Returns what happened.
-        """
-        self.prepare_warm_start()
-        report: dict = {"peer": None, "records": 0, "skipped": 0, "buffered": 0}
-        try:
-            for peer in peers:
-                try:
-                    report.update(self._import_peer(peer, token))
-                    report["peer"] = peer
-                    break
-                except PeerError as exc:
-                    log.warning("warm start: %s; trying the next source", exc)
-            if resync or report["peer"] is None and peers:
-                self._on_control({"Event-Name": "resync", "Switch-ID": "*",
-                                  "Reason": "warm start"})
-                gevent.sleep(resync_wait)
-        finally:
-            buffered, self._warm_buffer = self._warm_buffer or [], None
-            report["buffered"] = len(buffered)
-            for message in buffered:
-                with contextlib.suppress(UpdateError):  # counted as bus_malformed
-                    self.on_bus_message(message)
-            self.engine.accepting = True
-            self.ready = True
-            gc.collect(1)
-            gc.freeze()  # the imported state is long-lived: keep it out of later collections
-        log.info("warm start done: %s", report)
-        return report
-
-    def _import_peer(self, peer: str, token: str | None) -> dict:
-        now = self.clock()
-        records = skipped = 0
-        marks: dict = {}
-        for index, item in enumerate(stream_snapshot(peer, token)):
-            if index == 0 and set(item) == {"marks"}:
-                marks = item["marks"] or {}
-                continue
-            try:
-                update = parse_update(item)
-            except UpdateError:
-                skipped += 1
-                continue
-            if isinstance(update, Update):
-                self.state.apply(update, now, track_gaps=False)
-                records += 1
-            if records % 1000 == 0:
-                gevent.sleep(0)  # a big snapshot must not starve the SIP readers
-        self.state.import_marks({k: (int(v[0]), int(v[1])) for k, v in marks.items()})
-        return {"records": records, "skipped": skipped}
-
     def count_bus_malformed(self, reason: str) -> None:
         """A bus message that never became a dict (not JSON, not an object)."""
         self.publish_counters["bus_malformed"] += 1
 
-    def _on_control(self, message: dict) -> None:
-        message.setdefault("Node-ID", self.node_id)
-        if self._control_sink is not None:
-            self._control_sink(message)
 
-    # -- NodeControl (admin API) ----------------------------------------------------------------
-
-    def subscriptions(
-        self, *, presentity: str | None, watcher: str | None, event: str | None,
-        cursor: str | None, limit: int,
-    ) -> tuple[list[dict], str | None]:
-        offset = int(cursor) if cursor and cursor.isascii() and cursor.isdigit() else 0
-        offset = min(offset, 2**40)  # islice takes at most sys.maxsize
-        now = self.clock()
-        it = self.engine.iter_subscriptions(presentity, watcher, event)
-        page = list(itertools.islice(it, offset, offset + limit + 1))  # the skip runs in C
-        rows = [sub.as_dict(now) for sub in page[:limit]]
-        return rows, (str(offset + limit) if len(page) > limit else None)
-
-    def iter_subscription_rows(
-        self, *, presentity: str | None = None, watcher: str | None = None,
-        event: str | None = None,
-    ) -> Iterator[dict]:
-        now = self.clock()
-        for sub in self.engine.iter_subscriptions(presentity, watcher, event):
-            yield sub.as_dict(now)
-
-    def presentity(self, aor: str) -> dict | None:
-        found = False
-        result: dict = {"presentity": aor, "packages": {}}
-        now = self.clock()
-        for name in REGISTRY:
-            records = self.state.records(name, aor)
-            watchers = self.engine.subscriptions.watcher_count(name, aor)
-            if not records and not watchers:
-                continue
-            found = True
-            result["packages"][name] = {
-                "watchers": watchers,
-                "records": [_record_view(r, now) for r in records],
-                "body": self.state.body(name, aor).for_version(0).decode("utf-8", "replace"),
-            }
-        return result if found else None
-
-    def history_report(self, aor: str) -> dict:
-        """``busylamp why``: the lamp, its timeline and likely causes (presence/why.py)."""
-        from busylamp.presence.why import explain
-
-        return explain(self, aor)
-
-    def health(self) -> tuple[bool, dict]:
-        return self.ready, {
-            "node_id": self.node_id,
-            "ready": self.ready,
-            "uptime": int(time.time() - self.started_at),
-            "subscriptions": len(self.engine.subscriptions),
-            "listeners": [f"{t}:{h}:{p}" for t, (h, p) in self.listeners],
-        }
-
-    def metrics_text(self) -> str:
-        return render_metrics(self)
-
-    def tail(self) -> TailSubscription:
-        tail = TailSubscription(self)
-        self._tails.add(tail)
-        return tail
-
-    def snapshot(self) -> Iterator[dict]:
-        yield {"marks": {k: list(v) for k, v in self.state.marks().items()}}
-        yield from self.state.export()
-
-
-def _record_view(record, now: float) -> dict:
-    expires_at = getattr(record, "expires_at", None)
-    return {
-        "id": record.record_id,
-        "data": dict(record.data),
-        "expires_in": None if expires_at is None else max(0, int(expires_at - now)),
-        "switch_id": record.switch_id,
-        "bridge_id": record.bridge_id,
-        "sequence": record.sequence,
-    }
-
-
-def parse_networks(cidrs: list[str]) -> tuple:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-
-
-__all__ = ["PresenceNode", "TailSubscription", "Snapshot", "Update"]
+__all__ = ["PresenceNode", "TailSubscription"]

@@ -7,13 +7,8 @@ from busylamp.presence.packages.dialog import DialogPackage
 from busylamp.presence.packages.message_summary import MessageSummaryPackage
 from busylamp.presence.packages.pidf import PidfPackage
 
-__all__ = ["REGISTRY", "EventPackage", "PackageOptions", "RenderedBody", "get_package"]
+__all__ = ["REGISTRY", "EventPackage", "PackageOptions", "RenderedBody"]
 
 REGISTRY: dict[str, EventPackage] = {
     package.name: package for package in (DialogPackage(), MessageSummaryPackage(), PidfPackage())
 }
-
-
-def get_package(name: str) -> EventPackage | None:
-    """The package for an Event header token (case-insensitive), or None if unsupported."""
-    return REGISTRY.get(name.lower())

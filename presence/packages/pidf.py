@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from busylamp.presence.aor import aor_uri
 from busylamp.presence.packages.base import PackageOptions, RenderedBody, xml_escape
+from busylamp.wire.aor import aor_uri
 
 if TYPE_CHECKING:
     from busylamp.presence.state import Record

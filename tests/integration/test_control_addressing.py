@@ -15,6 +15,7 @@ from busylamp.bridge.service import BridgeService
 from busylamp.esl.connection import EslTarget
 from busylamp.esl.simulator import FreeSwitchSimulator
 from busylamp.presence.engine import EngineConfig, PresenceEngine
+from busylamp.presence.engine.events import ControlEvent
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.packages.base import PackageOptions
 from busylamp.presence.state import PresenceState
@@ -35,14 +36,19 @@ def wait_for(predicate, timeout: float = 5.0):
 class LossyLink:
     """Bus -> engine, dropping the updates of one bridge whose Sequence is in ``drop``."""
 
-    def __init__(self, engine: PresenceEngine) -> None:
+    def __init__(self, engine: PresenceEngine, bus: MemoryBus) -> None:
         self.engine = engine
+        self.bus = bus
         self.drop: set[tuple[str, int]] = set()
 
     def __call__(self, message: dict) -> None:
         if (message.get("Bridge-ID"), message.get("Sequence")) in self.drop:
             return
         self.engine.apply(parse_updates(message), 1000.0)
+        # as the node does: the engine's requests go to the bus once it has returned
+        for event in self.engine.events():
+            if isinstance(event, ControlEvent):
+                self.bus.publish_control(event.control_message())
 
 
 @pytest.fixture
@@ -51,9 +57,8 @@ def two_bridges():
     seen: list[dict] = []
     bus.subscribe(seen.append)
     engine = PresenceEngine(EngineConfig(contacts=CONTACTS),
-                            PresenceState(REGISTRY, PackageOptions()), REGISTRY,
-                            on_control=bus.publish_control)
-    link = LossyLink(engine)
+                            PresenceState(REGISTRY, PackageOptions()), REGISTRY)
+    link = LossyLink(engine, bus)
     bus.subscribe(link)
     sims, services = [], []
     for name in ("bridge-a", "bridge-b"):

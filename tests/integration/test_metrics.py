@@ -35,7 +35,7 @@ def test_subscription_pages_cover_every_row_once():
         for i in range(25):
             node.engine.receive(subscribe(call_id=f"c{i}", branch=f"z9hG4bK-{i}", from_tag=f"t{i}"),
                                 PHONE, "udp", None, node.clock())
-        node.engine.datagrams_to_send()
+        node.engine.messages_to_send()
         seen, cursor = [], None
         while True:
             rows, cursor = node.subscriptions(presentity=None, watcher=None, event=None,

@@ -74,7 +74,7 @@ class FakeNode:
         """Answer every NOTIFY sent, including the later steps of a big fan-out."""
         total = 0
         while True:
-            out = self.engine.datagrams_to_send()
+            out = self.engine.messages_to_send()
             self.history.flushed(self.clocks.now)
             self.clocks.now += after
             notifies = [m for m in (parse_message(d) for _, _, d, _ in out)
@@ -224,7 +224,7 @@ def measure_entry_bytes(watchers: int, presentities: int = 20) -> float:
             node.answer_all()
     clocks.now += 5
     node.engine.handle_timer(clocks.now)  # the tombstones go; the history stays
-    node.engine.datagrams_to_send()
+    node.engine.messages_to_send()
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
@@ -305,7 +305,7 @@ def test_coalesced_notify_is_marked_and_answered_later():
     node = FakeNode(clocks)
     node.subscribe(1)
     node.publish()
-    first = node.engine.datagrams_to_send()           # early in flight, unanswered
+    first = node.engine.messages_to_send()           # early in flight, unanswered
     node.history.flushed(clocks.now)
     node.publish(State="confirmed")                    # merged behind it
     clocks.now += 0.01
@@ -558,7 +558,7 @@ def test_a_timed_out_notify_is_shown_for_its_watcher_and_left_out_of_the_histogr
     node = FakeNode(clocks)
     node.subscribe(1)
     node.publish()
-    node.engine.datagrams_to_send()                    # never answered
+    node.engine.messages_to_send()                    # never answered
     clocks.now += 40                                   # past Timer F
     node.engine.handle_timer(clocks.now)
     entry = node.history.ring(AOR)[-1]

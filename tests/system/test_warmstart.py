@@ -173,7 +173,7 @@ def test_shutdown_is_bounded_in_time_and_says_what_it_dropped(caplog):
 
     node = PresenceNode.__new__(PresenceNode)  # only the engine and a clock are needed here
     node.engine, node.clock = h.engine, lambda: h.clock.now
-    node._flush = lambda: bool(h.engine.datagrams_to_send())
+    node._flush = lambda: bool(h.engine.messages_to_send())
     with caplog.at_level("WARNING", logger="busylamp.presence.node.node"):
         ended = node.shutdown_subscriptions(rate=50, timeout=0.25)  # 5 per 0.1 s tick
     assert 5 <= ended <= 15 and len(h.engine.subscriptions) == 30 - ended

@@ -6,7 +6,16 @@ import ipaddress
 import xml.etree.ElementTree as ET
 
 import pytest
-from busylamp.presence.engine import EngineConfig, PresenceEngine
+from busylamp.presence.engine import (
+    EngineConfig,
+    Event,
+    ForgetMailbox,
+    PresenceEngine,
+    RequestResync,
+    ResolveName,
+    SubscriptionEnded,
+    WatchMailbox,
+)
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.packages.base import PackageOptions
 from busylamp.presence.sip import Request, Response, parse_message
@@ -80,11 +89,26 @@ class Harness:
         self.clock = Clock()
         options = PackageOptions()
         self.state = PresenceState(REGISTRY, options)
-        self.control: list[dict] = []
+        self.seen: list[Event] = []  # every event drained so far
         self.engine = PresenceEngine(
-            EngineConfig(contacts=CONTACTS, **config), self.state, REGISTRY,
-            on_control=self.control.append,
+            EngineConfig(contacts=CONTACTS, **config), self.state, REGISTRY
         )
+
+    def events(self) -> list[Event]:
+        """The engine's events since the last call (also kept in ``seen``)."""
+        new = self.engine.events()
+        self.seen += new
+        return new
+
+    @property
+    def control(self) -> list[dict]:
+        """The control-bus messages the node would have published so far."""
+        self.events()
+        return [e.control_message() for e in self.seen
+                if isinstance(e, (RequestResync, WatchMailbox, ForgetMailbox))]
+
+    def names_to_resolve(self) -> list[str]:
+        return [e.name for e in self.events() if isinstance(e, ResolveName)]
 
     def send(self, data: bytes, source=PHONE, transport: str = "udp", conn_id=None):
         self.engine.receive(data, source, transport, conn_id, self.clock.now)
@@ -93,7 +117,7 @@ class Harness:
     def out(self) -> list[tuple[str, tuple, Request | Response, int | None]]:
         return [
             (t, dest, parse_message(data), conn)
-            for t, dest, data, conn in self.engine.datagrams_to_send()
+            for t, dest, data, conn in self.engine.messages_to_send()
         ]
 
     def publish(self, *objs: dict):
@@ -159,9 +183,9 @@ def test_retransmitted_subscribe_gets_same_response_and_no_second_subscription()
     h = Harness()
     data = subscribe()
     h.engine.receive(data, PHONE, "udp", None, h.clock.now)
-    first = h.engine.datagrams_to_send()
+    first = h.engine.messages_to_send()
     h.engine.receive(data, PHONE, "udp", None, h.clock.now + 0.5)
-    again = h.engine.datagrams_to_send()
+    again = h.engine.messages_to_send()
     assert len(first) == 2 and len(again) == 1
     assert again[0][2] == first[0][2]
     assert len(h.engine.subscriptions) == 1
@@ -440,7 +464,7 @@ def test_host_name_destination_waits_for_its_lookup():
     h = Harness()
     out = h.send(subscribe(contact="sip:2000@phone.example:5062"))
     assert [m.status for _, _, m, _ in out] == [200]  # the NOTIFY waits for the address
-    assert h.engine.names_to_resolve() == ["phone.example"]
+    assert h.names_to_resolve() == ["phone.example"]
     h.publish(dialog_update("early"))  # coalesced into the NOTIFY that goes once resolved
     h.engine.resolved("phone.example", "10.0.0.9", h.clock.now)
     (transport, dest, notify, _), = h.out()
@@ -455,7 +479,7 @@ def test_unresolvable_name_ends_the_subscription_and_a_refresh_follows_the_new_n
     h.send(subscribe(contact="sip:2000@gone.example"))
     h.send(subscribe(call_id="cid-2", from_tag="ft2", branch="z9hG4bK-b3",
                      contact="sip:2000@moves.example"))
-    assert h.engine.names_to_resolve() == ["gone.example", "moves.example"]
+    assert h.names_to_resolve() == ["gone.example", "moves.example"]
     h.engine.resolved("gone.example", None, h.clock.now)
     assert h.out() == []
     assert h.engine.counters["subscriptions_removed_unresolvable"] == 1
@@ -502,3 +526,25 @@ def test_a_remote_sender_cannot_aim_notifies_at_loopback_even_through_dns():
     h.engine.resolved("rebind.example", "127.0.0.1", h.clock.now)
     assert h.out() == [] and len(h.engine.subscriptions) == 0
     assert h.engine.counters["subscriptions_removed_unresolvable"] == 1
+
+
+def test_events_are_typed_queued_and_drained_once():
+    h = Harness()
+    _, notify = h.subscribe_ok()
+    h.send(answer(notify))
+    [sub] = h.engine.subscriptions
+    assert h.events() == []  # a subscription that starts asks nothing of the node
+    assert h.engine.terminate_all("deactivated", h.clock.now) == 1
+    assert h.events() == [SubscriptionEnded(sub.tag, "dialog", "1001@example.com",
+                                            sub.watcher, "shutdown")]
+    assert h.events() == [] and h.engine.counters["subscriptions_removed_shutdown"] == 1
+
+
+def test_a_mailbox_is_claimed_by_its_first_watcher_and_released_by_its_last():
+    h = Harness()
+    _, notify = h.subscribe_ok(event="message-summary",
+                               accept="application/simple-message-summary")
+    h.send(answer(notify))
+    assert h.control == [{"Event-Name": "mwi_query", "Presentity": "1001@example.com"}]
+    h.engine.terminate_all("deactivated", h.clock.now)
+    assert h.control[1:] == [{"Event-Name": "mwi_forget", "Presentity": "1001@example.com"}]

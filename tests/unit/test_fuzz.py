@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from busylamp.bridge.normalize import NormalizeConfig, normalize
 from busylamp.esl.protocol import FrameParser, parse_event
-from busylamp.presence.engine import EngineConfig, PresenceEngine
+from busylamp.presence.engine import EngineConfig, PresenceEngine, ResolveName
 from busylamp.presence.limits import AMPLIFICATION_FACTOR, Limits
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.packages.base import PackageOptions
@@ -58,8 +58,7 @@ def make_engine() -> PresenceEngine:
                       subscribe_rate=50.0, subscribe_burst=100, max_pending_notifies=300),
         edges=(ipaddress.ip_network("198.51.100.0/24"),), fanout_batch=7,
         notify_any_target=False, amplification_factor=AMPLIFICATION_FACTOR)
-    return PresenceEngine(config, PresenceState(REGISTRY, PackageOptions()), REGISTRY,
-                          on_control=lambda message: None)
+    return PresenceEngine(config, PresenceState(REGISTRY, PackageOptions()), REGISTRY)
 
 
 def _failure(target: str, index: int, data: object, exc: BaseException) -> str:
@@ -72,9 +71,9 @@ def engine_still_answers(engine: PresenceEngine, now: float) -> None:
                b"branch=z9hG4bK-after\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:x@"
                b"192.0.2.1>\r\nCall-ID: after\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
                b"Content-Length: 0\r\n\r\n")
-    engine.datagrams_to_send()
+    engine.messages_to_send()
     engine.receive(options, ("203.0.113.5", 5060), "udp", None, now)
-    out = engine.datagrams_to_send()
+    out = engine.messages_to_send()
     assert out and out[0][2].startswith(b"SIP/2.0 200"), out
 
 
@@ -95,15 +94,17 @@ def test_sip_into_the_engine():
         conn_id = rng.randrange(4) if transport == "tcp" else None
         try:
             engine.receive(data, source, transport, conn_id, now)
-            for out in engine.datagrams_to_send():
+            for out in engine.messages_to_send():
                 if out[2].startswith(b"NOTIFY"):
                     sent = (sent + [out[2]])[-50:]
             if index % 50 == 0:
                 now += rng.choice([0.1, 1.0, 40.0])
                 engine.handle_timer(now)
-                engine.datagrams_to_send()
-                for name in engine.names_to_resolve():
-                    engine.resolved(name, rng.choice([None, "192.0.2.10", "127.0.0.1"]), now)
+                engine.messages_to_send()
+                for event in engine.events():
+                    if isinstance(event, ResolveName):
+                        engine.resolved(event.name, rng.choice([None, "192.0.2.10", "127.0.0.1"]),
+                                        now)
         except Exception as exc:  # noqa: BLE001 - the point of the test
             pytest.fail(_failure("sip", index, data, exc))
     counters = engine.counters
@@ -121,7 +122,7 @@ def test_messages_the_engine_sends_parse_back():
         rng = fuzz.rng_for("sip-out", index)
         engine.receive(fuzz.mutate(rng.choice(corpus), rng, corpus), rng.choice(SOURCES[:3]),
                        "udp", None, 1000.0)
-        for _, _, data, _ in engine.datagrams_to_send():
+        for _, _, data, _ in engine.messages_to_send():
             if not data.startswith((b"NOTIFY", b"SIP/2.0 2")):
                 continue  # an error answer echoes whatever broken header it names
             try:
@@ -182,7 +183,7 @@ def test_update_json_into_the_validator_and_the_engine():
     for n, _event in enumerate(("dialog", "message-summary", "presence")):
         engine.receive(sip_corpus()[-3 + n].replace(b"seed", f"seed{n}".encode()),
                        SOURCES[0], "udp", None, 1000.0)
-    engine.datagrams_to_send()
+    engine.messages_to_send()
     accepted = 0
     for index in range(fuzz.cases()):
         rng = fuzz.rng_for("json", index)
@@ -200,7 +201,7 @@ def test_update_json_into_the_validator_and_the_engine():
         try:
             accepted += engine.apply(items, 1000.0 + index)
             engine.handle_timer(1000.0 + index)
-            engine.datagrams_to_send()
+            engine.messages_to_send()
         except Exception as exc:  # noqa: BLE001
             pytest.fail(_failure("json-apply", index, obj, exc))
         assert all(isinstance(item, Snapshot) or item.presentity for item in items)

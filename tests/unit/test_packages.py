@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
-from busylamp.presence.packages import REGISTRY, PackageOptions, RenderedBody, get_package
+from busylamp.presence.packages import REGISTRY, PackageOptions, RenderedBody
 from busylamp.presence.packages.base import as_uri, xml_escape
 from busylamp.presence.packages.dialog import DUMMY_DIALOG_ID
 from busylamp.presence.packages.pidf import PRESENCE_MAP
@@ -65,8 +65,6 @@ def test_unversioned_body() -> None:
 
 def test_registry() -> None:
     assert set(REGISTRY) == {"dialog", "message-summary", "presence"}
-    assert get_package("Dialog") is REGISTRY["dialog"]
-    assert get_package("as-feature-event") is None
     expected = {
         "dialog": "application/dialog-info+xml",
         "message-summary": "application/simple-message-summary",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import ujson
-from busylamp.presence.aor import aor_from_uri, aor_uri, normalize_aor
 from busylamp.presence.updates import (
     FIELD_TABLE,
     MAX_ITEMS,
@@ -14,6 +13,7 @@ from busylamp.presence.updates import (
     parse_update,
     parse_updates,
 )
+from busylamp.wire.aor import aor_from_uri, aor_uri, normalize_aor
 
 # A Kazoo ecallmgr / pua_json style dialog update (field set of formats.md §1.2 and §3).
 PUA_JSON_DIALOG = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from busylamp import wire
 from busylamp.bridge.normalize import NormalizeConfig, normalize
-from busylamp.presence import aor as presence_aor
 from busylamp.wire import (
     ALL_SWITCHES,
     Control,
@@ -133,12 +132,12 @@ def test_one_voice_message_form_for_bridge_and_engine(text, counts):
     assert isinstance(wire.parse_update(update), Update)  # what the bridge sends always passes
 
 
-def test_wire_and_presence_spell_a_presentity_alike():
-    for user, host in [("1001", "Example.COM:5060"), ("a%20b", "[::1]:5060"), ("", "x.org"),
-                       ("+4930", "")]:
-        assert wire.normalize_aor(user, host) == presence_aor.normalize_aor(user, host)
-        aor = wire.normalize_aor(user, host)
-        assert wire.aor_uri(aor) == presence_aor.aor_uri(aor)
+def test_one_spelling_per_presentity():
+    cases = [("1001", "Example.COM:5060", "1001@example.com"), ("a%20b", "[::1]:5060", "a b@[::1]"),
+             ("", "x.org", "x.org"), ("+4930", "", "+4930")]
+    for user, host, aor in cases:
+        assert wire.normalize_aor(user, host) == aor
+    assert wire.aor_uri("a b@[::1]") == "sip:a%20b@[::1]"
 
 
 # --- registrations ---------------------------------------------------------------------------

@@ -1,0 +1,33 @@
+"""Reads of the node (the admin API's views) change no state."""
+
+from __future__ import annotations
+
+from busylamp.presence.engine import EngineConfig
+from busylamp.presence.node import PresenceNode
+from busylamp.presence.updates import parse_updates
+
+ALICE = "1001@example.com"
+
+
+def dialog(call_id: str, state: str) -> dict:
+    return {"Event-Name": "update", "Event-Package": "dialog", "From-User": "1001",
+            "From-Realm": "example.com", "From": "sip:1001@example.com", "To": "sip:2000@example.com",
+            "Call-ID": call_id, "State": state,
+            "Direction": "recipient"}
+
+
+def test_reading_a_presentity_twice_returns_the_same_and_changes_nothing() -> None:
+    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)}),
+                        clock=lambda: 100.0)
+    try:
+        node.publish(parse_updates([dialog("c1", "confirmed"), dialog("c2", "early")]))
+        node.publish(parse_updates([dialog("c1", "terminated")]))
+        first = node.presentity(ALICE)
+        assert first is not None and 'id="c1"' in first["packages"]["dialog"]["body"]
+        assert node.presentity(ALICE) == first
+        assert not any(r.announced for r in node.state.records("dialog", ALICE))
+        # the tombstone was never sent: a later change still tells it
+        node.publish(parse_updates([dialog("c2", "confirmed")]))
+        assert 'id="c1"' in node.presentity(ALICE)["packages"]["dialog"]["body"]
+    finally:
+        node.stop()
