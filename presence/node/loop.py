@@ -68,8 +68,11 @@ class EngineLoop:
             kind = event.__class__
             if kind is ResolveName:
                 self.resolver.lookup(event.name)  # a cached answer comes back (and flushes) at once
-            elif kind is SubscriptionEnded:
-                continue  # counted by the engine; nothing to do outside it
+            elif kind is SubscriptionEnded:  # counted by the engine; told at debug level
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("subscription ended: %s %s watched by %s (tag %s): %s",
+                              event.package, event.presentity, event.watcher, event.tag,
+                              event.reason)
             else:  # RequestResync, WatchMailbox, ForgetMailbox: a message to the bridges
                 self._on_control(event.control_message())
 
