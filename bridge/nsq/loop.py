@@ -11,6 +11,7 @@ into it; gevent code hands data over through plain Python objects, the same OS t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,34 @@ import gevent.selectors
 import tornado.ioloop
 from busylamp.bridge.pynsq_adapter import quiet_pynsq_logs
 
-__all__ = ["NsqLoop"]
+__all__ = ["HUB_SLICE", "NsqLoop"]
+
+HUB_SLICE = 0.001  # s: the longest the busy loop runs ready callbacks without visiting the hub
+
+
+class _SlicedSelector(gevent.selectors.GeventSelector):
+    """GeventSelector whose non-blocking polls visit the gevent hub once per ``HUB_SLICE``.
+
+    asyncio polls with timeout 0 on every iteration that has callbacks ready: pynsq resolves a
+    future (one iteration) per frame header and per frame, and each GeventSelector poll switches
+    to the hub and back. Within a slice such a poll answers "nothing ready" at once instead: the
+    ready callbacks run, tornado reads and writes its sockets inline meanwhile, and every other
+    greenlet still runs at least once per slice. A poll that may block is always a real one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._slice_end = 0.0
+
+    def select(self, timeout: float | None = None) -> list:
+        if timeout is not None and timeout <= 0:
+            now = time.monotonic()
+            if now < self._slice_end:
+                return []
+            self._slice_end = now + HUB_SLICE
+        else:
+            self._slice_end = 0.0  # after a wait, the next busy stretch starts at the hub
+        return super().select(timeout)
 
 
 class NsqLoop:
@@ -41,7 +69,7 @@ class NsqLoop:
             raise RuntimeError("tornado loop did not start")
 
     def _run(self) -> None:
-        loop = asyncio.SelectorEventLoop(gevent.selectors.GeventSelector())
+        loop = asyncio.SelectorEventLoop(_SlicedSelector())
         self._asyncio_loop = loop
         asyncio.set_event_loop(loop)
         loop.call_soon(self._on_started)
