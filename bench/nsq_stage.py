@@ -15,6 +15,7 @@ connect, IDENTIFY and SUB included: a few ms).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -142,6 +143,10 @@ def nsq_stage(updates: int = 50_000, nsqd: str | None = None,
     from busylamp.bridge.nsq import NsqLoop
 
     measure = {"bare": _bare, "busylamp": _busylamp}
+    # pynsq logs our own closes at ERROR ("failed to unpack size" of the read they cut short)
+    pynsq_log = logging.getLogger("nsq")
+    level = pynsq_log.level
+    pynsq_log.setLevel(logging.CRITICAL)
     out: dict[str, Any] = {"broker": "nsqd", "updates": updates, "loadavg": os.getloadavg()}
     with nsqd_address(nsqd, updates + 1) as address:
         loop = NsqLoop()
@@ -154,5 +159,9 @@ def nsq_stage(updates: int = 50_000, nsqd: str | None = None,
                 out[name] = {"published": published,
                              **measure[name](loop, address, topic, updates)}
         finally:
+            import gevent
+
+            gevent.sleep(0.2)  # the closes run in the loop before it stops (and nsqd with it)
             loop.stop()
+            pynsq_log.setLevel(level)
     return out
