@@ -166,7 +166,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
 def cmd_nsq(args: argparse.Namespace) -> int:
     from bench.nsq_stage import nsq_stage
 
-    print(json.dumps(nsq_stage(args.updates, args.nsqd, tuple(args.only or ("bare", "busylamp")))))
+    print(json.dumps(nsq_stage(args.updates, args.nsqd, tuple(args.only or ("bare", "busylamp")),
+                               args.output_buffer_size, args.output_buffer_timeout)))
     return 0
 
 
@@ -248,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
                      "else the kit's nsqd: TESTKIT_NSQ or ../shared/nsq)")
     nsq.add_argument("--only", action="append", choices=("bare", "busylamp"),
                      help="measure only this reader (repeatable; default both)")
+    nsq.add_argument("--output-buffer-size", type=int,
+                     help="bytes nsqd buffers towards each reader (default pynsq's 16384)")
+    nsq.add_argument("--output-buffer-timeout", type=int,
+                     help="ms after which nsqd flushes that buffer (default pynsq's 250)")
     nsq.set_defaults(func=cmd_nsq)
     args = p.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the servers and tools started here are stopped

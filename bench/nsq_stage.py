@@ -98,7 +98,7 @@ def _drain(count: Callable[[], int], updates: int, timeout: float = 120.0) -> di
     return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
-def _bare(loop: Any, nsqd: str, topic: str, updates: int) -> dict[str, Any]:
+def _bare(loop: Any, nsqd: str, topic: str, updates: int, **options: int) -> dict[str, Any]:
     from busylamp.bridge.pynsq_adapter import PlainReader
 
     seen = 0
@@ -111,13 +111,13 @@ def _bare(loop: Any, nsqd: str, topic: str, updates: int) -> dict[str, Any]:
     reader: list[Any] = []
     loop.call(lambda: reader.append(PlainReader(
         message_handler=handler, topic=topic, channel="bench", nsqd_tcp_addresses=[nsqd],
-        max_in_flight=MAX_IN_FLIGHT)))
+        max_in_flight=MAX_IN_FLIGHT, **options)))
     took = _drain(lambda: seen, updates)
     loop.run(lambda: reader[0].close())
     return {"consumed": seen, **took, "updates_per_s": seen / took["seconds"]}
 
 
-def _busylamp(loop: Any, nsqd: str, topic: str, updates: int) -> dict[str, Any]:
+def _busylamp(loop: Any, nsqd: str, topic: str, updates: int, **options: int) -> dict[str, Any]:
     from busylamp.bridge.nsq import NsqConsumer
     from busylamp.presence.updates import parse_update
 
@@ -129,7 +129,7 @@ def _busylamp(loop: Any, nsqd: str, topic: str, updates: int) -> dict[str, Any]:
         applied += 1
 
     consumer = NsqConsumer(loop, topic, "bench", on_message, nsqd_tcp=[nsqd],
-                           max_in_flight=MAX_IN_FLIGHT)
+                           max_in_flight=MAX_IN_FLIGHT, **options)
     consumer.start()
     took = _drain(lambda: applied, updates)
     consumer.close()
@@ -138,8 +138,14 @@ def _busylamp(loop: Any, nsqd: str, topic: str, updates: int) -> dict[str, Any]:
 
 
 def nsq_stage(updates: int = 50_000, nsqd: str | None = None,
-              which: tuple[str, ...] = ("bare", "busylamp")) -> dict[str, Any]:
-    """Updates/s of the bare pynsq Reader and of busylamp's consumer on one real nsqd."""
+              which: tuple[str, ...] = ("bare", "busylamp"),
+              output_buffer_size: int | None = None,
+              output_buffer_timeout: int | None = None) -> dict[str, Any]:
+    """Updates/s of the bare pynsq Reader and of busylamp's consumer on one real nsqd (both with
+    the same nsqd output buffer: pynsq's default unless given)."""
+    options = {k: v for k, v in (("output_buffer_size", output_buffer_size),
+                                 ("output_buffer_timeout", output_buffer_timeout))
+               if v is not None}
     from busylamp.bridge.nsq import NsqLoop
 
     measure = {"bare": _bare, "busylamp": _busylamp}
@@ -147,7 +153,8 @@ def nsq_stage(updates: int = 50_000, nsqd: str | None = None,
     pynsq_log = logging.getLogger("nsq")
     level = pynsq_log.level
     pynsq_log.setLevel(logging.CRITICAL)
-    out: dict[str, Any] = {"broker": "nsqd", "updates": updates, "loadavg": os.getloadavg()}
+    out: dict[str, Any] = {"broker": "nsqd", "updates": updates, "options": options,
+                           "loadavg": os.getloadavg()}
     with nsqd_address(nsqd, updates + 1) as address:
         loop = NsqLoop()
         loop.start()
@@ -157,7 +164,7 @@ def nsq_stage(updates: int = 50_000, nsqd: str | None = None,
                 topic = f"bench_{name}_{stamp}"
                 published = _fill(loop, address, topic, updates)
                 out[name] = {"published": published,
-                             **measure[name](loop, address, topic, updates)}
+                             **measure[name](loop, address, topic, updates, **options)}
         finally:
             import gevent
 
