@@ -247,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     nsq.add_argument("--updates", type=int, default=100_000)
     nsq.add_argument("--nsqd", help="host:port of a running nsqd (default: nsqd on PATH, "
                      "else the kit's nsqd: TESTKIT_NSQ or ../shared/nsq)")
-    nsq.add_argument("--only", action="append", choices=("bare", "busylamp"),
-                     help="measure only this reader (repeatable; default both)")
+    nsq.add_argument("--only", action="append", choices=("bare", "bare-asyncio", "busylamp"),
+                     help="measure this reader (repeatable; default bare and busylamp; "
+                     "bare-asyncio: the bare Reader on a stock asyncio loop, no gevent)")
     nsq.add_argument("--output-buffer-size", type=int,
                      help="bytes nsqd buffers towards each reader (default pynsq's 16384)")
     nsq.add_argument("--output-buffer-timeout", type=int,

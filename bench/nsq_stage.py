@@ -6,6 +6,8 @@ updates (MPUB batches, so the producer is outside the timed window). Then, on th
 
 * ``bare``: a plain pynsq Reader (``PlainReader``) whose handler does nothing; pynsq FINs each
   message. What the library itself costs: the ceiling of any consumer built on it.
+* ``bare-asyncio`` (only when asked for): the same bare Reader on a stock asyncio loop in a
+  thread of its own, no gevent: pynsq without the cost of sharing a loop with gevent.
 * ``busylamp``: :class:`~busylamp.bridge.nsq.NsqConsumer` (ujson decode + object check) with a
   handler that validates each dict with ``parse_update``, as a node does.
 
@@ -117,6 +119,48 @@ def _bare(loop: Any, nsqd: str, topic: str, updates: int, **options: int) -> dic
     return {"consumed": seen, **took, "updates_per_s": seen / took["seconds"]}
 
 
+def _bare_asyncio(loop: Any, nsqd: str, topic: str, updates: int,
+                  **options: int) -> dict[str, Any]:
+    import asyncio
+    import threading
+
+    from busylamp.bridge.pynsq_adapter import PlainReader
+
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        aloop = asyncio.new_event_loop()
+        asyncio.set_event_loop(aloop)
+        seen = 0
+
+        def handler(message: Any) -> bool:
+            nonlocal seen
+            seen += 1
+            if seen == updates:
+                out.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+                aloop.stop()
+            return True
+
+        aloop.call_later(120, aloop.stop)
+        t0, c0 = time.perf_counter(), time.process_time()
+        aloop.call_soon(lambda: out.setdefault("reader", PlainReader(
+            message_handler=handler, topic=topic, channel="bench", nsqd_tcp_addresses=[nsqd],
+            max_in_flight=MAX_IN_FLIGHT, **options)))
+        aloop.run_forever()
+        out["consumed"] = seen
+        out.setdefault("seconds", time.perf_counter() - t0)
+        out.setdefault("cpu_seconds", time.process_time() - c0)
+        out.pop("reader").close()
+        aloop.run_until_complete(asyncio.sleep(0.1))  # the close goes out
+        aloop.close()
+        asyncio.set_event_loop(None)
+
+    thread = threading.Thread(target=run, name="bare-asyncio")
+    thread.start()
+    thread.join(150)  # the gevent side idles meanwhile: this thread is all the process does
+    return {**out, "updates_per_s": out["consumed"] / out["seconds"]}
+
+
 def _busylamp(loop: Any, nsqd: str, topic: str, updates: int, **options: int) -> dict[str, Any]:
     from busylamp.bridge.nsq import NsqConsumer
     from busylamp.presence.updates import parse_update
@@ -148,7 +192,7 @@ def nsq_stage(updates: int = 50_000, nsqd: str | None = None,
                if v is not None}
     from busylamp.bridge.nsq import NsqLoop
 
-    measure = {"bare": _bare, "busylamp": _busylamp}
+    measure = {"bare": _bare, "bare-asyncio": _bare_asyncio, "busylamp": _busylamp}
     # pynsq logs our own closes at ERROR ("failed to unpack size" of the read they cut short)
     pynsq_log = logging.getLogger("nsq")
     level = pynsq_log.level
