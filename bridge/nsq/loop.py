@@ -3,7 +3,8 @@
 pynsq runs on a tornado IOLoop. :class:`NsqLoop` owns the ONE asyncio/tornado loop of the process
 and runs it inside one dedicated greenlet. The asyncio loop is built on
 ``gevent.selectors.GeventSelector``, so its wait for I/O yields to the gevent hub whether or not
-the process is monkey-patched: tornado callbacks and gevent greenlets progress together. Every
+the process is monkey-patched: tornado callbacks and gevent greenlets progress together (while
+the loop is busy, it visits the hub once per ``HUB_SLICE`` rather than per iteration). Every
 pynsq Writer/Reader is created and used inside that loop (``NsqLoop.call`` schedules a function
 into it; gevent code hands data over through plain Python objects, the same OS thread).
 """
@@ -32,8 +33,9 @@ class _SlicedSelector(gevent.selectors.GeventSelector):
     asyncio polls with timeout 0 on every iteration that has callbacks ready: pynsq resolves a
     future (one iteration) per frame header and per frame, and each GeventSelector poll switches
     to the hub and back. Within a slice such a poll answers "nothing ready" at once instead: the
-    ready callbacks run, tornado reads and writes its sockets inline meanwhile, and every other
-    greenlet still runs at least once per slice. A poll that may block is always a real one.
+    ready callbacks run, tornado reads and writes its sockets inline meanwhile, and the hub (the
+    other greenlets, the readiness of the loop's sockets) still gets a turn once per slice, or
+    after the iteration that outlasts it. A poll that may block is always a real one.
     """
 
     def __init__(self) -> None:
