@@ -77,13 +77,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_stages(args: argparse.Namespace) -> int:
     """Responder ceiling, ESL path and NSQ path; written to the 'stages' docs section."""
-    from bench.pipeline import esl_throughput, nsq_throughput
+    from bench.nsq_stage import nsq_stage
+    from bench.pipeline import esl_throughput
     from bench.responder import measure_ceiling
 
     command = "python -m bench " + shlex.join(sys.argv[1:])
     resp = measure_ceiling(args.count)
     esl = esl_throughput(args.events)
-    nsq = nsq_throughput(args.updates, args.nsqd)
+    nsq = nsq_stage(args.updates, args.nsqd)
     m = report.machine()
     lines = [
         f"- Command: `{command}`",
@@ -100,7 +101,9 @@ def cmd_stages(args: argparse.Namespace) -> int:
         f"{esl['parse_normalize_engine']['updates'] / max(1, esl['events']):.0f} updates/event) | "
         f"{esl['parse_normalize_engine']['events_per_s']:,.0f} events/s |",
         f"| NSQ consumer: decode + parse_update ({nsq['broker']}) | "
-        f"{nsq['updates_per_s']:,.0f} updates/s |",
+        f"{nsq['busylamp']['updates_per_s']:,.0f} updates/s |",
+        f"| NSQ: bare pynsq Reader, FIN only (same {nsq['broker']}; the library's ceiling) | "
+        f"{nsq['bare']['updates_per_s']:,.0f} updates/s |",
         "",
     ]
     section = "\n".join(lines)
@@ -161,9 +164,10 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_nsq(args: argparse.Namespace) -> int:
-    from bench.pipeline import nsq_throughput
+    from bench.nsq_stage import nsq_stage
 
-    print(json.dumps(nsq_throughput(args.updates, args.nsqd)))
+    print(json.dumps(nsq_stage(args.updates, args.nsqd, tuple(args.only or ("bare", "busylamp")),
+                               args.output_buffer_size, args.output_buffer_timeout)))
     return 0
 
 
@@ -239,10 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     eng.add_argument("--gc-freeze", choices=("on", "off"), default="on",
                      help="freeze the heap after the SUBSCRIBE phase, as a node does (default on)")
     eng.set_defaults(func=cmd_engine)
-    nsq = sub.add_parser("nsq", help="updates/s through the NSQ consumer")
+    nsq = sub.add_parser("nsq", help="updates/s through the NSQ consumer and a bare pynsq Reader")
     nsq.add_argument("--updates", type=int, default=100_000)
     nsq.add_argument("--nsqd", help="host:port of a running nsqd (default: nsqd on PATH, "
                      "else the kit's nsqd: TESTKIT_NSQ or ../shared/nsq)")
+    nsq.add_argument("--only", action="append", choices=("bare", "bare-asyncio", "busylamp"),
+                     help="measure this reader (repeatable; default bare and busylamp; "
+                     "bare-asyncio: the bare Reader on a stock asyncio loop, no gevent)")
+    nsq.add_argument("--output-buffer-size", type=int,
+                     help="bytes nsqd buffers towards each reader (default pynsq's 16384)")
+    nsq.add_argument("--output-buffer-timeout", type=int,
+                     help="ms after which nsqd flushes that buffer (default pynsq's 250)")
     nsq.set_defaults(func=cmd_nsq)
     args = p.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the servers and tools started here are stopped

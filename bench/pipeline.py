@@ -3,17 +3,12 @@
 * ESL: CHANNEL_CALLSTATE frames through ``esl.protocol`` (framing + event parsing), then
   ``bridge.normalize.normalize``, then ``presence.updates.parse_update`` and
   ``PresenceEngine.apply`` (no watchers: the cost of handing updates to the engine, not fan-out).
-* NSQ: update dicts consumed by ``bridge.nsq.NsqConsumer`` from a real nsqd: the one given with
-  ``--nsqd``, else one started from PATH or from the test kit (``TESTKIT_NSQ``, ``../shared/nsq``).
+* NSQ: update dicts consumed by ``bridge.nsq.NsqConsumer`` from a real nsqd: see
+  ``bench/nsq_stage.py`` (also a bare pynsq Reader, the library's ceiling).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from typing import Any
@@ -102,73 +97,10 @@ def esl_throughput(events: int = 100_000, chunk: int = 16384) -> dict[str, Any]:
     return out
 
 
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def nsq_throughput(updates: int = 100_000, nsqd: str | None = None) -> dict[str, Any]:
-    """Updates/s consumed (JSON decoded + validated with parse_update) through NsqConsumer."""
-    import gevent
-    from busylamp.bridge.nsq import NsqConsumer, NsqLoop, NsqPublisher
-    from busylamp.presence.updates import parse_update
+    """Updates/s consumed (JSON decoded + validated with parse_update) through NsqConsumer
+    (``bench.nsq_stage``, which also measures a bare pynsq Reader)."""
+    from bench.nsq_stage import nsq_stage
 
-    from bench.workload import dialog_update
-
-    proc = None
-    broker = "nsqd"
-    if nsqd is None:
-        from tests.kits import find_nsq
-
-        kit = find_nsq()
-        binary = shutil.which("nsqd") or (str(kit.nsqd) if kit is not None else None)
-        if binary is None:
-            raise SystemExit("no nsqd: give --nsqd HOST:PORT, put nsqd on PATH or set TESTKIT_NSQ")
-        tcp, http = _free_tcp_port(), _free_tcp_port()
-        data = tempfile.mkdtemp(prefix="bench-nsqd-")
-        proc = subprocess.Popen([binary, f"--tcp-address=127.0.0.1:{tcp}",
-                                 f"--http-address=127.0.0.1:{http}", f"--data-path={data}",
-                                 f"--mem-queue-size={updates + 1}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        nsqd = f"127.0.0.1:{tcp}"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", tcp), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-    loop = NsqLoop()
-    topic = f"bench_{os.getpid()}_{int(time.time())}"
-    try:
-        publisher = NsqPublisher(loop, [nsqd], topic, max_buffer=updates + 1)
-        publisher.start()
-        for i in range(updates):
-            publisher.publish(dialog_update(i % 1000, "confirmed", f"n{i}"))
-        deadline = time.monotonic() + 120
-        while publisher.published < updates and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        applied = 0
-
-        def on_message(message: dict) -> None:
-            nonlocal applied
-            parse_update(message)
-            applied += 1
-
-        consumer = NsqConsumer(loop, topic, "bench", on_message, nsqd_tcp=[nsqd],
-                               max_in_flight=2500)
-        t0 = time.perf_counter()
-        consumer.start()
-        while applied < updates and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        elapsed = time.perf_counter() - t0
-        consumer.close()
-        publisher.close()
-        return {"broker": broker, "published": publisher.published, "consumed": applied,
-                "seconds": elapsed, "updates_per_s": applied / elapsed if elapsed else 0.0}
-    finally:
-        loop.stop()
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
+    out = nsq_stage(updates, nsqd, ("busylamp",))
+    return {"broker": out["broker"], **out["busylamp"]}

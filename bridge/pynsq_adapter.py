@@ -113,6 +113,11 @@ class ObservedWriter(nsq.Writer):
         self.reconnect_interval = 1e9
 
 
+class PlainReader(nsq.Reader):
+    """pynsq's Reader exactly as shipped: the benchmark's ceiling for a consumer (its
+    ``message_handler`` returning True FINs the message)."""
+
+
 class BoundedReader(nsq.Reader):
     """pynsq Reader with a short, bounded reconnect to direct nsqd addresses.
 

@@ -28,7 +28,9 @@ class NsqConsumer:
                  lookupd_http: Iterable[str] = (), max_in_flight: int = 200,
                  lookupd_poll_interval: int = 15, reconnect_interval: float = 1.0,
                  max_tries: int = 5,
-                 on_malformed: Callable[[str], None] | None = None) -> None:
+                 on_malformed: Callable[[str], None] | None = None,
+                 output_buffer_size: int | None = None,
+                 output_buffer_timeout: int | None = None) -> None:
         self.loop = loop
         self.on_malformed = on_malformed
         self.topic = topic
@@ -42,6 +44,12 @@ class NsqConsumer:
         self.lookupd_poll_interval = int(max(1, lookupd_poll_interval))
         self.reconnect_interval = reconnect_interval
         self.max_tries = max_tries
+        # nsqd's buffering towards this consumer (IDENTIFY; None: pynsq's 16 KiB / 250 ms):
+        # nsqd writes when the buffer fills or the timeout ticks, so at a low rate a message
+        # waits up to the timeout, and at a high rate a bigger buffer means fewer writes
+        self.output_buffer = {k: v for k, v in (("output_buffer_size", output_buffer_size),
+                                                ("output_buffer_timeout", output_buffer_timeout))
+                              if v is not None}
         self.received = 0
         self.malformed = 0
         self.errors = 0
@@ -67,7 +75,7 @@ class NsqConsumer:
             message_handler=self._handle, topic=self.topic, channel=self.channel,
             nsqd_tcp_addresses=self.nsqd_tcp or None, lookupd_http_addresses=self.lookupd_http or None,
             max_in_flight=self.max_in_flight, lookupd_poll_interval=self.lookupd_poll_interval,
-            lookupd_poll_jitter=0.0, max_tries=self.max_tries,
+            lookupd_poll_jitter=0.0, max_tries=self.max_tries, **self.output_buffer,
         )
 
     @property

@@ -3,7 +3,8 @@
 pynsq runs on a tornado IOLoop. :class:`NsqLoop` owns the ONE asyncio/tornado loop of the process
 and runs it inside one dedicated greenlet. The asyncio loop is built on
 ``gevent.selectors.GeventSelector``, so its wait for I/O yields to the gevent hub whether or not
-the process is monkey-patched: tornado callbacks and gevent greenlets progress together. Every
+the process is monkey-patched: tornado callbacks and gevent greenlets progress together (while
+the loop is busy, it visits the hub once per ``HUB_SLICE`` rather than per iteration). Every
 pynsq Writer/Reader is created and used inside that loop (``NsqLoop.call`` schedules a function
 into it; gevent code hands data over through plain Python objects, the same OS thread).
 """
@@ -11,6 +12,7 @@ into it; gevent code hands data over through plain Python objects, the same OS t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +22,35 @@ import gevent.selectors
 import tornado.ioloop
 from busylamp.bridge.pynsq_adapter import quiet_pynsq_logs
 
-__all__ = ["NsqLoop"]
+__all__ = ["HUB_SLICE", "NsqLoop"]
+
+HUB_SLICE = 0.001  # s: the longest the busy loop runs ready callbacks without visiting the hub
+
+
+class _SlicedSelector(gevent.selectors.GeventSelector):
+    """GeventSelector whose non-blocking polls visit the gevent hub once per ``HUB_SLICE``.
+
+    asyncio polls with timeout 0 on every iteration that has callbacks ready: pynsq resolves a
+    future (one iteration) per frame header and per frame, and each GeventSelector poll switches
+    to the hub and back. Within a slice such a poll answers "nothing ready" at once instead: the
+    ready callbacks run, tornado reads and writes its sockets inline meanwhile, and the hub (the
+    other greenlets, the readiness of the loop's sockets) still gets a turn once per slice, or
+    after the iteration that outlasts it. A poll that may block is always a real one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._slice_end = 0.0
+
+    def select(self, timeout: float | None = None) -> list:
+        if timeout is not None and timeout <= 0:
+            now = time.monotonic()
+            if now < self._slice_end:
+                return []
+            self._slice_end = now + HUB_SLICE
+        else:
+            self._slice_end = 0.0  # after a wait, the next busy stretch starts at the hub
+        return super().select(timeout)
 
 
 class NsqLoop:
@@ -41,7 +71,7 @@ class NsqLoop:
             raise RuntimeError("tornado loop did not start")
 
     def _run(self) -> None:
-        loop = asyncio.SelectorEventLoop(gevent.selectors.GeventSelector())
+        loop = asyncio.SelectorEventLoop(_SlicedSelector())
         self._asyncio_loop = loop
         asyncio.set_event_loop(loop)
         loop.call_soon(self._on_started)

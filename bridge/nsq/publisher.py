@@ -135,6 +135,9 @@ class NsqPublisher:
         self._flush()
 
     def _disconnected(self, conn_id: str, live: bool) -> None:
+        if self._closed:
+            self.connected = False
+            return  # our own close: not an outage
         if not live and self.connected:
             return  # a duplicate connection pynsq dropped because another one won
         self.connected = bool(self._writer and self._writer.connected_other_than(conn_id))

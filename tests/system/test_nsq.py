@@ -251,3 +251,26 @@ def test_batch_refused_by_nsqd_is_counted_not_resent(nsq_kit, tmp_path, loop):
         publisher.close()
     finally:
         small.stop()
+
+
+def test_output_buffer_options_reach_nsqd_and_close_is_no_outage(nsq, loop, caplog):
+    """nsqd accepts the consumer's output buffer (IDENTIFY: it refuses out-of-range values and the
+    consumer would get nothing), order is kept; our own close logs no outage."""
+    topic, got = topic_name(), []
+    publisher = NsqPublisher(loop, [nsq.tcp_address], topic)
+    publisher.start()
+    for i in range(200):
+        publisher.publish({"n": i})
+    wait_for(lambda: publisher.published == 200, message="nsqd did not take the 200 messages")
+    consumer = NsqConsumer(loop, topic, "bridge#ephemeral", got.append,
+                           nsqd_tcp=[nsq.tcp_address], output_buffer_size=65536,
+                           output_buffer_timeout=50)
+    consumer.start()
+    wait_for(lambda: len(got) == 200, message=f"consumed {len(got)} of 200")
+    assert bodies(got) == list(range(200))
+    wait_for(lambda: nsq.settled(topic), message="messages left in flight")
+    caplog.clear()
+    consumer.close()
+    publisher.close()
+    wait_for(lambda: not publisher.connected, message="publisher still connected")
+    assert "unreachable" not in caplog.text
