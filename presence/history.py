@@ -18,7 +18,11 @@ injected wall clock turns those into times an operator can read. The engine call
 
 Hot-path layout: an entry is one flat list (see ``_record``; :class:`Entry` and :class:`Watch`
 are views built when reading), and the notify_to_answer times are queued on the histogram and
-settled in bulk (:meth:`presence.histogram.Histogram.settle`).
+settled in bulk (:meth:`presence.histogram.Histogram.settle`). When the optional extension
+``presence/_history.c`` is built (``python -m busylamp.presence.node.buildext``), the answer
+hook's common paths run in C and entries, acyclic by construction (strings, numbers, None,
+tuples of those, a dict of counts: never a subscription), are left out of the cyclic collector;
+without it the same Python code runs (docs/BENCHMARKS.md has the cost of both).
 
 The node calls :meth:`History.applied` and :meth:`History.flushed` after handing NOTIFYs to the
 transports: the stage histograms ``applied_to_notify`` and ``subscribe_to_notify`` measure up to
