@@ -1,13 +1,15 @@
 """The engine bench's NOTIFY phase alone, for instruction counting on a shared host.
 
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect=map_next \\
-        python bench/notify_phase.py TREE on|off
+        python bench/notify_phase.py TREE on|off|on-python
 
 TREE is the source tree whose engine is measured (this one, or an older checkout); the harness
 (SUBSCRIBEs, updates, 200 OKs: bench/engine.py of this tree) is the same for both. The SUBSCRIBE
 phase runs first, the heap is frozen as a node does, then the NOTIFY phase runs inside ``map()``
 so that callgrind collects only there (``--toggle-collect=map_next``). ``on``: the per-lamp
-history hooks attached (needs a tree that has presence/history.py).
+history hooks attached (needs a tree that has presence/history.py), with its C parts
+(presence/_history.c) when they are built; ``on-python``: the same with them left out, as where
+``python -m busylamp.presence.node.buildext`` was not run; ``off``: the hooks detached.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> Non
     from bench.tree import use_tree
 
     use_tree(tree)
+    if history == "on-python":  # the history's C extension treated as not built
+        sys.modules["busylamp.presence._history"] = None  # type: ignore[assignment]
     from busylamp.presence.engine import EngineConfig, PresenceEngine
     from busylamp.presence.packages import REGISTRY
     from busylamp.presence.packages.base import PackageOptions
@@ -35,7 +39,7 @@ def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> Non
     state = PresenceState(REGISTRY, PackageOptions())
     engine = PresenceEngine(EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}), state, REGISTRY)
     recorder = None
-    if history == "on":
+    if history in ("on", "on-python"):
         from busylamp.presence.history import History
 
         recorder = History()

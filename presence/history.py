@@ -18,7 +18,11 @@ injected wall clock turns those into times an operator can read. The engine call
 
 Hot-path layout: an entry is one flat list (see ``_record``; :class:`Entry` and :class:`Watch`
 are views built when reading), and the notify_to_answer times are queued on the histogram and
-settled in bulk (:meth:`presence.histogram.Histogram.settle`).
+settled in bulk (:meth:`presence.histogram.Histogram.settle`). When the optional extension
+``presence/_history.c`` is built (``python -m busylamp.presence.node.buildext``), the answer
+hook's common paths run in C and entries, acyclic by construction (strings, numbers, None,
+tuples of those, a dict of counts: never a subscription), are left out of the cyclic collector;
+without it the same Python code runs (docs/BENCHMARKS.md has the cost of both).
 
 The node calls :meth:`History.applied` and :meth:`History.flushed` after handing NOTIFYs to the
 transports: the stage histograms ``applied_to_notify`` and ``subscribe_to_notify`` measure up to
@@ -39,6 +43,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from busylamp.presence.histogram import Histogram, StageHistograms
+
+try:  # the answer hook in C (python -m busylamp.presence.node.buildext); else History._answered
+    from busylamp.presence._history import Answerer
+    from busylamp.presence._history import untrack as _untrack  # entries out of the cyclic GC
+except ImportError:
+    Answerer = _untrack = None
 
 __all__ = ["DETAILED", "ENTRY_BYTES", "WATCH_BYTES", "Entry", "Gap", "History", "Watch"]
 
@@ -74,6 +84,10 @@ _WHO = 17  # then per detailed watcher, appended when it answers: dialog tag, re
 # transport, its version after the send, sent at, answer, answered at
 _STRIDE = 7
 _FULL = _WHO + DETAILED * _STRIDE  # the length of an entry with DETAILED watchers recorded
+# what presence/_history.c needs to know of this layout: indexes, then the subscription's slots
+# it reads (its note, then what a detailed watcher records, in that order)
+_ANSWER_LAYOUT = (_AT, _OK, _LAT_MIN, _LAT_MAX, _FULL, "_waits", "note", "tag", "remote_uri",
+                  "transport", "version")
 
 
 def _record(id_: int, kind: str, package: str, at: float, wall: float,
@@ -193,6 +207,14 @@ class Gap:
         self.at, self.wall = at, wall
 
 
+def _fast(answered: Callable) -> Any:
+    """``answered`` in C (presence/_history.c), or itself when a stale build does not fit."""
+    try:
+        return Answerer(answered, _ANSWER_LAYOUT)
+    except (TypeError, ValueError):
+        return answered
+
+
 class History:
     """Rings of :class:`Entry` per presentity, the recent sequence gaps, the stage histograms."""
 
@@ -250,6 +272,8 @@ class History:
     def _entry(self, presentity: str, kind: str, package: str, now: float, **fields: Any) -> list:
         self._seq += 1
         entry = _record(self._seq, kind, package, now, now + self.offset, **fields)
+        if _untrack is not None:
+            _untrack(entry)
         self._add(presentity, entry)
         if kind != "subscribe":
             self._recent, self._recent_at = entry, presentity
@@ -349,6 +373,8 @@ class History:
             seq, "update", update.package, now, wall, update.record_id, state,
             (update.bridge_id, update.bridge_epoch, update.sequence, update.switch_id,
              update.expires), origin, effect, 0, 0, 0, 0, None, 1e9, 0.0]  # _record
+        if _untrack is not None:  # acyclic: the young collections need not walk it
+            _untrack(entry)
         presentity = self._recent_at = update.presentity
         rings = self.rings
         ring = rings.get(presentity)
@@ -443,7 +469,7 @@ class History:
             entry[_SENT] -= 1
             entry[_COALESCED] += 1
 
-    def answered(self, sub: Any, status: int, now: float) -> None:
+    def _answered(self, sub: Any, status: int, now: float) -> None:
         """The final answer to the last NOTIFY sent ``sub``: the first DETAILED watchers of its
         entry one by one, the rest counted per answer code with a latency range; the
         notify_to_answer histogram (its value queued: :meth:`Histogram.settle`)."""
@@ -471,6 +497,10 @@ class History:
             if codes is None:
                 codes = entry[_CODES] = {}
             codes[status] = codes.get(status, 0) + 1
+
+    # the final answer to the last NOTIFY sent a subscription: the common paths of _answered in
+    # C when the extension is built (presence/_history.c; a method like _answered)
+    answered = _answered if Answerer is None else _fast(_answered)
 
     def timed_out(self, sub: Any, now: float) -> None:
         """The last NOTIFY sent ``sub`` was never answered (Timer F)."""

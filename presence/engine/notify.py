@@ -107,7 +107,7 @@ class Notifier:
             watchers = self.subscriptions.watchers(package_name, presentity)
             if not watchers:
                 continue
-            note = obs.fanout(package_name, presentity, watchers, now) if obs else None
+            note = obs.fanout(package_name, presentity, watchers, now) if obs is not None else None
             for sub in watchers:
                 phase = sub.phase
                 if phase == IDLE:

@@ -567,3 +567,80 @@ def test_a_timed_out_notify_is_shown_for_its_watcher_and_left_out_of_the_histogr
     assert entry.answers_by_code() == {0: 1}
     assert node.history.stages["notify_to_answer"].count == 1  # the initial NOTIFY's answer
     assert "no answer from sip:w0@example.com (timed out" in render_text(explain(node, AOR))
+
+
+class PythonHistory(History):
+    """The history with its answer hook in Python only (presence/_history.c left out)."""
+
+    __slots__ = ()
+    answered = History._answered
+
+
+def _answer_scenario(history: History) -> tuple[list, list, float, int]:
+    """Answers on every path of the hook: a fan-out beyond DETAILED with 200s and other codes,
+    a NOTIFY merged behind one in flight (a ticket), a refresh; what the history then holds."""
+    clocks = Clocks()
+    node = FakeNode(clocks)
+    node.history = history
+    history.attach(node.state, node.engine.counters)
+    node.engine.observer = history
+    node.subscribe(DETAILED + 3)
+    node.publish()
+    node.answer_all(after=0.002)
+    node.publish(State="confirmed")
+    node.answer_all(status=486, after=0.003)
+    node.publish(State="terminated")
+    first = node.engine.messages_to_send()
+    node.publish(State="early", **{"Call-ID": "call-2"})  # merged behind the ones in flight
+    clocks.now += 0.01
+    for _, _, data, _ in first:
+        node.engine.receive(answer(parse_message(data), 200), PHONE, "udp", None, clocks.now)
+    node.answer_all(status=200, after=0.001)
+    stage = history.stages["notify_to_answer"]
+    entries = []
+    for ring in history.rings.values():
+        for rec in ring:
+            rec = list(rec)
+            rec[4] = None  # the wall time: the offset read at start
+            rec[17::7] = [None] * len(rec[17::7])  # dialog tags are random (watcher URIs stay)
+            entries.append(rec)
+    return (entries,
+            list(stage.pending) + stage.counts, stage.total, stage.skew)
+
+
+def test_the_answer_hook_in_c_records_what_the_python_one_does():
+    from busylamp.presence import history as module
+
+    assert PythonHistory.answered is History._answered
+    if module.Answerer is None:
+        pytest.skip("python -m busylamp.presence.node.buildext not run: Python hook only")
+    assert History.answered is not History._answered
+    assert _answer_scenario(History(wall=Clocks().wall)) \
+        == _answer_scenario(PythonHistory(wall=Clocks().wall))
+    history = History()
+    assert history.answered.__self__ is history  # bound like a method outside a call
+
+
+def test_entries_are_left_out_of_the_cyclic_collector_when_built():
+    from busylamp.presence import history as module
+
+    clocks = Clocks()
+    node = FakeNode(clocks)
+    node.subscribe(3)
+    node.publish(**origin(clocks))
+    node.answer_all(after=0.002)
+    node.publish(State="confirmed")
+    node.answer_all(status=486)
+    recs = [entry.rec for entry in node.history.ring(AOR)]
+    assert [r[1] for r in recs] == ["subscribe"] * 3 + ["update"] * 2
+    tracked = {gc.is_tracked(rec) for rec in recs}
+    assert tracked == ({True} if module._untrack is None else {False})
+    if module._untrack is not None:
+        assert not gc.is_tracked(recs[-2][7]) and not gc.is_tracked(recs[-2][8])  # stamp, origin
+        module._untrack(kept := [1, "x", (None, [])])  # holds a container: stays tracked
+        assert gc.is_tracked(kept)
+    # what `busylamp why` shows is the same either way
+    text = render_text(explain(node, AOR))
+    assert "486" in text and "CHANNEL_CALLSTATE" in text
+    gc.collect()
+    assert [entry.rec for entry in node.history.ring(AOR)] == recs
