@@ -169,6 +169,7 @@ def make_bus(config: RunConfig) -> Any:
         max_in_flight=config.max_in_flight,
         reconnect_interval=config.nsq_reconnect_interval,
         lookupd_poll_interval=config.lookupd_poll_interval,
+        output_buffer_timeout=round(config.nsq_output_buffer_timeout * 1000),
     )
 
 

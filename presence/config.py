@@ -326,6 +326,10 @@ class RunConfig:
         "max_in_flight", "NSQ messages in flight per consumer", _integer(1)))
     nsq_reconnect_interval: float = field(default=2.0, metadata=_meta(
         "nsq_reconnect_interval", "seconds between nsqd reconnect attempts", _seconds(0)))
+    nsq_output_buffer_timeout: float = field(default=0.05, metadata=_meta(
+        "nsq_output_buffer_timeout", "longest time nsqd holds updates for this node before "
+        "sending them (nsqd's default, 0.25, delays a lone update by up to that; nsqd's floor: "
+        "its --min-output-buffer-timeout, 0.025)", _seconds(0.025, inclusive=True)))
     lookupd_poll_interval: float = field(default=10.0, metadata=_meta(
         "lookupd_poll_interval", "seconds between nsqlookupd queries", _seconds(0)))
     node_id: str | None = field(default=None, metadata=_meta(

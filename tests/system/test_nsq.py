@@ -274,3 +274,29 @@ def test_output_buffer_options_reach_nsqd_and_close_is_no_outage(nsq, loop, capl
     publisher.close()
     wait_for(lambda: not publisher.connected, message="publisher still connected")
     assert "unreachable" not in caplog.text
+
+
+def test_a_node_asks_nsqd_to_hold_its_updates_50_ms_at_most(nsq):
+    """nsqd's default output buffer timeout (250 ms) would delay a lone update by up to that:
+    a node's consumer asks for --nsq-output-buffer-timeout (50 ms), and nsqd takes it (it
+    refuses an IDENTIFY it cannot honour, and then no connection comes up)."""
+    from busylamp.app.roles import make_bus
+    from busylamp.presence.config import load_config
+
+    topic = f"obt_{uuid.uuid4().hex[:12]}"
+    config = load_config({"role": "presence", "bus": "nsq", "nsqd": [nsq.tcp_address],
+                          "topic": topic}, hostname="obt")
+    bus = make_bus(config)
+    got: list[dict] = []
+    try:
+        bus.subscribe(got.append)
+        (consumer,) = bus.consumers
+        assert consumer.output_buffer == {"output_buffer_timeout": 50}
+        wait_until(lambda: consumer.connections >= 1, timeout=8,
+                   message="nsqd did not take the consumer's IDENTIFY")
+        bus.publish({"Event-Name": "update", "Call-ID": "lone"})
+        wait_until(lambda: got, timeout=8, message="the update never arrived")
+        assert got[0]["Call-ID"] == "lone"
+    finally:
+        bus.close()
+        bus.loop.stop()

@@ -34,6 +34,7 @@ def test_defaults_match_the_documented_ones():
     assert (config.t1, config.t2, config.timer_f) == (0.5, 4.0, 32.0)
     assert config.shutdown == "terminate" and config.shutdown_notify_rate == 500
     assert config.status_interval == 60.0 and config.pickup_prefix == "**"
+    assert config.nsq_output_buffer_timeout == 0.05
 
 
 def test_every_field_is_documented_for_the_flag_table():
@@ -58,6 +59,7 @@ def test_error_message_names_the_flag_and_the_accepted_form():
     ("max_in_flight", "0", "integer >= 1"),
     ("t1", "-1", "number of seconds > 0"),
     ("t1", "nan", "number of seconds > 0"),
+    ("nsq_output_buffer_timeout", "0.01", "number of seconds >= 0.025"),
     ("trusted", "10.0.0.0/33", "CIDR"),
     ("domain_alias", "noequals", "ALIAS=DOMAIN"),
     ("topic", "bad topic", "NSQ topic"),
