@@ -272,6 +272,12 @@ def baseline_executable(ref: str) -> str:
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True,
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    # the tree's optional C extensions, as scripts/bootstrap.sh builds them for a checkout
+    for buildext in (root / "presence" / "node" / "buildext.py",
+                     root / "presence" / "sip" / "buildext.py"):
+        if buildext.exists():
+            subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(buildext)], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     exe = root / "busylamp"
     exe.write_text(f"#!/bin/sh\nexec {REPO / '.venv' / 'bin' / 'python'} -c "
                    f"{shlex.quote(launcher_code(root))} \"$@\"\n")
