@@ -7,6 +7,7 @@ gevent), so tests drive it with click's CliRunner.
 from __future__ import annotations
 
 import click
+
 from busylamp.commands.base import CONTEXT, Group
 from busylamp.commands.demo import demo
 from busylamp.commands.dialplan import dialplan

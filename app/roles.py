@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
+
 from busylamp.app.metrics import bridge_metrics, nsq_metrics
 from busylamp.presence.config import ConfigError, RunConfig
 from busylamp.presence.engine import EngineConfig

@@ -93,6 +93,7 @@ def follow_nsq(nsqd: Sequence[str], lookupd: Sequence[str], topic: str, show: Sh
     ``Updates`` (a batch) is shown update by update."""
     busylamp.app.patch_gevent()
     import gevent.event
+
     from busylamp.bridge.nsq import NsqConsumer, NsqLoop
 
     done = gevent.event.Event()

@@ -16,9 +16,9 @@ def esl_client_throughput(events: int = 200_000, timeout: float = 300.0) -> dict
     import gevent
     import gevent.event
     import gevent.server
-    from busylamp.esl.connection import EslClient, EslTarget
 
     from bench.pipeline import _frames
+    from busylamp.esl.connection import EslClient, EslTarget
 
     data = _frames(events)
     go = gevent.event.Event()

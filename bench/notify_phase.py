@@ -28,13 +28,12 @@ def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> Non
     use_tree(tree)
     if history == "on-python":  # the history's C extension treated as not built
         sys.modules["busylamp.presence._history"] = None  # type: ignore[assignment]
+    from bench.engine import PHONE, _ok_for, _subscribe, _update
     from busylamp.presence.engine import EngineConfig, PresenceEngine
     from busylamp.presence.packages import REGISTRY
     from busylamp.presence.packages.base import PackageOptions
     from busylamp.presence.state import PresenceState
     from busylamp.presence.updates import parse_updates
-
-    from bench.engine import PHONE, _ok_for, _subscribe, _update
 
     state = PresenceState(REGISTRY, PackageOptions())
     engine = PresenceEngine(EngineConfig(contacts={"udp": ("192.0.2.1", 5065)}), state, REGISTRY)

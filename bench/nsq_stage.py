@@ -75,6 +75,7 @@ def nsqd_address(nsqd: str | None, mem_queue: int) -> Iterator[str]:
 def _fill(loop: Any, nsqd: str, topic: str, updates: int) -> int:
     """Publish ``updates`` dialog updates to ``topic`` (MPUB batches); the count nsqd took."""
     import gevent
+
     from busylamp.bridge.nsq import NsqPublisher
 
     publisher = NsqPublisher(loop, [nsqd], topic, max_buffer=updates + 1)

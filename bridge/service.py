@@ -26,6 +26,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+
 from busylamp.bridge.bus import Bus
 from busylamp.bridge.calls import CallTable
 from busylamp.bridge.mwi import MailboxBook

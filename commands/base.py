@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+
 from busylamp.presence.config import Address, parse_host_port
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import busylamp.app
 import click
+
+import busylamp.app
 from busylamp.commands.base import Command
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import click
+
 from busylamp.commands.base import Group
 from busylamp.commands.dialplanfiles import (
     DEFAULT_XML,

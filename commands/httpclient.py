@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
+
 from busylamp.commands.base import ADDRESS
 from busylamp.presence.config import Address
 

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import click
+
 from busylamp.commands.base import Group, json_option
 from busylamp.commands.httpclient import NodeClient, http_options
 from busylamp.commands.promtext import parse_metrics

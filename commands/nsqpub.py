@@ -12,6 +12,7 @@ import socket
 import struct
 
 import click
+
 from busylamp.presence.config import Address
 
 FRAME_RESPONSE, FRAME_ERROR = 0, 1

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import click
+
 from busylamp.commands.base import ADDRESS, Command, OneLineUsageError
 from busylamp.commands.httpclient import NodeClient, http_options
 from busylamp.commands.nsqpub import nsq_publish_once

@@ -16,8 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import busylamp.app
 import click
+from click.core import ParameterSource
+
+import busylamp.app
 from busylamp.commands.base import Command, OneLineUsageError
 from busylamp.commands.logsetup import setup_logging
 from busylamp.presence.config import (
@@ -28,7 +30,6 @@ from busylamp.presence.config import (
     normalize_file_keys,
     split_list,
 )
-from click.core import ParameterSource
 
 log = logging.getLogger("busylamp")
 

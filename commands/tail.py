@@ -8,11 +8,12 @@ import sys
 import time
 
 import click
+from click.core import ParameterSource
+
 from busylamp.app.tail import TailTargetError, follow_esl, follow_http, follow_nsq
 from busylamp.commands.base import ADDRESS, Command, OneLineUsageError, json_option
 from busylamp.commands.httpclient import DEFAULT_HTTP, NodeClient, token_option
 from busylamp.presence.config import Address, parse_host_port
-from click.core import ParameterSource
 
 STATE_COLOURS = {"early": "yellow", "confirmed": "red", "terminated": "green", "yes": "red",
                  "no": "green", "open": "green", "closed": "bright_black"}

@@ -8,6 +8,7 @@ import time
 from urllib.parse import quote
 
 import click
+
 from busylamp.commands.base import Command, json_option
 from busylamp.commands.httpclient import NodeClient, http_options
 from busylamp.presence.config import Address

@@ -22,6 +22,7 @@ import gevent
 import gevent.event
 import gevent.lock
 import gevent.socket
+
 from busylamp.esl.protocol import EslEvent, EslFrame
 from busylamp.esl.session import (
     Authenticated,

@@ -23,6 +23,7 @@ import gevent.event
 import gevent.queue
 import greenswitch
 import greenswitch.esl
+
 from busylamp.esl.connection import TARGET_FORM, EslTarget
 from busylamp.esl.session import Backoff
 

@@ -21,6 +21,7 @@ import gevent
 import gevent.lock
 import gevent.server
 import gevent.socket
+
 from busylamp.esl.fsheaders import (
     Leg,
     SwitchInfo,

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 
 import gevent
 import ujson
+
 from busylamp.presence.config import ConfigError
 from busylamp.presence.httpserver import MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
 

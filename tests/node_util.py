@@ -9,7 +9,6 @@ from busylamp.presence.engine import EngineConfig
 from busylamp.presence.node import PresenceNode
 from busylamp.presence.packages.base import PackageOptions
 from busylamp.presence.updates import parse_updates
-
 from tests.sipp_util import free_port
 
 

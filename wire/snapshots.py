@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ujson
+
 from busylamp.wire.names import SNAPSHOT
 
 __all__ = ["PART_BYTES", "PART_UPDATES", "snapshot", "split_snapshot"]

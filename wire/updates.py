@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ujson
+
 from busylamp.wire.aor import aor_uri, normalize_aor
 from busylamp.wire.names import (
     DIALOG,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import gevent
+
 from busylamp.app.demo.lamps import LampKey, LampState
 from busylamp.app.demo.scenario import (
     DOMAIN,

@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 import gevent
 import gevent.event
+from gevent import socket
+
 from busylamp.app.demo.lamps import LampKey, LampState
 from busylamp.app.demo.watcher import ChangeCallback, WatcherCore
-from gevent import socket
 
 log = logging.getLogger(__name__)
 

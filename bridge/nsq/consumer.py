@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import ujson
+
 from busylamp.bridge.nsq.loop import NsqLoop
 from busylamp.bridge.pynsq_adapter import BoundedReader
 

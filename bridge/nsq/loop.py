@@ -20,6 +20,7 @@ import gevent
 import gevent.event
 import gevent.selectors
 import tornado.ioloop
+
 from busylamp.bridge.pynsq_adapter import quiet_pynsq_logs
 
 __all__ = ["HUB_SLICE", "NsqLoop"]

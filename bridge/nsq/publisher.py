@@ -7,6 +7,7 @@ from collections import deque
 from typing import Any
 
 import ujson
+
 from busylamp.bridge.nsq.loop import NsqLoop
 from busylamp.bridge.pynsq_adapter import ObservedWriter, is_error, is_refusal
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import gevent
+
 from busylamp.presence.engine import (
     Event,
     ResolveName,

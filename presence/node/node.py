@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import gevent
 import gevent.event
+
 from busylamp.presence.engine import EngineConfig, PresenceEngine
 from busylamp.presence.history import History, history_metrics
 from busylamp.presence.node.housekeeping import Housekeeping

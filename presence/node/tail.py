@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import gevent.queue
+
 from busylamp.presence.updates import Snapshot, Update
 from busylamp.wire.names import SNAPSHOT
 

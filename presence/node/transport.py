@@ -31,8 +31,9 @@ from itertools import count, islice
 
 import gevent
 import gevent.pool
-from busylamp.presence.sip import ParseError, StreamFramer
 from gevent import socket
+
+from busylamp.presence.sip import ParseError, StreamFramer
 
 from .mmsg import DatagramBatcher
 

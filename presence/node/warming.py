@@ -10,6 +10,7 @@ import time
 
 import gevent
 import gevent.event
+
 from busylamp.presence.node.warmstart import PeerError, stream_snapshot
 from busylamp.presence.updates import Update, UpdateError, parse_update
 from busylamp.wire import resync_request

@@ -14,6 +14,7 @@ import time
 
 import gevent
 import pytest
+
 from busylamp.presence.api import is_loopback, serve_api, update_matches
 from busylamp.presence.config import ConfigError
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
 from busylamp.bridge.bus import MemoryBus
 from busylamp.bridge.normalize import NormalizeConfig
 from busylamp.bridge.service import BridgeService
 from busylamp.esl.connection import EslTarget
 from busylamp.esl.simulator import FreeSwitchSimulator
-
 from tests.polling import wait_until
 
 FAST_ESL = {"backoff_initial": 0.05, "backoff_max": 0.2, "jitter": 0.0, "dead_after": 5.0,

@@ -14,14 +14,14 @@ from pathlib import Path
 import gevent
 import gevent.server
 import pytest
+from click.testing import CliRunner
+
 from busylamp import cli
 from busylamp.app.tail import TAIL_EVENTS
 from busylamp.commands import dialplanfiles
 from busylamp.commands.logsetup import JsonLogFormatter
 from busylamp.commands.tail import UpdatePrinter
 from busylamp.presence.config import ConfigError
-from click.testing import CliRunner
-
 from tests.integration.test_api import TOKEN, ApiThread, FakeNode, dialog
 from tests.polling import wait_until
 from tests.sipp_util import free_port
@@ -473,8 +473,9 @@ def test_tail_esl_help_says_ipv4_only(runner):
 
 def test_tail_esl_waits_for_freeswitch_follows_a_restart_and_stops_on_ctrl_c(runner, monkeypatch,
                                                                              caplog):
-    from busylamp.esl.simulator import FreeSwitchSimulator
     from greenlet import getcurrent
+
+    from busylamp.esl.simulator import FreeSwitchSimulator
 
     monkeypatch.setattr("busylamp.app.patch_gevent", lambda: None)
     caplog.set_level(logging.INFO, logger="busylamp.esl.greenswitch_tail")

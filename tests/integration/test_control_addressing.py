@@ -9,6 +9,7 @@ import logging
 
 import gevent
 import pytest
+
 from busylamp.bridge.bus import MemoryBus
 from busylamp.bridge.normalize import NormalizeConfig
 from busylamp.bridge.service import BridgeService
@@ -21,7 +22,6 @@ from busylamp.presence.packages.base import PackageOptions
 from busylamp.presence.state import PresenceState
 from busylamp.presence.updates import parse_updates
 from busylamp.wire import resync_request
-
 from tests.polling import wait_until
 
 FAST_ESL = {"backoff_initial": 0.05, "backoff_max": 0.2, "jitter": 0.0, "dead_after": 5.0,

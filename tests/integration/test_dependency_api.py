@@ -19,6 +19,7 @@ import greenswitch
 import greenswitch.esl
 import nsq
 import pytest
+
 from busylamp.esl.simulator import FreeSwitchSimulator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 import gevent
 import gevent.server
 import pytest
+
 from busylamp.esl.connection import EslClient, EslError, EslTarget
 from busylamp.esl.protocol import EslEvent
 from busylamp.esl.simulator import FreeSwitchSimulator
-
 from tests.polling import wait_until
 from tests.sipp_util import free_port
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import gevent
 import gevent.socket
 import pytest
+
 from busylamp.esl.protocol import EVENT_PLAIN, EslEvent, EslFrame, FrameParser, parse_event
 from busylamp.esl.simulator import CHANNEL_COLUMNS, FreeSwitchSimulator
 

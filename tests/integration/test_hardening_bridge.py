@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gevent
 import pytest
+
 from busylamp.bridge.bus import MemoryBus
 from busylamp.bridge.mwi import MailboxBook
 from busylamp.bridge.normalize import NormalizeConfig
@@ -16,7 +17,6 @@ from busylamp.esl.connection import EslTarget
 from busylamp.esl.simulator import FreeSwitchSimulator
 from busylamp.presence.engine import EngineConfig
 from busylamp.presence.node import PresenceNode
-
 from tests.hostile import RawPeer, answers_until_ping, method, reply, status, subscribe
 from tests.polling import wait_until
 from tests.sipp_util import free_port

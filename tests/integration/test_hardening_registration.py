@@ -6,8 +6,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from busylamp.presence.metrics import render_metrics
 
+from busylamp.presence.metrics import render_metrics
 from tests.hostile import RawPeer, answers_until_ping, status, subscribe
 from tests.node_util import running_node, sip_address
 from tests.system.test_hardening_limits import watcher_is_served

@@ -7,6 +7,7 @@ import socket
 import gevent
 import gevent.socket
 import pytest
+
 from busylamp.presence.httpserver import HttpServer
 
 

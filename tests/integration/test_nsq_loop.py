@@ -9,6 +9,7 @@ import time
 import gevent
 import gevent.selectors
 import pytest
+
 from busylamp.bridge.nsq import NsqLoop
 from busylamp.bridge.nsq.loop import HUB_SLICE
 

@@ -8,10 +8,10 @@ import time
 
 import gevent
 import pytest
-from busylamp.presence.node.mmsg import DatagramBatcher, batching_available
-from busylamp.presence.node.transport import SipTransports
 from gevent import socket
 
+from busylamp.presence.node.mmsg import DatagramBatcher, batching_available
+from busylamp.presence.node.transport import SipTransports
 from tests.polling import wait_until
 
 MODES = [pytest.param(True, id="batched", marks=pytest.mark.skipif(

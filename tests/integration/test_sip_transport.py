@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
-from busylamp.presence.node.transport import SipTransports
 from gevent import socket
+
+from busylamp.presence.node.transport import SipTransports
 
 MESSAGE = (
     b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bK1\r\n"

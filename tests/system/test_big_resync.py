@@ -15,7 +15,6 @@ from busylamp.bridge.service import BridgeService
 from busylamp.esl.connection import EslTarget
 from busylamp.esl.simulator import FreeSwitchSimulator
 from busylamp.presence.updates import parse_updates
-
 from tests.node_util import running_node
 from tests.polling import wait_until
 

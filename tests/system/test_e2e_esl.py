@@ -6,12 +6,12 @@ import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 
 import pytest
+
 from busylamp.bridge.bus import MemoryBus
 from busylamp.bridge.normalize import NormalizeConfig
 from busylamp.bridge.service import BridgeService
 from busylamp.esl.connection import EslTarget
 from busylamp.esl.simulator import FreeSwitchSimulator
-
 from tests.node_util import running_node, settled, sip_address
 from tests.polling import wait_until
 from tests.sipp_scenarios import Watcher

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from busylamp.presence.limits import AMPLIFICATION_FACTOR, Limits
 
+from busylamp.presence.limits import AMPLIFICATION_FACTOR, Limits
 from tests.hostile import RawPeer, header, status
 from tests.kamailio_util import AUTO_PORT, start_kamailio
 from tests.node_util import running_node, sip_address

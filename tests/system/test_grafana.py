@@ -7,8 +7,8 @@ import json
 import re
 
 import pytest
-from busylamp.esl.simulator import FreeSwitchSimulator
 
+from busylamp.esl.simulator import FreeSwitchSimulator
 from tests.conftest import REPO
 from tests.polling import wait_until
 from tests.sipp_scenarios import Watcher

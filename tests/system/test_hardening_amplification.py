@@ -7,9 +7,9 @@ Against a running node over real sockets; sipp is the phone that must still get 
 from __future__ import annotations
 
 import pytest
+
 from busylamp.presence.limits import AMPLIFICATION_FACTOR
 from busylamp.presence.metrics import render_metrics
-
 from tests.hostile import RawPeer, answers_until_ping, header, method, reply, status, subscribe
 from tests.node_util import publish, running_node, sip_address
 from tests.polling import wait_until

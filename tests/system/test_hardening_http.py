@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 import gevent
 import pytest
-from busylamp.presence.api import serve_api
 from gevent import socket
 
+from busylamp.presence.api import serve_api
 from tests.node_util import running_node, settled, sip_address
 from tests.polling import wait_until
 from tests.sipp_scenarios import Watcher

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+
 from busylamp.presence.engine import EngineConfig, PresenceEngine
 from busylamp.presence.lifecycle import IDLE
 from busylamp.presence.limits import Limits, TokenBuckets
@@ -17,7 +18,6 @@ from busylamp.presence.packages import REGISTRY
 from busylamp.presence.packages.base import PackageOptions
 from busylamp.presence.state import PresenceState
 from busylamp.presence.updates import parse_updates
-
 from tests.hostile import RawPeer, answers_until_ping, header, options, reply, status, subscribe
 from tests.node_util import publish, running_node, sip_address
 from tests.polling import wait_until

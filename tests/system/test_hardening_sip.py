@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from busylamp.presence.api import serve_api
-from busylamp.presence.engine import PresenceEngine
 from gevent import socket as gsocket
 
+from busylamp.presence.api import serve_api
+from busylamp.presence.engine import PresenceEngine
 from tests.hostile import RawPeer, answers_until_ping, header, method, reply, status, subscribe
 from tests.node_util import publish, running_node, settled, sip_address
 from tests.polling import wait_until

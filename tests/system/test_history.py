@@ -13,6 +13,7 @@ import time
 import tracemalloc
 
 import pytest
+
 from busylamp.bridge.bus import MemoryBus
 from busylamp.bridge.origin import SkipLog
 from busylamp.presence.api import serve_api
@@ -25,7 +26,6 @@ from busylamp.presence.sip import parse_message
 from busylamp.presence.state import PresenceState
 from busylamp.presence.updates import parse_updates
 from busylamp.presence.why import explain, render_text
-
 from tests.polling import wait_until
 from tests.sipp_util import free_port
 from tests.unit.test_engine import CONTACTS, PHONE, answer, subscribe
@@ -391,7 +391,6 @@ def test_why_after_a_simulated_call(tmp_path):
 @pytest.mark.sipp
 def test_an_update_lost_on_the_bus_shows_as_a_gap_on_the_stale_lamp(tmp_path):
     from busylamp.esl.simulator import FreeSwitchSimulator
-
     from tests.node_util import running_node
     from tests.system.test_e2e_esl import bridge_to, record_state
 
@@ -474,7 +473,6 @@ def _deep_size(entry) -> int:
 @pytest.mark.sipp
 def test_a_bridge_process_serves_health_and_its_stage_metrics(nsq, tmp_path):
     from busylamp.esl.simulator import FreeSwitchSimulator
-
     from tests.system.test_cli_subprocess import http_get, metric, run_node
 
     nsqd = nsq.tcp_address

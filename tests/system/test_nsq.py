@@ -8,8 +8,8 @@ import gevent
 import pytest
 import tornado.ioloop
 import ujson
-from busylamp.bridge.nsq import NsqBus, NsqConsumer, NsqLoop, NsqPublisher
 
+from busylamp.bridge.nsq import NsqBus, NsqConsumer, NsqLoop, NsqPublisher
 from tests.polling import wait_until
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import gevent.event
 import ujson
-from busylamp.bridge.nsq import NsqBus, NsqLoop
 
+from busylamp.bridge.nsq import NsqBus, NsqLoop
 from tests.node_util import running_node
 from tests.nsq_kit import NsqCluster
 from tests.polling import wait_until

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import gevent
 import pytest
-from busylamp.bridge.nsq import NsqBus, NsqLoop
 
+from busylamp.bridge.nsq import NsqBus, NsqLoop
 from tests.polling import wait_until
 
 REPO = Path(__file__).resolve().parents[2]

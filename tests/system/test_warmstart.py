@@ -9,10 +9,10 @@ from contextlib import contextmanager
 import gevent
 import gevent.event
 import pytest
-from busylamp.presence.api import serve_api
-from busylamp.presence.node.warmstart import PeerError, stream_snapshot
 from gevent.server import StreamServer
 
+from busylamp.presence.api import serve_api
+from busylamp.presence.node.warmstart import PeerError, stream_snapshot
 from tests.node_util import publish, running_node, settled, sip_address
 from tests.polling import wait_until
 from tests.sipp_scenarios import Watcher

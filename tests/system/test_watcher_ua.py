@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from busylamp.app.demo.lamps import LampState
 from busylamp.app.demo.useragent import WatcherUA
 from busylamp.app.demo.watcher import WatcherCore
@@ -17,7 +18,6 @@ from busylamp.presence.sip import (
     build_response,
     parse_message,
 )
-
 from tests.node_util import publish, running_node, sip_address
 from tests.polling import wait_until
 from tests.sipp_util import SIPP, SippRun, SipSeen, free_port, parse_trace

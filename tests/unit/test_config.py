@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+
 from busylamp.presence.config import (
     FIELDS,
     Address,

@@ -6,6 +6,7 @@ import ipaddress
 import xml.etree.ElementTree as ET
 
 import pytest
+
 from busylamp.presence.engine import (
     EngineConfig,
     Event,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from busylamp.esl.protocol import encode_event, encode_frame
 from busylamp.esl.session import (
     Authenticated,

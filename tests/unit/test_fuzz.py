@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from busylamp.bridge.normalize import NormalizeConfig, normalize
 from busylamp.esl.protocol import FrameParser, parse_event
 from busylamp.presence.engine import EngineConfig, PresenceEngine, ResolveName
@@ -24,7 +25,6 @@ from busylamp.presence.packages.base import PackageOptions
 from busylamp.presence.sip import parse_message
 from busylamp.presence.state import PresenceState
 from busylamp.presence.updates import Snapshot, UpdateError, parse_update, parse_updates
-
 from tests import fuzz
 from tests.hostile import reply
 

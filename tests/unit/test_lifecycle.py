@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from busylamp.presence import lifecycle
 from busylamp.presence.lifecycle import (
     BUSY,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from busylamp.bridge.normalize import NormalizeConfig, normalize
 from busylamp.bridge.resync import SnapshotError, snapshot_from_channels
 from busylamp.esl.protocol import FrameParser, parse_event

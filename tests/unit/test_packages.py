@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
+
 from busylamp.presence.packages import REGISTRY, PackageOptions, RenderedBody
 from busylamp.presence.packages.base import as_uri, xml_escape
 from busylamp.presence.packages.dialog import DUMMY_DIALOG_ID

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from busylamp.bridge.registrations import registration_from_event, registrations_from_api
 from busylamp.esl.protocol import EslEvent
 from busylamp.presence.registrations import RegistrationError, RegistrationTable, parse_registration

@@ -11,7 +11,6 @@ from busylamp.presence.sip import (
     build_response,
     parse_message,
 )
-
 from tests.unit.sip_samples import SUBSCRIBE
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from busylamp.presence.sip import ParseError, StreamFramer, parse_message
 
+from busylamp.presence.sip import ParseError, StreamFramer, parse_message
 from tests.unit.sip_samples import SUBSCRIBE
 
 

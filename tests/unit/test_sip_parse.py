@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from busylamp.presence.sip import (
     Headers,
     ParseError,
@@ -13,7 +14,6 @@ from busylamp.presence.sip import (
     build_response,
     parse_message,
 )
-
 from tests.unit.sip_samples import SUBSCRIBE
 
 

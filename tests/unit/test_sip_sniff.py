@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from busylamp.presence.sip import Response, parse_message, sniff_response
 
 BASE = (

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+
 from busylamp.presence.sip import (
     ParseError,
     Request,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from busylamp.presence.sip import Request, parse_message
 from busylamp.presence.sip.transaction import ClientTransactions, ServerTransactions
 

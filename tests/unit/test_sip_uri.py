@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from busylamp.presence.sip import ParseError, parse_name_addr, parse_uri
 
 

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import ujson
+
 from busylamp.presence.engine import EngineConfig, PresenceEngine
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.snapshots import SnapshotAssembler

@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import ujson
+
 from busylamp.presence.packages import REGISTRY, PackageOptions
 from busylamp.presence.state import TERMINATED_LIFETIME, PresenceState
 from busylamp.presence.updates import Snapshot, Update, parse_updates

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import ujson
+
 from busylamp.presence.updates import (
     FIELD_TABLE,
     MAX_ITEMS,

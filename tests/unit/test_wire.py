@@ -4,6 +4,7 @@ side, and control messages are checked with a reason."""
 from __future__ import annotations
 
 import pytest
+
 from busylamp import wire
 from busylamp.bridge.normalize import NormalizeConfig, normalize
 from busylamp.wire import (
