@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from busylamp.bridge.nsq import NsqLoop
 from tests.kits import FreeSwitchKit, NsqKit, require_freeswitch, require_nsq
 from tests.nsq_kit import NsqCluster
 
@@ -49,3 +50,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.path)).relative_to(REPO / "tests").parts
         if parts and parts[0] in LAYERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+@pytest.fixture
+def loop() -> Iterator[NsqLoop]:
+    """The NSQ bus's tornado loop, started for one test and stopped after it."""
+    nsq_loop = NsqLoop()
+    nsq_loop.start()
+    yield nsq_loop
+    nsq_loop.stop()

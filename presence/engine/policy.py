@@ -3,7 +3,6 @@ targets and their byte budget (amplification), accepted packages and bodies."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 
 from busylamp.presence.engine.config import ALLOW
@@ -23,14 +22,6 @@ def _aliased(aor: str, aliases: Mapping[str, str]) -> str:
 
 def _domain(aor: str) -> str:
     return aor.rpartition("@")[2]
-
-
-def _trusted(ip: str, networks: tuple) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(address in net for net in networks)
 
 
 def _accepts(accepts: list[str], package: EventPackage) -> bool:
@@ -111,7 +102,7 @@ class SubscribePolicy:
         if trusted is None:
             if len(self._trusted_cache) >= 4096:
                 self._trusted_cache.clear()
-            trusted = self._trusted_cache[ip] = _trusted(ip, self.config.trusted)
+            trusted = self._trusted_cache[ip] = in_networks(ip, self.config.trusted)
         return trusted
 
     def _capabilities(self) -> list[tuple[str, str]]:

@@ -14,14 +14,6 @@ from busylamp.bridge.nsq import NsqLoop
 from busylamp.bridge.nsq.loop import HUB_SLICE
 
 
-@pytest.fixture
-def loop():
-    nsq_loop = NsqLoop()
-    nsq_loop.start()
-    yield nsq_loop
-    nsq_loop.stop()
-
-
 def _busy(loop: NsqLoop, seconds: float) -> dict[str, int]:
     """Keep the loop's ready queue non-empty for ``seconds`` (one callback rescheduling itself,
     as pynsq's future per frame does), while a greenlet wakes every millisecond (a timer, as a

@@ -9,20 +9,12 @@ import pytest
 import tornado.ioloop
 import ujson
 
-from busylamp.bridge.nsq import NsqBus, NsqConsumer, NsqLoop, NsqPublisher
+from busylamp.bridge.nsq import NsqBus, NsqConsumer, NsqPublisher
 from tests.polling import wait_until
 
 
 def wait_for(predicate, timeout: float = 8.0, message: str = ""):
     return wait_until(predicate, timeout, interval=0.01, message=message)
-
-
-@pytest.fixture
-def loop():
-    nsq_loop = NsqLoop()
-    nsq_loop.start()
-    yield nsq_loop
-    nsq_loop.stop()
 
 
 def topic_name() -> str:
