@@ -19,6 +19,10 @@ DASHBOARD = REPO / "contrib" / "grafana" / "busylamp.json"
 METRIC = re.compile(r"\bbusylamp_[a-z_]+")
 
 
+def notified(sipp, state: str) -> bool:
+    return any(f"<state>{state}</state>" in n.body for n in sipp.received("NOTIFY"))
+
+
 def dashboard() -> dict:
     return json.loads(DASHBOARD.read_text())
 
@@ -63,8 +67,12 @@ def test_every_metric_of_every_panel_is_in_the_metrics_of_a_busy_node(nsq, tmp_p
                               tmp_path / "s")
             wait_until(lambda: metric(node.http_port,
                                       'busylamp_subscriptions_active{event="dialog"}') == 1)
+            # one state per step: a change that comes while a NOTIFY is in flight is merged into
+            # the next one (one NOTIFY pending per dialog), so back-to-back steps may send fewer
             call = sim.originate("1001", "1002")
+            wait_until(lambda: notified(sipp, "early"), message="no early NOTIFY")
             sim.answer(call)
+            wait_until(lambda: notified(sipp, "confirmed"), message="no confirmed NOTIFY")
             sim.hangup(call)
             sim.originate("1003", "1004", caller_presence=False)  # a skipped event
             assert sipp.wait() == 0, sipp.errors()
