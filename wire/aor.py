@@ -38,12 +38,31 @@ def normalize_aor(user: str, host: str, aliases: Mapping[str, str] | None = None
     return f"{user}@{host}" if user else host
 
 
+_MEMO_MAX = 8192
+_memo: dict[str, str] = {}
+_memo_aliases: list[object] = [None]  # the aliases mapping the memo was filled with
+
+
 def aor_from_uri(uri: str, aliases: Mapping[str, str] | None = None) -> str:
     """AOR of a sip:/sips:/tel: URI (or a bare ``user@host``); params, headers, port dropped.
 
     Accepts an optional display name and angle brackets (``"Bob" <sip:1001@x>``).
-    Raises ValueError for other schemes.
+    Raises ValueError for other schemes. Memoised per aliases mapping (a presentity's and a
+    phone's URIs repeat across SUBSCRIBEs); the mapping is not to be changed in place.
     """
+    if aliases is not _memo_aliases[0]:
+        _memo.clear()
+        _memo_aliases[0] = aliases
+    found = _memo.get(uri)
+    if found is None:
+        found = _aor_from_uri(uri, aliases)
+        if len(_memo) >= _MEMO_MAX:
+            _memo.clear()
+        _memo[uri] = found
+    return found
+
+
+def _aor_from_uri(uri: str, aliases: Mapping[str, str] | None) -> str:
     text = uri.strip()
     lt = text.find("<")
     if lt != -1:

@@ -41,7 +41,18 @@ class Dispatcher:
     ) -> None:
         """Handle one SIP message (a whole datagram, or one framed message off a stream)."""
         self._in_size = len(data)
-        if data[:8] == b"SIP/2.0 ":
+        self._in_print = None
+        if transport == "udp" and data[:8] != b"SIP/2.0 ":
+            # a request resent unchanged is answered from the transaction before any parsing:
+            # under overload the retransmissions then cost a hash, not a parse each
+            self._in_print = self.server_transactions.fingerprint(bytes(data), source)
+            previous = self.server_transactions.lookup_exact(self._in_print)
+            if previous is not None:
+                self.counters.sip_requests_received += 1
+                self.counters.sip_retransmissions_received += 1
+                self._out.append((transport, source, previous, conn_id))
+                return
+        elif data[:8] == b"SIP/2.0 ":
             sniffed = sniff_response(data)
             if sniffed is not None and sniffed[1].startswith(self._branch_prefix):
                 # the answer to one of our NOTIFYs: no need for a full parse
@@ -150,6 +161,7 @@ class Dispatcher:
         conn_id: int | None, now: float,
     ) -> Callable[..., None]:
         reliable = transport != "udp"
+        fingerprint = self._in_print
 
         def respond(
             status: int, reason: str | None = None,
@@ -162,7 +174,7 @@ class Dispatcher:
                 headers=list(headers), server=self._server_header,
             )
             if store:
-                self.server_transactions.store(key, data, reliable, now)
+                self.server_transactions.store(key, data, reliable, now, fingerprint)
             self._out.append((transport, source, data, conn_id))
 
         return respond

@@ -32,9 +32,11 @@ def _hostport(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _dialog_uri(text: str, what: str) -> SipUri:
     """``text`` parsed, when it can stand in a NOTIFY as Request-URI or Route: a ``sip:`` or
-    ``sips:`` URI without headers."""
+    ``sips:`` URI without headers. Cached (a phone's keys subscribe with one Contact): the
+    result is shared, so callers only read it."""
     try:
         uri = parse_uri(text)
     except ParseError:
@@ -57,10 +59,12 @@ def _sendable(uri: SipUri, what: str) -> None:
         raise ParseError(f"{what} transport {out} not offered by this node")
 
 
+@functools.lru_cache(maxsize=4096)
 def _unreachable(address: str, source_ip: str) -> str | None:
     """Why NOTIFYs may not go to ``address`` for a SUBSCRIBE from ``source_ip``, or None: never to
     an unspecified, multicast or broadcast address, and to a loopback address only for a sender
-    on this host (a remote sender must not aim NOTIFYs at this host's local services)."""
+    on this host (a remote sender must not aim NOTIFYs at this host's local services). Cached:
+    phones repeat their addresses."""
     ip = ipaddress.ip_address(address)
     if ip.is_unspecified or ip.is_multicast or address == "255.255.255.255":
         return "an unspecified, multicast or broadcast address"
@@ -83,14 +87,26 @@ def _reachable(dest: tuple[str, int], source: tuple[str, int], what: str) -> Non
         raise ParseError(f"{what} points at {reason}")
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip_address(host: str) -> str | None:
     """A URI host that is an IP address, as a socket wants it: without brackets and in its one
     canonical text (so responses, whose source the kernel spells canonically, match it); None
-    for a name."""
+    for a name. Cached: phones repeat their addresses."""
     try:
         return ipaddress.ip_address(host.strip("[]")).compressed
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_uri(text: str) -> bool:
+    """Whether ``text`` parses as a URI (a From or To that a NOTIFY will carry back). Cached:
+    a phone's From and a presentity's To repeat across dialogs."""
+    try:
+        parse_uri(text)
+    except ParseError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
@@ -123,11 +139,10 @@ class Routing:
         """
         if not is_token(req.from_.tag or ""):
             raise ParseError("Bad From tag")
-        for what, text in (("From", req.from_.uri), ("To", req.to.uri)):
-            try:
-                parse_uri(text)
-            except ParseError:
-                raise ParseError(f"Bad {what} URI") from None
+        if not _valid_uri(req.from_.uri):
+            raise ParseError("Bad From URI")
+        if not _valid_uri(req.to.uri):
+            raise ParseError("Bad To URI")
         target = _dialog_uri(contact, "Contact")
         route: list[str] = []
         first: SipUri | None = None

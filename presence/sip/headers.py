@@ -31,6 +31,7 @@ _LIST_HEADERS = frozenset((
     "Proxy-Require", "Allow-Events", "Unsupported", "Accept-Encoding", "Accept-Language",
 ))
 
+_CANONICAL = frozenset(_KNOWN_NAMES)  # names the engine asks for are spelled this way already
 _CANON_BY_LOWER: dict[str, str] = {n.lower(): n for n in _KNOWN_NAMES}
 _CANON_BY_LOWER.update(_COMPACT)
 CANON_CACHE: dict[str, str] = {}
@@ -88,7 +89,7 @@ class Headers:
 
     def _values(self, name: str) -> list[str] | None:
         values = self._index.get(name)
-        if values is None:
+        if values is None and name not in _CANONICAL:
             canon = canonical_name(name)
             if canon is not None and canon != name:
                 values = self._index.get(canon)
@@ -104,7 +105,7 @@ class Headers:
         values = self._values(name)
         if not values:
             return []
-        canon = canonical_name(name) or name
+        canon = name if name in _CANONICAL else canonical_name(name) or name
         if canon not in _LIST_HEADERS:
             return list(values)
         out: list[str] = []

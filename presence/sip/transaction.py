@@ -23,8 +23,17 @@ class ServerTransactions:
     def __init__(self, t1: float = 0.5):
         self.timer_j = 64 * t1
         self._responses: dict[tuple, tuple[bytes, float]] = {}
-        self._heap: list[tuple[float, int, tuple]] = []
+        # (hash of the request's bytes, source) -> (response, expires): a UDP retransmission is
+        # the same datagram again (RFC 3261 17.1.2.2), so it is answered before any parsing
+        self._exact: dict[tuple, tuple[bytes, float]] = {}
+        self._heap: list[tuple[float, int, tuple, tuple | None]] = []
         self._seq = count()
+
+    @staticmethod
+    def fingerprint(data: bytes, source: tuple[str, int]) -> tuple:
+        """What identifies a datagram resent unchanged from the same address: its bytes' hash
+        (keyed per process, so not predictable from outside) and length, and the source."""
+        return hash(data), len(data), source
 
     def key(self, request: Request, transport: str) -> tuple:
         """RFC 3261 17.2.3 key (branch, sent-by, method; ACK matches its INVITE); requests without
@@ -45,19 +54,28 @@ class ServerTransactions:
         entry = self._responses.get(key)
         return entry[0] if entry is not None else None
 
-    def store(self, key: tuple, response: bytes, reliable: bool, now: float) -> None:
-        """Keep `response` for Timer J (64*T1) over UDP; reliable transports keep nothing."""
+    def lookup_exact(self, fingerprint: tuple) -> bytes | None:
+        """The response sent to the datagram with this :meth:`fingerprint`, if still kept."""
+        entry = self._exact.get(fingerprint)
+        return entry[0] if entry is not None else None
+
+    def store(self, key: tuple, response: bytes, reliable: bool, now: float,
+              fingerprint: tuple | None = None) -> None:
+        """Keep `response` for Timer J (64*T1) over UDP, by transaction key and, when given, by
+        the request datagram's fingerprint; reliable transports keep nothing."""
         if reliable:
             self._responses.pop(key, None)
             return
         expires = now + self.timer_j
         self._responses[key] = (response, expires)
-        heapq.heappush(self._heap, (expires, next(self._seq), key))
+        if fingerprint is not None:
+            self._exact[fingerprint] = (response, expires)
+        heapq.heappush(self._heap, (expires, next(self._seq), key, fingerprint))
 
     def _drop_stale(self) -> None:
         heap = self._heap
         while heap:
-            expires, _, key = heap[0]
+            expires, _, key, _ = heap[0]
             entry = self._responses.get(key)
             if entry is not None and entry[1] == expires:
                 return
@@ -70,10 +88,14 @@ class ServerTransactions:
     def handle_timer(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now:
-            expires, _, key = heapq.heappop(heap)
+            expires, _, key, fingerprint = heapq.heappop(heap)
             entry = self._responses.get(key)
             if entry is not None and entry[1] == expires:
                 del self._responses[key]
+            if fingerprint is not None:
+                entry = self._exact.get(fingerprint)
+                if entry is not None and entry[1] == expires:
+                    del self._exact[fingerprint]
 
     def __len__(self) -> int:
         return len(self._responses)

@@ -40,8 +40,26 @@ class SipUri:
         return "".join(out)
 
 
+_MEMO_MAX = 8192
+_uri_memo: dict[str, SipUri] = {}
+_name_addr_memo: dict[str, NameAddr] = {}
+
+
 def parse_uri(text: str) -> SipUri:
-    """Parse a sip:/sips:/tel: URI. ParseError(416) for other schemes, ParseError(400) if bad."""
+    """Parse a sip:/sips:/tel: URI. ParseError(416) for other schemes, ParseError(400) if bad.
+
+    Memoised (a phone's Contact, a presentity's URI repeat across dialogs and requests): the
+    result is shared, so callers treat it as read-only."""
+    found = _uri_memo.get(text)
+    if found is None:
+        found = _parse_uri(text)
+        if len(_uri_memo) >= _MEMO_MAX:
+            _uri_memo.clear()
+        _uri_memo[text] = found
+    return found
+
+
+def _parse_uri(text: str) -> SipUri:
     scheme, colon, rest = text.partition(":")
     if not colon or not match_scheme(scheme):
         raise bad("Bad URI")
@@ -121,7 +139,18 @@ def _unquote(text: str) -> tuple[str, int]:
 
 def parse_name_addr(text: str) -> NameAddr:
     """Parse name-addr ('"Name" <uri>;params') or addr-spec ('uri;params', params belong to the
-    header field, RFC 3261 20.10)."""
+    header field, RFC 3261 20.10). Memoised like :func:`parse_uri` (To, Contact, Record-Route
+    repeat): the result is shared, so callers treat it as read-only."""
+    found = _name_addr_memo.get(text)
+    if found is None:
+        found = _parse_name_addr(text)
+        if len(_name_addr_memo) >= _MEMO_MAX:
+            _name_addr_memo.clear()
+        _name_addr_memo[text] = found
+    return found
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     text = text.strip()
     if not text:
         raise bad("Empty Address")

@@ -192,6 +192,55 @@ def test_retransmitted_subscribe_gets_same_response_and_no_second_subscription()
     assert len(h.engine.subscriptions) == 1
 
 
+def test_retransmission_resent_unchanged_is_answered_before_any_parsing(monkeypatch):
+    from busylamp.presence.engine import dispatch
+
+    h = Harness()
+    data = subscribe()
+    h.engine.receive(data, PHONE, "udp", None, h.clock.now)
+    first = h.engine.messages_to_send()
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("a datagram resent unchanged was parsed again")
+
+    monkeypatch.setattr(dispatch, "parse_message", no_parse)
+    h.engine.receive(bytes(data), PHONE, "udp", None, h.clock.now + 0.5)
+    again = h.engine.messages_to_send()
+    assert again == [("udp", PHONE, first[0][2], None)]
+    assert h.engine.counters["sip_retransmissions_received"] == 1
+    assert h.engine.counters["sip_requests_received"] == 2
+    # the same bytes from another address are another request: parsed (here: refused by the stub)
+    with pytest.raises(AssertionError, match="parsed again"):
+        h.engine.receive(data, ("10.0.0.8", 5062), "udp", None, h.clock.now + 0.6)
+
+
+def test_retransmission_with_other_bytes_still_matches_its_transaction():
+    h = Harness()
+    data = subscribe()
+    h.engine.receive(data, PHONE, "udp", None, h.clock.now)
+    first = h.engine.messages_to_send()
+    # same transaction (branch, sent-by, method), bytes differ: found by the RFC 3261 key
+    changed = data.replace(b"Max-Forwards: 70", b"Max-Forwards: 69")
+    assert changed != data
+    h.engine.receive(changed, PHONE, "udp", None, h.clock.now + 0.5)
+    assert h.engine.messages_to_send() == [("udp", PHONE, first[0][2], None)]
+    assert len(h.engine.subscriptions) == 1
+
+
+def test_retransmission_after_timer_j_is_a_new_request():
+    h = Harness(t1=0.5)
+    data = subscribe(expires=3600)
+    h.engine.receive(data, PHONE, "udp", None, h.clock.now)
+    first = h.engine.messages_to_send()
+    h.clock.now += 32.1  # Timer J (64*T1) over: the response is no longer kept
+    h.engine.handle_timer(h.clock.now)
+    h.engine.messages_to_send()
+    h.engine.receive(data, PHONE, "udp", None, h.clock.now)
+    again = h.engine.messages_to_send()
+    assert again[0][2] != first[0][2]  # answered anew (a new To-tag), not from the cache
+    assert h.engine.counters["sip_retransmissions_received"] == 0
+
+
 def test_state_changes_notify_in_order_with_growing_version_and_cseq():
     h = Harness()
     _, notify = h.subscribe_ok()

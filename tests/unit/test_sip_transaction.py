@@ -67,6 +67,23 @@ def test_server_retransmission_gets_same_bytes_until_timer_j() -> None:
     assert table.lookup(key) is None and len(table) == 0 and table.get_timer() is None
 
 
+def test_server_exact_fingerprint_kept_and_dropped_with_its_transaction() -> None:
+    table = ServerTransactions(t1=0.5)
+    data = REQUEST.replace(b"BRANCH", b"z9hG4bK-1")
+    key = table.key(_request(), "udp")
+    print_a = table.fingerprint(data, ("10.0.0.5", 5062))
+    assert print_a == table.fingerprint(bytes(bytearray(data)), ("10.0.0.5", 5062))
+    assert print_a != table.fingerprint(data, ("10.0.0.6", 5062))
+    assert print_a != table.fingerprint(data + b"x", ("10.0.0.5", 5062))
+    table.store(key, b"resp", reliable=False, now=10.0, fingerprint=print_a)
+    assert table.lookup_exact(print_a) == b"resp"
+    table.store(key, b"again", reliable=False, now=20.0)  # re-stored without a fingerprint
+    table.handle_timer(42.0)  # the first entry's Timer J: its fingerprint goes with it
+    assert table.lookup_exact(print_a) is None and table.lookup(key) == b"again"
+    table.handle_timer(52.0)
+    assert table.lookup(key) is None and table.get_timer() is None
+
+
 def test_server_reliable_not_kept() -> None:
     table = ServerTransactions()
     key = table.key(_request(), "tcp")
