@@ -14,7 +14,9 @@ presentity has a presence record, 10% a call in progress (a dialog record), 30% 
   (``busylamp_state_records``), which must equal the peer's.
 
 Once per peer: the snapshot's size in bytes and lines, read with a plain client. Medians are
-printed as JSON. A node that never becomes healthy, or holds other record counts, ends the run
+printed as JSON. ``--codec`` instead measures, in this one process and without sockets, the CPU
+seconds of both formats' two sides (the peer's serialization; the node's parse and apply, with
+the collection a warm start ends with), alternating. A node that never becomes healthy, or holds other record counts, ends the run
 with an error naming its log. ``--baseline REF`` runs git REF's code (peer and node) in the
 same loop, alternating with this checkout's.
 """
@@ -22,6 +24,7 @@ same loop, alternating with this checkout's.
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import json
 import os
@@ -35,7 +38,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ujson
+
 from bench.servers import REPO, baseline_executable, cpu_seconds, descendants, free_port
+from busylamp.presence.packages import REGISTRY
+from busylamp.presence.snapshots import parse_rows, record_rows
+from busylamp.presence.state import PresenceState
+from busylamp.presence.updates import parse_update
 
 DOMAIN = "bench.local"
 BATCH = 5000  # updates per POST /publish (far under the API's 8 MiB)
@@ -206,6 +215,74 @@ def wait_serving(node: Node, timeout: float, sip: bool) -> dict[str, float]:
     return out
 
 
+# --- the codec alone ----------------------------------------------------------------------------
+
+
+def _dumps(item: object) -> bytes:
+    return ujson.dumps(item, ensure_ascii=False, escape_forward_slashes=False).encode() + b"\n"
+
+
+def _import_objects(body: bytes) -> PresenceState:
+    """The node's import of update objects before the rows: a full parse per line."""
+    state = PresenceState(REGISTRY)
+    for line in body.split(b"\n")[1:]:
+        if line:
+            update = parse_update(ujson.loads(line))
+            state.apply(update, 1.0, track_gaps=False)
+    gc.collect(1)
+    return state
+
+
+def _import_rows(body: bytes) -> PresenceState:
+    """The node's import of rows: no collection during it (presence/node/warming.py)."""
+    state = PresenceState(REGISTRY)
+    gc.disable()
+    try:
+        for line in body.split(b"\n")[1:]:
+            if line:
+                updates, errors = parse_rows(ujson.loads(line))
+                if errors:
+                    raise BenchError(f"rows refused: {errors[:3]}")
+                for update in updates:
+                    state.apply(update, 1.0, track_gaps=False)
+    finally:
+        gc.enable()
+    gc.collect(1)
+    return state
+
+
+def codec(presentities: int, repeats: int) -> dict:
+    """CPU seconds (medians) of each side of each format, alternating, in this process."""
+    peer = PresenceState(REGISTRY)
+    for update in office_state(presentities):
+        peer.apply(parse_update(update), 1.0)
+    gc.collect()
+    gc.freeze()  # the peer's state is long-lived, as in a node after housekeeping
+    encode = {"objects": lambda: b"".join(_dumps(i) for i in [{"marks": {}}, *peer.export(1.0)]),
+              "rows": lambda: b"".join(_dumps(i) for i in [{"marks": {}},
+                                                            *record_rows(peer, 1.0)])}
+    decode = {"objects": _import_objects, "rows": _import_rows}
+    samples: dict[str, dict[str, list[float]]] = {f: {"peer_cpu_s": [], "node_cpu_s": []}
+                                                  for f in encode}
+    report: dict = {"presentities": presentities, "records": peer.stats.records}
+    for _ in range(repeats):
+        for fmt in encode:
+            started = time.process_time()
+            body = encode[fmt]()
+            samples[fmt]["peer_cpu_s"].append(time.process_time() - started)
+            started = time.process_time()
+            state = decode[fmt](body)
+            samples[fmt]["node_cpu_s"].append(time.process_time() - started)
+            if state.stats.records != peer.stats.records:
+                raise BenchError(f"{fmt}: the node holds {state.stats.records}")
+            report[f"{fmt}_bytes"] = len(body)
+            del state, body
+            gc.collect()
+    for fmt, figures in samples.items():
+        report[fmt] = {k: round(statistics.median(v), 3) for k, v in figures.items()}
+    return report
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -313,9 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="REF", help="also run git REF's code, alternating")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds a node may take to serve before the run fails")
+    parser.add_argument("--codec", action="store_true",
+                        help="only the two formats' encode and decode CPU, in this process")
     args = parser.parse_args(argv)
     try:
-        report = run(args.presentities, args.repeats, args.baseline, args.timeout)
+        report = (codec(args.presentities, args.repeats) if args.codec
+                  else run(args.presentities, args.repeats, args.baseline, args.timeout))
     except BenchError as exc:
         print(f"bench.warmstart: {exc}", file=sys.stderr)
         return 1

@@ -58,3 +58,11 @@ def test_a_node_that_never_serves_fails_the_run_after_the_timeout(tmp_path):
     finally:
         node.stop()
     assert node.proc.returncode == -15 and not os.path.exists(f"/proc/{node.proc.pid}/stat")
+
+
+def test_codec_mode_measures_both_formats_on_the_same_records():
+    report = warmstart.codec(300, 1)
+    assert report["records"] == {"presence": 300, "dialog": 30, "message-summary": 90}
+    assert 0 < report["rows_bytes"] < report["objects_bytes"] / 1.5
+    assert all(report[fmt][side] > 0 for fmt in ("objects", "rows")
+               for side in ("peer_cpu_s", "node_cpu_s"))
