@@ -16,7 +16,7 @@ over ``--max-msg-size``); every part carries ``Snapshot-ID``, ``Snapshot-Part`` 
 A peer snapshot in rows (``ROWS_TYPE``, asked for by a warm-starting node): the first line is
 ``{"marks": {...}}``, each further line a JSON array of up to ``ROWS_PER_LINE`` rows, one per live
 record, ``[package, presentity, record_id, data, expires, switch_id, bridge_id, epoch,
-sequence]`` (``expires``: seconds left, or null). About a third of the bytes of the update
+sequence]`` (``expires``: seconds left, or null). About half the bytes of the update
 objects, and a row becomes an Update without the field-by-field parse of a bus message; it is
 still input from the network, so :func:`parse_rows` checks each row's shape, types, lengths,
 characters and the fields its package renders, and names what is wrong.

@@ -13,7 +13,7 @@ Order, so nothing is lost and nothing old wins (no race):
 
 The peer download is stdlib ``http.client`` (HTTP/1.1, so a chunked stream that breaks off is
 an error, not a short snapshot) over a gevent socket, so it also works in an unpatched process.
-It asks for the snapshot in record rows (presence/snapshots.py; a third of the bytes, no
+It asks for the snapshot in record rows (presence/snapshots.py; half the bytes, no
 per-field parse) and takes the update-per-line NDJSON of an older peer as well; the body is read
 in blocks of up to 256 KiB and cut into lines here (``http.client``'s own line reading costs
 several Python calls per line).
@@ -36,7 +36,7 @@ from busylamp.presence.snapshots import ROWS_TYPE
 log = logging.getLogger(__name__)
 
 READ_BLOCK = 256 * 1024
-MAX_LINE = 64 * 1024 * 1024  # a rows line is ~100 KiB; a peer sending more without a newline is broken
+MAX_LINE = 64 * 1024 * 1024  # a rows line is ~150 KiB; more without a newline: a broken peer
 
 
 class PeerError(OSError):

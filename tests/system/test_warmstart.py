@@ -192,6 +192,16 @@ def test_refused_rows_are_counted_and_the_first_is_logged_by_line_and_row(caplog
                for w in warnings), warnings
 
 
+def test_malformed_marks_fail_the_peer_and_the_next_source_is_used():
+    row = ["presence", "1001@example.com", "presence", {"State": "open"}, 60, None, "b1", 1, 3]
+    broken = FakePeer([], rows=[{"marks": {"b1": [1]}}, [row]])
+    good = FakePeer([], rows=[{"marks": {"b1": [1, 3]}}, [row]])
+    with api_of(broken) as first, api_of(good) as second, running_node() as late:
+        report = late.warm_start([first, second])
+        assert (report["peer"], report["records"]) == (second, 1)
+        assert late.state.marks()["b1"] == (1, 3)
+
+
 def _chunked_peer(body: bytes):
     def handler(sock):
         sock.recv(65536)
