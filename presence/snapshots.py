@@ -251,7 +251,7 @@ def _row_update(row: object, texts: list) -> Update:
     if type(row) is not list or len(row) != 9:
         raise RowError("expected an array of 9 fields")
     package, presentity, record_id, data, expires, switch_id, bridge_id, epoch, sequence = row
-    required = _REQUIRED.get(package)  # type: ignore[call-overload]
+    required = _REQUIRED.get(package) if type(package) is str else None
     if required is None:
         raise RowError(f"unknown package {package!r}")
     if type(presentity) is not str or not presentity or type(record_id) is not str \
@@ -265,7 +265,7 @@ def _row_update(row: object, texts: list) -> Update:
         raise RowError("expires, epoch and sequence must be integers or null")
     for name, allowed in required.items():
         value = data.get(name)
-        if not value or (allowed is not None and value not in allowed):
+        if type(value) is not str or not value or (allowed is not None and value not in allowed):
             raise RowError(f"{package} data {name!r} missing or not one of the allowed values")
     if (package == DIALOG and record_id != data["Call-ID"]) \
             or (package == MESSAGE_SUMMARY and record_id != MWI_RECORD_ID) \

@@ -83,6 +83,8 @@ GOOD = ["presence", "1001@example.com", "presence", {"State": "open"}, 60, "sw1"
     ("not a row", "an array of 9 fields"),
     (GOOD[:8], "an array of 9 fields"),
     (["voicemail", *GOOD[1:]], "unknown package 'voicemail'"),
+    ([["presence"], *GOOD[1:]], "unknown package ['presence']"),
+    ([*GOOD[:3], {"State": ["open"]}, *GOOD[4:]], "allowed values"),
     ([*GOOD[:1], "", *GOOD[2:]], "non-empty strings"),
     ([*GOOD[:3], ["State", "open"], *GOOD[4:]], "data must be a non-empty object"),
     ([*GOOD[:3], {"State": 1}, *GOOD[4:]], "allowed values"),
