@@ -16,7 +16,9 @@ of --http-allowed-host needs the token too, so a browser tricked by DNS rebindin
 - `GET /metrics` → Prometheus text exposition.
 - `GET /tail?presentity=&package=&call_id=` → NDJSON of applied updates; a bare newline every
   `heartbeat` seconds keeps idle connections alive and detects gone clients.
-- `GET /snapshot` → NDJSON: `{"marks": {...}}`, then one update per line.
+- `GET /snapshot` → NDJSON: `{"marks": {...}}`, then one update per line; with
+  `Accept: application/x-busylamp-rows` (a warm-starting node; the node must offer
+  `snapshot_rows`), the marks, then arrays of record rows (presence/snapshots.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import ujson
 
 from busylamp.presence.config import ConfigError
 from busylamp.presence.httpserver import MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpServer
+from busylamp.presence.snapshots import ROWS_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ MAX_CURSOR_DIGITS = 12  # a trillion rows: far past any table, far below sys.max
 DEFAULT_PAGE = 100
 HEARTBEAT_SECONDS = 15.0
 NDJSON_CHUNK_ROWS = 500
+CHUNK_BYTES = 256 * 1024  # a rows snapshot is written in chunks of about this size
 
 StartResponse = Callable[..., Any]
 Parser = Callable[[bytes], list]
@@ -65,6 +69,7 @@ class NodeControl(Protocol):
     def metrics_text(self) -> str: ...
     def tail(self) -> TailSubscription: ...
     def snapshot(self) -> Iterator[dict]: ...
+    # optional: ``snapshot_rows() -> Iterator[dict | list]``, the marks then lists of rows
 
 
 class HttpError(Exception):
@@ -347,8 +352,28 @@ class ApiApp:
             subscription.close()
 
     def _snapshot(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        rows = getattr(self.node, "snapshot_rows", None)
+        if rows is not None and ROWS_TYPE in (environ.get("HTTP_ACCEPT") or ""):
+            start_response("200 OK", [("Content-Type", ROWS_TYPE)])
+            return self._stream_rows(rows())
         start_response("200 OK", [("Content-Type", "application/x-ndjson")])
         return self._stream_snapshot()
+
+    def _stream_rows(self, lines: Iterator[object]) -> Iterator[bytes]:
+        """One JSON value per line (each a list of up to 1000 rows), in ~256 KiB chunks."""
+        chunk: list[bytes] = []
+        size = 0
+        for item in lines:
+            line = _ndjson_line(item)
+            chunk.append(line)
+            size += len(line)
+            if size >= CHUNK_BYTES:
+                yield b"".join(chunk)
+                chunk.clear()
+                size = 0
+                gevent.sleep(0)
+        if chunk:
+            yield b"".join(chunk)
 
     def _stream_snapshot(self) -> Iterator[bytes]:
         chunk: list[bytes] = []

@@ -1,4 +1,5 @@
-"""Reassembly of snapshots sent in parts (sans-IO: every call takes ``now``).
+"""Snapshots (sans-IO: every call takes ``now``): the reassembly of bus snapshots sent in parts,
+and the record rows of a peer's ``GET /snapshot`` (a node's warm start).
 
 A bridge splits a big snapshot into parts that each fit one bus message (nsqd refuses bodies
 over ``--max-msg-size``); every part carries ``Snapshot-ID``, ``Snapshot-Part`` (0-based) and
@@ -11,18 +12,46 @@ over ``--max-msg-size``); every part carries ``Snapshot-ID``, ``Snapshot-Part`` 
 - an incomplete snapshot is dropped ``timeout`` seconds after its latest part (``get_timer``
   / ``handle_timer``, driven by the owner's clock);
 - a duplicate part (a requeued bus message) is ignored.
+
+A peer snapshot in rows (``ROWS_TYPE``, asked for by a warm-starting node): the first line is
+``{"marks": {...}}``, each further line a JSON array of up to ``ROWS_PER_LINE`` rows, one per live
+record, ``[package, presentity, record_id, data, expires, switch_id, bridge_id, epoch,
+sequence]`` (``expires``: seconds left, or null). About half the bytes of the update
+objects, and a row becomes an Update without the field-by-field parse of a bus message; it is
+still input from the network, so :func:`parse_rows` checks each row's shape, types, lengths,
+characters and the fields its package renders, and names what is wrong.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from busylamp.wire.updates import Snapshot, Update
+from busylamp.wire.names import (
+    DIALOG,
+    DIALOG_STATES,
+    MESSAGE_SUMMARY,
+    MESSAGES_WAITING,
+    MWI_RECORD_ID,
+    PRESENCE,
+    PRESENCE_DEFAULT_RECORD_ID,
+    PRESENCE_STATES,
+)
+from busylamp.wire.updates import MAX_FIELD_LENGTH, Snapshot, Update
 
-__all__ = ["SNAPSHOT_TIMEOUT", "SnapshotAssembler"]
+if TYPE_CHECKING:
+    from busylamp.presence.state import PresenceState
+
+__all__ = ["ROWS_PER_LINE", "ROWS_TYPE", "SNAPSHOT_TIMEOUT", "RowError", "SnapshotAssembler",
+           "parse_rows", "record_rows"]
 
 SNAPSHOT_TIMEOUT = 30.0
+ROWS_TYPE = "application/x-busylamp-rows"
+ROWS_PER_LINE = 1000
 
 
 @dataclass(slots=True)
@@ -126,3 +155,122 @@ class SnapshotAssembler:
         """Drop every incomplete snapshot whose time is up."""
         for switch_id in [s for s, p in self._pending.items() if p.deadline <= now]:
             self._drop(switch_id, "timed_out")
+
+
+# --- a peer snapshot's record rows ---------------------------------------------------------------
+
+
+class RowError(ValueError):
+    """A peer snapshot row is malformed; the message names the row and what is wrong."""
+
+
+def record_rows(state: PresenceState, now: float) -> Iterator[list]:
+    """The peer snapshot's lines after the marks: lists of up to ROWS_PER_LINE rows, every live
+    record of ``state`` with its lifetime left at ``now`` (tombstones are not exported)."""
+    batch: list = []
+    ceil = math.ceil
+    for package, presentity in state.presentities():
+        for r in state.records(package, presentity):
+            if r.terminated:
+                continue
+            expires = None if r.expires_at is None else max(1, ceil(r.expires_at - now))
+            batch.append([package, presentity, r.record_id, r.data, expires, r.switch_id,
+                          r.bridge_id, r.bridge_epoch, r.sequence])
+            if len(batch) >= ROWS_PER_LINE:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+_BAD_TEXT = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, lone surrogates
+_OPTIONAL_STR = (str, type(None))
+_INT_LIMIT = 2**63
+_REQUIRED = {  # what each package's renderer reads, and its allowed values (None: any text)
+    DIALOG: {"Call-ID": None, "From": None, "To": None, "From-URI": None, "To-URI": None,
+             "State": frozenset(DIALOG_STATES)},
+    PRESENCE: {"State": frozenset(PRESENCE_STATES)},
+    MESSAGE_SUMMARY: {"Messages-Waiting": frozenset(MESSAGES_WAITING), "Message-Account": None},
+}
+
+
+def parse_rows(rows: object) -> tuple[list[Update], list[str]]:
+    """The Updates of one rows line, and an error per refused row ("row N: what"); a line that
+    is not a list of rows raises RowError."""
+    if type(rows) is not list:
+        raise RowError(f"expected a JSON array of rows, got {type(rows).__name__}")
+    updates: list[Update] = []
+    indexes: list[int] = []
+    errors: list[str] = []
+    texts: list[str] = []  # every string of the line, checked at once (a bad one is rare)
+    for index, row in enumerate(rows):
+        try:
+            updates.append(_row_update(row, texts))
+            indexes.append(index)
+        except RowError as exc:
+            errors.append(f"row {index}: {exc}")
+    if texts and _text_fault(texts):
+        kept = []
+        for index, update in zip(indexes, updates, strict=True):
+            fault = _text_fault(_texts(update))
+            if fault:
+                errors.append(f"row {index}: {fault}")
+            else:
+                kept.append(update)
+        updates = kept
+    return updates, errors
+
+
+def _texts(update: Update) -> list[str]:
+    texts = [update.presentity, update.record_id, update.switch_id or "", update.bridge_id or ""]
+    for key, value in update.data.items():
+        texts += (key, value)
+    return texts
+
+
+def _text_fault(texts: list) -> str | None:
+    """What is wrong with the strings of ``texts``, if anything (one join, one search)."""
+    try:
+        joined = "".join(texts)
+    except TypeError:
+        return "data values must be strings"
+    if _BAD_TEXT.search(joined):
+        return "a field holds a control character or a lone surrogate"
+    if max(map(len, texts)) > MAX_FIELD_LENGTH:
+        return f"a field is longer than {MAX_FIELD_LENGTH} characters"
+    return None
+
+
+def _integer(value: object) -> bool:
+    return value is None or (type(value) is int and -_INT_LIMIT <= value < _INT_LIMIT)  # type: ignore[operator]
+
+
+def _row_update(row: object, texts: list) -> Update:
+    """The Update of one row; its strings (data values unchecked) are appended to ``texts``,
+    which the caller checks at once."""
+    if type(row) is not list or len(row) != 9:
+        raise RowError("expected an array of 9 fields")
+    package, presentity, record_id, data, expires, switch_id, bridge_id, epoch, sequence = row
+    required = _REQUIRED.get(package) if type(package) is str else None
+    if required is None:
+        raise RowError(f"unknown package {package!r}")
+    if type(presentity) is not str or not presentity or type(record_id) is not str \
+            or not record_id:
+        raise RowError("presentity and record id must be non-empty strings")
+    if type(data) is not dict or not data:
+        raise RowError("data must be a non-empty object")
+    if type(switch_id) not in _OPTIONAL_STR or type(bridge_id) not in _OPTIONAL_STR:
+        raise RowError("switch and bridge ids must be strings or null")
+    if not (_integer(expires) and _integer(epoch) and _integer(sequence)):
+        raise RowError("expires, epoch and sequence must be integers or null")
+    for name, allowed in required.items():
+        value = data.get(name)
+        if type(value) is not str or not value or (allowed is not None and value not in allowed):
+            raise RowError(f"{package} data {name!r} missing or not one of the allowed values")
+    if (package == DIALOG and record_id != data["Call-ID"]) \
+            or (package == MESSAGE_SUMMARY and record_id != MWI_RECORD_ID) \
+            or (package == PRESENCE and record_id != data.get("Call-ID", PRESENCE_DEFAULT_RECORD_ID)):
+        raise RowError(f"record id {record_id!r} does not match its {package} data")
+    texts += (presentity, record_id, switch_id or "", bridge_id or "", *data, *data.values())
+    return Update(package, presentity, record_id, expires, data, bridge_id, epoch, sequence,
+                  switch_id)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from busylamp.presence.metrics import render_metrics
 from busylamp.presence.packages import REGISTRY
+from busylamp.presence.snapshots import record_rows
 
 
 def _record_view(record, now: float) -> dict:
@@ -76,3 +77,8 @@ class AdminViews:
     def snapshot(self) -> Iterator[dict]:
         yield {"marks": {k: list(v) for k, v in self.state.marks().items()}}
         yield from self.state.export()
+
+    def snapshot_rows(self) -> Iterator[dict | list]:
+        """``GET /snapshot`` in rows (presence/snapshots.py): the marks, then lists of rows."""
+        yield {"marks": {k: list(v) for k, v in self.state.marks().items()}}
+        yield from record_rows(self.state, self.clock())

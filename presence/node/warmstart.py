@@ -13,6 +13,10 @@ Order, so nothing is lost and nothing old wins (no race):
 
 The peer download is stdlib ``http.client`` (HTTP/1.1, so a chunked stream that breaks off is
 an error, not a short snapshot) over a gevent socket, so it also works in an unpatched process.
+It asks for the snapshot in record rows (presence/snapshots.py; half the bytes, no
+per-field parse) and takes the update-per-line NDJSON of an older peer as well; the body is read
+in blocks of up to 256 KiB and cut into lines here (``http.client``'s own line reading costs
+several Python calls per line).
 """
 
 from __future__ import annotations
@@ -27,7 +31,12 @@ import gevent
 import gevent.socket
 import ujson
 
+from busylamp.presence.snapshots import ROWS_TYPE
+
 log = logging.getLogger(__name__)
+
+READ_BLOCK = 256 * 1024
+MAX_LINE = 64 * 1024 * 1024  # a rows line is ~150 KiB; more without a newline: a broken peer
 
 
 class PeerError(OSError):
@@ -42,9 +51,29 @@ class _GeventConnection(http.client.HTTPConnection):
                                                     self.source_address)
 
 
-def stream_snapshot(url: str, token: str | None = None, timeout: float = 10.0) -> Iterator[dict]:
-    """Yield the JSON objects of a peer's ``GET /snapshot`` (NDJSON) as they arrive; every
-    socket operation has ``timeout``; any failure is a PeerError."""
+def _lines(response: http.client.HTTPResponse, url: str) -> Iterator[bytes]:
+    """The body's non-blank lines, read in blocks; an unfinished last line is kept too."""
+    rest = b""
+    while True:
+        block = response.read1(READ_BLOCK)
+        if not block:
+            break
+        lines = (rest + block).split(b"\n") if rest else block.split(b"\n")
+        rest = lines.pop()
+        if len(rest) > MAX_LINE:
+            raise PeerError(f"peer {url}: a snapshot line longer than {MAX_LINE} bytes")
+        for line in lines:
+            if line.strip():
+                yield line
+    if rest.strip():
+        yield rest
+
+
+def stream_snapshot(url: str, token: str | None = None, timeout: float = 10.0, *,
+                    rows: bool = False) -> Iterator[object]:
+    """Yield the JSON values of a peer's ``GET /snapshot`` (NDJSON) as they arrive; with
+    ``rows`` it asks for record rows (the peer may still answer update objects); every socket
+    operation has ``timeout``; any failure is a PeerError."""
     parts = urlsplit(url if "://" in url else "http://" + url)
     try:
         port = parts.port or 80
@@ -53,7 +82,8 @@ def stream_snapshot(url: str, token: str | None = None, timeout: float = 10.0) -
     if parts.scheme != "http" or not parts.hostname:
         raise PeerError(f"peer {url!r}: expected http://HOST:PORT")
     path = (parts.path.rstrip("/") or "") + "/snapshot"
-    headers = {"Accept": "application/x-ndjson"}
+    headers = {"Accept": f"{ROWS_TYPE}, application/x-ndjson;q=0.5" if rows
+               else "application/x-ndjson"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     elif parts.username:
@@ -65,13 +95,12 @@ def stream_snapshot(url: str, token: str | None = None, timeout: float = 10.0) -
         response = conn.getresponse()
         if response.status != 200:
             raise PeerError(f"peer {url}: answered {response.status} {response.reason}")
-        for raw in response:  # line by line as the (chunked) stream arrives
-            raw = raw.strip()
-            if raw:
-                try:
-                    yield ujson.loads(raw)
-                except ValueError as exc:
-                    raise PeerError(f"peer {url}: bad snapshot line: {exc}") from None
+        for number, raw in enumerate(_lines(response, url), 1):  # as the (chunked) stream arrives
+            try:
+                value = ujson.loads(raw)
+            except ValueError as exc:
+                raise PeerError(f"peer {url}: bad snapshot line {number}: {exc}") from None
+            yield value
     except (OSError, http.client.HTTPException, gevent.Timeout) as exc:
         if isinstance(exc, PeerError):
             raise

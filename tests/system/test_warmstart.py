@@ -12,6 +12,7 @@ import pytest
 from gevent.server import StreamServer
 
 from busylamp.presence.api import serve_api
+from busylamp.presence.node import warmstart
 from busylamp.presence.node.warmstart import PeerError, stream_snapshot
 from tests.node_util import publish, running_node, settled, sip_address
 from tests.polling import wait_until
@@ -128,6 +129,105 @@ def test_a_bad_peer_address_is_a_peer_error():
     for url in ("https://127.0.0.1:1", "http://127.0.0.1:notaport", "http://"):
         with pytest.raises(PeerError):
             list(stream_snapshot(url, timeout=1))
+
+
+class FakePeer:
+    """A NodeControl serving only ``/snapshot``: the given lines as update objects, or as rows
+    (``snapshot_rows``) when ``rows`` is given."""
+
+    def __init__(self, lines: list, rows: list | None = None) -> None:
+        self.lines = lines
+        if rows is not None:
+            self.snapshot_rows = lambda: iter(rows)
+
+    def snapshot(self):
+        return iter(self.lines)
+
+
+@contextmanager
+def api_of(node):
+    server = serve_api("127.0.0.1", 0, node, None)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.stop(timeout=1)
+
+
+def test_a_node_serves_rows_to_who_asks_and_update_objects_to_the_others():
+    with running_node() as old, api_of(old) as url:
+        publish(old, dialog("confirmed", "call-a", 1), dialog("early", "call-b", 2, user="1003"))
+        marks, *objects = stream_snapshot(url)
+        assert marks == {"marks": {"bridge-1": [1, 2]}}
+        assert sorted(o["Call-ID"] for o in objects) == ["call-a", "call-b"]
+        marks, *lines = stream_snapshot(url, rows=True)
+        assert marks == {"marks": {"bridge-1": [1, 2]}} and len(lines) == 1
+        assert sorted((row[1], row[2], row[3]["State"], row[8]) for row in lines[0]) == [
+            ("1001@example.com", "call-a", "confirmed", 1), ("1003@example.com", "call-b", "early", 2)]
+
+
+def test_warm_start_takes_update_objects_from_a_peer_without_rows():
+    peer = FakePeer([{"marks": {"bridge-1": [1, 9]}}, dialog("confirmed", "call-a", 4),
+                     {"Event-Name": "update", "Event-Package": "dialog"},  # invalid: skipped
+                     dialog("early", "call-b", 5, user="1003")])
+    with api_of(peer) as url, running_node() as late:
+        report = late.warm_start([url])
+        assert (report["peer"], report["records"], report["skipped"]) == (url, 2, 1)
+        assert [r.record_id for r in late.state.records("dialog", "1003@example.com")] == ["call-b"]
+        assert late.state.marks()["bridge-1"] == (1, 9) and late.ready
+
+
+def test_refused_rows_are_counted_and_the_first_is_logged_by_line_and_row(caplog):
+    good = ["presence", "1001@example.com", "presence", {"State": "open"}, 60, None, "b1", 1, 3]
+    bad = ["presence", "1002@example.com", "presence", {"State": "open", "Note": "a\r\nX: y"}, 60, None,
+           None, None, None]
+    peer = FakePeer([], rows=[{"marks": {"b1": [1, 3]}}, [good, bad]])
+    with api_of(peer) as url, running_node() as late, caplog.at_level("WARNING"):
+        report = late.warm_start([url])
+        assert (report["peer"], report["records"], report["skipped"]) == (url, 1, 1)
+        assert late.state.records("presence", "1002@example.com") == []
+        assert [r.data for r in late.state.records("presence", "1001@example.com")] == [
+            {"State": "open"}]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("snapshot line 2, row 1: a field holds a control character" in w
+               for w in warnings), warnings
+
+
+def test_malformed_marks_fail_the_peer_and_the_next_source_is_used():
+    row = ["presence", "1001@example.com", "presence", {"State": "open"}, 60, None, "b1", 1, 3]
+    broken = FakePeer([], rows=[{"marks": {"b1": [1]}}, [row]])
+    good = FakePeer([], rows=[{"marks": {"b1": [1, 3]}}, [row]])
+    with api_of(broken) as first, api_of(good) as second, running_node() as late:
+        report = late.warm_start([first, second])
+        assert (report["peer"], report["records"]) == (second, 1)
+        assert late.state.marks()["b1"] == (1, 3)
+
+
+def _chunked_peer(body: bytes):
+    def handler(sock):
+        sock.recv(65536)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-busylamp-rows\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                     % (len(body), body))
+        sock.close()
+    return raw_peer(handler)
+
+
+def test_a_line_that_is_not_json_fails_the_peer_naming_the_line():
+    with _chunked_peer(b'{"marks": {}}\n[["presence", "1001@e' + b"\n[]\n") as url:
+        with pytest.raises(PeerError, match="bad snapshot line 2"):
+            list(stream_snapshot(url, timeout=5, rows=True))
+        with running_node() as late:
+            report = late.warm_start([url], resync_wait=0)
+            assert report["peer"] is None and late.ready  # the next source: a resync request
+
+
+def test_a_line_without_end_is_a_peer_error_past_the_limit(monkeypatch):
+    monkeypatch.setattr(warmstart, "MAX_LINE", 1000)
+    with (_chunked_peer(b'{"marks": {}}\n[' + b"[1]," * 400) as url,
+          pytest.raises(PeerError, match="line longer than 1000 bytes")):
+        list(stream_snapshot(url, timeout=5, rows=True))
+    with _chunked_peer(b'{"marks": {}}\n[' + b"[1]," * 100 + b"[1]]") as url:  # last, no newline
+        assert list(stream_snapshot(url, timeout=5, rows=True))[1] == [[1]] * 101
 
 
 @pytest.mark.sipp
