@@ -63,6 +63,7 @@ def engine_config(config: RunConfig, bound: list[tuple[str, tuple[str, int]]]) -
             subscribe_burst=config.subscribe_burst,
             rate_drop=config.subscribe_rate_action == "drop",
             max_pending_notifies=config.max_pending_notifies,
+            shed_backlog=config.shed_backlog,
         ),
         edges=tuple(config.edge),
         fanout_batch=config.fanout_batch,

@@ -197,6 +197,20 @@ def _integer(minimum: int) -> Callable[[Any], int]:
     return parse
 
 
+def _fraction(value: Any) -> float:
+    """A number from 0 to 1 (a share of something)."""
+    form = "a number from 0 to 1"
+    if isinstance(value, bool):
+        raise _Bad(form)
+    try:
+        number = float(value) if isinstance(value, int | float) else float(str(value).strip())
+    except ValueError:
+        raise _Bad(form) from None
+    if not 0.0 <= number <= 1.0:  # also refuses nan
+        raise _Bad(form)
+    return number
+
+
 def _seconds(minimum: float, *, inclusive: bool = False) -> Callable[[Any], float]:
     form = f"a number of seconds {'>=' if inclusive else '>'} {minimum:g}"
 
@@ -388,6 +402,10 @@ class RunConfig:
     max_pending_notifies: int = field(default=100_000, metadata=_meta(
         "max_pending_notifies", "NOTIFY transactions awaiting an answer at most; beyond, fan-out "
         "waits and new SUBSCRIBEs get 503 with Retry-After", _integer(1)))
+    shed_backlog: float = field(default=0.5, metadata=_meta(
+        "shed_backlog", "while the UDP receive queue being read is at least this full (a "
+        "fraction of its buffer), new SUBSCRIBEs get 503 with Retry-After instead of work the "
+        "node cannot finish before the phones retransmit (0 = never)", _fraction))
     fanout_batch: int = field(default=500, metadata=_meta(
         "fanout_batch", "NOTIFYs built in one step of a fan-out before SIP input is read again",
         _integer(1)))

@@ -35,6 +35,9 @@ class Limits:
     rate_drop: bool = False  # over the rate: no answer at all instead of a 503
     max_pending_notifies: int | None = None
     retry_after: int = 10  # seconds, on a 503 for the total or pending limit
+    # new SUBSCRIBEs get 503 while the UDP receive queue being read is at least this full
+    # (a fraction of its buffer; 0: never): see presence/node/transport.py
+    shed_backlog: float = 0.0
 
 
 class TokenBuckets:

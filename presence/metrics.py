@@ -63,7 +63,7 @@ def render_metrics(node: PresenceNode) -> str:
     metric("subscribe_limited_total", "counter",
            "Initial SUBSCRIBEs refused (or dropped) by a limit, by limit.",
            [({"limit": name}, c["limit_" + name])
-            for name in ("total", "source", "watcher", "rate", "pending")])
+            for name in ("total", "source", "watcher", "rate", "pending", "overload")])
     metric("subscribe_target_refused_total", "counter",
            "SUBSCRIBEs refused 403 because NOTIFYs would go elsewhere than the source or an edge.",
            [({}, c["target_refused"])])

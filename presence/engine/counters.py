@@ -35,6 +35,7 @@ NAMES = (
     "limit_watcher",
     "limit_rate",
     "limit_pending",
+    "limit_overload",
     "subscribe_rate_dropped",
     "target_refused",
     "notify_minimal",

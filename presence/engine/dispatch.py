@@ -131,6 +131,9 @@ class Dispatcher:
             self._in_dialog(req, to_tag, respond, source, transport, conn_id, now)
             return
         if method == "SUBSCRIBE":
+            if self.overloaded:
+                self._shed(req, respond)
+                return
             origin = self._origin(req, source)
             if self._buckets is not None and not self._buckets.allow(origin, now):
                 self.counters.limit_rate += 1

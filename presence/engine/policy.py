@@ -38,6 +38,19 @@ def _accepts(accepts: list[str], package: EventPackage) -> bool:
 class SubscribePolicy:
     """The checks a SUBSCRIBE passes before a dialog is made (a mixin of PresenceEngine)."""
 
+    # Set by the node while the UDP receive queue it reads is fuller than Limits.shed_backlog:
+    # new SUBSCRIBEs are then refused before any work is spent on them (see _shed).
+    overloaded: bool = False
+
+    def _shed(self, req: Request, respond: Callable[..., None]) -> None:
+        """Refuse a new SUBSCRIBE while overloaded: 503 with a Retry-After spread over
+        [retry_after, 2 * retry_after) by Call-ID, so the refused phones do not all come back
+        in the same second."""
+        self.counters.limit_overload += 1
+        base = self.config.limits.retry_after
+        spread = sum(req.call_id.encode()) % max(1, base)
+        self._reject(respond, 503, "Overloaded", [("Retry-After", str(base + spread))])
+
     def _origin(self, req: Request, source: tuple[str, int]) -> str:
         """The address limits count against: the source, or for a request from a configured
         edge the address the edge vouches for in the Via below its own (see limits.py)."""

@@ -62,7 +62,8 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         # a stream connection that carries a subscription is never closed as unused or evicted
         self.transports = SipTransports(
             self._on_sip, in_use=lambda conn_id: self.engine.subscriptions.uses_conn(conn_id),
-            **(transport_options or {}))
+            on_backlog=self._on_backlog, **(transport_options or {}))
+        self._overload_logged_at = float("-inf")
         self.resolver = Resolver(self._on_resolved, clock=clock, **(resolver_options or {}))
         self.listeners: list[tuple[str, tuple[str, int]]] = []
         self.ready = True
@@ -138,6 +139,20 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
                         "(raise --shutdown-notify-rate or --shutdown-timeout to move them all)",
                         ended, left, timeout)
         return ended
+
+    def _on_backlog(self, fill: float) -> None:
+        """The transports measured the UDP receive queue: past ``--shed-backlog`` the engine
+        refuses new SUBSCRIBEs (503) until the queue drains (a WARNING a minute at most)."""
+        threshold = self.engine.config.limits.shed_backlog
+        overloaded = bool(threshold) and fill >= threshold
+        if overloaded and not self.engine.overloaded:
+            now = time.monotonic()
+            if now >= self._overload_logged_at + 60.0:
+                self._overload_logged_at = now
+                log.warning("SIP input queue %.0f%% full: new SUBSCRIBEs get 503 until it "
+                            "drains (%d refused so far)", 100 * fill,
+                            self.engine.counters.limit_overload)
+        self.engine.overloaded = overloaded
 
     def _on_sip(self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:
         self.engine.receive(data, source, transport, conn_id, self.clock())

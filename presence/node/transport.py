@@ -8,7 +8,10 @@ UDP: a reader drains its socket in batches (``recvmmsg`` through presence.node.m
 ``recvfrom`` loop) without a greenlet switch per datagram. Outgoing datagrams are queued per
 socket and leave in batches (``sendmmsg``): after each received batch is handled, and otherwise
 from a hub callback run once the sending greenlet yields (so the NOTIFYs of one publish leave
-together); only a full socket buffer makes a greenlet wait for writability.
+together); only a full socket buffer makes a greenlet wait for writability. After a batch that
+filled the receive call, ``on_backlog`` is told how full the socket's receive queue still is
+(one ``getsockopt`` per batch; 0.0 once a batch drained it): the node sheds new SUBSCRIBEs
+past ``--shed-backlog``.
 
 TCP limits: at most ``max_tcp_connections`` connections and ``max_tcp_per_source`` from one IP
 address; a new connection over either cap takes the place of the oldest one that carries no
@@ -25,6 +28,7 @@ import logging
 import os
 import resource
 import socket as _stdsocket
+import struct
 import time
 from collections.abc import Callable
 from itertools import count, islice
@@ -49,6 +53,7 @@ ERROR_LOG_INTERVAL = 10.0
 FD_LOG_INTERVAL = 60.0
 EVICT_SCAN = 64  # connections looked at for one eviction, at most
 UDP_YIELD_AFTER = 1024  # datagrams a reader handles before letting other greenlets run
+SO_MEMINFO = 55  # Linux getsockopt: a socket's memory, receive queue bytes first, buffer second
 _FD_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
@@ -64,6 +69,18 @@ def raise_fd_limit() -> int:
         except (OSError, ValueError) as exc:
             log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
     return soft
+
+
+def receive_queue_fill(sock: _stdsocket.socket) -> float:
+    """How full ``sock``'s receive queue is, 0 to 1 (bytes the kernel holds for it over its
+    buffer, both as the kernel counts them); 0.0 where the kernel does not tell. Linux gives
+    read UDP memory back in steps of a quarter of the buffer while more is queued, so the
+    reading may be up to 0.25 above the queue itself."""
+    try:
+        held, size = struct.unpack("II", sock.getsockopt(_stdsocket.SOL_SOCKET, SO_MEMINFO, 8))
+    except (OSError, struct.error):
+        return 0.0
+    return held / size if size else 0.0
 
 
 def _family(host: str) -> int:
@@ -115,8 +132,13 @@ class SipTransports:
                  max_tcp_buffer: int = 65536, tcp_idle_timeout: float = 3600.0,
                  max_tcp_connections: int = 10000, max_tcp_per_source: int = 256,
                  tcp_unused_timeout: float = 60.0, tcp_message_timeout: float = 10.0,
-                 in_use: Callable[[int], bool] | None = None, udp_batch: bool | None = None):
+                 in_use: Callable[[int], bool] | None = None, udp_batch: bool | None = None,
+                 on_backlog: Callable[[float], None] | None = None):
         self.handler = handler
+        # told how full the UDP receive queue is before each batch is handled: measured after a
+        # full batch (one system call per batch), 0.0 once a batch found the socket drained
+        self.on_backlog = on_backlog
+        self.backlog = 0.0
         self.udp_batch = udp_batch  # None: batched system calls when the extension is built
         self.max_datagram = max_datagram
         self.max_tcp_buffer = max_tcp_buffer
@@ -219,6 +241,11 @@ class SipTransports:
                 return -1
             log.debug("udp receive failed: %s", exc)
             return 0
+        if self.on_backlog is not None:
+            fill = receive_queue_fill(udp.sock) if len(batch) >= udp.batcher.batch else 0.0
+            if fill or self.backlog:
+                self.backlog = fill
+                self.on_backlog(fill)
         max_datagram = self.max_datagram
         for data, addr in batch:
             if len(data) > max_datagram:

@@ -11,7 +11,7 @@ import pytest
 from gevent import socket
 
 from busylamp.presence.node.mmsg import DatagramBatcher, batching_available
-from busylamp.presence.node.transport import SipTransports
+from busylamp.presence.node.transport import SipTransports, receive_queue_fill
 from tests.polling import wait_until
 
 MODES = [pytest.param(True, id="batched", marks=pytest.mark.skipif(
@@ -85,9 +85,37 @@ def test_poll_udp_handles_queued_datagrams_from_the_callers_greenlet(batched: bo
         addr = t.listen("udp", "127.0.0.1", 0)
         for i in range(10):
             peer.sendto(b"a%d" % i, addr)
-        time.sleep(0.05)  # queued in the kernel; the reader greenlet has not run
+        # queued in the kernel (loopback delivers within sendto); the reader greenlet has not run
+        assert receive_queue_fill(t._udp[0].sock) > 0
         assert t.poll_udp() == 10 and seen == [b"a%d" % i for i in range(10)]
         assert t.poll_udp() == 0
+    finally:
+        t.close()
+        peer.close()
+
+
+@pytest.mark.parametrize("batched", MODES)
+def test_backlog_is_measured_after_each_full_batch_and_cleared_once_drained(batched: bool):
+    seen: list[bytes] = []
+    fills: list[float] = []
+    t = SipTransports(lambda data, *rest: seen.append(data), udp_batch=batched,
+                      on_backlog=fills.append)
+    peer = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    try:
+        addr = t.listen("udp", "127.0.0.1", 0)
+        batch = t._udp[0].batcher.batch
+        for i in range(4 * batch + 10):  # queued before the reader greenlet runs
+            peer.sendto(b"q%d" % i, addr)
+        wait_until(lambda: len(seen) == 4 * batch + 10)
+        # after each of the four full batches, what was still queued (as the kernel counts it:
+        # it releases read memory in steps, so the reading need not fall batch by batch); then
+        # the batch that drained the socket
+        assert len(fills) == 5 and fills[-1] == 0.0
+        assert all(0 < fill < 1 for fill in fills[:4])
+        assert t.backlog == 0.0
+        peer.sendto(b"lone", addr)  # a partial batch on an empty queue: nothing to report
+        wait_until(lambda: seen[-1] == b"lone")
+        assert len(fills) == 5
     finally:
         t.close()
         peer.close()

@@ -67,6 +67,8 @@ def test_error_message_names_the_flag_and_the_accepted_form():
     ("cross_domain", "maybe", "true or false"),
     ("peer", "ftp://x:1", "http://HOST:PORT"),
     ("sip", "udp:::1:5060", "brackets"),
+    ("shed_backlog", "1.5", "number from 0 to 1"),
+    ("shed_backlog", "nan", "number from 0 to 1"),
 ])
 def test_bad_values_are_refused_with_the_accepted_form(name, raw, accepted):
     value = [raw] if FIELDS[name].metadata["multiple"] else raw
@@ -81,7 +83,7 @@ def test_parsed_values():
         "sip": ["udp:[::1]:5070", "TCP:127.0.0.1:5071"], "http": "off", "esl": ["127.0.0.1:8021"],
         "trusted": ["10.1.2.3/8"], "domain_alias": ["Alias.example=Example.com"],
         "cross_domain": True, "lookupd": ["127.0.0.1:4161"], "bus": "nsq",
-        "advertise": "203.0.113.5:5060",
+        "advertise": "203.0.113.5:5060", "shed_backlog": "0.25",
     }, hostname="h")
     assert config.sip == [Listen("udp", "::1", 5070), Listen("tcp", "127.0.0.1", 5071)]
     assert str(config.sip[0]) == "udp:[::1]:5070"
@@ -93,6 +95,7 @@ def test_parsed_values():
     assert config.lookupd == ["http://127.0.0.1:4161"]
     assert config.advertise == Address("203.0.113.5", 5060)
     assert config.node_id == "h-5070"
+    assert config.shed_backlog == 0.25
 
 
 def test_lists_are_arrays_or_one_comma_separated_string():

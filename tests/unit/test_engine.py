@@ -241,6 +241,28 @@ def test_retransmission_after_timer_j_is_a_new_request():
     assert h.engine.counters["sip_retransmissions_received"] == 0
 
 
+def test_overloaded_engine_refuses_new_subscribes_only():
+    h = Harness()
+    _, notify = h.subscribe_ok()  # a dialog from before the overload
+    h.send(answer(notify))
+    h.engine.overloaded = True
+    refused = [h.send(subscribe(call_id=f"cid-{i}", from_tag=f"t{i}", branch=f"z9hG4bK-o{i}"))
+               for i in range(20)]
+    assert all(len(out) == 1 and out[0][2].status == 503 for out in refused)
+    assert {out[0][2].reason for out in refused} == {"Overloaded"}
+    delays = {int(out[0][2].headers.get("Retry-After")) for out in refused}
+    assert all(10 <= d < 20 for d in delays) and len(delays) > 1
+    assert h.engine.counters["limit_overload"] == 20 and len(h.engine.subscriptions) == 1
+    # the existing dialog is still served: its refresh gets 200 and a NOTIFY
+    tag = next(iter(h.engine.subscriptions)).tag
+    out = h.send(subscribe(to_tag=tag, cseq=2, branch="z9hG4bK-r"))
+    assert [m.status if isinstance(m, Response) else m.method for _, _, m, _ in out] == \
+        [200, "NOTIFY"]
+    h.engine.overloaded = False
+    h.subscribe_ok(call_id="cid-after", from_tag="ta", branch="z9hG4bK-after")
+    assert len(h.engine.subscriptions) == 2
+
+
 def test_state_changes_notify_in_order_with_growing_version_and_cseq():
     h = Harness()
     _, notify = h.subscribe_ok()
