@@ -41,7 +41,7 @@ class RunConfig:
     probe_start: float = 3000.0   # first rung of the SUBSCRIBE/s ladder
     probe_seconds: float = 1.0    # length of each rung
     probe_step: float = 1.3
-    probe_max_rungs: int = 8
+    probe_max_rungs: int = 14
     ceiling: bool = False
     ceiling_step: float = 1.5
     ceiling_max_rate: float = 40000.0
@@ -134,10 +134,15 @@ def _figures(pres: PublishResult, records: list, held: dict[str, int]) -> dict[s
 
 def _subscribe_ladder(server: Server, cfg: RunConfig, workdir: Path, ladder: int,
                       start: float) -> list[SippResult]:
-    """sipp runs at rising rates to unpublished presentities until one is not clean."""
+    """The highest clean SUBSCRIBE rate, found as the issue asks for ceilings: sipp runs at
+    rates rising by ``probe_step`` from ``start`` (falling, when ``start`` is not clean) until
+    one clean and one unclean rate bracket it, then bisection between the two until they are
+    within 2% (``probe_max_rungs`` runs at most). Every run is returned; the best is the
+    highest achieved rate of a clean one."""
     rungs: list[SippResult] = []
-    rate = start
-    for rung in range(cfg.probe_max_rungs):
+
+    def probe(rate: float) -> bool:
+        rung = len(rungs)
         calls = max(100, int(rate * cfg.probe_seconds))
         csv_path = workdir / f"probe_{ladder}_{rung}.csv"
         write_sipp_csv(str(csv_path), (f"probe{ladder}x{rung}x{i};rp{ladder}x{rung}x{i};{DOMAIN}"
@@ -145,11 +150,32 @@ def _subscribe_ladder(server: Server, cfg: RunConfig, workdir: Path, ladder: int
         res = run_subscribe(("127.0.0.1", server.sip_port), csv_path, calls, rate, workdir,
                             cpu=LOAD_CPU, name=f"probe_{ladder}_{rung}", recv_timeout_ms=4000)
         rungs.append(res)
-        log.info("subscribe ladder %d rate %.0f: %d ok %d failed %d retrans -> %.0f/s",
-                 ladder, rate, res.successful, res.failed, res.retransmissions, res.rate)
-        if not res.clean or res.rate < 0.9 * rate:
-            break
-        rate *= cfg.probe_step
+        ok = res.clean and res.rate >= 0.9 * rate
+        log.info("subscribe ladder %d rate %.0f: %d ok %d failed %d retrans -> %.0f/s (%s)",
+                 ladder, rate, res.successful, res.failed, res.retransmissions, res.rate,
+                 "clean" if ok else "not clean")
+        return ok
+
+    low = high = None  # offered rates: the highest clean, the lowest not clean
+    rate = start
+    going_up = probe(rate)
+    if going_up:
+        low = rate
+    else:
+        high = rate
+    while (low is None or high is None) and len(rungs) < cfg.probe_max_rungs:
+        rate = rate * cfg.probe_step if going_up else rate / cfg.probe_step
+        if probe(rate):
+            low = rate
+        else:
+            high = rate
+    while low is not None and high is not None and high > low * 1.02 \
+            and len(rungs) < cfg.probe_max_rungs:
+        rate = (low + high) / 2
+        if probe(rate):
+            low = rate
+        else:
+            high = rate
     return rungs
 
 
@@ -280,7 +306,7 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
             clean = [r.rate for r in rungs if r.clean]
             best.append(max(clean, default=0.0))
             if best[-1]:
-                start = max(cfg.probe_start / 4, best[-1] / cfg.probe_step ** 2)
+                start = max(cfg.probe_start / 4, best[-1] / cfg.probe_step)
         result.clean_subscribe_per_s = analysis.median(best)
         phase_done("subscribe_ladders")
         result.cpu_seconds = {
