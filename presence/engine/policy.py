@@ -3,6 +3,7 @@ targets and their byte budget (amplification), accepted packages and bodies."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 
 from busylamp.presence.engine.config import ALLOW
@@ -25,7 +26,14 @@ def _domain(aor: str) -> str:
 
 
 def _accepts(accepts: list[str], package: EventPackage) -> bool:
-    offered = {t.lower() for t in package.accept}
+    """Whether an Accept header list admits one of ``package``'s body types. Cached: phones
+    send the same few Accept values."""
+    return _accepts_types(tuple(accepts), package.accept)
+
+
+@functools.lru_cache(maxsize=1024)
+def _accepts_types(accepts: tuple[str, ...], types: tuple[str, ...]) -> bool:
+    offered = {t.lower() for t in types}
     for value in accepts:
         media = value.split(";", 1)[0].strip().lower()
         if not media or media == "*/*" or media in offered:
