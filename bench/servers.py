@@ -78,6 +78,17 @@ def memory_kb(pids: list[int]) -> dict[str, int]:
     return out
 
 
+def stop_group(proc: subprocess.Popen | None) -> None:
+    """SIGTERM a process started in its own session (and its children); SIGKILL after 15 s."""
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 def sip_ping(port: int, timeout: float = 0.5) -> bool:
     """True once something answers an OPTIONS on udp:127.0.0.1:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -145,13 +156,7 @@ class Server(abc.ABC):
         raise TimeoutError(f"{self.name} did not come up within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc)
         if self._log:
             self._log.close()
             self._log = None

@@ -19,6 +19,7 @@ import argparse
 import statistics
 import time
 
+from bench.engine import _ok_for as ok_for  # a 200 to a NOTIFY, as a phone answers
 from busylamp.presence.engine import EngineConfig, PresenceEngine
 from busylamp.presence.history import History
 from busylamp.presence.packages import REGISTRY
@@ -43,14 +44,6 @@ def phone_subscribe(i: int, presentity: str) -> bytes:
         f"Event: dialog\r\nAccept: application/dialog-info+xml\r\nExpires: 3600\r\n"
         f"User-Agent: sipp\r\nContent-Length: 0\r\n\r\n"
     ).encode()
-
-
-def ok_for(request: bytes) -> bytes:
-    """A 200 to ``request`` (a NOTIFY), copying the headers a response must carry."""
-    head = request.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-    keep = [line for line in head[1:]
-            if line.split(b":", 1)[0] in (b"Via", b"From", b"To", b"Call-ID", b"CSeq")]
-    return b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b"\r\nContent-Length: 0\r\n\r\n"
 
 
 def _source(data: bytes) -> tuple[str, int]:

@@ -27,8 +27,6 @@ import argparse
 import gc
 import http.client
 import json
-import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -40,7 +38,14 @@ from pathlib import Path
 
 import ujson
 
-from bench.servers import REPO, baseline_executable, cpu_seconds, descendants, free_port
+from bench.servers import (
+    REPO,
+    baseline_executable,
+    cpu_seconds,
+    descendants,
+    free_port,
+    stop_group,
+)
 from busylamp.presence.packages import REGISTRY
 from busylamp.presence.snapshots import parse_rows, record_rows
 from busylamp.presence.state import PresenceState
@@ -124,13 +129,7 @@ class Node:
                                          start_new_session=True)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc)
 
     def cpu(self) -> float:
         return cpu_seconds(descendants(self.proc.pid)) if self.proc else 0.0

@@ -197,17 +197,24 @@ def _integer(minimum: int) -> Callable[[Any], int]:
     return parse
 
 
-def _fraction(value: Any) -> float:
-    """A number from 0 to 1 (a share of something)."""
-    form = "a number from 0 to 1"
+def _float(value: Any, form: str) -> float:
+    """``value`` as a finite float (a TOML number or text), else _Bad naming ``form``."""
     if isinstance(value, bool):
         raise _Bad(form)
     try:
         number = float(value) if isinstance(value, int | float) else float(str(value).strip())
     except ValueError:
         raise _Bad(form) from None
-    if not 0.0 <= number <= 1.0:  # also refuses nan
+    if number != number or number in (float("inf"), float("-inf")):
         raise _Bad(form)
+    return number
+
+
+def _fraction(value: Any) -> float:
+    """A number from 0 to 1 (a share of something)."""
+    number = _float(value, "a number from 0 to 1")
+    if not 0.0 <= number <= 1.0:
+        raise _Bad("a number from 0 to 1")
     return number
 
 
@@ -215,14 +222,7 @@ def _seconds(minimum: float, *, inclusive: bool = False) -> Callable[[Any], floa
     form = f"a number of seconds {'>=' if inclusive else '>'} {minimum:g}"
 
     def parse(value: Any) -> float:
-        if isinstance(value, bool):
-            raise _Bad(form)
-        try:
-            number = float(value) if isinstance(value, int | float) else float(str(value).strip())
-        except ValueError:
-            raise _Bad(form) from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise _Bad(form)
+        number = _float(value, form)
         if number < minimum or (number == minimum and not inclusive):
             raise _Bad(form)
         return number

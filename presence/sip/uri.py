@@ -51,12 +51,15 @@ def parse_uri(text: str) -> SipUri:
     Memoised (a phone's Contact, a presentity's URI repeat across dialogs and requests): the
     result is shared, so callers treat it as read-only."""
     found = _uri_memo.get(text)
-    if found is None:
-        found = _parse_uri(text)
-        if len(_uri_memo) >= _MEMO_MAX:
-            _uri_memo.clear()
-        _uri_memo[text] = found
-    return found
+    return found if found is not None else _remember(_uri_memo, text, _parse_uri(text))
+
+
+def _remember(memo: dict, text: str, parsed):
+    """Keep ``parsed`` as ``memo``'s entry for ``text`` (the table starts afresh when full)."""
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[text] = parsed
+    return parsed
 
 
 def _parse_uri(text: str) -> SipUri:
@@ -142,12 +145,8 @@ def parse_name_addr(text: str) -> NameAddr:
     header field, RFC 3261 20.10). Memoised like :func:`parse_uri` (To, Contact, Record-Route
     repeat): the result is shared, so callers treat it as read-only."""
     found = _name_addr_memo.get(text)
-    if found is None:
-        found = _parse_name_addr(text)
-        if len(_name_addr_memo) >= _MEMO_MAX:
-            _name_addr_memo.clear()
-        _name_addr_memo[text] = found
-    return found
+    return found if found is not None else _remember(_name_addr_memo, text,
+                                                     _parse_name_addr(text))
 
 
 def _parse_name_addr(text: str) -> NameAddr:
