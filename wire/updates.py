@@ -297,6 +297,9 @@ _PLAIN_FIELDS = frozenset(
 )
 _INT_FIELDS = frozenset(("Expires", "Bridge-Epoch", "Sequence", "Event-Timestamp",
                          "Bridge-Timestamp"))
+# strings already found short, ASCII and printable: domains, URIs, names and states repeat
+_CLEAN: set[str] = set()
+_CLEAN_MAX = 16384
 _AORS: dict[tuple[str, str], str] = {}  # (user, realm) -> normalize_aor(user, realm)
 _AORS_MAX = 4096
 
@@ -310,13 +313,22 @@ def _parse_plain(obj: dict) -> Update:
     """
     if not _PLAIN_FIELDS.issuperset(obj):
         raise _Unusual
-    for key, value in obj.items():
-        kind = type(value)
-        if kind is str:
-            if len(value) > MAX_FIELD_LENGTH or not (value.isascii() and value.isprintable()):
-                raise _Unusual  # isprintable(): no ASCII control character
-        elif kind is not int or key not in _INT_FIELDS:
-            raise _Unusual
+    clean = _CLEAN
+    try:
+        for key, value in obj.items():
+            if value in clean:  # never true for a non-str: only strings are added
+                continue
+            kind = type(value)
+            if kind is str:
+                if len(value) > MAX_FIELD_LENGTH or not (value.isascii() and value.isprintable()):
+                    raise _Unusual  # isprintable(): no ASCII control character
+                if len(clean) >= _CLEAN_MAX:
+                    clean.clear()
+                clean.add(value)
+            elif kind is not int or key not in _INT_FIELDS:
+                raise _Unusual
+    except TypeError:  # an unhashable value (array, object)
+        raise _Unusual from None
     # every field read below is now a clean str (or absent); "" counts as absent
     get = obj.get
     if _word(get("Event-Name")) != UPDATE:
