@@ -289,7 +289,7 @@ class _Unusual(Exception):
     """Raised by the fast path for anything it does not handle itself."""
 
 
-_LOWER = {name: name for name in PACKAGES + DIALOG_STATES + DIRECTIONS + PRESENCE_STATES}
+_LOWER = {name: name for name in (UPDATE, *PACKAGES, *DIALOG_STATES, *DIRECTIONS, *PRESENCE_STATES)}
 # The fields the fast path knows: every update field of FIELD_TABLE and what the builders add.
 _PLAIN_FIELDS = frozenset(
     [row[0] for name in ("common", DIALOG, PRESENCE) for row in FIELD_TABLE[name]]
@@ -331,7 +331,7 @@ def _parse_plain(obj: dict) -> Update:
         raise _Unusual from None
     # every field read below is now a clean str (or absent); "" counts as absent
     get = obj.get
-    if _word(get("Event-Name")) != UPDATE:
+    if get("Event-Name") != UPDATE and _word(get("Event-Name")) != UPDATE:
         raise _Unusual
     package = _word(get("Event-Package"))
     user = get("Presentity-User")
@@ -378,11 +378,17 @@ def _parse_plain(obj: dict) -> Update:
         if len(_AORS) >= _AORS_MAX:
             _AORS.clear()
         presentity = _AORS[user, realm] = normalize_aor(user, realm)
-    return Update(
-        package, presentity, record_id, _plain_int(get("Expires"), -(2**31), 2**31 - 1), data,
-        get("Bridge-ID") or None, _plain_int(get("Bridge-Epoch"), 0, _INT_MAX),
-        _plain_int(get("Sequence"), 0, _INT_MAX), get("Switch-ID") or None, obj,
-    )
+    expires = get("Expires")
+    if type(expires) is not int or not -(2**31) <= expires < 2**31:
+        expires = _plain_int(expires, -(2**31), 2**31 - 1)
+    epoch = get("Bridge-Epoch")
+    if type(epoch) is not int or not 0 <= epoch <= _INT_MAX:
+        epoch = _plain_int(epoch, 0, _INT_MAX)
+    sequence = get("Sequence")
+    if type(sequence) is not int or not 0 <= sequence <= _INT_MAX:
+        sequence = _plain_int(sequence, 0, _INT_MAX)
+    return Update(package, presentity, record_id, expires, data, get("Bridge-ID") or None,
+                  epoch, sequence, get("Switch-ID") or None, obj)
 
 
 def _word(value: str | None) -> str | None:
