@@ -31,7 +31,7 @@ _UNSAFE = set(b"\r\n #%&+:;<=>?@[\\]^`{|}\"")
 _HEX_UPPER = set(b"0123456789ABCDEF")
 # byte -> its serialized form, as switch_url_encode writes it (uppercase hex)
 # encoded value -> decoded value; dates, addresses and channel names repeat across events
-_DECODED: dict[str, str] = {UNDEF: ""}  # and _undef_ -> ""
+_DECODED: dict[str, str] = {}
 _DECODED_MAX = 8192
 # the header block of an event frame as mod_event_socket writes it
 _EVENT_HEAD = re.compile(rb"Content-Length: ([0-9]{1,9})\nContent-Type: text/event-plain")
@@ -162,28 +162,8 @@ def parse_event(frame: EslFrame) -> EslEvent | None:
     parts = head.replace("\n", ": ").split(": ")
     if len(parts) != 2 * (head.count("\n") + 1):
         return _parse_event_lenient(head, raw, end)
-    values = parts[1::2]
-    if "%" in head or UNDEF in head:
-        # every value through the cache of decoded values at once (C loops); a value the
-        # cache does not know yet leaves a "%" behind, and only then is each one looked at
-        decoded = list(map(_DECODED.get, values, values))
-        if "%" in "".join(decoded):
-            decoded = [_decode(value) for value in values]
-        values = decoded
-    return _finish_event(dict(zip(parts[::2], values, strict=True)), raw, end, decoded=True)
-
-
-def _decode(value: str) -> str:
-    """One serialized value, percent-decoded (remembered: dates, addresses, names repeat)."""
-    if "%" not in value:
-        return "" if value == UNDEF else value
-    decoded = _DECODED.get(value)
-    if decoded is None:
-        if len(_DECODED) >= _DECODED_MAX:
-            _DECODED.clear()
-            _DECODED[UNDEF] = ""
-        decoded = _DECODED[value] = unquote(value)
-    return decoded
+    headers = dict(zip(parts[::2], parts[1::2], strict=True))
+    return _finish_event(headers, raw, end)
 
 
 def _parse_event_lenient(head: str, raw: bytes, end: int) -> EslEvent | None:
@@ -198,14 +178,19 @@ def _parse_event_lenient(head: str, raw: bytes, end: int) -> EslEvent | None:
     return _finish_event(headers, raw, end)
 
 
-def _finish_event(
-    headers: dict[str, str], raw: bytes, end: int, *, decoded: bool = False
-) -> EslEvent | None:
-    """Percent-decode values and map ``_undef_`` to "" (unless ``decoded``), cut the inner body."""
-    if not decoded:
-        for key, value in headers.items():
-            if "%" in value or value == UNDEF:
-                headers[key] = _decode(value)
+def _finish_event(headers: dict[str, str], raw: bytes, end: int) -> EslEvent | None:
+    """Percent-decode values, map ``_undef_`` to "", cut the inner body."""
+    cache = _DECODED
+    for key, value in headers.items():
+        if "%" in value:
+            decoded = cache.get(value)
+            if decoded is None:
+                if len(cache) >= _DECODED_MAX:
+                    cache.clear()
+                decoded = cache[value] = unquote(value)
+            headers[key] = decoded
+        elif value == UNDEF:
+            headers[key] = ""
     name = headers.get("Event-Name")
     if not name:
         return None
