@@ -3,6 +3,9 @@ them (bridge) and validating them into `Update`/`Snapshot` (engines).
 
 The whole payload is validated before anything is returned, so a bad array item rejects the
 batch. Every error is an `UpdateError` naming the field and, for arrays, the item index.
+A well-formed dialog or presence update (what the bridge publishes) takes a fast path that
+checks all its values in one pass (`_parse_plain`); anything else, and every error, goes the
+general way (`_parse_general`), which accepts exactly what the fast path accepts, and more.
 """
 
 from __future__ import annotations
