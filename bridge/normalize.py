@@ -163,17 +163,19 @@ class NormalizeResult:
 class _Headers:
     """Case-insensitive view of an event's headers; empty and ``_undef_`` count as missing."""
 
-    __slots__ = ("_exact",)
+    __slots__ = ("_get",)
 
     def __init__(self, headers: Mapping[str, str]) -> None:
-        self._exact = headers
+        self._get = headers.get
 
     def get(self, name: str) -> str | None:
         # FreeSWITCH spells headers one way; the exceptions are all lower case (valet_park's
         # "unique-id"): two dict look-ups instead of lower-casing every header of every event
-        value = self._exact.get(name)
+        value = self._get(name)
         if value is None:
-            value = self._exact.get(_lower(name))
+            value = self._get(_lower(name))
+            if value is None:
+                return None
         if value.__class__ is str:  # the usual case: one test besides the empty ones
             return value if value and value != "_undef_" else None
         return value if isinstance(value, str) and value and value != "_undef_" else None
