@@ -163,20 +163,22 @@ class NormalizeResult:
 class _Headers:
     """Case-insensitive view of an event's headers; empty and ``_undef_`` count as missing."""
 
-    __slots__ = ("_exact",)
+    __slots__ = ("_get",)
 
     def __init__(self, headers: Mapping[str, str]) -> None:
-        self._exact = headers
+        self._get = headers.get
 
     def get(self, name: str) -> str | None:
         # FreeSWITCH spells headers one way; the exceptions are all lower case (valet_park's
         # "unique-id"): two dict look-ups instead of lower-casing every header of every event
-        value = self._exact.get(name)
+        value = self._get(name)
         if value is None:
-            value = self._exact.get(name.lower())
-        if not isinstance(value, str) or value == "" or value == "_undef_":
-            return None
-        return value
+            value = self._get(_lower(name))
+            if value is None:
+                return None
+        if value.__class__ is str:  # the usual case: one test besides the empty ones
+            return value if value and value != "_undef_" else None
+        return value if isinstance(value, str) and value and value != "_undef_" else None
 
     def first(self, *names: str) -> str | None:
         for name in names:
@@ -204,10 +206,36 @@ def normalize(event_name: str, headers: Mapping[str, str], config: NormalizeConf
 # --------------------------------------------------------------------------- helpers
 
 
+_LOWER_NAMES: dict[str, str] = {}  # header name -> its lower case (a fixed set of names)
+_AORS: dict[tuple[str, str | None], tuple[str, str] | None] = {}  # split_aor's answers
+_AORS_MAX = 4096
+_BAD_AOR = re.compile('[ <>"\r\n]')
+
+
+def _lower(name: str) -> str:
+    lowered = _LOWER_NAMES.get(name)
+    if lowered is None:
+        lowered = _LOWER_NAMES[name] = name.lower()
+    return lowered
+
+
 def split_aor(text: str | None, domain_default: str | None) -> tuple[str, str] | None:
-    """``sip:user@domain;params`` / ``user@domain`` / ``user`` -> (user, domain) or None."""
+    """``sip:user@domain;params`` / ``user@domain`` / ``user`` -> (user, domain) or None
+    (remembered: a switch names the same few thousand presence ids again and again)."""
     if not text:
         return None
+    key = (text, domain_default)
+    try:
+        return _AORS[key]
+    except KeyError:
+        pass
+    if len(_AORS) >= _AORS_MAX:
+        _AORS.clear()
+    answer = _AORS[key] = _split_aor(text, domain_default)
+    return answer
+
+
+def _split_aor(text: str, domain_default: str | None) -> tuple[str, str] | None:
     value = text.strip()
     if value.startswith("<") and value.endswith(">"):
         value = value[1:-1]
@@ -221,7 +249,7 @@ def split_aor(text: str | None, domain_default: str | None) -> tuple[str, str] |
     if not sep:
         user, domain = value, domain_default or ""
     domain = domain.split(":", 1)[0] if not domain.startswith("[") else domain
-    if not user or not domain or any(c in user + domain for c in " <>\"\r\n"):
+    if not user or not domain or _BAD_AOR.search(user) or _BAD_AOR.search(domain):
         return None
     return user, domain
 
@@ -306,7 +334,7 @@ def channel_updates(
     )
     updates = [dialog]
     if not parked:
-        pidf_state = {"early": "early", "confirmed": "confirmed"}.get(state, "terminated")
+        pidf_state = state if state in ("early", "confirmed") else "terminated"
         updates.append(presence_update(
             user=user, domain=domain, call_id=call_id, state=pidf_state,
             expires=config.expires_for(state),

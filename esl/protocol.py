@@ -14,6 +14,7 @@ header.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -32,6 +33,8 @@ _HEX_UPPER = set(b"0123456789ABCDEF")
 # encoded value -> decoded value; dates, addresses and channel names repeat across events
 _DECODED: dict[str, str] = {}
 _DECODED_MAX = 8192
+# the header block of an event frame as mod_event_socket writes it
+_EVENT_HEAD = re.compile(rb"Content-Length: ([0-9]{1,9})\nContent-Type: text/event-plain")
 _ENCODE_TABLE = [
     f"%{b:02X}" if (b < 0x20 or b > 0x7E or b in _UNSAFE) else chr(b) for b in range(256)
 ]
@@ -102,7 +105,11 @@ class FrameParser:
                 break
             block = bytes(buf[start:end])
             del buf[: end + 2]
-            headers = _parse_header_block(block)
+            plain = _EVENT_HEAD.fullmatch(block)  # how every event frame starts
+            if plain is not None:
+                headers = {"Content-Length": plain[1].decode(), "Content-Type": EVENT_PLAIN}
+            else:
+                headers = _parse_header_block(block)
             if headers is None or len(block) > self.max_frame:
                 self.corrupt_frames += 1
                 continue

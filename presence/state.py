@@ -98,10 +98,15 @@ class PresenceState:
 
         `track_gaps=False` for replayed state (peer exports) whose sequences are not a stream.
         """
-        self._last_now = max(self._last_now, now)
-        if track_gaps:
-            self._note_sequence(update.bridge_id, update.bridge_epoch, update.sequence)
-        stamp = (update.bridge_id, update.bridge_epoch, update.sequence)
+        if now > self._last_now:
+            self._last_now = now
+        bridge_id, epoch, sequence = stamp = update.bridge_id, update.bridge_epoch, update.sequence
+        if track_gaps and bridge_id is not None and sequence is not None:
+            mark = self._marks.get(bridge_id)
+            if mark is not None and sequence == mark[1] + 1 and (epoch or 0) == mark[0]:
+                self._marks[bridge_id] = (mark[0], sequence)  # the next one, as usual
+            else:
+                self._note_sequence(bridge_id, epoch, sequence)
         if self._apply_record(update, stamp, now):
             return {(update.package, update.presentity)}
         return set()
@@ -377,26 +382,22 @@ class PresenceState:
         return bucket.get(record_id) if bucket else None
 
     def _new_record(self, update: Update, stamp: _Stamp, expires_at: float | None) -> Record:
-        return Record(
-            package=update.package,
-            presentity=update.presentity,
-            record_id=update.record_id,
-            data=update.data,
-            expires_at=expires_at,
-            switch_id=update.switch_id,
-            bridge_id=stamp[0],
-            bridge_epoch=stamp[1],
-            sequence=stamp[2],
-        )
+        return Record(update.package, update.presentity, update.record_id, update.data,
+                      expires_at, update.switch_id, *stamp)
 
     def _insert(self, record: Record) -> None:
         key = (record.package, record.presentity)
-        self._records.setdefault(key, {})[record.record_id] = record
+        bucket = self._records.get(key)
+        if bucket is None:
+            self._records[key] = {record.record_id: record}
+        else:
+            bucket[record.record_id] = record
         self._count += 1
         if record.terminated:
             self.stats.tombstones += 1
         else:
-            self.stats.records[record.package] = self.stats.records.get(record.package, 0) + 1
+            records = self.stats.records
+            records[record.package] = records.get(record.package, 0) + 1
         self._schedule(record)
 
     def _remove(self, record: Record) -> None:
@@ -430,9 +431,10 @@ class PresenceState:
         self._schedule(record)
 
     def _changed(self, key: _Key) -> None:
-        self._bodies.pop(key, None)
-        self._bodies_with_tombstones.discard(key)
-        self._unannounced.discard(key)
+        # both sets only ever hold keys of cached bodies: nothing cached, nothing to forget
+        if self._bodies.pop(key, None) is not None:
+            self._bodies_with_tombstones.discard(key)
+            self._unannounced.discard(key)
 
     def _schedule(self, record: Record) -> None:
         if record.expires_at is None:

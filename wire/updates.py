@@ -3,6 +3,9 @@ them (bridge) and validating them into `Update`/`Snapshot` (engines).
 
 The whole payload is validated before anything is returned, so a bad array item rejects the
 batch. Every error is an `UpdateError` naming the field and, for arrays, the item index.
+A well-formed dialog or presence update (what the bridge publishes) takes a fast path that
+checks all its values in one pass (`_parse_plain`); anything else, and every error, goes the
+general way (`_parse_general`), which accepts exactly what the fast path accepts, and more.
 """
 
 from __future__ import annotations
@@ -259,6 +262,16 @@ def parse_updates(payload: bytes | str | dict | list) -> list[Update | Snapshot]
 
 def parse_update(obj: dict, index: int | None = None) -> Update | Snapshot:
     """Validate one update or snapshot object; `index` is its position for error messages."""
+    if type(obj) is dict:
+        try:
+            return _parse_plain(obj)
+        except _Unusual:
+            pass  # the general path decides, and names any error
+    return _parse_general(obj, index)
+
+
+def _parse_general(obj: dict, index: int | None = None) -> Update | Snapshot:
+    """Every check, one field at a time: any input, any error named."""
     if not isinstance(obj, dict):
         raise UpdateError("must be a JSON object", index=index)
     try:
@@ -273,6 +286,133 @@ def parse_update(obj: dict, index: int | None = None) -> Update | Snapshot:
         if index is None:
             raise
         raise UpdateError(exc.detail, exc.field, index) from None
+
+
+class _Unusual(Exception):
+    """Raised by the fast path for anything it does not handle itself."""
+
+
+_LOWER = {name: name for name in (UPDATE, *PACKAGES, *DIALOG_STATES, *DIRECTIONS, *PRESENCE_STATES)}
+# The fields the fast path knows: every update field of FIELD_TABLE and what the builders add.
+_PLAIN_FIELDS = frozenset(
+    [row[0] for name in ("common", DIALOG, PRESENCE) for row in FIELD_TABLE[name]]
+    + ["Event-Category", "To-Realm", "From-Realm", "From-User", "To-User"]
+)
+_INT_FIELDS = frozenset(("Expires", "Bridge-Epoch", "Sequence", "Event-Timestamp",
+                         "Bridge-Timestamp"))
+# strings already found short, ASCII and printable: domains, URIs, names and states repeat
+_CLEAN: set[str] = set()
+_CLEAN_MAX = 16384
+_AORS: dict[tuple[str, str], str] = {}  # (user, realm) -> normalize_aor(user, realm)
+_AORS_MAX = 4096
+
+
+def _parse_plain(obj: dict) -> Update:
+    """The fast path for a well-formed dialog or presence update of known fields holding short
+    printable ASCII strings (ints in the integer fields): what the bridge publishes. Returns
+    the `Update` the general path would; raises `_Unusual` for anything else (a snapshot,
+    message-summary, another field or value type, an error), and the general path then
+    decides and names the error, so both accept exactly the same input.
+    """
+    if not _PLAIN_FIELDS.issuperset(obj):
+        raise _Unusual
+    clean = _CLEAN
+    try:
+        for key, value in obj.items():
+            if value in clean:  # never true for a non-str: only strings are added
+                continue
+            kind = type(value)
+            if kind is str:
+                if len(value) > MAX_FIELD_LENGTH or not (value.isascii() and value.isprintable()):
+                    raise _Unusual  # isprintable(): no ASCII control character
+                if len(clean) >= _CLEAN_MAX:
+                    clean.clear()
+                clean.add(value)
+            elif kind is not int or key not in _INT_FIELDS:
+                raise _Unusual
+    except TypeError:  # an unhashable value (array, object)
+        raise _Unusual from None
+    # every field read below is now a clean str (or absent); "" counts as absent
+    get = obj.get
+    if get("Event-Name") != UPDATE and _word(get("Event-Name")) != UPDATE:
+        raise _Unusual
+    package = _word(get("Event-Package"))
+    user = get("Presentity-User")
+    realm = get("Presentity-Realm")
+    if not (user and realm and get("Presentity")):
+        user = get("From-User")
+        realm = get("From-Realm")
+        if not (user and realm):
+            raise _Unusual
+    if package == DIALOG:
+        call_id = get("Call-ID")
+        local = get("From")
+        remote = get("To")
+        state = _word(get("State"))
+        if not (call_id and local and remote) or state not in DIALOG_STATES:
+            raise _Unusual
+        data = {"Call-ID": call_id, "From": local, "To": remote, "State": state}
+        direction = get("Direction")
+        if direction:
+            direction = _word(direction)
+            if direction not in DIRECTIONS:
+                raise _Unusual
+            data["Direction"] = direction
+        for name in ("From-Tag", "To-Tag", "From-User", "To-User"):
+            value = get(name)
+            if value:
+                data[name] = value
+        data["From-URI"] = get("From-URI") or local
+        data["To-URI"] = get("To-URI") or remote
+        record_id = call_id
+    elif package == PRESENCE:
+        state = _word(get("State"))
+        if state not in PRESENCE_STATES:
+            raise _Unusual
+        data = {"State": state}
+        call_id = get("Call-ID")
+        if call_id:
+            data["Call-ID"] = call_id
+        record_id = call_id or PRESENCE_DEFAULT_RECORD_ID
+    else:
+        raise _Unusual
+    presentity = _AORS.get((user, realm))
+    if presentity is None:
+        if len(_AORS) >= _AORS_MAX:
+            _AORS.clear()
+        presentity = _AORS[user, realm] = normalize_aor(user, realm)
+    expires = get("Expires")
+    if type(expires) is not int or not -(2**31) <= expires < 2**31:
+        expires = _plain_int(expires, -(2**31), 2**31 - 1)
+    epoch = get("Bridge-Epoch")
+    if type(epoch) is not int or not 0 <= epoch <= _INT_MAX:
+        epoch = _plain_int(epoch, 0, _INT_MAX)
+    sequence = get("Sequence")
+    if type(sequence) is not int or not 0 <= sequence <= _INT_MAX:
+        sequence = _plain_int(sequence, 0, _INT_MAX)
+    return Update(package, presentity, record_id, expires, data, get("Bridge-ID") or None,
+                  epoch, sequence, get("Switch-ID") or None, obj)
+
+
+def _word(value: str | None) -> str | None:
+    """Fast path: a case-insensitive name (package, state, direction) in lower case."""
+    if not value:
+        raise _Unusual
+    word = _LOWER.get(value)
+    return word if word is not None else value.lower()
+
+
+def _plain_int(value: object, minimum: int, maximum: int) -> int | None:
+    """Fast path: an integer field as `_integer` reads it; `_Unusual` for anything else."""
+    if type(value) is not int:
+        if not value:
+            return None
+        if not (value.isdigit() and len(value) <= 19):  # type: ignore[attr-defined]
+            raise _Unusual
+        value = int(value)  # type: ignore[arg-type]
+    if not minimum <= value <= maximum:
+        raise _Unusual
+    return value
 
 
 def _parse_snapshot(obj: dict) -> Snapshot:

@@ -226,3 +226,27 @@ def test_api_replies_may_exceed_the_frame_cap_up_to_their_own_bound() -> None:
     assert parser.feed(too_big) == [] and parser.corrupt_frames == 1
     event = b"Content-Type: text/event-plain\nContent-Length: 5000\n\n"
     assert parser.feed(event) == [] and parser.corrupt_frames == 2  # events keep max_frame
+
+
+def test_oversized_event_frame_in_the_usual_header_form_is_corrupt() -> None:
+    parser = FrameParser(max_frame=1000)
+    good = encode_event({"Event-Name": "HEARTBEAT"})
+    frames = parser.feed(b"Content-Length: 5000\nContent-Type: text/event-plain\n\n" + good)
+    assert parser.corrupt_frames == 1
+    assert len(frames) == 1 and parse_event(frames[0]).name == "HEARTBEAT"  # type: ignore[union-attr]
+
+
+def test_values_decode_alike_whether_the_decoded_value_cache_knows_them_or_not() -> None:
+    """A value decoding to text with a "%" in it, _undef_, and the cache emptied between
+    events: first sight and cached sight give the same headers."""
+    from busylamp.esl import protocol
+
+    headers = {"Event-Name": "CUSTOM", "A": "50% off", "B": "", "C": "x_undef_",
+               "D": "ext1@example.com", "E": "plain"}
+    frame = encode_event(headers)
+    for _ in range(3):  # first sight, cached, cached again
+        event = parse_event(FrameParser().feed(frame)[0])
+        assert event is not None and event.headers == headers
+    protocol._DECODED.clear()  # as when it fills up
+    event = parse_event(FrameParser().feed(frame)[0])
+    assert event is not None and event.headers == headers
