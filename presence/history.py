@@ -12,7 +12,7 @@ injected wall clock turns those into times an operator can read. The engine call
   time), so its answer lands there without any look-up;
 - :meth:`History.resent` for a NOTIFY sent later (coalesced behind one in flight, refresh,
   final), :meth:`History.subscribed` for a SUBSCRIBE's initial NOTIFY: ``sub.note`` is then a
-  two-item ticket [entry or None, sent at];
+  two-item ticket [entry, sent at] (the time alone when no entry describes the change);
 - :meth:`History.answered` / :meth:`History.timed_out` for the final answer: the first
   DETAILED watchers of the entry are appended to it one by one, the others counted.
 
@@ -99,11 +99,12 @@ def _record(id_: int, kind: str, package: str, at: float, wall: float,
             0, 0, 0, 0, None, 1e9, 0.0]
 
 
-def _ticket(rec: list | None, at: float) -> list:
+def _ticket(rec: list | None, at: float) -> list | float:
     """What a NOTIFY sent apart from its entry's fan-out told (merged changes, refresh, final,
-    initial state): [entry (None: a change no entry describes), sent at]. A fan-out's NOTIFYs
-    point at the entry itself (a longer list): they went out at its time."""
-    return [rec, at]
+    initial state): [entry, sent at]; for a change no entry describes, the time it was sent
+    alone (a float: no list per subscription). A fan-out's NOTIFYs point at the entry itself (a
+    longer list): they went out at its time."""
+    return at if rec is None else [rec, at]
 
 
 class Entry:
@@ -238,7 +239,9 @@ class History:
         self._applied_stage = self.stages["applied_to_notify"]
         self._subscribe_stage = self.stages["subscribe_to_notify"]
         self._bridge_stage = self.stages["bridge_to_applied"]
-        self.rings: OrderedDict[str, deque[list]] = OrderedDict()  # entries: see _record
+        # presentity -> its ring, oldest entry first (a list: far smaller than a deque for the
+        # few entries most presentities have); entries: see _record
+        self.rings: OrderedDict[str, list[list]] = OrderedDict()
         self._gone = 0  # entries dropped since the start (entries = added - gone)
         self.bytes = 0  # estimated, see ENTRY_BYTES
         self.dropped_rings = 0
@@ -283,12 +286,12 @@ class History:
         rings = self.rings
         ring = rings.get(presentity)
         if ring is None:
-            ring = rings[presentity] = deque(maxlen=self.per_presentity)
+            ring = rings[presentity] = []
         else:
             rings.move_to_end(presentity)
-            if len(ring) == self.per_presentity:
+            if len(ring) >= self.per_presentity:
                 self._gone += 1
-                self.bytes -= _cost(ring[0])
+                self.bytes -= _cost(ring.pop(0))
         ring.append(entry)
         self.bytes += ENTRY_BYTES
         self._shrink()
@@ -464,6 +467,8 @@ class History:
     def merged(self, note: Any) -> None:
         """One watcher of the fan-out that returned ``note`` was not sent its NOTIFY now: one
         is in flight (this change goes out merged after it), or it could not be built."""
+        if note.__class__ is float:  # no entry describes the change
+            return
         entry = note[0] if len(note) == 2 else note
         if entry is not None:
             entry[_SENT] -= 1
@@ -474,6 +479,9 @@ class History:
         entry one by one, the rest counted per answer code with a latency range; the
         notify_to_answer histogram (its value queued: :meth:`Histogram.settle`)."""
         entry = sub.note
+        if entry.__class__ is float:  # a change no entry describes: the histogram only
+            self._waits.append(now - entry)
+            return
         size = len(entry)
         if size < _FULL:
             if size == 2:  # a ticket: sent apart from its entry's fan-out, or no entry
@@ -505,7 +513,9 @@ class History:
     def timed_out(self, sub: Any, now: float) -> None:
         """The last NOTIFY sent ``sub`` was never answered (Timer F)."""
         note = sub.note
-        if len(note) == 2:
+        if note.__class__ is float:
+            self._answer(None, sub, TIMEOUT, now, note)
+        elif len(note) == 2:
             self._answer(note[0], sub, TIMEOUT, now, note[1])
         else:
             self._answer(note, sub, TIMEOUT, now, note[_AT])
@@ -568,6 +578,8 @@ class History:
         note = sub.note
         if note is None:
             return None, None
+        if note.__class__ is float:
+            return None, note
         if len(note) != 2:
             return Entry(note), note[_AT]
         return (None if note[0] is None else Entry(note[0])), note[1]

@@ -129,15 +129,27 @@ def new_tag() -> str:
     return token64()
 
 
+# Values kept shared (see SubscriptionTable.shared): a value stays shared while it was seen among
+# the last SHARED_GENERATION to 2 * SHARED_GENERATION distinct values (a phone's keys subscribe
+# together), at a fixed cost however many subscriptions there are.
+SHARED_GENERATION = 16_384
+# A presentity's watchers are a list up to this many (cheaper than a dict), a dict by tag beyond
+# (removal stays O(1) for the presentity with tens of thousands of watchers).
+SMALL_WATCHERS = 16
+
+
 class SubscriptionTable:
     """Active subscriptions indexed by dialog tag, by (event, presentity) and by expiry second."""
 
     def __init__(self) -> None:
-        self._shared: dict[object, object] = {}
+        self._shared: dict[object, object] = {}  # this generation's shared values
+        self._shared_old: dict[object, object] = {}  # the previous generation's
         self._by_tag: dict[str, Subscription] = {}
-        self._watchers: dict[tuple[str, str], dict[str, Subscription]] = {}
+        # event -> presentity -> its watchers (a list, a dict by tag past SMALL_WATCHERS)
+        self._watchers: dict[str, dict[str, list[Subscription] | dict[str, Subscription]]] = {}
         self._wheel: dict[int, list[Subscription]] = {}
         self._wheel_heap: list[int] = []
+        self._seconds: dict[int, float] = {}  # expiry second -> the one float the table keeps
         self._conn_use: dict[int, int] = {}  # stream connection -> subscriptions notified on it
         self.per_origin: dict[str, int] = {}  # origin address -> subscriptions (limits)
         self.per_watcher: dict[str, int] = {}  # watcher AOR -> subscriptions (limits)
@@ -146,43 +158,67 @@ class SubscriptionTable:
         return len(self._by_tag)
 
     def shared(self, value):
-        """One object for equal values (a phone's URIs and addresses, a presentity) across its
-        subscriptions: memory per subscription is the budget at a million of them. The table is
-        dropped when it outgrows the live subscriptions (values then simply stop being shared)."""
+        """One object for equal values seen close together (a phone's URIs and addresses,
+        repeated by each of its line keys): memory per subscription is the budget at a million
+        of them. Two generations of values, bounded: a value not seen for a generation simply
+        stops being shared, the table never grows with the subscriptions."""
         found = self._shared.get(value)
         if found is not None:
             return found
-        if len(self._shared) > 4 * len(self._by_tag) + 1024:
-            self._shared.clear()
-        self._shared[value] = value
-        return value
+        found = self._shared_old.get(value)
+        if found is None:
+            found = value
+        if len(self._shared) >= SHARED_GENERATION:
+            self._shared_old, self._shared = self._shared, {}
+        self._shared[found] = found
+        return found
 
     def get(self, tag: str) -> Subscription | None:
         return self._by_tag.get(tag)
 
     def add(self, sub: Subscription) -> None:
+        """Index ``sub``; it takes its presentity's strings from another watcher (one copy per
+        presentity), and its expiry rounded up to the second (one float per second)."""
         self._by_tag[sub.tag] = sub
-        key = (sub.package.name, sub.presentity)
-        watchers = self._watchers.get(key)
+        by_presentity = self._watchers.get(sub.package.name)
+        if by_presentity is None:
+            by_presentity = self._watchers[sub.package.name] = {}
+        watchers = by_presentity.get(sub.presentity)
         if watchers is None:
-            watchers = self._watchers[key] = {}
-        watchers[sub.tag] = sub
+            by_presentity[sub.presentity] = [sub]
+        else:
+            other = watchers[0] if watchers.__class__ is list else next(iter(watchers.values()))
+            sub.presentity = other.presentity
+            if sub.local_uri == other.local_uri:
+                sub.local_uri = other.local_uri
+            if watchers.__class__ is dict:
+                watchers[sub.tag] = sub
+            elif len(watchers) < SMALL_WATCHERS:
+                watchers.append(sub)
+            else:
+                many = by_presentity[sub.presentity] = {w.tag: w for w in watchers}
+                many[sub.tag] = sub
         if sub.conn_id is not None:
             self._conn_use[sub.conn_id] = self._conn_use.get(sub.conn_id, 0) + 1
         self.per_origin[sub.origin] = self.per_origin.get(sub.origin, 0) + 1
         self.per_watcher[sub.watcher] = self.per_watcher.get(sub.watcher, 0) + 1
-        self._schedule(sub)
+        self._schedule(sub, sub.expires_at)
 
     def remove(self, sub: Subscription) -> bool:
         """Drop a subscription from every index; False when it was not in the table."""
         if self._by_tag.pop(sub.tag, None) is None:
             return False
-        key = (sub.package.name, sub.presentity)
-        watchers = self._watchers.get(key)
+        by_presentity = self._watchers.get(sub.package.name)
+        watchers = by_presentity.get(sub.presentity) if by_presentity is not None else None
         if watchers is not None:
-            watchers.pop(sub.tag, None)
+            if watchers.__class__ is dict:
+                watchers.pop(sub.tag, None)
+            elif sub in watchers:
+                watchers.remove(sub)
             if not watchers:
-                del self._watchers[key]
+                del by_presentity[sub.presentity]
+                if not by_presentity:
+                    del self._watchers[sub.package.name]
         if sub.conn_id is not None:
             self._release_conn(sub.conn_id)
         _decrement(self.per_origin, sub.origin)
@@ -212,34 +248,47 @@ class SubscriptionTable:
             self._conn_use.pop(conn_id, None)
 
     def refresh(self, sub: Subscription, expires_at: float) -> None:
-        sub.expires_at = expires_at
-        self._schedule(sub)
+        self._schedule(sub, expires_at)
 
     def watchers(self, package: str, presentity: str) -> list[Subscription]:
-        watchers = self._watchers.get((package, presentity))
-        return list(watchers.values()) if watchers else []
+        by_presentity = self._watchers.get(package)
+        watchers = by_presentity.get(presentity) if by_presentity is not None else None
+        if watchers is None:
+            return []
+        return watchers[:] if watchers.__class__ is list else list(watchers.values())
 
     def watcher_count(self, package: str, presentity: str) -> int:
-        watchers = self._watchers.get((package, presentity))
+        by_presentity = self._watchers.get(package)
+        watchers = by_presentity.get(presentity) if by_presentity is not None else None
         return len(watchers) if watchers else 0
 
     def watched(self) -> Iterator[tuple[str, str]]:
         """Every (event, presentity) that has at least one watcher."""
-        return iter(list(self._watchers))
+        return iter([(package, presentity) for package, by_presentity in self._watchers.items()
+                     for presentity in by_presentity])
 
     def __iter__(self) -> Iterator[Subscription]:
         return iter(list(self._by_tag.values()))
 
     def counts_by_package(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for (package, _), watchers in self._watchers.items():
-            counts[package] = counts.get(package, 0) + len(watchers)
+        for package, by_presentity in self._watchers.items():
+            counts[package] = sum(len(watchers) for watchers in by_presentity.values())
         return counts
 
     # -- expiry wheel -------------------------------------------------------------------------
 
-    def _schedule(self, sub: Subscription) -> None:
-        second = int(sub.expires_at) + 1  # due strictly after expires_at
+    def _schedule(self, sub: Subscription, expires_at: float) -> None:
+        """Set ``sub``'s expiry to ``expires_at`` rounded up to the second (the float of that
+        second is shared by every subscription expiring then), and put it in its bucket."""
+        whole = int(expires_at)
+        if whole < expires_at:
+            whole += 1
+        at = self._seconds.get(whole)
+        if at is None:
+            at = self._seconds[whole] = float(whole)
+        sub.expires_at = at
+        second = whole + 1  # due strictly after expires_at
         bucket = self._wheel.get(second)
         if bucket is None:
             bucket = self._wheel[second] = []
@@ -255,6 +304,7 @@ class SubscriptionTable:
         heap = self._wheel_heap
         while heap and heap[0] <= now:
             second = heapq.heappop(heap)
+            self._seconds.pop(second - 1, None)
             for sub in self._wheel.pop(second, ()):
                 if (
                     int(sub.expires_at) + 1 == second
