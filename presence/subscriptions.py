@@ -8,12 +8,13 @@ subscription moved on is skipped when the bucket comes due. No timer object per 
 
 from __future__ import annotations
 
+import base64
 import heapq
+import os
 from collections.abc import Iterator
 
 from busylamp.presence.lifecycle import NAMES, NEW, OWED
 from busylamp.presence.packages.base import EventPackage
-from busylamp.presence.sip.tokens import token64
 
 
 class Subscription:
@@ -41,7 +42,6 @@ class Subscription:
         "final_reason",
         "source",
         "note",
-        "origin",
         "watcher",
         "verified",
         "budget",
@@ -86,13 +86,21 @@ class Subscription:
         self.inflight: str | None = None  # branch of the NOTIFY awaiting its final response
         self.phase = NEW  # where it is in its lifecycle: presence/lifecycle.py
         self.final_reason: str | None = None  # set once terminated: the reason of the last NOTIFY
-        self.source = source
+        # where the SUBSCRIBE came from; (address, port, origin) when the origin, the address
+        # limits count against (see limits.py), is not the source's own (behind an edge)
+        self.source = source if not origin or origin == source[0] or len(source) > 2 \
+            else (source[0], source[1], origin)
         # presence.history: what the last NOTIFY told, and when it went out (answers go there)
         self.note: object = None
-        self.origin = origin or source[0]  # the address limits count against (see limits.py)
         self.watcher = watcher  # the watcher's AOR, for the per-watcher limit
         self.verified = True  # False until the NOTIFY target answered once (amplification)
         self.budget = 0  # bytes a not yet verified target may still be sent
+
+    @property
+    def origin(self) -> str:
+        """The address limits count against: the source's, or the phone's an edge vouched for."""
+        source = self.source
+        return source[2] if len(source) > 2 else source[0]
 
     @property
     def dirty(self) -> bool:
@@ -124,9 +132,30 @@ class Subscription:
 
 
 def new_tag() -> str:
-    """A To-tag of 64 bits from the OS CSPRNG (RFC 3261 19.3 asks for 32 bits at least): unique
-    enough to key the dialog table on its own, and not predictable from tags seen before."""
-    return token64()
+    """A To-tag of 72 bits from the OS CSPRNG (RFC 3261 19.3 asks for 32 bits at least): unique
+    enough to key the dialog table on its own, and not predictable from tags seen before. Twelve
+    base64url characters (token characters): a 61-byte string, in the 64-byte size class where
+    16 hex digits take 80 (drawn in batches, as presence/sip/tokens.py does)."""
+    global _tags, _tag_at
+    at = _tag_at
+    if at >= len(_tags):
+        _tags = base64.urlsafe_b64encode(os.urandom(9 * _TAG_BATCH)).decode("ascii")
+        at = 0
+    _tag_at = at + 12
+    return _tags[at:at + 12]
+
+
+_TAG_BATCH = 512
+_tags = ""
+_tag_at = 0
+
+
+def _reset_tags() -> None:
+    global _tags, _tag_at
+    _tags, _tag_at = "", 0
+
+
+os.register_at_fork(after_in_child=_reset_tags)  # a child must not repeat its parent's tags
 
 
 # Values kept shared (see SubscriptionTable.shared): a value stays shared while it was seen among

@@ -158,3 +158,30 @@ def test_a_subscription_costs_few_blocks_in_steady_state():
     assert len({id(sub.expires_at) for sub in subs}) == 2  # two loads, two seconds
     assert blocks / 2000 < 6.0, blocks / 2000
     assert grown / 2000 < 830, grown / 2000
+
+
+def test_origin_is_the_source_address_unless_an_edge_named_another():
+    table = SubscriptionTable()
+    direct = make(n=1)
+    behind = Subscription(
+        tag=new_tag(), call_id="c@edge", remote_tag="t", package=REGISTRY["dialog"],
+        presentity="1001@example.com", local_uri="sip:1001@example.com",
+        remote_uri="sip:2000@example.com", target="sip:2000@192.0.2.9:5060", route=None,
+        transport="udp", dest=("192.0.2.9", 5060), conn_id=None, remote_cseq=1,
+        expires_at=3600.0, source=("192.0.2.9", 5060), origin="10.1.1.1",
+        watcher="2000@example.com")
+    assert direct.origin == "10.0.0.7" and len(direct.source) == 2
+    assert behind.origin == "10.1.1.1" and behind.source[:2] == ("192.0.2.9", 5060)
+    assert behind.as_dict(0.0)["source"] == "192.0.2.9:5060"
+    table.add(direct)
+    table.add(behind)
+    assert table.per_origin == {"10.0.0.7": 1, "10.1.1.1": 1}
+    table.remove(behind)
+    assert table.per_origin == {"10.0.0.7": 1}
+
+
+def test_tags_are_twelve_token_characters_unrepeated():
+    tags = [new_tag() for _ in range(3000)]  # across batches
+    assert len(set(tags)) == len(tags)
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert all(len(tag) == 12 and set(tag) <= alphabet for tag in tags)
