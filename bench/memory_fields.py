@@ -1,6 +1,7 @@
 """Memory per subscription, field by field, through the sans-IO engine in one process.
 
     python -m bench.memory_fields --subscriptions N [--keys K] [--one-port] [--top 12]
+        [--rss-only] [--tree TREE]
 
 The SUBSCRIBEs are those of the harness's sipp phones (bench/scenarios/subscribe_dialog.xml,
 rows of bench/workload.py): W = N/K phones ``phone<i>`` with K line keys each, presentities
@@ -221,20 +222,30 @@ def _container(value: Any) -> tuple[int, int]:
 
 # -- main --------------------------------------------------------------------------------------
 
-def measure(subscriptions: int, keys: int, one_port: bool, top: int) -> dict[str, Any]:
+def rss() -> int:
+    """Resident bytes of this process now (/proc/self/statm)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def measure(subscriptions: int, keys: int, one_port: bool, top: int,
+            rss_only: bool = False) -> dict[str, Any]:
     workload = Workload(watchers=-(-subscriptions // keys), keys=keys)
     engine, history = build_engine()
     clock = [1000.0]
     warm = max(1, subscriptions // 10)
-    tracemalloc.start(6 if top else 1)
+    if not rss_only:
+        tracemalloc.start(6 if top else 1)
     started = time.process_time()
     load(engine, history, workload, range(warm), one_port, clock)
     gc.collect()
     before_bytes = tracemalloc.get_traced_memory()[0]
+    before_rss = rss()
     before = tracemalloc.take_snapshot() if top else None
     load(engine, history, workload, range(warm, subscriptions), one_port, clock)
     settle(engine, history, clock)
     after_bytes = tracemalloc.get_traced_memory()[0]
+    after_rss = rss()
     grown = subscriptions - warm
     sites = []
     if top and before is not None:
@@ -248,25 +259,33 @@ def measure(subscriptions: int, keys: int, one_port: bool, top: int) -> dict[str
     cpu = time.process_time() - started
     if len(engine.subscriptions) != subscriptions:
         raise RuntimeError(f"{len(engine.subscriptions)} subscriptions held, not {subscriptions}")
-    rows = field_table(engine, history)
+    rows = [] if rss_only else field_table(engine, history)
     return {"subscriptions": subscriptions, "keys": keys, "one_port": one_port,
-            "per_subscription": (after_bytes - before_bytes) / grown, "sites": sites,
-            "rows": rows, "cpu_s": cpu,
+            "per_subscription": None if rss_only else (after_bytes - before_bytes) / grown,
+            "rss_per_subscription": (after_rss - before_rss) / grown, "sites": sites,
+            "rows": rows, "cpu_s": cpu, "rss_mib": after_rss / 2**20,
             "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def render(result: dict[str, Any]) -> str:
     lines = [f"subscriptions: {result['subscriptions']:,} (K={result['keys']}, "
              f"{'one port' if result['one_port'] else 'a port per phone'}), "
-             f"CPU {result['cpu_s']:.0f} s, maxrss {result['maxrss_mib']:.0f} MiB "
-             "(tracemalloc's own bookkeeping included)",
-             f"tracemalloc bytes per subscription (growth over the last 90%): "
-             f"{result['per_subscription']:.1f}", ""]
+             f"CPU {result['cpu_s']:.0f} s, maxrss {result['maxrss_mib']:.0f} MiB"
+             + (" (tracemalloc's own bookkeeping included)"
+                if result["per_subscription"] is not None else ""),
+             f"RSS at the end {result['rss_mib']:.0f} MiB, growth per subscription over the "
+             f"last 90%: {result['rss_per_subscription']:.1f} bytes"]
+    if result["per_subscription"] is not None:
+        lines.append(f"tracemalloc bytes per subscription (growth over the last 90%): "
+                     f"{result['per_subscription']:.1f}")
+    lines.append("")
     if result["sites"]:
         lines += ["| bytes/sub | blocks/sub | allocated at (innermost last) |", "|---:|---:|---|"]
         lines += [f"| {size:.1f} | {count:.2f} | {where} |" for size, count, where in
                   result["sites"]]
         lines.append("")
+    if not result["rows"]:
+        return "\n".join(lines)
     lines += ["| what | distinct objects | bytes | bytes/sub |", "|---|---:|---:|---:|"]
     total = 0.0
     for what, distinct, size, per in result["rows"]:
@@ -285,12 +304,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tree", help="the busylamp source tree to measure (bench/tree.py)")
     parser.add_argument("--top", type=int, default=12,
                         help="allocation sites to list (0: no tracemalloc snapshots)")
+    parser.add_argument("--rss-only", action="store_true",
+                        help="no tracemalloc and no table: RSS growth and maxrss only (fast)")
     args = parser.parse_args(argv)
     if args.tree:
         from bench.tree import use_tree
 
         use_tree(args.tree)
-    print(render(measure(args.subscriptions, args.keys, args.one_port, args.top)))
+    top = 0 if args.rss_only else args.top
+    print(render(measure(args.subscriptions, args.keys, args.one_port, top, args.rss_only)))
 
 
 if __name__ == "__main__":
