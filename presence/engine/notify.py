@@ -241,11 +241,13 @@ class Notifier:
         targets = self._verified_targets
         if len(targets) >= 65_536:
             targets.clear()  # forgetting costs one small first NOTIFY per target, never memory
-        targets[(sub.transport, sub.dest)] = None
+        # a UDP target is its (shared) address tuple itself: no tuple per target
+        targets[sub.dest if sub.transport == "udp" else (sub.transport, sub.dest)] = None
 
     def _target_verified(self, sub: Subscription) -> bool:
         """Whether ``sub``'s target answered a NOTIFY before (any subscription's)."""
-        if (sub.transport, sub.dest) in self._verified_targets:
+        if (sub.dest if sub.transport == "udp" else (sub.transport, sub.dest)) \
+                in self._verified_targets:
             sub.verified = True
             sub.budget = 0
             return True
