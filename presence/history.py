@@ -32,7 +32,9 @@ Cost: an entry records up to :data:`DETAILED` watchers individually and the rest
 answer code plus a latency range, so the fan-out to 36,000 watchers costs the same as to 9.
 Rings hold ``per_presentity`` entries; when their estimated size (:data:`ENTRY_BYTES` per entry,
 :data:`WATCH_BYTES` per detailed watcher, both measured) passes ``max_bytes`` the rings of the
-presentities changed longest ago are dropped first.
+presentities changed longest ago are dropped first. SUBSCRIBE entries (one per initial NOTIFY,
+for presentities of at most DETAILED watchers) stop at :data:`SUBSCRIBE_SHARE` of the cap, so a
+bulk load of subscriptions costs a bounded few megabytes here, not the whole cap.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ DEFAULT_PER_PRESENTITY = 32
 ENTRY_BYTES = 800
 WATCH_BYTES = 96
 DEFAULT_MEMORY_MB = 128
+# SUBSCRIBE entries take at most this share of ``max_bytes`` (estimated as any entry): a bulk
+# load of a million subscriptions records the first ones, not a history of nothing but
+# SUBSCRIBEs; what changed the lamps always has the rest
+SUBSCRIBE_SHARE = 8
 TIMEOUT = 0  # "answer code" of a NOTIFY that timed out (Timer F)
 # the wall clock is read again after this many seconds (engine clock) without a reading
 OFFSET_REFRESH = 1.0
@@ -223,7 +229,7 @@ class History:
                  "_waits", "_applied_stage", "_subscribe_stage", "_bridge_stage", "rings",
                  "_gone", "bytes", "dropped_rings", "gaps", "skip_sources", "t1", "t2",
                  "offset", "_offset_at", "pending", "_seq", "_gaps_seen", "_stale", "_tomb",
-                 "_state", "_counters", "_recent", "_recent_at")
+                 "_state", "_counters", "_recent", "_recent_at", "subscribe_bytes")
 
     def __init__(self, *, per_presentity: int = DEFAULT_PER_PRESENTITY,
                  max_bytes: int = DEFAULT_MEMORY_MB * 2**20,
@@ -244,6 +250,7 @@ class History:
         self.rings: OrderedDict[str, list[list]] = OrderedDict()
         self._gone = 0  # entries dropped since the start (entries = added - gone)
         self.bytes = 0  # estimated, see ENTRY_BYTES
+        self.subscribe_bytes = 0  # of which SUBSCRIBE entries (SUBSCRIBE_SHARE)
         self.dropped_rings = 0
         self.gaps: deque[Gap] = deque(maxlen=64)
         self.skip_sources: list[Any] = []  # objects with .matching(user) (bridge skip logs)
@@ -291,7 +298,7 @@ class History:
             rings.move_to_end(presentity)
             if len(ring) >= self.per_presentity:
                 self._gone += 1
-                self.bytes -= _cost(ring.pop(0))
+                self._drop(ring.pop(0))
         ring.append(entry)
         self.bytes += ENTRY_BYTES
         self._shrink()
@@ -302,8 +309,15 @@ class History:
         while self.bytes > self.max_bytes and len(rings) > 1:
             _, oldest = rings.popitem(last=False)
             self._gone += len(oldest)
-            self.bytes -= sum(_cost(e) for e in oldest)
+            for entry in oldest:
+                self._drop(entry)
             self.dropped_rings += 1
+
+    def _drop(self, entry: list) -> None:
+        cost = _cost(entry)
+        self.bytes -= cost
+        if entry[_KIND] == "subscribe":
+            self.subscribe_bytes -= cost
 
     @property
     def entries(self) -> int:
@@ -564,7 +578,11 @@ class History:
         self.pending.append((self._subscribe_stage, now, 1))
         if len(self._waits) > SETTLE_AT:
             self._notify_stage.settle()
-        if self.enabled and watchers <= DETAILED:  # a crowd of SUBSCRIBEs must not evict changes
+        # a crowd of SUBSCRIBEs must not evict changes: at most DETAILED entries per presentity,
+        # and their share of the memory cap
+        if self.enabled and watchers <= DETAILED and \
+                self.subscribe_bytes < self.max_bytes // SUBSCRIBE_SHARE:
+            self.subscribe_bytes += ENTRY_BYTES + WATCH_BYTES  # _cost() of this entry
             entry = self._entry(sub.presentity, "subscribe", sub.package.name, now,
                                 effect="subscribed" if sub.final_reason is None else "fetched")
             entry[_WATCHERS] = entry[_SENT] = 1

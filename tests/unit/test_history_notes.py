@@ -65,3 +65,28 @@ def test_a_fan_out_without_history_entries_notes_each_watcher_by_time():
     for _, _, data, _ in out:
         engine.receive(answer(parse_message(data)), PHONE, "udp", None, 20.5)
     assert history._waits[-3:] == [0.5, 0.5, 0.5]
+
+
+def test_subscribe_entries_take_at_most_their_share_of_the_memory_cap():
+    from busylamp.presence.history import ENTRY_BYTES, SUBSCRIBE_SHARE, WATCH_BYTES
+
+    cost = ENTRY_BYTES + WATCH_BYTES
+    engine, history = _node(max_bytes=SUBSCRIBE_SHARE * 3 * cost)  # room for 3 SUBSCRIBEs
+    for i in range(5):
+        engine.receive(subscribe(f"u{i}@example.com", call_id=f"c{i}", from_tag=f"t{i}",
+                                 branch=f"z9hG4bK-{i}"), PHONE, "udp", None, 10.0 + i)
+    engine.messages_to_send()
+    kinds = {p: [e.kind for e in history.ring(p)] for p in history.presentities()}
+    assert kinds == {f"u{i}@example.com": ["subscribe"] for i in range(3)}
+    assert history.subscribe_bytes == history.bytes == 3 * cost
+    later = [s for s in engine.subscriptions if s.presentity in ("u3@example.com",
+                                                                 "u4@example.com")]
+    assert sorted(s.note for s in later) == [13.0, 14.0]  # their time alone, no entry
+    # changes are still recorded, and push the SUBSCRIBE entries out as the cap requires
+    for i in range(SUBSCRIBE_SHARE * 3):
+        engine.apply(parse_updates(dialog_update("early", call_id=f"x{i}",
+                                                 presentity=(f"v{i}", "example.com"))), 20.0)
+    assert history.bytes <= history.max_bytes
+    assert history.subscribe_bytes == cost * sum(
+        e.kind == "subscribe" for p in history.presentities() for e in history.ring(p))
+    assert history.subscribe_bytes < 3 * cost
