@@ -137,7 +137,7 @@ def test_a_subscription_costs_few_blocks_in_steady_state():
     """2,000 more subscriptions (1,000 presentities, phones of 4 keys; without the history,
     which its own cap bounds): allocated blocks and tracemalloc bytes per subscription. Before
     the table kept one float per expiry second, reset the verified budget, bounded its shared
-    values and listed small watcher sets: 7.5 blocks and 839 bytes; now 5.75 and 791 (the
+    values and listed small watcher sets: 7.5 blocks and 839 bytes; now 5.5 and 768 (the
     bytes include the resizes of the table's dicts, which a long run spreads thinner)."""
     engine = _engine()
     _load(engine, range(2000), 1000.0)  # the table's dicts past their first resizes
