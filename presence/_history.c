@@ -129,7 +129,10 @@ answerer_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, Py
         PyListObject *list = (PyListObject *)entry;
         Py_ssize_t need = size + 7;
         if (list->allocated < need) {
-            Py_ssize_t room = (need + (need >> 3) + 6) & ~(Py_ssize_t)3;
+            /* the first watcher gets exactly its room (most entries record one or two: a
+             * SUBSCRIBE's, a lamp with few watchers), later ones grow it as a list would */
+            Py_ssize_t room = size == self->lat_max + 1
+                ? need : (need + (need >> 3) + 6) & ~(Py_ssize_t)3;
             if (need <= self->full && room > self->full)
                 room = self->full;
             PyObject **items = PyMem_Realloc(list->ob_item, (size_t)room * sizeof(PyObject *));

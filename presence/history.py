@@ -12,7 +12,7 @@ injected wall clock turns those into times an operator can read. The engine call
   time), so its answer lands there without any look-up;
 - :meth:`History.resent` for a NOTIFY sent later (coalesced behind one in flight, refresh,
   final), :meth:`History.subscribed` for a SUBSCRIBE's initial NOTIFY: ``sub.note`` is then a
-  two-item ticket [entry or None, sent at];
+  two-item ticket [entry, sent at] (the time alone when no entry describes the change);
 - :meth:`History.answered` / :meth:`History.timed_out` for the final answer: the first
   DETAILED watchers of the entry are appended to it one by one, the others counted.
 
@@ -32,7 +32,9 @@ Cost: an entry records up to :data:`DETAILED` watchers individually and the rest
 answer code plus a latency range, so the fan-out to 36,000 watchers costs the same as to 9.
 Rings hold ``per_presentity`` entries; when their estimated size (:data:`ENTRY_BYTES` per entry,
 :data:`WATCH_BYTES` per detailed watcher, both measured) passes ``max_bytes`` the rings of the
-presentities changed longest ago are dropped first.
+presentities changed longest ago are dropped first. SUBSCRIBE entries (one per initial NOTIFY,
+for presentities of at most DETAILED watchers) stop at :data:`SUBSCRIBE_SHARE` of the cap, so a
+bulk load of subscriptions costs a bounded few megabytes here, not the whole cap.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ DEFAULT_PER_PRESENTITY = 32
 ENTRY_BYTES = 800
 WATCH_BYTES = 96
 DEFAULT_MEMORY_MB = 128
+# SUBSCRIBE entries take at most this share of ``max_bytes`` (estimated as any entry): a bulk
+# load of a million subscriptions records the first ones, not a history of nothing but
+# SUBSCRIBEs; what changed the lamps always has the rest
+SUBSCRIBE_SHARE = 8
 TIMEOUT = 0  # "answer code" of a NOTIFY that timed out (Timer F)
 # the wall clock is read again after this many seconds (engine clock) without a reading
 OFFSET_REFRESH = 1.0
@@ -99,11 +105,12 @@ def _record(id_: int, kind: str, package: str, at: float, wall: float,
             0, 0, 0, 0, None, 1e9, 0.0]
 
 
-def _ticket(rec: list | None, at: float) -> list:
+def _ticket(rec: list | None, at: float) -> list | float:
     """What a NOTIFY sent apart from its entry's fan-out told (merged changes, refresh, final,
-    initial state): [entry (None: a change no entry describes), sent at]. A fan-out's NOTIFYs
-    point at the entry itself (a longer list): they went out at its time."""
-    return [rec, at]
+    initial state): [entry, sent at]; for a change no entry describes, the time it was sent
+    alone (a float: no list per subscription). A fan-out's NOTIFYs point at the entry itself (a
+    longer list): they went out at its time."""
+    return at if rec is None else [rec, at]
 
 
 class Entry:
@@ -222,7 +229,7 @@ class History:
                  "_waits", "_applied_stage", "_subscribe_stage", "_bridge_stage", "rings",
                  "_gone", "bytes", "dropped_rings", "gaps", "skip_sources", "t1", "t2",
                  "offset", "_offset_at", "pending", "_seq", "_gaps_seen", "_stale", "_tomb",
-                 "_state", "_counters", "_recent", "_recent_at")
+                 "_state", "_counters", "_recent", "_recent_at", "subscribe_bytes")
 
     def __init__(self, *, per_presentity: int = DEFAULT_PER_PRESENTITY,
                  max_bytes: int = DEFAULT_MEMORY_MB * 2**20,
@@ -238,9 +245,12 @@ class History:
         self._applied_stage = self.stages["applied_to_notify"]
         self._subscribe_stage = self.stages["subscribe_to_notify"]
         self._bridge_stage = self.stages["bridge_to_applied"]
-        self.rings: OrderedDict[str, deque[list]] = OrderedDict()  # entries: see _record
+        # presentity -> its ring, oldest entry first (a list: far smaller than a deque for the
+        # few entries most presentities have); entries: see _record
+        self.rings: OrderedDict[str, list[list]] = OrderedDict()
         self._gone = 0  # entries dropped since the start (entries = added - gone)
         self.bytes = 0  # estimated, see ENTRY_BYTES
+        self.subscribe_bytes = 0  # of which SUBSCRIBE entries (SUBSCRIBE_SHARE)
         self.dropped_rings = 0
         self.gaps: deque[Gap] = deque(maxlen=64)
         self.skip_sources: list[Any] = []  # objects with .matching(user) (bridge skip logs)
@@ -283,12 +293,12 @@ class History:
         rings = self.rings
         ring = rings.get(presentity)
         if ring is None:
-            ring = rings[presentity] = deque(maxlen=self.per_presentity)
+            ring = rings[presentity] = []
         else:
             rings.move_to_end(presentity)
-            if len(ring) == self.per_presentity:
+            if len(ring) >= self.per_presentity:
                 self._gone += 1
-                self.bytes -= _cost(ring[0])
+                self._drop(ring.pop(0))
         ring.append(entry)
         self.bytes += ENTRY_BYTES
         self._shrink()
@@ -299,8 +309,15 @@ class History:
         while self.bytes > self.max_bytes and len(rings) > 1:
             _, oldest = rings.popitem(last=False)
             self._gone += len(oldest)
-            self.bytes -= sum(_cost(e) for e in oldest)
+            for entry in oldest:
+                self._drop(entry)
             self.dropped_rings += 1
+
+    def _drop(self, entry: list) -> None:
+        cost = _cost(entry)
+        self.bytes -= cost
+        if entry[_KIND] == "subscribe":
+            self.subscribe_bytes -= cost
 
     @property
     def entries(self) -> int:
@@ -464,6 +481,8 @@ class History:
     def merged(self, note: Any) -> None:
         """One watcher of the fan-out that returned ``note`` was not sent its NOTIFY now: one
         is in flight (this change goes out merged after it), or it could not be built."""
+        if note.__class__ is float:  # no entry describes the change
+            return
         entry = note[0] if len(note) == 2 else note
         if entry is not None:
             entry[_SENT] -= 1
@@ -474,6 +493,9 @@ class History:
         entry one by one, the rest counted per answer code with a latency range; the
         notify_to_answer histogram (its value queued: :meth:`Histogram.settle`)."""
         entry = sub.note
+        if entry.__class__ is float:  # a change no entry describes: the histogram only
+            self._waits.append(now - entry)
+            return
         size = len(entry)
         if size < _FULL:
             if size == 2:  # a ticket: sent apart from its entry's fan-out, or no entry
@@ -505,7 +527,9 @@ class History:
     def timed_out(self, sub: Any, now: float) -> None:
         """The last NOTIFY sent ``sub`` was never answered (Timer F)."""
         note = sub.note
-        if len(note) == 2:
+        if note.__class__ is float:
+            self._answer(None, sub, TIMEOUT, now, note)
+        elif len(note) == 2:
             self._answer(note[0], sub, TIMEOUT, now, note[1])
         else:
             self._answer(note, sub, TIMEOUT, now, note[_AT])
@@ -554,7 +578,11 @@ class History:
         self.pending.append((self._subscribe_stage, now, 1))
         if len(self._waits) > SETTLE_AT:
             self._notify_stage.settle()
-        if self.enabled and watchers <= DETAILED:  # a crowd of SUBSCRIBEs must not evict changes
+        # a crowd of SUBSCRIBEs must not evict changes: at most DETAILED entries per presentity,
+        # and their share of the memory cap
+        if self.enabled and watchers <= DETAILED and \
+                self.subscribe_bytes < self.max_bytes // SUBSCRIBE_SHARE:
+            self.subscribe_bytes += ENTRY_BYTES + WATCH_BYTES  # _cost() of this entry
             entry = self._entry(sub.presentity, "subscribe", sub.package.name, now,
                                 effect="subscribed" if sub.final_reason is None else "fetched")
             entry[_WATCHERS] = entry[_SENT] = 1
@@ -568,6 +596,8 @@ class History:
         note = sub.note
         if note is None:
             return None, None
+        if note.__class__ is float:
+            return None, note
         if len(note) != 2:
             return Entry(note), note[_AT]
         return (None if note[0] is None else Entry(note[0])), note[1]

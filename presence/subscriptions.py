@@ -8,12 +8,13 @@ subscription moved on is skipped when the bucket comes due. No timer object per 
 
 from __future__ import annotations
 
+import base64
 import heapq
+import os
 from collections.abc import Iterator
 
 from busylamp.presence.lifecycle import NAMES, NEW, OWED
 from busylamp.presence.packages.base import EventPackage
-from busylamp.presence.sip.tokens import token64
 
 
 class Subscription:
@@ -41,7 +42,6 @@ class Subscription:
         "final_reason",
         "source",
         "note",
-        "origin",
         "watcher",
         "verified",
         "budget",
@@ -86,13 +86,21 @@ class Subscription:
         self.inflight: str | None = None  # branch of the NOTIFY awaiting its final response
         self.phase = NEW  # where it is in its lifecycle: presence/lifecycle.py
         self.final_reason: str | None = None  # set once terminated: the reason of the last NOTIFY
-        self.source = source
+        # where the SUBSCRIBE came from; (address, port, origin) when the origin, the address
+        # limits count against (see limits.py), is not the source's own (behind an edge)
+        self.source = source if not origin or origin == source[0] or len(source) > 2 \
+            else (source[0], source[1], origin)
         # presence.history: what the last NOTIFY told, and when it went out (answers go there)
         self.note: object = None
-        self.origin = origin or source[0]  # the address limits count against (see limits.py)
         self.watcher = watcher  # the watcher's AOR, for the per-watcher limit
         self.verified = True  # False until the NOTIFY target answered once (amplification)
         self.budget = 0  # bytes a not yet verified target may still be sent
+
+    @property
+    def origin(self) -> str:
+        """The address limits count against: the source's, or the phone's an edge vouched for."""
+        source = self.source
+        return source[2] if len(source) > 2 else source[0]
 
     @property
     def dirty(self) -> bool:
@@ -124,20 +132,53 @@ class Subscription:
 
 
 def new_tag() -> str:
-    """A To-tag of 64 bits from the OS CSPRNG (RFC 3261 19.3 asks for 32 bits at least): unique
-    enough to key the dialog table on its own, and not predictable from tags seen before."""
-    return token64()
+    """A To-tag of 72 bits from the OS CSPRNG (RFC 3261 19.3 asks for 32 bits at least): unique
+    enough to key the dialog table on its own, and not predictable from tags seen before. Twelve
+    base64url characters (token characters): a 61-byte string, in the 64-byte size class where
+    16 hex digits take 80 (drawn in batches, as presence/sip/tokens.py does)."""
+    global _tags, _tag_at
+    at = _tag_at
+    if at >= len(_tags):
+        _tags = base64.urlsafe_b64encode(os.urandom(9 * _TAG_BATCH)).decode("ascii")
+        at = 0
+    _tag_at = at + 12
+    return _tags[at:at + 12]
+
+
+_TAG_BATCH = 512
+_tags = ""
+_tag_at = 0
+
+
+def _reset_tags() -> None:
+    global _tags, _tag_at
+    _tags, _tag_at = "", 0
+
+
+os.register_at_fork(after_in_child=_reset_tags)  # a child must not repeat its parent's tags
+
+
+# Values kept shared (see SubscriptionTable.shared): a value stays shared while it was seen among
+# the last SHARED_GENERATION to 2 * SHARED_GENERATION distinct values (a phone's keys subscribe
+# together), at a fixed cost however many subscriptions there are.
+SHARED_GENERATION = 16_384
+# A presentity's watchers are a list up to this many (cheaper than a dict), a dict by tag beyond
+# (removal stays O(1) for the presentity with tens of thousands of watchers).
+SMALL_WATCHERS = 16
 
 
 class SubscriptionTable:
     """Active subscriptions indexed by dialog tag, by (event, presentity) and by expiry second."""
 
     def __init__(self) -> None:
-        self._shared: dict[object, object] = {}
+        self._shared: dict[object, object] = {}  # this generation's shared values
+        self._shared_old: dict[object, object] = {}  # the previous generation's
         self._by_tag: dict[str, Subscription] = {}
-        self._watchers: dict[tuple[str, str], dict[str, Subscription]] = {}
+        # event -> presentity -> its watchers (a list, a dict by tag past SMALL_WATCHERS)
+        self._watchers: dict[str, dict[str, list[Subscription] | dict[str, Subscription]]] = {}
         self._wheel: dict[int, list[Subscription]] = {}
         self._wheel_heap: list[int] = []
+        self._seconds: dict[int, float] = {}  # expiry second -> the one float the table keeps
         self._conn_use: dict[int, int] = {}  # stream connection -> subscriptions notified on it
         self.per_origin: dict[str, int] = {}  # origin address -> subscriptions (limits)
         self.per_watcher: dict[str, int] = {}  # watcher AOR -> subscriptions (limits)
@@ -146,43 +187,67 @@ class SubscriptionTable:
         return len(self._by_tag)
 
     def shared(self, value):
-        """One object for equal values (a phone's URIs and addresses, a presentity) across its
-        subscriptions: memory per subscription is the budget at a million of them. The table is
-        dropped when it outgrows the live subscriptions (values then simply stop being shared)."""
+        """One object for equal values seen close together (a phone's URIs and addresses,
+        repeated by each of its line keys): memory per subscription is the budget at a million
+        of them. Two generations of values, bounded: a value not seen for a generation simply
+        stops being shared, the table never grows with the subscriptions."""
         found = self._shared.get(value)
         if found is not None:
             return found
-        if len(self._shared) > 4 * len(self._by_tag) + 1024:
-            self._shared.clear()
-        self._shared[value] = value
-        return value
+        found = self._shared_old.get(value)
+        if found is None:
+            found = value
+        if len(self._shared) >= SHARED_GENERATION:
+            self._shared_old, self._shared = self._shared, {}
+        self._shared[found] = found
+        return found
 
     def get(self, tag: str) -> Subscription | None:
         return self._by_tag.get(tag)
 
     def add(self, sub: Subscription) -> None:
+        """Index ``sub``; it takes its presentity's strings from another watcher (one copy per
+        presentity), and its expiry rounded up to the second (one float per second)."""
         self._by_tag[sub.tag] = sub
-        key = (sub.package.name, sub.presentity)
-        watchers = self._watchers.get(key)
+        by_presentity = self._watchers.get(sub.package.name)
+        if by_presentity is None:
+            by_presentity = self._watchers[sub.package.name] = {}
+        watchers = by_presentity.get(sub.presentity)
         if watchers is None:
-            watchers = self._watchers[key] = {}
-        watchers[sub.tag] = sub
+            by_presentity[sub.presentity] = [sub]
+        else:
+            other = watchers[0] if watchers.__class__ is list else next(iter(watchers.values()))
+            sub.presentity = other.presentity
+            if sub.local_uri == other.local_uri:
+                sub.local_uri = other.local_uri
+            if watchers.__class__ is dict:
+                watchers[sub.tag] = sub
+            elif len(watchers) < SMALL_WATCHERS:
+                watchers.append(sub)
+            else:
+                many = by_presentity[sub.presentity] = {w.tag: w for w in watchers}
+                many[sub.tag] = sub
         if sub.conn_id is not None:
             self._conn_use[sub.conn_id] = self._conn_use.get(sub.conn_id, 0) + 1
         self.per_origin[sub.origin] = self.per_origin.get(sub.origin, 0) + 1
         self.per_watcher[sub.watcher] = self.per_watcher.get(sub.watcher, 0) + 1
-        self._schedule(sub)
+        self._schedule(sub, sub.expires_at)
 
     def remove(self, sub: Subscription) -> bool:
         """Drop a subscription from every index; False when it was not in the table."""
         if self._by_tag.pop(sub.tag, None) is None:
             return False
-        key = (sub.package.name, sub.presentity)
-        watchers = self._watchers.get(key)
+        by_presentity = self._watchers.get(sub.package.name)
+        watchers = by_presentity.get(sub.presentity) if by_presentity is not None else None
         if watchers is not None:
-            watchers.pop(sub.tag, None)
+            if watchers.__class__ is dict:
+                watchers.pop(sub.tag, None)
+            elif sub in watchers:
+                watchers.remove(sub)
             if not watchers:
-                del self._watchers[key]
+                del by_presentity[sub.presentity]
+                if not by_presentity:
+                    del self._watchers[sub.package.name]
         if sub.conn_id is not None:
             self._release_conn(sub.conn_id)
         _decrement(self.per_origin, sub.origin)
@@ -212,34 +277,47 @@ class SubscriptionTable:
             self._conn_use.pop(conn_id, None)
 
     def refresh(self, sub: Subscription, expires_at: float) -> None:
-        sub.expires_at = expires_at
-        self._schedule(sub)
+        self._schedule(sub, expires_at)
 
     def watchers(self, package: str, presentity: str) -> list[Subscription]:
-        watchers = self._watchers.get((package, presentity))
-        return list(watchers.values()) if watchers else []
+        by_presentity = self._watchers.get(package)
+        watchers = by_presentity.get(presentity) if by_presentity is not None else None
+        if watchers is None:
+            return []
+        return watchers[:] if watchers.__class__ is list else list(watchers.values())
 
     def watcher_count(self, package: str, presentity: str) -> int:
-        watchers = self._watchers.get((package, presentity))
+        by_presentity = self._watchers.get(package)
+        watchers = by_presentity.get(presentity) if by_presentity is not None else None
         return len(watchers) if watchers else 0
 
     def watched(self) -> Iterator[tuple[str, str]]:
         """Every (event, presentity) that has at least one watcher."""
-        return iter(list(self._watchers))
+        return iter([(package, presentity) for package, by_presentity in self._watchers.items()
+                     for presentity in by_presentity])
 
     def __iter__(self) -> Iterator[Subscription]:
         return iter(list(self._by_tag.values()))
 
     def counts_by_package(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for (package, _), watchers in self._watchers.items():
-            counts[package] = counts.get(package, 0) + len(watchers)
+        for package, by_presentity in self._watchers.items():
+            counts[package] = sum(len(watchers) for watchers in by_presentity.values())
         return counts
 
     # -- expiry wheel -------------------------------------------------------------------------
 
-    def _schedule(self, sub: Subscription) -> None:
-        second = int(sub.expires_at) + 1  # due strictly after expires_at
+    def _schedule(self, sub: Subscription, expires_at: float) -> None:
+        """Set ``sub``'s expiry to ``expires_at`` rounded up to the second (the float of that
+        second is shared by every subscription expiring then), and put it in its bucket."""
+        whole = int(expires_at)
+        if whole < expires_at:
+            whole += 1
+        at = self._seconds.get(whole)
+        if at is None:
+            at = self._seconds[whole] = float(whole)
+        sub.expires_at = at
+        second = whole + 1  # due strictly after expires_at
         bucket = self._wheel.get(second)
         if bucket is None:
             bucket = self._wheel[second] = []
@@ -255,6 +333,7 @@ class SubscriptionTable:
         heap = self._wheel_heap
         while heap and heap[0] <= now:
             second = heapq.heappop(heap)
+            self._seconds.pop(second - 1, None)
             for sub in self._wheel.pop(second, ()):
                 if (
                     int(sub.expires_at) + 1 == second

@@ -271,8 +271,8 @@ class Dispatcher:
             conn_id=out_conn,
             remote_cseq=req.cseq[0],
             expires_at=now + expires,
-            source=shared(source),
-            origin=shared(origin),
+            # (address, port), or (address, port, origin) behind an edge: see Subscription
+            source=shared(source if origin == source[0] else (source[0], source[1], origin)),
             watcher=shared(watcher_aor),
         )
         if not self._believable(dest, source):

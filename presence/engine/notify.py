@@ -180,7 +180,8 @@ class Notifier:
         if sub.final_reason is not None:
             sub_state = "terminated;reason=" + sub.final_reason
         else:
-            sub_state = f"active;expires={max(1, round(sub.expires_at - now))}"
+            # (expires_at is a whole second, rounded up: presence/subscriptions.py)
+            sub_state = f"active;expires={max(1, int(sub.expires_at - now))}"
         payload = body.for_version(sub.version) if body.versioned else body.prefix
         transport = sub.transport
         route = sub.route
@@ -236,15 +237,19 @@ class Notifier:
     def _verify(self, sub: Subscription) -> None:
         """``sub``'s target answered: it asked for NOTIFYs, no budget applies to it any more."""
         sub.verified = True
+        sub.budget = 0  # no longer read: the small int, not one int object per subscription
         targets = self._verified_targets
         if len(targets) >= 65_536:
             targets.clear()  # forgetting costs one small first NOTIFY per target, never memory
-        targets[(sub.transport, sub.dest)] = None
+        # a UDP target is its (shared) address tuple itself: no tuple per target
+        targets[sub.dest if sub.transport == "udp" else (sub.transport, sub.dest)] = None
 
     def _target_verified(self, sub: Subscription) -> bool:
         """Whether ``sub``'s target answered a NOTIFY before (any subscription's)."""
-        if (sub.transport, sub.dest) in self._verified_targets:
+        if (sub.dest if sub.transport == "udp" else (sub.transport, sub.dest)) \
+                in self._verified_targets:
             sub.verified = True
+            sub.budget = 0
             return True
         return False
 
