@@ -8,13 +8,12 @@ subscription moved on is skipped when the bucket comes due. No timer object per 
 
 from __future__ import annotations
 
-import base64
 import heapq
-import os
 from collections.abc import Iterator
 
 from busylamp.presence.lifecycle import NAMES, NEW, OWED
 from busylamp.presence.packages.base import EventPackage
+from busylamp.presence.sip.tokens import token72
 
 
 class Subscription:
@@ -133,29 +132,9 @@ class Subscription:
 
 def new_tag() -> str:
     """A To-tag of 72 bits from the OS CSPRNG (RFC 3261 19.3 asks for 32 bits at least): unique
-    enough to key the dialog table on its own, and not predictable from tags seen before. Twelve
-    base64url characters (token characters): a 61-byte string, in the 64-byte size class where
-    16 hex digits take 80 (drawn in batches, as presence/sip/tokens.py does)."""
-    global _tags, _tag_at
-    at = _tag_at
-    if at >= len(_tags):
-        _tags = base64.urlsafe_b64encode(os.urandom(9 * _TAG_BATCH)).decode("ascii")
-        at = 0
-    _tag_at = at + 12
-    return _tags[at:at + 12]
-
-
-_TAG_BATCH = 512
-_tags = ""
-_tag_at = 0
-
-
-def _reset_tags() -> None:
-    global _tags, _tag_at
-    _tags, _tag_at = "", 0
-
-
-os.register_at_fork(after_in_child=_reset_tags)  # a child must not repeat its parent's tags
+    enough to key the dialog table on its own, and not predictable from tags seen before; 12
+    characters, so the string stays in the 64-byte size class."""
+    return token72()
 
 
 # Values kept shared (see SubscriptionTable.shared): a value stays shared while it was seen among

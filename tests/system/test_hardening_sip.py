@@ -198,12 +198,18 @@ def test_forged_481_from_elsewhere_does_not_end_a_subscription(tmp_path):
 
 
 def test_branches_and_tags_are_unguessable():
+    import base64
+
+    from busylamp.presence.sip import is_token
     from busylamp.presence.sip.tokens import token64
     from busylamp.presence.subscriptions import new_tag
 
-    tokens = [token64() for _ in range(5000)] + [new_tag() for _ in range(5000)]
-    assert len(set(tokens)) == len(tokens)
-    assert all(len(t) == 16 and int(t, 16) >= 0 for t in tokens)
+    branches = [token64() for _ in range(5000)]
+    tags = [new_tag() for _ in range(5000)]
+    assert len(set(branches + tags)) == len(branches) + len(tags)
+    assert all(len(t) == 16 and int(t, 16) >= 0 for t in branches)  # 64 bits each
+    assert all(len(t) == 12 and len(base64.urlsafe_b64decode(t)) == 9 for t in tags)  # 72 bits
+    assert all(is_token(t) for t in tags)  # fits a To-tag as it is (RFC 3261 25.1)
     assert PresenceEngine  # the engine draws its branches from token64 (see the wire test)
 
 
