@@ -402,10 +402,11 @@ class RunConfig:
     max_pending_notifies: int = field(default=100_000, metadata=_meta(
         "max_pending_notifies", "NOTIFY transactions awaiting an answer at most; beyond, fan-out "
         "waits and new SUBSCRIBEs get 503 with Retry-After", _integer(1)))
-    shed_backlog: float = field(default=0.5, metadata=_meta(
+    shed_backlog: float = field(default=0.9, metadata=_meta(
         "shed_backlog", "while the UDP receive queue being read is at least this full (a "
-        "fraction of its buffer), new SUBSCRIBEs get 503 with Retry-After instead of work the "
-        "node cannot finish before the phones retransmit (0 = never)", _fraction))
+        "fraction of its buffer; the kernel's count runs up to 0.25 high), new SUBSCRIBEs get "
+        "503 with Retry-After instead of queueing until the kernel drops datagrams, answers "
+        "to NOTIFYs among them (0 = never)", _fraction))
     fanout_batch: int = field(default=500, metadata=_meta(
         "fanout_batch", "NOTIFYs built in one step of a fan-out before SIP input is read again",
         _integer(1)))
