@@ -403,8 +403,9 @@ class RunConfig:
         "max_pending_notifies", "NOTIFY transactions awaiting an answer at most; beyond, fan-out "
         "waits and new SUBSCRIBEs get 503 with Retry-After", _integer(1)))
     shed_backlog: float = field(default=0.9, metadata=_meta(
-        "shed_backlog", "while the UDP receive queue being read is at least this full (a "
-        "fraction of its buffer; the kernel's count runs up to 0.25 high), new SUBSCRIBEs get "
+        "shed_backlog", "once the UDP receive queue being read has stayed at least this full "
+        "for 2 s (a fraction of its buffer; the kernel's count runs up to 0.25 high), new "
+        "SUBSCRIBEs get "
         "503 with Retry-After instead of queueing until the kernel drops datagrams, answers "
         "to NOTIFYs among them (0 = never)", _fraction))
     fanout_batch: int = field(default=500, metadata=_meta(

@@ -38,6 +38,9 @@ class Limits:
     # new SUBSCRIBEs get 503 while the UDP receive queue being read is at least this full
     # (a fraction of its buffer; 0: never): see presence/node/transport.py
     shed_backlog: float = 0.0
+    # ... once it has stayed that full this many seconds (a brief stall the node catches up on
+    # is no overload: shedding then would only delay phones a kernel drop delays less)
+    shed_after: float = 2.0
 
 
 class TokenBuckets:

@@ -64,6 +64,7 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
             self._on_sip, in_use=lambda conn_id: self.engine.subscriptions.uses_conn(conn_id),
             on_backlog=self._on_backlog, **(transport_options or {}))
         self._overload_logged_at = float("-inf")
+        self._full_since: float | None = None  # when the UDP receive queue became too full
         self.resolver = Resolver(self._on_resolved, clock=clock, **(resolver_options or {}))
         self.listeners: list[tuple[str, tuple[str, int]]] = []
         self.ready = True
@@ -141,17 +142,24 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         return ended
 
     def _on_backlog(self, fill: float) -> None:
-        """The transports measured the UDP receive queue: past ``--shed-backlog`` the engine
-        refuses new SUBSCRIBEs (503) until the queue drains (a WARNING a minute at most)."""
-        threshold = self.engine.config.limits.shed_backlog
-        overloaded = bool(threshold) and fill >= threshold
-        if overloaded and not self.engine.overloaded:
-            now = time.monotonic()
-            if now >= self._overload_logged_at + 60.0:
-                self._overload_logged_at = now
-                log.warning("SIP input queue %.0f%% full: new SUBSCRIBEs get 503 until it "
-                            "drains (%d refused so far)", 100 * fill,
-                            self.engine.counters.limit_overload)
+        """The transports measured the UDP receive queue: once it has stayed past
+        ``--shed-backlog`` for ``Limits.shed_after`` seconds the engine refuses new SUBSCRIBEs
+        (503) until the queue drains (a WARNING a minute at most)."""
+        limits = self.engine.config.limits
+        now = self.clock()
+        if limits.shed_backlog and fill >= limits.shed_backlog:
+            if self._full_since is None:
+                self._full_since = now
+            overloaded = now - self._full_since >= limits.shed_after
+        else:
+            self._full_since = None
+            overloaded = False
+        if overloaded and not self.engine.overloaded and \
+                now >= self._overload_logged_at + 60.0:
+            self._overload_logged_at = now
+            log.warning("SIP input queue %.0f%% full: new SUBSCRIBEs get 503 until it "
+                        "drains (%d refused so far)", 100 * fill,
+                        self.engine.counters.limit_overload)
         self.engine.overloaded = overloaded
 
     def _on_sip(self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:

@@ -75,7 +75,7 @@ def hold_until_queued(sock, deadline_s: float = 10.0) -> float:
 
 def test_a_full_receive_queue_sheds_new_subscribes_with_503_then_accepts_again(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="busylamp.presence.node.node")
-    with running_node(limits=Limits(shed_backlog=1e-9, retry_after=10)) as node:
+    with running_node(limits=Limits(shed_backlog=1e-9, shed_after=0.0, retry_after=10)) as node:
         scenario = tmp_path / "overload.xml"
         scenario.write_text(SCENARIO)
         sipp = start_sipp(scenario, sip_address(node), tmp_path / "sipp", calls=CALLS,
