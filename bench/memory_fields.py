@@ -30,6 +30,7 @@ import tracemalloc
 from collections.abc import Iterable
 from typing import Any
 
+from bench.engine import _ok_for as ok_for  # the phone's 200 to a NOTIFY
 from bench.workload import DOMAIN, Workload, phone_user, presentity_user
 
 SERVER = ("192.0.2.1", 5060)
@@ -64,14 +65,6 @@ def subscribe(row: int, phone: int, presentity: int, address: tuple[str, int]) -
         "User-Agent: busylamp-bench\r\n"
         "Content-Length: 0\r\n\r\n"
     ).encode()
-
-
-def ok_for(notify: bytes) -> bytes:
-    """The phone's 200 to a NOTIFY (sipp's [last_Via:] ... [last_CSeq:])."""
-    head = notify.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-    keep = [line for line in head[1:]
-            if line.split(b":", 1)[0] in (b"Via", b"From", b"To", b"Call-ID", b"CSeq")]
-    return b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b"\r\nContent-Length: 0\r\n\r\n"
 
 
 def build_engine() -> tuple[Any, Any]:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shutil
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
+from bench.servers import REPO, export_tree
 from bench.workload import DOMAIN
 
 CALL_STATES = ("RINGING", "ACTIVE", "HANGUP")
@@ -130,7 +128,7 @@ def esl_compare(ref: str, events: int = 100_000, repeats: int = 3) -> dict[str, 
     process; the medians per tree (the same bench code drives both)."""
     from bench.analysis import median
 
-    trees = {f"busylamp@{ref}": str(_export(ref)), "busylamp": str(REPO)}
+    trees = {f"busylamp@{ref}": str(export_tree(ref, "esl")), "busylamp": str(REPO)}
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     for _ in range(repeats):
         for name, tree in trees.items():
@@ -145,21 +143,6 @@ def esl_compare(ref: str, events: int = 100_000, repeats: int = 3) -> dict[str, 
             for stage in STAGES
         }
     return out
-
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _export(ref: str) -> Path:
-    """``git archive ref`` unpacked into bench/build/esl-<ref>."""
-    root = REPO / "bench" / "build" / ("esl-" + re.sub(r"[^A-Za-z0-9_.-]", "_", ref))
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
-    return root
 
 
 def _child_pass(tree: str, events: int) -> dict[str, Any]:

@@ -266,17 +266,22 @@ class Busylamp(Server):
         return res.returncode == 0
 
 
-def baseline_executable(ref: str) -> str:
-    """A ``busylamp`` launcher running the code of git ``ref`` (exported into bench/build/)
-    with this checkout's virtualenv: the "before" of a before/after run."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ref)
-    root = REPO / "bench" / "build" / f"baseline-{safe}"
+def export_tree(ref: str, prefix: str) -> Path:
+    """``git archive ref`` unpacked afresh into bench/build/<prefix>-<ref>."""
+    root = REPO / "bench" / "build" / f"{prefix}-{re.sub(r'[^A-Za-z0-9_.-]', '_', ref)}"
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True,
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root
+
+
+def baseline_executable(ref: str) -> str:
+    """A ``busylamp`` launcher running the code of git ``ref`` (exported into bench/build/)
+    with this checkout's virtualenv: the "before" of a before/after run."""
+    root = export_tree(ref, "baseline")
     # the tree's optional C extensions, as scripts/bootstrap.sh builds them for a checkout
     for buildext in (root / "presence" / "node" / "buildext.py",
                      root / "presence" / "sip" / "buildext.py"):

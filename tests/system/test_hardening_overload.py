@@ -16,6 +16,7 @@ from busylamp.presence.node.transport import receive_queue_fill
 from tests.node_util import running_node, sip_address
 from tests.polling import wait_until
 from tests.sipp_util import parse_trace, start_sipp
+from tests.system.phones import _OK_TO_REQUEST
 
 CALLS = 200
 
@@ -42,19 +43,7 @@ SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <recv response="503" optional="true" next="done"/>
   <recv response="200"/>
   <recv request="NOTIFY"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <label id="done"/>
+""" + _OK_TO_REQUEST + """  <label id="done"/>
 </scenario>
 """
 
