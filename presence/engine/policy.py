@@ -25,6 +25,16 @@ def _domain(aor: str) -> str:
     return aor.rpartition("@")[2]
 
 
+def _member(cache: dict[str, bool], ip: str, networks) -> bool:
+    """Whether ``ip`` is in ``networks``, remembered in ``cache`` (4,096 addresses at most)."""
+    found = cache.get(ip)
+    if found is None:
+        if len(cache) >= 4096:
+            cache.clear()
+        found = cache[ip] = in_networks(ip, networks)
+    return found
+
+
 def _accepts(accepts: list[str], package: EventPackage) -> bool:
     """Whether an Accept header list admits one of ``package``'s body types. Cached: phones
     send the same few Accept values."""
@@ -70,12 +80,7 @@ class SubscribePolicy:
         return vouched_address(req) or ip
 
     def _is_edge(self, ip: str) -> bool:
-        edge = self._edge_cache.get(ip)
-        if edge is None:
-            if len(self._edge_cache) >= 4096:
-                self._edge_cache.clear()
-            edge = self._edge_cache[ip] = in_networks(ip, self.config.edges)
-        return edge
+        return _member(self._edge_cache, ip, self.config.edges)
 
     def _over_limit(self, origin: str, watcher: str) -> tuple[str, str] | None:
         """(counter, reason) of the first limit a new subscription would exceed, or None."""
@@ -119,12 +124,7 @@ class SubscribePolicy:
         sub.budget = budget
 
     def _is_trusted(self, ip: str) -> bool:
-        trusted = self._trusted_cache.get(ip)
-        if trusted is None:
-            if len(self._trusted_cache) >= 4096:
-                self._trusted_cache.clear()
-            trusted = self._trusted_cache[ip] = in_networks(ip, self.config.trusted)
-        return trusted
+        return _member(self._trusted_cache, ip, self.config.trusted)
 
     def _capabilities(self) -> list[tuple[str, str]]:
         accept = ", ".join(p.content_type for p in self.packages.values())
