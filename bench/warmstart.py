@@ -278,7 +278,7 @@ def codec(presentities: int, repeats: int) -> dict:
             del state, body
             gc.collect()
     for fmt, figures in samples.items():
-        report[fmt] = {k: round(statistics.median(v), 3) for k, v in figures.items()}
+        report[fmt] = {k: round(statistics.median(v), 6) for k, v in figures.items()}
     return report
 
 

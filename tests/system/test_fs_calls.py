@@ -135,6 +135,17 @@ def invite_sent(caller: Caller) -> Traced:
     return first(caller.trace(), sent=True, method="INVITE")
 
 
+# stock example extensions (continue="true") that only set a variable, and only on some days
+# and hours (tod_example: Monday-Friday 09-18): whether they ran says nothing about the routing
+CALENDAR_EXAMPLES = frozenset({"tod_example", "holiday_example"})
+
+
+def routed(fs, destination: str) -> list[str]:
+    """The extensions that ran actions for the last call to ``destination``, without the
+    stock calendar examples."""
+    return [name for name in fs.handled_by(destination)[-1] if name not in CALENDAR_EXAMPLES]
+
+
 def handled_by_snippet(fs, destination: str, snippet: str = "busylamp_local_extension") -> None:
     """The last call to ``destination`` ran ``snippet``'s actions and no vanilla call handler."""
     ran = fs.handled_by(destination)[-1]
@@ -173,8 +184,8 @@ def test_answered_call(fs, lamps, tmp_path, hangs_up):
     lamps.wait_for("1001", ("terminated",))
     lamps.wait_for("1000", ("terminated",))
     assert callee.run.wait(10) == 0, callee.run.errors()
-    assert fs.handled_by("1001")[-1] == ["busylamp_caller_presence", "global",
-                                         "busylamp_local_extension"]
+    assert routed(fs, "1001") == ["busylamp_caller_presence", "global",
+                                "busylamp_local_extension"]
     handled_by_snippet(fs, "1001")
 
     # the callee's key: blinking with the pickup target, then lit, then off
@@ -261,8 +272,8 @@ def test_busy_call_goes_to_voicemail_without_a_pickable_lamp(fs, lamps, tmp_path
     caller.wait(30)
     lamps.wait_for("1000", ("terminated",))
     assert "Handle play-file:[voicemail/vm-person.wav]" in fs.log_text()
-    assert fs.handled_by("1001")[-1] == ["busylamp_caller_presence", "global",
-                                         "busylamp_local_extension"]
+    assert routed(fs, "1001") == ["busylamp_caller_presence", "global",
+                                "busylamp_local_extension"]
     # rang, refused, then nothing at all while the caller was in voicemail
     assert lamps.states("1001") == [(), ("early",), ("terminated",)]
     check_latency("486 -> callee terminated", busy, lamps.of("1001")[2])
@@ -307,8 +318,8 @@ def test_pickup_from_the_advertised_target(fs, lamps, tmp_path):
     assert callee.run.wait(10) == 0, callee.run.errors()
     lamps.wait_for("1002", ("terminated",))
     lamps.wait_for("1000", ("terminated",))
-    assert fs.handled_by("**1001")[-1] == ["busylamp_caller_presence", "global",
-                                           "busylamp_intercept"]
+    assert routed(fs, "**1001") == ["busylamp_caller_presence", "global",
+                                  "busylamp_intercept"]
     assert lamps.states("1001") == [(), ("early",), ("terminated",)]
     assert lamps.states("1002") == [(), ("confirmed",), ("terminated",)]
     assert collapse(lamps.states("1000")) == [(), ("confirmed",), ("terminated",)]
