@@ -77,7 +77,7 @@ class PresenceEngine(Dispatcher, SubscribePolicy, Routing, Notifier):
         self._backlog_at = 0.0
         self._verified_targets: dict[tuple, None] = {}  # (transport, address) that answered
         self._in_size = 0  # bytes of the message being handled
-        self._in_print: tuple | None = None  # its fingerprint, for a request over UDP
+        self._in_print: int | None = None  # its fingerprint, for a request over UDP
         self.registrations = RegistrationTable()  # filled from the bus (presence/registrations.py)
         # A per-process prefix lets the response sniffer recognise our branches at a glance;
         # the 64 random bits after it make each branch unguessable.

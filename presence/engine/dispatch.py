@@ -45,8 +45,9 @@ class Dispatcher:
         if transport == "udp" and data[:8] != b"SIP/2.0 ":
             # a request resent unchanged is answered from the transaction before any parsing:
             # under overload the retransmissions then cost a hash, not a parse each
-            self._in_print = self.server_transactions.fingerprint(bytes(data), source)
-            previous = self.server_transactions.lookup_exact(self._in_print)
+            data = bytes(data)
+            self._in_print = self.server_transactions.fingerprint(data, source)
+            previous = self.server_transactions.lookup_exact(self._in_print, data)
             if previous is not None:
                 self.counters.sip_requests_received += 1
                 self.counters.sip_retransmissions_received += 1

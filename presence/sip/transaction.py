@@ -1,12 +1,17 @@
 """Sans-IO SIP transaction tables (RFC 3261 17): server response cache and non-INVITE clients.
 
-Each table keeps one heap of (deadline, seq, key-or-record) entries with lazy deletion: stale
-entries are skipped when they surface, so there is no timer object per transaction.
+No timer object per transaction: the server table expires its answers a second's bucket at
+a time; the client table keeps one heap of (deadline, seq, record) entries with lazy deletion
+(stale entries are skipped when they surface).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
+import mmap
+from array import array
+from collections import deque
 from itertools import count
 from typing import Any
 
@@ -17,23 +22,77 @@ from .via import MAGIC_COOKIE
 __all__ = ["ClientTransactions", "ServerTransactions"]
 
 
+# A kept answer's place: (bucket serial << 48) | (offset in the bucket's bytes << 16) | length.
+_SERIAL_SHIFT = 48
+_OFFSET_SHIFT = 16
+_LENGTH_MASK = (1 << _OFFSET_SHIFT) - 1
+_OFFSET_MASK = (1 << (_SERIAL_SHIFT - _OFFSET_SHIFT)) - 1
+_BUCKET_SECONDS = 1.0  # answers are kept up to this much past Timer J, to expire by the bucket
+_CHUNK = 1 << 18  # bytes of one memory map of answers (larger than any answer: <= 65,535)
+
+
+class _Bucket:
+    """The answers whose Timer J ends in one second, end to end in anonymous memory maps of
+    their own (not the C heap, where a burst's worth would leave holes among long-lived
+    allocations), and the hashes that point at them, for their removal when the bucket goes."""
+
+    __slots__ = ("serial", "deadline", "chunks", "fill", "keys", "prints")
+
+    def __init__(self, serial: int, deadline: float):
+        self.serial = serial
+        self.deadline = deadline
+        self.chunks: list[mmap.mmap] = []
+        self.fill = _CHUNK  # room left in the last chunk: none yet
+        self.keys = array("q")
+        self.prints = array("q")
+
+    def put(self, answer: bytes) -> int:
+        """Copy ``answer`` in; its position (chunk index * _CHUNK + offset)."""
+        length = len(answer)
+        if self.fill + length > _CHUNK:
+            self.chunks.append(mmap.mmap(-1, _CHUNK))
+            self.fill = 0
+        start = self.fill
+        self.chunks[-1][start:start + length] = answer
+        self.fill = start + length
+        return (len(self.chunks) - 1) * _CHUNK + start
+
+    def get(self, position: int, length: int) -> bytes:
+        start = position % _CHUNK
+        return self.chunks[position // _CHUNK][start:start + length]
+
+    def release(self) -> None:
+        for chunk in self.chunks:
+            chunk.close()  # back to the system now, not when the collector gets to it
+        self.chunks.clear()
+
+
 class ServerTransactions:
-    """Remembers the final response sent per request so retransmissions get the same bytes."""
+    """Remembers the final response sent per request so retransmissions get the same bytes.
+
+    Over UDP an answer is kept for Timer J (64*T1, RFC 3261 17.2.2). At thousands of
+    SUBSCRIBEs a second that is over a hundred thousand answers at once, all short-lived
+    among the long-lived subscriptions: kept as small Python objects (or in the C heap) they
+    would leave the allocators' pools fragmented once they go. So the answers of each second
+    share memory maps and two hash arrays, freed together, and the tables map a hash of the
+    transaction key (and of the datagram) to the answer's place: one integer per entry. A hit is checked
+    against the answer (it must carry the request's branch or Call-ID), so a hash collision
+    can never answer one request with another's response."""
 
     def __init__(self, t1: float = 0.5):
         self.timer_j = 64 * t1
-        self._responses: dict[tuple, tuple[bytes, float]] = {}
-        # (hash of the request's bytes, source) -> (response, expires): a UDP retransmission is
-        # the same datagram again (RFC 3261 17.1.2.2), so it is answered before any parsing
-        self._exact: dict[tuple, tuple[bytes, float]] = {}
-        self._heap: list[tuple[float, int, tuple, tuple | None]] = []
-        self._seq = count()
+        self._by_key: dict[int, int] = {}
+        # hash of (request bytes, source) -> place: a UDP retransmission is the same datagram
+        # again (RFC 3261 17.1.2.2), so it is answered before any parsing
+        self._by_print: dict[int, int] = {}
+        self._buckets: deque[_Bucket] = deque()
+        self._serials = count(1)
 
     @staticmethod
-    def fingerprint(data: bytes, source: tuple[str, int]) -> tuple:
-        """What identifies a datagram resent unchanged from the same address: its bytes' hash
-        (keyed per process, so not predictable from outside) and length, and the source."""
-        return hash(data), len(data), source
+    def fingerprint(data: bytes, source: tuple[str, int]) -> int:
+        """What identifies a datagram resent unchanged from the same address: the hash of its
+        bytes and source (keyed per process, so not predictable from outside)."""
+        return hash((data, source))
 
     def key(self, request: Request, transport: str) -> tuple:
         """RFC 3261 17.2.3 key (branch, sent-by, method; ACK matches its INVITE); requests without
@@ -50,55 +109,81 @@ class ServerTransactions:
         number = request.cseq[0]
         return ("2543", transport.lower(), request.call_id, from_tag, number, method, via.raw)
 
-    def lookup(self, key: tuple) -> bytes | None:
-        entry = self._responses.get(key)
-        return entry[0] if entry is not None else None
+    def _answer(self, place: int | None) -> bytes | None:
+        if place is None:
+            return None
+        buckets = self._buckets
+        index = (place >> _SERIAL_SHIFT) - buckets[0].serial  # the live serials run on
+        if not 0 <= index < len(buckets):
+            return None
+        return buckets[index].get((place >> _OFFSET_SHIFT) & _OFFSET_MASK, place & _LENGTH_MASK)
 
-    def lookup_exact(self, fingerprint: tuple) -> bytes | None:
-        """The response sent to the datagram with this :meth:`fingerprint`, if still kept."""
-        entry = self._exact.get(fingerprint)
-        return entry[0] if entry is not None else None
+    def lookup(self, key: tuple) -> bytes | None:
+        """The response kept for the transaction ``key``, if any."""
+        answer = self._answer(self._by_key.get(hash(key)))
+        # both key forms hold, third, a value every answer repeats: the branch or the Call-ID
+        if answer is None or key[2] is None or key[2].encode() not in answer:
+            return None
+        return answer
+
+    def lookup_exact(self, fingerprint: int, data: bytes) -> bytes | None:
+        """The response sent to the datagram ``data`` with this :meth:`fingerprint`, if kept."""
+        answer = self._answer(self._by_print.get(fingerprint))
+        if answer is None:
+            return None
+        start = answer.find(b"\r\nCall-ID: ")
+        if start < 0:
+            return None
+        start += 11
+        end = answer.find(b"\r\n", start)
+        return answer if end > start and answer[start:end] in data else None
 
     def store(self, key: tuple, response: bytes, reliable: bool, now: float,
-              fingerprint: tuple | None = None) -> None:
-        """Keep `response` for Timer J (64*T1) over UDP, by transaction key and, when given, by
-        the request datagram's fingerprint; reliable transports keep nothing."""
+              fingerprint: int | None = None) -> None:
+        """Keep ``response`` for Timer J over UDP, by transaction key and, when given, by the
+        request datagram's fingerprint; reliable transports keep nothing."""
+        hashed = hash(key)
         if reliable:
-            self._responses.pop(key, None)
+            self._by_key.pop(hashed, None)
             return
-        expires = now + self.timer_j
-        self._responses[key] = (response, expires)
+        length = len(response)
+        if length > _LENGTH_MASK:
+            return  # larger than any datagram: never an answer over UDP
+        bucket = self._bucket(now + self.timer_j)
+        place = ((bucket.serial << _SERIAL_SHIFT) | (bucket.put(response) << _OFFSET_SHIFT)
+                 | length)
+        self._by_key[hashed] = place
+        bucket.keys.append(hashed)
         if fingerprint is not None:
-            self._exact[fingerprint] = (response, expires)
-        heapq.heappush(self._heap, (expires, next(self._seq), key, fingerprint))
+            self._by_print[fingerprint] = place
+            bucket.prints.append(fingerprint)
 
-    def _drop_stale(self) -> None:
-        heap = self._heap
-        while heap:
-            expires, _, key, _ = heap[0]
-            entry = self._responses.get(key)
-            if entry is not None and entry[1] == expires:
-                return
-            heapq.heappop(heap)
+    def _bucket(self, expires: float) -> _Bucket:
+        buckets = self._buckets
+        if buckets and buckets[-1].deadline >= expires:
+            return buckets[-1]  # (a clock that went back keeps answers a little longer)
+        deadline = math.ceil(expires / _BUCKET_SECONDS) * _BUCKET_SECONDS
+        bucket = _Bucket(next(self._serials), deadline)
+        buckets.append(bucket)
+        return bucket
 
     def get_timer(self) -> float | None:
-        self._drop_stale()
-        return self._heap[0][0] if self._heap else None
+        return self._buckets[0].deadline if self._buckets else None
 
     def handle_timer(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            expires, _, key, fingerprint = heapq.heappop(heap)
-            entry = self._responses.get(key)
-            if entry is not None and entry[1] == expires:
-                del self._responses[key]
-            if fingerprint is not None:
-                entry = self._exact.get(fingerprint)
-                if entry is not None and entry[1] == expires:
-                    del self._exact[fingerprint]
+        buckets = self._buckets
+        while buckets and buckets[0].deadline <= now:
+            bucket = buckets.popleft()
+            serial = bucket.serial
+            for table, hashes in ((self._by_key, bucket.keys), (self._by_print, bucket.prints)):
+                for hashed in hashes:
+                    place = table.get(hashed)
+                    if place is not None and place >> _SERIAL_SHIFT == serial:
+                        del table[hashed]
+            bucket.release()
 
     def __len__(self) -> int:
-        return len(self._responses)
+        return len(self._by_key)
 
 
 class _ClientTransaction:

@@ -52,19 +52,51 @@ def test_server_key_rfc3261_and_2543() -> None:
     assert bare[0] == "2543"
 
 
+def _answer(status: str = "202 Accepted", branch: str = "z9hG4bK-1") -> bytes:
+    return (f"SIP/2.0 {status}\r\nVia: SIP/2.0/UDP 10.0.0.5:5062;branch={branch}\r\n"
+            "Call-ID: cid-1\r\nCSeq: 7 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n").encode()
+
+
 def test_server_retransmission_gets_same_bytes_until_timer_j() -> None:
     table = ServerTransactions(t1=0.5)
     key = table.key(_request(), "udp")
     assert table.lookup(key) is None and table.get_timer() is None
-    table.store(key, b"SIP/2.0 202 Accepted\r\n...", reliable=False, now=10.0)
-    assert table.lookup(table.key(_request(), "udp")) == b"SIP/2.0 202 Accepted\r\n..."
+    table.store(key, _answer(), reliable=False, now=10.0)
+    assert table.lookup(table.key(_request(), "udp")) == _answer()
     assert len(table) == 1 and table.get_timer() == pytest.approx(42.0)
     table.handle_timer(41.9)
-    assert table.lookup(key) is not None
-    table.store(key, b"second", reliable=False, now=20.0)  # re-stored: old heap entry is stale
-    assert table.get_timer() == pytest.approx(52.0)
+    assert table.lookup(key) == _answer()
+    table.store(key, _answer("200 OK"), reliable=False, now=20.0)  # re-stored: the first goes
+    table.handle_timer(42.0)
+    assert table.lookup(key) == _answer("200 OK") and table.get_timer() == pytest.approx(52.0)
     table.handle_timer(52.0)
     assert table.lookup(key) is None and len(table) == 0 and table.get_timer() is None
+
+
+def test_server_answers_of_one_second_share_a_bucket_and_go_together() -> None:
+    table = ServerTransactions(t1=0.5)
+    keys = [table.key(_request(f"z9hG4bK-{n}"), "udp") for n in range(3)]
+    for n, key in enumerate(keys):  # Timer J ends at 42.1, 42.6 and 43.05
+        table.store(key, _answer(branch=f"z9hG4bK-{n}"), reliable=False, now=(10.1, 10.6, 11.05)[n])
+    assert [table.lookup(k) for k in keys] == [_answer(branch=f"z9hG4bK-{n}") for n in range(3)]
+    assert table.get_timer() == 43.0  # kept up to a second past Timer J, never less
+    table.handle_timer(43.0)
+    assert table.lookup(keys[0]) is None and table.lookup(keys[1]) is None
+    assert table.lookup(keys[2]) is not None and table.get_timer() == 44.0
+
+
+def test_server_hit_must_be_the_requests_own_answer() -> None:
+    """A hash collision (forced here by planting another answer's place) answers nothing."""
+    table = ServerTransactions(t1=0.5)
+    mine, other = table.key(_request("z9hG4bK-1"), "udp"), table.key(_request("z9hG4bK-2"), "udp")
+    table.store(other, _answer(branch="z9hG4bK-2"), reliable=False, now=1.0)
+    table._by_key[hash(mine)] = table._by_key[hash(other)]
+    assert table.lookup(mine) is None and table.lookup(other) is not None
+    data = REQUEST.replace(b"BRANCH", b"z9hG4bK-1")
+    planted = table.fingerprint(data, ("10.0.0.5", 5062))
+    table._by_print[planted] = table._by_key[hash(other)]
+    assert table.lookup_exact(planted, data) is not None  # same Call-ID: indistinguishable
+    assert table.lookup_exact(planted, data.replace(b"cid-1", b"cid-9")) is None
 
 
 def test_server_exact_fingerprint_kept_and_dropped_with_its_transaction() -> None:
@@ -75,11 +107,11 @@ def test_server_exact_fingerprint_kept_and_dropped_with_its_transaction() -> Non
     assert print_a == table.fingerprint(bytes(bytearray(data)), ("10.0.0.5", 5062))
     assert print_a != table.fingerprint(data, ("10.0.0.6", 5062))
     assert print_a != table.fingerprint(data + b"x", ("10.0.0.5", 5062))
-    table.store(key, b"resp", reliable=False, now=10.0, fingerprint=print_a)
-    assert table.lookup_exact(print_a) == b"resp"
-    table.store(key, b"again", reliable=False, now=20.0)  # re-stored without a fingerprint
+    table.store(key, _answer(), reliable=False, now=10.0, fingerprint=print_a)
+    assert table.lookup_exact(print_a, data) == _answer()
+    table.store(key, _answer("200 OK"), reliable=False, now=20.0)  # re-stored, no fingerprint
     table.handle_timer(42.0)  # the first entry's Timer J: its fingerprint goes with it
-    assert table.lookup_exact(print_a) is None and table.lookup(key) == b"again"
+    assert table.lookup_exact(print_a, data) is None and table.lookup(key) == _answer("200 OK")
     table.handle_timer(52.0)
     assert table.lookup(key) is None and table.get_timer() is None
 
@@ -87,7 +119,7 @@ def test_server_exact_fingerprint_kept_and_dropped_with_its_transaction() -> Non
 def test_server_reliable_not_kept() -> None:
     table = ServerTransactions()
     key = table.key(_request(), "tcp")
-    table.store(key, b"resp", reliable=True, now=0.0)
+    table.store(key, _answer(), reliable=True, now=0.0)
     assert table.lookup(key) is None and len(table) == 0 and table.get_timer() is None
 
 
