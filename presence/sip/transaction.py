@@ -28,6 +28,8 @@ _OFFSET_SHIFT = 16
 _LENGTH_MASK = (1 << _OFFSET_SHIFT) - 1
 _OFFSET_MASK = (1 << (_SERIAL_SHIFT - _OFFSET_SHIFT)) - 1
 _BUCKET_SECONDS = 1.0  # answers are kept up to this much past Timer J, to expire by the bucket
+_SHRINK_BELOW = 8  # tables are copied down to size when they hold under 1/8 of their high,
+_SHRINK_FROM = 4096  # once that high was more than this many answers
 _CHUNK = 1 << 18  # bytes of one memory map of answers (larger than any answer: <= 65,535)
 
 
@@ -87,6 +89,7 @@ class ServerTransactions:
         self._by_print: dict[int, int] = {}
         self._buckets: deque[_Bucket] = deque()
         self._serials = count(1)
+        self._high = 0  # the most answers kept at once since the tables were last sized
 
     @staticmethod
     def fingerprint(data: bytes, source: tuple[str, int]) -> int:
@@ -153,6 +156,8 @@ class ServerTransactions:
         place = ((bucket.serial << _SERIAL_SHIFT) | (bucket.put(response) << _OFFSET_SHIFT)
                  | length)
         self._by_key[hashed] = place
+        if len(self._by_key) > self._high:
+            self._high = len(self._by_key)
         bucket.keys.append(hashed)
         if fingerprint is not None:
             self._by_print[fingerprint] = place
@@ -181,6 +186,11 @@ class ServerTransactions:
                     if place is not None and place >> _SERIAL_SHIFT == serial:
                         del table[hashed]
             bucket.release()
+        if self._high > _SHRINK_FROM and len(self._by_key) * _SHRINK_BELOW < self._high:
+            # a dict keeps the table of its largest size: once a burst is over, copy the few
+            # answers left into tables their size and give the burst's back
+            self._by_key, self._by_print = dict(self._by_key), dict(self._by_print)
+            self._high = len(self._by_key)
 
     def __len__(self) -> int:
         return len(self._by_key)

@@ -116,6 +116,19 @@ def test_server_exact_fingerprint_kept_and_dropped_with_its_transaction() -> Non
     assert table.lookup(key) is None and table.get_timer() is None
 
 
+def test_server_tables_shrink_to_size_after_a_burst() -> None:
+    table = ServerTransactions(t1=0.5)
+    keys = [("3261", "udp", f"z9hG4bK-{n}", ("10.0.0.5", 5062), "SUBSCRIBE") for n in range(5000)]
+    for n, key in enumerate(keys):
+        table.store(key, _answer(branch=key[2]), reliable=False, now=10.0 + n / 1000)
+    burst = table._by_key
+    table.store(("3261", "udp", "z9hG4bK-late", ("10.0.0.5", 5062), "SUBSCRIBE"),
+                _answer(branch="z9hG4bK-late"), reliable=False, now=20.0)
+    table.handle_timer(15.0 + table.timer_j)  # the burst's answers are gone, one is left
+    assert len(table) == 1 and table._by_key is not burst and table._high == 1
+    assert table.lookup(("3261", "udp", "z9hG4bK-late", ("10.0.0.5", 5062), "SUBSCRIBE"))
+
+
 def test_server_reliable_not_kept() -> None:
     table = ServerTransactions()
     key = table.key(_request(), "tcp")
