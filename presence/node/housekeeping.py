@@ -9,9 +9,20 @@ import gevent
 
 log = logging.getLogger(__name__)
 
-GC_FREEZE_GROWTH = 2_000  # freeze the heap again after this many new subscriptions
+GC_FREEZE_GROWTH = 2_000  # freeze the heap again after this many new subscriptions,
+HISTORY_FREEZE_GROWTH = 2_000  # or this many new history entries
 
-HOUSEKEEPING_INTERVAL = 2.0
+# Often enough that the young generations stay small: at 10,000 NOTIFYs a second the history
+# alone adds 10,000 long-lived lists a second, and every automatic collection of the older
+# young generation walks all of them since the last freeze (2 s of them: 2-5 ms, and 10-45 ms
+# when the oldest unfrozen generation was collected; bench: docs/BENCHMARKS.md)
+HOUSEKEEPING_INTERVAL = 0.5
+
+
+def freeze_due(subscriptions_changed: int, history_added: int) -> bool:
+    """Whether enough long-lived objects were made since the last freeze to freeze again."""
+    return (abs(subscriptions_changed) >= GC_FREEZE_GROWTH
+            or history_added >= HISTORY_FREEZE_GROWTH)
 
 
 class Housekeeping:
@@ -27,8 +38,7 @@ class Housekeeping:
         while not self._stopping:
             gevent.sleep(HOUSEKEEPING_INTERVAL)
             count = len(self.engine.subscriptions)
-            if (abs(count - frozen_at) >= GC_FREEZE_GROWTH
-                    or self.history.added - history_at >= 10 * GC_FREEZE_GROWTH):
+            if freeze_due(count - frozen_at, self.history.added - history_at):
                 gc.collect(1)  # let young garbage go first, not into the permanent generation
                 gc.freeze()
                 frozen_at = count
