@@ -218,18 +218,21 @@ int main(int argc, char **argv) {
         quiet_since = 0;
         for (int e = 0; e < n; e++) {
             conn_t *c = &conns[evs[e].data.u32];
-            ssize_t r = recv(c->fd, c->buf + c->blen, RBUF - c->blen, 0);
-            if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
-            if (r == 0 && c->busy == 0 && c->blen == 0) {
-                /* closed while idle: the server times out a connection whose first request
-                   does not come (a fast server can leave the last of the free connections
-                   unused for long); open it again, it is still on the free list */
+            if (c->busy == 0) {
+                /* nothing asked on it: the server timed out a connection whose first request
+                   did not come (a fast server can leave the last free connections unused for
+                   long) and says so (408) before it closes; open it again, it stays free */
+                char junk[1024];
+                ssize_t r = recv(c->fd, junk, sizeof junk, 0);
+                if (r != 0 && !(r < 0 && errno != EAGAIN && errno != EINTR)) continue;
                 close(c->fd);
-                c->fd = open_connection(&sa, ep, evs[e].data.u32);
-                if (c->fd < 0) { rc = 2; goto out; }
+                c->blen = 0;
+                if ((c->fd = open_connection(&sa, ep, evs[e].data.u32)) < 0) { rc = 2; goto out; }
                 reopened++;
                 continue;
             }
+            ssize_t r = recv(c->fd, c->buf + c->blen, RBUF - c->blen, 0);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
             if (r <= 0) { fprintf(stderr, "server closed a keep-alive connection\n"); rc = 4; goto out; }
             c->blen += r;
             int status;
