@@ -77,9 +77,9 @@ class ServerTransactions:
     among the long-lived subscriptions: kept as small Python objects (or in the C heap) they
     would leave the allocators' pools fragmented once they go. So the answers of each second
     share memory maps and two hash arrays, freed together, and the tables map a hash of the
-    transaction key (and of the datagram) to the answer's place: one integer per entry. A hit is checked
-    against the answer (it must carry the request's branch or Call-ID), so a hash collision
-    can never answer one request with another's response."""
+    transaction key (and of the datagram) to the answer's place: one integer per entry. A hit
+    is checked against the answer (it must carry the request's branch or Call-ID), so a hash
+    collision can never answer one request with another's response."""
 
     def __init__(self, t1: float = 0.5):
         self.timer_j = 64 * t1
@@ -113,9 +113,9 @@ class ServerTransactions:
         return ("2543", transport.lower(), request.call_id, from_tag, number, method, via.raw)
 
     def _answer(self, place: int | None) -> bytes | None:
-        if place is None:
-            return None
         buckets = self._buckets
+        if place is None or not buckets:
+            return None
         index = (place >> _SERIAL_SHIFT) - buckets[0].serial  # the live serials run on
         if not 0 <= index < len(buckets):
             return None
