@@ -36,7 +36,7 @@ def _subscribe(i: int, presentity: str) -> bytes:
     ).encode()
 
 
-def _ok_for(notify: bytes) -> bytes:
+def ok_for(notify: bytes) -> bytes:
     head = notify.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
     keep = [line for line in head[1:]
             if line.split(b":", 1)[0] in (b"Via", b"From", b"To", b"Call-ID", b"CSeq")]
@@ -72,7 +72,7 @@ def engine_throughput(presentities: int = 2500, keys: int = 4,
     for data in messages:
         engine.receive(data, PHONE, "udp", None, now)
         out = engine.messages_to_send()
-        answers.append(_ok_for(out[1][2]))
+        answers.append(ok_for(out[1][2]))
     subscribe_s = time.perf_counter() - started
     for ok in answers:
         engine.receive(ok, PHONE, "udp", None, now)
@@ -93,7 +93,7 @@ def engine_throughput(presentities: int = 2500, keys: int = 4,
         if recorder is not None and recorder.pending:  # as the node does
             recorder.flushed(now)
         t1 = time.perf_counter()
-        oks = [_ok_for(data) for _, _, data, _ in out]
+        oks = [ok_for(data) for _, _, data, _ in out]
         t2 = time.perf_counter()
         for ok in oks:
             engine.receive(ok, PHONE, "udp", None, now)

@@ -30,7 +30,7 @@ import tracemalloc
 from collections.abc import Iterable
 from typing import Any
 
-from bench.engine import _ok_for as ok_for  # the phone's 200 to a NOTIFY
+from bench.engine import ok_for  # the phone's 200 to a NOTIFY
 from bench.workload import DOMAIN, Workload, phone_user, presentity_user
 
 SERVER = ("192.0.2.1", 5060)

@@ -19,6 +19,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
+# Run as a script, this file's folder comes first on sys.path, where bench/bisect.py would
+# stand for the standard library's bisect: take it off (the repository root goes on instead).
+if sys.path and Path(sys.path[0] or ".").resolve() == HERE / "bench":
+    del sys.path[0]
 
 
 def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> None:
@@ -28,7 +32,7 @@ def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> Non
     use_tree(tree)
     if history == "on-python":  # the history's C extension treated as not built
         sys.modules["busylamp.presence._history"] = None  # type: ignore[assignment]
-    from bench.engine import PHONE, _ok_for, _subscribe, _update
+    from bench.engine import PHONE, _subscribe, _update, ok_for
     from busylamp.presence.engine import EngineConfig, PresenceEngine
     from busylamp.presence.packages import REGISTRY
     from busylamp.presence.packages.base import PackageOptions
@@ -50,7 +54,7 @@ def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> Non
     for i in range(presentities * keys):
         engine.receive(_subscribe(i, f"p{i % presentities}"), PHONE, "udp", None, now)
         out = drain()
-        engine.receive(_ok_for(out[1][2]), PHONE, "udp", None, now)
+        engine.receive(ok_for(out[1][2]), PHONE, "udp", None, now)
         drain()
     if recorder is not None:
         recorder.flushed(now)
@@ -67,7 +71,7 @@ def main(tree: str, history: str, presentities: int = 500, keys: int = 4) -> Non
             if recorder is not None and recorder.pending:
                 recorder.flushed(now)
             for _, _, data, _ in out:
-                engine.receive(_ok_for(data), PHONE, "udp", None, now)
+                engine.receive(ok_for(data), PHONE, "udp", None, now)
             drain()
 
     list(map(notify_phase, [0]))

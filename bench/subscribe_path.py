@@ -19,7 +19,7 @@ import argparse
 import statistics
 import time
 
-from bench.engine import _ok_for as ok_for  # a 200 to a NOTIFY, as a phone answers
+from bench.engine import ok_for  # a 200 to a NOTIFY, as a phone answers
 from busylamp.presence.engine import EngineConfig, PresenceEngine
 from busylamp.presence.history import History
 from busylamp.presence.packages import REGISTRY

@@ -154,8 +154,8 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         else:
             self._full_since = None
             overloaded = False
-        if overloaded and not self.engine.overloaded and \
-                now >= self._overload_logged_at + 60.0:
+        if (overloaded and not self.engine.overloaded
+                and now >= self._overload_logged_at + 60.0):
             self._overload_logged_at = now
             log.warning("SIP input queue %.0f%% full: new SUBSCRIBEs get 503 until it "
                         "drains (%d refused so far)", 100 * fill,

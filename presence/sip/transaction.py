@@ -125,7 +125,7 @@ class ServerTransactions:
         """The response kept for the transaction ``key``, if any."""
         answer = self._answer(self._by_key.get(hash(key)))
         # both key forms hold, third, a value every answer repeats: the branch or the Call-ID
-        if answer is None or key[2] is None or key[2].encode() not in answer:
+        if answer is None or key[2].encode() not in answer:
             return None
         return answer
 

@@ -231,3 +231,16 @@ def test_engine_micro_benchmark_runs_and_completes_every_transaction():
     assert result["watchers"] == 60
     assert result["notifies"] == 3 * 60  # three state changes, each to every watcher
     assert result["notify_transactions_per_s"] > 0
+
+
+def test_notify_phase_runs_as_the_script_the_callgrind_commands_name() -> None:
+    """``python bench/notify_phase.py`` puts bench/ first on sys.path, where bench/bisect.py
+    would shadow the standard library's bisect: the script takes its folder off again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent.parent
+    run = subprocess.run([sys.executable, str(repo / "bench" / "notify_phase.py"), ".", "on"],
+                         cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -25,3 +25,4 @@ def test_the_c_heap_and_mappings_are_read() -> None:
     heap = heapstats._c_heap()
     assert heap["in_use"] > 0 and set(heap) == {"heap_bytes", "in_use", "free", "mmapped"}
     assert sum(heapstats._pss_by_mapping().values()) > 0
+
