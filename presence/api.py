@@ -109,6 +109,10 @@ def update_matches(update: dict, presentity: str | None, package: str | None,
             and (not package or pkg == package) and (not call_id or cid == call_id))
 
 
+HOSTS_REMEMBERED = 1024
+_CHECKED = "busylamp.handler"  # environ key: the handler check_head found, for __call__
+
+
 def _default_parser() -> Parser:
     from busylamp.presence.updates import parse_updates
     return parse_updates
@@ -135,6 +139,7 @@ class ApiApp:
         self.node = node
         self._token = f"Bearer {token}".encode() if token else None
         self._allowed_hosts = frozenset(h.lower().strip("[]") for h in allowed_hosts)
+        self._hosts: dict[str, bool] = {}  # Host header value -> allowed
         self.refused = {"unauthorized": 0, "host": 0, "content_type": 0}
         self._parse = parse or _default_parser()
         self.heartbeat = heartbeat
@@ -152,7 +157,8 @@ class ApiApp:
         path = environ.get("PATH_INFO") or "/"
         method = environ["REQUEST_METHOD"]
         try:
-            handler = self._check(environ)
+            # the server asked check_head already when the request has a body
+            handler = environ.pop(_CHECKED, None) or self._check(environ)
             return handler(environ, start_response)
         except HttpError as err:
             return _json(err.status, {"error": str(err)}, start_response, err.headers)
@@ -165,7 +171,7 @@ class ApiApp:
         """What the request's head alone earns when it is refused — (status, message, headers)
         — or None; the server asks before it reads a body."""
         try:
-            self._check(environ)
+            environ[_CHECKED] = self._check(environ)
         except HttpError as err:
             return err.status, str(err), err.headers
         length = environ.get("CONTENT_LENGTH")
@@ -211,9 +217,19 @@ class ApiApp:
 
     def _host_allowed(self, host: str | None) -> bool:
         """An IP literal, localhost, or a configured name (ports ignored). No Host at all is a
-        non-browser client (HTTP/1.0): allowed."""
+        non-browser client (HTTP/1.0): allowed. Remembered per Host value: a publisher sends
+        the same one with every request."""
         if not host:
             return True
+        known = self._hosts.get(host)
+        if known is None:
+            known = self._host_check(host)
+            if len(self._hosts) >= HOSTS_REMEMBERED:
+                self._hosts.clear()
+            self._hosts[host] = known
+        return known
+
+    def _host_check(self, host: str) -> bool:
         host = host.strip().lower()
         if host.startswith("["):
             host = host[1:host.find("]")] if "]" in host else host

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote_to_bytes
 
+import gevent
 import ujson
 from gevent.server import StreamServer
 
@@ -107,6 +108,58 @@ def _open_spare() -> int | None:
         return None
 
 
+INFINITY = float("inf")
+HEAD_CACHE = 256  # response heads kept, by (protocol, status, headers, keep-alive)
+
+
+class _Conn:
+    """One connection's socket and its deadline: what passing it means (``expiry``: 408, or 0
+    to close silently) and, once the sweeper acted on it, ``expired``."""
+
+    __slots__ = ("sock", "deadline", "expiry", "expired")
+
+    def __init__(self, sock: socket.socket, deadline: float, expiry: int) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.expiry = expiry
+        self.expired = 0
+
+
+def _environ_key(name: str) -> str:
+    """The WSGI environ key of a lower-case header name: ``HTTP_`` and upper case."""
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+_ENVIRON_KEYS = {name: _environ_key(name) for name in (
+    "host", "user-agent", "accept", "authorization", "expect", "connection",
+    "accept-encoding", "x-forwarded-for")}
+
+
+def _no_write(data: bytes) -> None:
+    """WSGI's legacy ``write()`` callable, which the API never uses."""
+
+
+def _head_for(protocol: str, status: str, headers: list[tuple[str, str]], keep_alive: bool
+              ) -> tuple[bytes, bool, bool]:
+    """(head, keep the connection, the app named the Content-Length) of an answer of known
+    size; without a Content-Length the caller adds it."""
+    sized = False
+    app_connection = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "content-length":
+            sized = True
+        elif lowered == "connection":
+            app_connection = value.lower()
+    if app_connection == "close":
+        keep_alive = False
+    lines = [f"{protocol} {status}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if app_connection is None:
+        lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), keep_alive, sized
+
+
 class _Reject(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -130,11 +183,24 @@ class HttpServer:
         self.active = 0
         self._check_head = getattr(app, "check_head", None)
         self._server = _QuietServer(address, self._handle, backlog=1024)
+        self._conns: set[_Conn] = set()
+        self._heads: dict[tuple, tuple[bytes, bool, bool]] = {}
+        # deadlines are kept to within a quarter of the shorter timeout (at most 1 s late)
+        self._sweep_interval = min(1.0, max(0.01, min(request_timeout, idle_timeout) / 4))
+        self._sweeper: gevent.Greenlet | None = None
+        self._host = ""
+        self._port = ""
 
     def start(self) -> None:
         self._server.start()
+        self._host = str(self._server.server_host)
+        self._port = str(self._server.server_port)
+        self._sweeper = gevent.spawn(self._sweep)
 
     def stop(self, timeout: float | None = None) -> None:
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+            self._sweeper = None
         self._server.stop(timeout=timeout)
 
     @property
@@ -149,6 +215,20 @@ class HttpServer:
     def server_host(self) -> str:
         return self._server.server_host
 
+    # -- deadlines: one sweeping greenlet, no timer per connection or per request ------------
+
+    def _sweep(self) -> None:
+        """Every ``_sweep_interval``: end the connections whose deadline has passed. A socket
+        shut for reading wakes its greenlet (which then owes the 408, if any); shut both ways
+        also ends a send that a client stopped reading."""
+        while True:
+            gevent.sleep(self._sweep_interval)
+            now = time.monotonic()
+            for conn in [c for c in self._conns if c.deadline <= now and not c.expired]:
+                conn.expired = conn.expiry or -1
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RD if conn.expiry else socket.SHUT_RDWR)
+
     # -- one connection -----------------------------------------------------------------------
 
     def _handle(self, sock: socket.socket, address: tuple) -> None:
@@ -159,16 +239,29 @@ class HttpServer:
             _lingering_close(sock, budget=0.1)  # brief: these are outside the cap
             return
         self.active += 1
+        conn = _Conn(sock, time.monotonic() + self.request_timeout, 408)
+        self._conns.add(conn)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.idle_timeout)
+        # per connection once; each request's environ is a copy of it
+        base = {
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": self._host,
+            "SERVER_PORT": self._port,
+            "REMOTE_ADDR": str(address[0]),
+            "REMOTE_PORT": str(address[1]) if len(address) > 1 else "",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
         pending = b""
-        first = True  # a new connection's first request is due within request_timeout too
         try:
             while True:
                 try:
-                    request = self._read_request(sock, pending, address, first)
-                    first = False
+                    request = self._read_request(conn, pending, base)
                 except _Reject as reject:
                     if reject.status == 408:
                         self.counters["request_timeouts"] += 1
@@ -178,41 +271,51 @@ class HttpServer:
                 if request is None:
                     return
                 environ, keep_alive, pending = request
-                if not self._respond(sock, environ, keep_alive) or not keep_alive:
+                conn.deadline = INFINITY  # the app's time is its own (a /tail stream waits)
+                if not self._respond(conn, environ, keep_alive) or not keep_alive:
                     return
-                sock.settimeout(self.idle_timeout)
-        except (OSError, TimeoutError):
-            return  # the client went away or idled out
+                if pending:  # the next request has begun (pipelined): its own deadline
+                    conn.deadline = time.monotonic() + self.request_timeout
+                    conn.expiry = 408
+                else:  # waiting for the next request: the idle timeout
+                    conn.deadline = time.monotonic() + self.idle_timeout
+                    conn.expiry = 0
+        except OSError:
+            return  # the client went away, or its deadline passed while it was idle
         finally:
             self.active -= 1
+            self._conns.discard(conn)
             sock.close()
 
-    def _recv(self, sock: socket.socket, size: int, deadline: float | None) -> bytes:
-        """One recv; once a request has begun, within what is left of its deadline."""
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Reject(408, f"request not complete within {self.request_timeout:g}s")
-            sock.settimeout(min(left, self.idle_timeout))
-            try:
-                return sock.recv(size)
-            except TimeoutError:
-                raise _Reject(408, f"request not complete within {self.request_timeout:g}s"
-                              ) from None
-        return sock.recv(size)
+    def _recv(self, conn: _Conn, size: int) -> bytes:
+        """One recv; b"" once the client closed or the connection's deadline passed."""
+        try:
+            chunk = conn.sock.recv(size)
+        except OSError:
+            if not conn.expired:
+                raise
+            chunk = b""
+        if conn.expired == 408:
+            raise _Reject(408, f"request not complete within {self.request_timeout:g}s")
+        return chunk
 
-    def _read_request(self, sock: socket.socket, buf: bytes, address: tuple,
-                      first: bool = False) -> tuple[dict, bool, bytes] | None:
-        deadline = time.monotonic() + self.request_timeout if buf or first else None
+    def _begun(self, conn: _Conn) -> None:
+        """A request's first bytes arrived: it must be complete within ``request_timeout``."""
+        if conn.expiry != 408:
+            conn.deadline = time.monotonic() + self.request_timeout
+            conn.expiry = 408
+
+    def _read_request(self, conn: _Conn, buf: bytes, base: dict
+                      ) -> tuple[dict, bool, bytes] | None:
         end = buf.find(b"\r\n\r\n")
         while end < 0:
             if len(buf) > MAX_HEAD:
                 raise _Reject(431, "request head too large")
-            chunk = self._recv(sock, 65536, deadline)
+            chunk = self._recv(conn, 65536)
             if not chunk:
                 return None
-            if deadline is None:  # the first bytes of a request: its deadline starts now
-                deadline = time.monotonic() + self.request_timeout
+            if not buf:
+                self._begun(conn)
             buf += chunk
             end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(chunk) - 3))
         head = buf[:end].decode("latin-1")
@@ -222,23 +325,13 @@ class HttpServer:
         if len(parts) != 3 or not parts[0].isalpha():
             raise _Reject(400, "bad request line")
         method, target, version = parts
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
+        if version != "HTTP/1.1" and version != "HTTP/1.0":
             raise _Reject(505 if version.startswith("HTTP/") else 400, "unsupported HTTP version")
-        environ = {
-            "REQUEST_METHOD": method,
-            "SCRIPT_NAME": "",
-            "SERVER_PROTOCOL": version,
-            "SERVER_NAME": str(self._server.server_host),
-            "SERVER_PORT": str(self._server.server_port),
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
+        environ = base.copy()
+        environ["REQUEST_METHOD"] = method
+        environ["SERVER_PROTOCOL"] = version
         path, _, query = target.partition("?")
-        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1")
+        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
         environ["QUERY_STRING"] = query
         connection = ""
         expect = None
@@ -265,12 +358,11 @@ class HttpServer:
                         connection = value.lower()
                     elif name == "expect":
                         expect = value.lower() if expect is None else f"{expect},{value.lower()}"
-                    key = "HTTP_" + name.upper().replace("-", "_")
+                    key = _ENVIRON_KEYS.get(name) or _environ_key(name)
                     environ[key] = f"{environ[key]},{value}" if key in environ else value
-        environ["REMOTE_ADDR"] = str(address[0])
-        environ["REMOTE_PORT"] = str(address[1]) if len(address) > 1 else ""
         if expect is not None and expect != "100-continue":
             raise _Reject(417, "the only expectation supported is 100-continue")
+        sock = conn.sock
         if length and self._check_head is not None:
             refused = self._check_head(environ)  # before the body costs any memory
             if refused is not None:
@@ -287,7 +379,7 @@ class HttpServer:
             if expect is not None and version == "HTTP/1.1" and len(buf) < length:
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # the head passed: send the body
             while len(buf) < length:
-                chunk = self._recv(sock, min(1 << 20, max(65536, length - len(buf))), deadline)
+                chunk = self._recv(conn, min(1 << 20, max(65536, length - len(buf))))
                 if not chunk:
                     return None
                 buf += chunk
@@ -299,14 +391,14 @@ class HttpServer:
             keep_alive = "keep-alive" in connection
         return environ, keep_alive, buf
 
-    def _respond(self, sock: socket.socket, environ: dict, keep_alive: bool) -> bool:
+    def _respond(self, conn: _Conn, environ: dict, keep_alive: bool) -> bool:
         """Run the app for one request and write its response; False to close the connection."""
-        state: dict = {}
+        sock = conn.sock
+        state: list = []
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):
-            state["status"] = status
-            state["headers"] = headers
-            return lambda data: None  # the legacy write() callable: unused by our app
+            state[:] = status, headers
+            return _no_write  # the legacy write() callable: unused by our app
 
         try:
             result = self.app(environ, start_response)
@@ -316,49 +408,67 @@ class HttpServer:
             self._send_error(sock, 500, "internal error", keep=keep_alive)
             return keep_alive
         try:
-            headers = state["headers"]
-            known_length = False
-            app_connection = None
-            for name, value in headers:
-                lowered = name.lower()
-                if lowered == "content-length":
-                    known_length = True
-                elif lowered == "connection":
-                    app_connection = value.lower()
-            if app_connection == "close":
-                keep_alive = False
-            chunked = not known_length and not isinstance(result, list | tuple)
-            lines = [f"{environ['SERVER_PROTOCOL']} {state['status']}"]
-            lines += [f"{name}: {value}" for name, value in headers]
-            if chunked:
-                if environ["SERVER_PROTOCOL"] == "HTTP/1.1":
-                    lines.append("Transfer-Encoding: chunked")
-                else:
-                    keep_alive = False
-            elif not known_length:
-                result = [b"".join(result)]
-                lines.append(f"Content-Length: {len(result[0])}")
-            if app_connection is None:
-                lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-            if not chunked:
-                data = head + b"".join(result)
-                sent = sock.send(data)  # one syscall for the usual small answer
-                if sent < len(data):
-                    sock.sendall(data[sent:])
-                return keep_alive
-            sock.sendall(head)
-            use_chunks = environ["SERVER_PROTOCOL"] == "HTTP/1.1"
-            for piece in result:
-                if piece:
-                    sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if use_chunks else piece)
-            if use_chunks:
-                sock.sendall(b"0\r\n\r\n")
+            status, headers = state
+            protocol = environ["SERVER_PROTOCOL"]
+            if not isinstance(result, list | tuple):
+                if not any(name.lower() == "content-length" for name, _ in headers):
+                    return self._stream(conn, protocol, status, headers, keep_alive, result)
+                result = list(result)
+            # a known size: the head comes from the cache (the same few answers, over and over)
+            head_key = (protocol, status, tuple(headers), keep_alive)
+            cached = self._heads.get(head_key)
+            if cached is None:
+                cached = _head_for(protocol, status, headers, keep_alive)
+                if len(self._heads) >= HEAD_CACHE:
+                    self._heads.clear()
+                self._heads[head_key] = cached
+            head, keep_alive, sized = cached
+            body = result[0] if len(result) == 1 else b"".join(result)
+            if not sized:  # the app named no Content-Length: the size goes in here
+                head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body)
+            data = head + body
+            sent = sock.send(data)  # one syscall for the usual small answer
+            if sent < len(data):
+                self._send_all(conn, data[sent:])
             return keep_alive
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+    def _stream(self, conn: _Conn, protocol: str, status: str, headers: list[tuple[str, str]],
+                keep_alive: bool, result: Iterable[bytes]) -> bool:
+        """An answer of unknown size: chunked on HTTP/1.1, else until the connection closes.
+        Each write must be taken within the idle timeout; waiting for the next piece is not."""
+        app_connection = None
+        for name, value in headers:
+            if name.lower() == "connection":
+                app_connection = value.lower()
+        if app_connection == "close":
+            keep_alive = False
+        use_chunks = protocol == "HTTP/1.1"
+        if not use_chunks:
+            keep_alive = False
+        lines = [f"{protocol} {status}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if use_chunks:
+            lines.append("Transfer-Encoding: chunked")
+        if app_connection is None:
+            lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+        self._send_all(conn, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        for piece in result:
+            if piece:
+                self._send_all(conn, b"%x\r\n%s\r\n" % (len(piece), piece) if use_chunks
+                               else piece)
+        if use_chunks:
+            self._send_all(conn, b"0\r\n\r\n")
+        return keep_alive
+
+    def _send_all(self, conn: _Conn, data: bytes) -> None:
+        conn.deadline = time.monotonic() + self.idle_timeout
+        conn.expiry = 0
+        conn.sock.sendall(data)
+        conn.deadline = INFINITY
 
     @staticmethod
     def _send_error(sock: socket.socket, status: int | str, detail: str, *, keep: bool = False,

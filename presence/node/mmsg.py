@@ -35,6 +35,7 @@ class DatagramBatcher:
         self.bufsize = bufsize
         self.batch = batch
         self.batched = _mmsg is not None and (batched is None or batched)
+        self.family = int(sock.family)  # gevent's property builds an enum on every read
 
     def recv(self) -> list[tuple[bytes, tuple[str, int]]]:
         """Up to ``batch`` queued datagrams with their sources; [] when none is queued.
@@ -56,7 +57,7 @@ class DatagramBatcher:
         consumed (sent, or refused for good: ``failed`` of them); the rest met a full socket
         buffer and are to be sent again once the socket is writable."""
         if self.batched:
-            return _mmsg.send_batch(self.sock.fileno(), self.sock.family, items)
+            return _mmsg.send_batch(self.sock.fileno(), self.family, items)
         taken = failed = 0
         sendto = self.sock.sendto
         for data, dest in items:

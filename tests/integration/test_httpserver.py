@@ -173,3 +173,113 @@ def test_a_request_refused_by_its_head_gets_its_final_answer_and_no_100(
     assert out.startswith(b"HTTP/1.1 " + status + b"\r\n"), out
     assert b"100 Continue" not in out and b"Connection: close" in out
     assert out.endswith(b"}")
+
+
+# --- deadlines: kept by one sweeping greenlet, not by a timer per request ------------------------
+
+
+def timed_server(app_=app, **limits):
+    srv = HttpServer(("127.0.0.1", 0), app_, **limits)
+    srv.start()
+    return srv
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout():
+    srv = timed_server(idle_timeout=0.2, request_timeout=5)
+    try:
+        with gevent.socket.create_connection(("127.0.0.1", srv.server_port)) as sock:
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_until(sock, b"GET /a  0").startswith(b"HTTP/1.1 200 OK")
+            # idle from here on: closed without an answer, well within the 5 s read deadline
+            assert read_until(sock, b"", closed=True) == b""
+        assert srv.active == 0 and srv.counters["request_timeouts"] == 0
+    finally:
+        srv.stop(timeout=1)
+
+
+def test_a_pipelined_request_left_unfinished_gets_408():
+    srv = timed_server(idle_timeout=60, request_timeout=0.2)
+    try:
+        with gevent.socket.create_connection(("127.0.0.1", srv.server_port)) as sock:
+            # a whole request, then the start of the next one in the same packet
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHo")
+            out = read_until(sock, b"", closed=True)
+        assert out.startswith(b"HTTP/1.1 200 OK") and b"GET /a  0" in out
+        assert b"HTTP/1.1 408 Request Timeout" in out and b"GET /b" not in out
+        assert srv.counters["request_timeouts"] == 1
+    finally:
+        srv.stop(timeout=1)
+
+
+def test_a_client_that_stops_reading_a_stream_is_cut_off():
+    def endless(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (b"x" * 65536 for _ in range(100_000))   # 6.5 GB: never fits the buffers
+
+    srv = timed_server(endless, idle_timeout=0.3, request_timeout=5)
+    try:
+        sock = socket.create_connection(("127.0.0.1", srv.server_port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")   # and never read
+        deadline = gevent.get_hub().loop.now() + 10
+        while srv.active and gevent.get_hub().loop.now() < deadline:
+            gevent.sleep(0.02)
+        assert srv.active == 0, "the stalled stream was not ended"
+        sock.close()
+    finally:
+        srv.stop(timeout=1)
+
+
+def test_keep_alive_requests_start_no_timer(monkeypatch):
+    """Deadlines are the sweeper's: a request that waits for its bytes creates no Timeout."""
+    import gevent.timeout
+
+    made = []
+    original = gevent.timeout.Timeout.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(args)
+        original(self, *args, **kwargs)
+
+    srv = timed_server()
+    try:
+        with gevent.socket.create_connection(("127.0.0.1", srv.server_port)) as sock:
+            sock.settimeout(None)
+            monkeypatch.setattr(gevent.timeout.Timeout, "__init__", counting)
+            for n in range(20):
+                sock.sendall(b"POST /p%d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi" % n)
+                out = b""
+                while b"POST /p%d  2" % n not in out:
+                    out += sock.recv(65536)
+            monkeypatch.undo()
+        assert made == []
+    finally:
+        srv.stop(timeout=1)
+
+
+def test_answers_of_known_size_reuse_their_head_and_keep_their_framing():
+    calls = []
+
+    def sized(environ, start_response):
+        body = environ["PATH_INFO"].encode()
+        calls.append(body)
+        headers = [("Content-Type", "text/plain")]
+        if environ["QUERY_STRING"] == "close":
+            headers.append(("Connection", "close"))
+        start_response("200 OK", headers)     # no Content-Length: the server adds it
+        return [body, b"!"]
+
+    srv = timed_server(sized)
+    try:
+        with gevent.socket.create_connection(("127.0.0.1", srv.server_port)) as sock:
+            for path in (b"/a", b"/bbbb", b"/a"):
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+                out = read_until(sock, path + b"!")
+                assert b"Content-Length: %d\r\n" % (len(path) + 1) in out
+                assert b"Connection: keep-alive" in out
+            sock.sendall(b"GET /c?close HTTP/1.1\r\nHost: x\r\n\r\n")
+            out = read_until(sock, b"", closed=True)   # the app's close is kept
+            assert out.endswith(b"/c!") and out.count(b"Connection:") == 1
+        assert calls == [b"/a", b"/bbbb", b"/a", b"/c"]
+    finally:
+        srv.stop(timeout=1)
