@@ -172,8 +172,9 @@ int main(int argc, char **argv) {
     int ep = epoll_create1(0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, ip, &sa.sin_addr);
-    for (int i = 0; i < nconn; i++)
-        if ((conns[i].fd = open_connection(&sa, ep, i)) < 0) return 2;
+    /* opened when first used: a connection opened early and left unused would meet the
+       server's deadline for a first request (busylamp: 408 after 10 s) */
+    for (int i = 0; i < nconn; i++) conns[i].fd = -1;
     for (int d = 0; d < depth; d++)
         for (int i = 0; i < nconn; i++) idle[nidle++] = i;
     double *sent_at = malloc((count + 1) * sizeof *sent_at);
@@ -188,6 +189,7 @@ int main(int argc, char **argv) {
         double now = now_mono();
         while (nidle && done < count && (rate <= 0 || start + done / rate <= now)) {
             int i = idle[--nidle];
+            if (conns[i].fd < 0 && (conns[i].fd = open_connection(&sa, ep, i)) < 0) { rc = 2; goto out; }
             int len = build(req, host, path, prefix, &plan[done]);
             double t = now_mono();
             ssize_t w = send(conns[i].fd, req, len, MSG_NOSIGNAL);

@@ -225,6 +225,10 @@ class SipTransports:
                     hub.wait(readable)
                     continue
                 handled += got
+                if got < udp.batcher.batch:  # the socket was empty: wait, no empty receive
+                    handled = 0
+                    hub.wait(readable)
+                    continue
                 if handled >= UDP_YIELD_AFTER:  # a flood must not starve timers and HTTP
                     handled = 0
                     gevent.sleep(0)
@@ -270,6 +274,8 @@ class SipTransports:
                 if got <= 0:
                     break
                 handled += got
+                if got < udp.batcher.batch:  # that emptied the socket
+                    break
         return handled
 
     def _flush_soon(self, udp: _UdpSocket) -> None:
