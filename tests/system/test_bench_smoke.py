@@ -244,3 +244,58 @@ def test_notify_phase_runs_as_the_script_the_callgrind_commands_name() -> None:
     run = subprocess.run([sys.executable, str(repo / "bench" / "notify_phase.py"), ".", "on"],
                          cwd=repo, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_c_publisher_opens_a_connection_only_when_it_needs_one():
+    """An unused connection is never opened: opened early and left idle, it would meet the
+    node's first-request deadline (408) mid-run."""
+    import socket
+    import threading
+
+    from bench.publisher import publish
+
+    accepted: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer(conn: socket.socket) -> None:
+        buf = b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                head, rest = buf.split(b"\r\n\r\n", 1)
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(rest) < length:
+                    break
+                buf = rest[length:]
+                conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok")
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    # 8 connections offered, one request at a time at 50/s: each answer is back long before
+    # the next request is due, so the connection just answered is always the one free
+    res = publish(listener.getsockname(), PublishPlan([1, 2]), 10, 50.0, connections=8,
+                  tag_prefix="z")
+    listener.close()
+    assert res.statuses == {202: 10} and res.errors == 0
+    assert len(accepted) == 1
+    for conn in accepted:
+        conn.close()
+
+
+def test_publish_path_bench_answers_every_notify_and_every_publish():
+    from bench.publish_path import run
+
+    result = run(publishes=30, presentities=10, keys=2, timed=False)
+    assert result["held"] == 20
+    assert result["notifies_answered"] == 30 * 2  # each publish: one NOTIFY per watcher
