@@ -7,7 +7,9 @@ writes). Why not h11: in this server's place it cost 2.6x the CPU per publish re
 and nothing else: keep-alive connections, request bodies framed by Content-Length (no chunked
 request bodies: 411), responses written in one ``sendall`` when their size is known, and
 streamed with chunked transfer-coding when not (``/tail``, ``/snapshot``, NDJSON listings).
-One greenlet per connection.
+One greenlet per connection, and no timer per connection or per request: the deadlines below
+are kept by one sweeping greenlet (every quarter of the shorter timeout, at most 1 s), which
+shuts the socket of a connection past its deadline; its greenlet then answers 408 or closes.
 
 Limits: at most ``max_connections`` open connections (one more is answered 503 and closed at
 once), a complete request head and body within ``request_timeout`` of its first byte — or, for
