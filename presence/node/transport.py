@@ -217,6 +217,9 @@ class SipTransports:
         try:
             handled = 0
             while not self._closed:
+                # after a short batch, receive again at once rather than wait: under load more
+                # datagrams came in meanwhile (waiting on the hub instead was tried and not
+                # shown to help: docs/BENCHMARKS.md, round of 2026-12-02 12:05)
                 got = self._udp_batch(udp)
                 if got < 0:
                     return
@@ -225,10 +228,6 @@ class SipTransports:
                     hub.wait(readable)
                     continue
                 handled += got
-                if got < udp.batcher.batch:  # the socket was empty: wait, no empty receive
-                    handled = 0
-                    hub.wait(readable)
-                    continue
                 if handled >= UDP_YIELD_AFTER:  # a flood must not starve timers and HTTP
                     handled = 0
                     gevent.sleep(0)
@@ -274,8 +273,6 @@ class SipTransports:
                 if got <= 0:
                     break
                 handled += got
-                if got < udp.batcher.batch:  # that emptied the socket
-                    break
         return handled
 
     def _flush_soon(self, udp: _UdpSocket) -> None:
