@@ -85,6 +85,23 @@ def test_responder_ceiling_closed_loop_loses_nothing():
     assert res["answered"] == 2000 and res["notify_per_s"] > 0
 
 
+ACCEPTED = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok"
+
+
+def take_requests(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The bodies of the complete requests (framed by Content-Length) at the start of ``buf``,
+    and what follows them."""
+    bodies = []
+    while b"\r\n\r\n" in buf:
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        if len(rest) < length:
+            break
+        bodies.append(rest[:length])
+        buf = rest[length:]
+    return bodies, buf
+
+
 def test_c_publisher_posts_the_workload_json_paced(tmp_path: Path):
     import json
     import socket
@@ -99,15 +116,10 @@ def test_c_publisher_posts_the_workload_json_paced(tmp_path: Path):
         conn, _ = listener.accept()
         buf = b""
         while len(bodies) < 6:
-            buf += conn.recv(65536)
-            while b"\r\n\r\n" in buf:
-                head, rest = buf.split(b"\r\n\r\n", 1)
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                if len(rest) < length:
-                    break
-                bodies.append(json.loads(rest[:length]))
-                buf = rest[length:]
-                conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok")
+            taken, buf = take_requests(buf + conn.recv(65536))
+            for body in taken:
+                bodies.append(json.loads(body))
+                conn.sendall(ACCEPTED)
         conn.close()
 
     threading.Thread(target=serve, daemon=True).start()
@@ -259,18 +271,9 @@ def test_c_publisher_opens_a_connection_only_when_it_needs_one():
 
     def answer(conn: socket.socket) -> None:
         buf = b""
-        while True:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            buf += chunk
-            while b"\r\n\r\n" in buf:
-                head, rest = buf.split(b"\r\n\r\n", 1)
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                if len(rest) < length:
-                    break
-                buf = rest[length:]
-                conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok")
+        while chunk := conn.recv(65536):
+            taken, buf = take_requests(buf + chunk)
+            conn.sendall(ACCEPTED * len(taken))
 
     def serve() -> None:
         while True:
