@@ -406,7 +406,8 @@ class RunConfig:
         "shed_backlog", "once the UDP receive queue being read has stayed at least this full "
         "for 2 s (a fraction of its buffer; the kernel's count runs up to 0.25 high), new "
         "SUBSCRIBEs get 503 with Retry-After instead of queueing until the kernel drops "
-        "datagrams, answers to NOTIFYs among them (0 = never)", _fraction))
+        "datagrams, answers to NOTIFYs among them; the same once the kernel has been dropping "
+        "datagrams for 2 s (0 = never)", _fraction))
     fanout_batch: int = field(default=500, metadata=_meta(
         "fanout_batch", "NOTIFYs built in one step of a fan-out before SIP input is read again",
         _integer(1)))

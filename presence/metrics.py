@@ -90,6 +90,9 @@ def render_metrics(node: PresenceNode) -> str:
     metric("sip_dropped_total", "counter",
            "SIP input dropped without a response (unaddressable, oversized, stream overflow).",
            [({}, dropped)])
+    metric("sip_udp_receive_drops_total", "counter",
+           "Datagrams the kernel dropped because a UDP socket's receive queue was full.",
+           [({}, node.transports.udp_drops())])
     metric("sip_unmatched_responses_total", "counter", "Responses matching no NOTIFY transaction.",
            [({}, c["notify_unmatched_responses"])])
     metric("sip_responses_wrong_source_total", "counter",

@@ -1,4 +1,5 @@
-"""Housekeeping off the hot path: the cyclic garbage collector kept out of the latency."""
+"""Housekeeping off the hot path: the cyclic garbage collector kept out of the latency, and the
+kernel's UDP drop counter read for the overload check."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class Housekeeping:
         history_at = 0  # the per-lamp history is long-lived and acyclic too
         while not self._stopping:
             gevent.sleep(HOUSEKEEPING_INTERVAL)
+            self._on_drops(self.transports.udp_drops())  # input lost for long: shed (node.py)
             count = len(self.engine.subscriptions)
             if freeze_due(count - frozen_at, self.history.added - history_at):
                 freeze_heap(count)

@@ -38,6 +38,8 @@ from busylamp.presence.updates import UpdateError, parse_update
 
 log = logging.getLogger(__name__)
 
+DROP_QUIET = 1.0  # seconds without a new UDP drop after which the input is no longer lost
+
 
 class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
     """The engine, its SIP transports and its wake-up loop; implements the API's NodeControl."""
@@ -65,6 +67,9 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
             on_backlog=self._on_backlog, **(transport_options or {}))
         self._overload_logged_at = float("-inf")
         self._full_since: float | None = None  # when the UDP receive queue became too full
+        self._drops_seen: int | None = None  # the kernel's UDP drop count at the last tick
+        self._dropping_since: float | None = None  # first and last tick that saw new drops
+        self._last_drop_at = float("-inf")
         self.resolver = Resolver(self._on_resolved, clock=clock, **(resolver_options or {}))
         self.listeners: list[tuple[str, tuple[str, int]]] = []
         self.ready = True
@@ -150,16 +155,43 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         if limits.shed_backlog and fill >= limits.shed_backlog:
             if self._full_since is None:
                 self._full_since = now
-            overloaded = now - self._full_since >= limits.shed_after
         else:
             self._full_since = None
-            overloaded = False
+        self._set_overloaded(now, fill)
+
+    def _on_drops(self, drops: int) -> None:
+        """The kernel's count of datagrams dropped on the UDP sockets, read every housekeeping
+        tick. Drops that go on for ``Limits.shed_after`` seconds (never ``DROP_QUIET`` apart)
+        are overload too: a queue that is full most of the time, but drained now and then,
+        never stays past ``--shed-backlog`` for that long, and the input it loses comes back
+        as retransmissions."""
+        now = self.clock()
+        if self._drops_seen is not None and drops > self._drops_seen:
+            if self._dropping_since is None or now - self._last_drop_at > DROP_QUIET:
+                self._dropping_since = now
+            self._last_drop_at = now
+        self._drops_seen = drops
+        self._set_overloaded(now, self.transports.backlog)
+
+    def _set_overloaded(self, now: float, fill: float) -> None:
+        limits = self.engine.config.limits
+        by_fill = self._full_since is not None and now - self._full_since >= limits.shed_after
+        by_drops = (bool(limits.shed_backlog) and self._dropping_since is not None
+                    and now - self._last_drop_at <= DROP_QUIET
+                    and self._last_drop_at - self._dropping_since >= limits.shed_after)
+        overloaded = by_fill or by_drops
         if (overloaded and not self.engine.overloaded
                 and now >= self._overload_logged_at + 60.0):
             self._overload_logged_at = now
-            log.warning("SIP input queue %.0f%% full: new SUBSCRIBEs get 503 until it "
-                        "drains (%d refused so far)", 100 * fill,
-                        self.engine.counters.limit_overload)
+            if by_fill:
+                log.warning("SIP input queue %.0f%% full: new SUBSCRIBEs get 503 until it "
+                            "drains (%d refused so far)", 100 * fill,
+                            self.engine.counters.limit_overload)
+            else:
+                log.warning("SIP input lost: the kernel has been dropping datagrams for "
+                            "%.1f s; new SUBSCRIBEs get 503 until that stops (%d refused so "
+                            "far)", self._last_drop_at - self._dropping_since,
+                            self.engine.counters.limit_overload)
         self.engine.overloaded = overloaded
 
     def _on_sip(self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:

@@ -83,6 +83,21 @@ def receive_queue_fill(sock: _stdsocket.socket) -> float:
     return held / size if size else 0.0
 
 
+SK_MEMINFO_DROPS = 8  # index of the drop counter in SO_MEMINFO's array (Linux >= 4.6)
+
+
+def receive_drops(sock: _stdsocket.socket) -> int:
+    """Datagrams the kernel dropped for ``sock`` (its receive queue was full) since it was
+    opened; 0 where the kernel does not tell."""
+    try:
+        info = sock.getsockopt(_stdsocket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+    except OSError:
+        return 0
+    if len(info) < 4 * (SK_MEMINFO_DROPS + 1):
+        return 0
+    return struct.unpack_from("I", info, 4 * SK_MEMINFO_DROPS)[0]
+
+
 def _family(host: str) -> int:
     return _stdsocket.AF_INET6 if ":" in host else _stdsocket.AF_INET
 
@@ -546,6 +561,10 @@ class SipTransports:
         return True
 
     # ------------------------------------------------------------------ misc
+
+    def udp_drops(self) -> int:
+        """Datagrams the kernel dropped on this node's UDP sockets (their queues were full)."""
+        return sum(receive_drops(udp.sock) for udp in self._udp)
 
     def connection_count(self) -> int:
         return len(self._conns)

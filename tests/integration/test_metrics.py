@@ -17,7 +17,8 @@ def test_metrics_text_has_the_families_and_values():
         text = node.metrics_text()
     for family in ("subscriptions_active", "notify_sent_total", "notify_retransmitted_total",
                    "notify_failed_total", "publishes_total", "sip_malformed_total",
-                   "sip_dropped_total", "state_records", "update_gaps_total"):
+                   "sip_dropped_total", "sip_udp_receive_drops_total", "state_records",
+                   "update_gaps_total"):
         assert f"# TYPE busylamp_{family} " in text
     assert 'busylamp_publishes_total{outcome="accepted"} 1' in text
     assert 'busylamp_state_records{event="dialog"} 1' in text

@@ -50,3 +50,75 @@ def test_no_shedding_when_switched_off():
         assert not node.engine.overloaded
     finally:
         node.stop()
+
+
+def test_input_lost_for_long_is_overload_even_when_the_queue_drains_between(caplog):
+    """A queue that overflows most of the time but is drained now and then never stays past
+    the fill threshold; the kernel's drop counter, read every housekeeping tick, still shows
+    the input being lost: after ``shed_after`` seconds of drops, new SUBSCRIBEs get 503."""
+    now = [100.0]
+    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)},
+                                     limits=Limits(shed_backlog=0.9, shed_after=2.0)),
+                        clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="busylamp.presence.node.node")
+    try:
+        node._on_drops(5_000)  # the first reading is the baseline: drops from before count not
+        drops = 5_000
+        for _ in range(4):  # 1.5 s of drops, ticks 0.5 s apart, drained batches in between
+            now[0] += 0.5
+            drops += 3_000
+            node._on_drops(drops)
+            node._on_backlog(0.0)
+            assert not node.engine.overloaded
+        now[0] += 0.5
+        drops += 3_000
+        node._on_drops(drops)  # 2.0 s of drops
+        assert node.engine.overloaded
+        node._on_backlog(0.0)  # a drained batch does not end it while input is still lost
+        assert node.engine.overloaded
+        now[0] += 0.5
+        node._on_drops(drops)  # one quiet tick: still within DROP_QUIET of the last drop
+        assert node.engine.overloaded
+        now[0] += 0.6
+        node._on_drops(drops)  # quiet for 1.1 s: over
+        assert not node.engine.overloaded
+        now[0] += 0.5
+        node._on_drops(drops + 10)  # a new, brief loss starts the clock again
+        assert not node.engine.overloaded
+        warnings = [r for r in caplog.records if "dropping datagrams" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        node.stop()
+
+
+def test_drops_shed_nothing_when_shedding_is_off():
+    now = [100.0]
+    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)},
+                                     limits=Limits(shed_backlog=0.0, shed_after=2.0)),
+                        clock=lambda: now[0])
+    try:
+        for step in range(10):
+            node._on_drops(1_000 * step)
+            now[0] += 0.5
+        assert not node.engine.overloaded
+    finally:
+        node.stop()
+
+
+def test_the_kernel_drop_counter_of_a_full_socket_is_read():
+    import socket
+
+    from busylamp.presence.node.transport import receive_drops
+
+    full = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    full.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a few datagrams fit
+    full.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert receive_drops(full) == 0
+        for _ in range(200):  # never read: the queue fills, the rest is dropped and counted
+            sender.sendto(b"x" * 500, full.getsockname())
+        assert receive_drops(full) > 100
+    finally:
+        full.close()
+        sender.close()
