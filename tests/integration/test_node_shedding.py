@@ -1,9 +1,11 @@
 """When a node sheds new SUBSCRIBEs: only once its UDP receive queue has stayed past
 ``--shed-backlog`` for ``Limits.shed_after`` seconds (a brief stall it catches up on is no
-overload), and until a reading falls below it."""
+overload), and until a reading falls below it; or once the kernel has been dropping its
+datagrams for as long, and until a second passes without a drop."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from busylamp.presence.engine import EngineConfig
@@ -11,13 +13,22 @@ from busylamp.presence.limits import Limits
 from busylamp.presence.node import PresenceNode
 
 
+@contextlib.contextmanager
+def shedding_node(now: list[float], shed_backlog: float = 0.9):
+    """A node (not listening) whose clock reads ``now[0]``, shedding after 2 s."""
+    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)},
+                                     limits=Limits(shed_backlog=shed_backlog, shed_after=2.0)),
+                        clock=lambda: now[0])
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
 def test_shedding_starts_after_a_sustained_full_queue_and_stops_when_it_drains(caplog):
     now = [100.0]
-    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)},
-                                     limits=Limits(shed_backlog=0.9, shed_after=2.0)),
-                        clock=lambda: now[0])
     caplog.set_level(logging.WARNING, logger="busylamp.presence.node.node")
-    try:
+    with shedding_node(now) as node:
         node._on_backlog(0.95)
         assert not node.engine.overloaded  # full, but only just
         now[0] += 1.0
@@ -37,19 +48,16 @@ def test_shedding_starts_after_a_sustained_full_queue_and_stops_when_it_drains(c
         assert not node.engine.overloaded
         warnings = [r for r in caplog.records if "new SUBSCRIBEs get 503" in r.getMessage()]
         assert len(warnings) == 1
-    finally:
-        node.stop()
 
 
 def test_no_shedding_when_switched_off():
-    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)},
-                                     limits=Limits(shed_backlog=0.0, shed_after=0.0)),
-                        clock=lambda: 100.0)
-    try:
-        node._on_backlog(1.0)
+    now = [100.0]
+    with shedding_node(now, shed_backlog=0.0) as node:
+        for step in range(10):  # a full queue, and drops, for 5 s
+            node._on_backlog(1.0)
+            node._on_drops(1_000 * step)
+            now[0] += 0.5
         assert not node.engine.overloaded
-    finally:
-        node.stop()
 
 
 def test_input_lost_for_long_is_overload_even_when_the_queue_drains_between(caplog):
@@ -57,11 +65,8 @@ def test_input_lost_for_long_is_overload_even_when_the_queue_drains_between(capl
     the fill threshold; the kernel's drop counter, read every housekeeping tick, still shows
     the input being lost: after ``shed_after`` seconds of drops, new SUBSCRIBEs get 503."""
     now = [100.0]
-    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)},
-                                     limits=Limits(shed_backlog=0.9, shed_after=2.0)),
-                        clock=lambda: now[0])
     caplog.set_level(logging.WARNING, logger="busylamp.presence.node.node")
-    try:
+    with shedding_node(now) as node:
         node._on_drops(5_000)  # the first reading is the baseline: drops from before count not
         drops = 5_000
         for _ in range(4):  # 1.5 s of drops, ticks 0.5 s apart, drained batches in between
@@ -87,22 +92,6 @@ def test_input_lost_for_long_is_overload_even_when_the_queue_drains_between(capl
         assert not node.engine.overloaded
         warnings = [r for r in caplog.records if "dropping datagrams" in r.getMessage()]
         assert len(warnings) == 1
-    finally:
-        node.stop()
-
-
-def test_drops_shed_nothing_when_shedding_is_off():
-    now = [100.0]
-    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)},
-                                     limits=Limits(shed_backlog=0.0, shed_after=2.0)),
-                        clock=lambda: now[0])
-    try:
-        for step in range(10):
-            node._on_drops(1_000 * step)
-            now[0] += 0.5
-        assert not node.engine.overloaded
-    finally:
-        node.stop()
 
 
 def test_the_kernel_drop_counter_of_a_full_socket_is_read():
