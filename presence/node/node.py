@@ -38,8 +38,6 @@ from busylamp.presence.updates import UpdateError, parse_update
 
 log = logging.getLogger(__name__)
 
-DROP_QUIET = 1.0  # seconds without a new UDP drop after which the input is no longer lost
-
 
 class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
     """The engine, its SIP transports and its wake-up loop; implements the API's NodeControl."""
@@ -68,7 +66,7 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         self._overload_logged_at = float("-inf")
         self._full_since: float | None = None  # when the UDP receive queue became too full
         self._drops_seen: int | None = None  # the kernel's UDP drop count at the last tick
-        self._dropping_since: float | None = None  # first and last tick that saw new drops
+        self._dropping_since: float | None = None  # first and last of the ticks in a row
         self._last_drop_at = float("-inf")
         self.resolver = Resolver(self._on_resolved, clock=clock, **(resolver_options or {}))
         self.listeners: list[tuple[str, tuple[str, int]]] = []
@@ -161,15 +159,18 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
 
     def _on_drops(self, drops: int) -> None:
         """The kernel's count of datagrams dropped on the UDP sockets, read every housekeeping
-        tick. Drops that go on for ``Limits.shed_after`` seconds (never ``DROP_QUIET`` apart)
-        are overload too: a queue that is full most of the time, but drained now and then,
-        never stays past ``--shed-backlog`` for that long, and the input it loses comes back
-        as retransmissions."""
+        tick. Drops seen by every tick for ``Limits.shed_after`` seconds are overload too: a
+        queue that is full most of the time, but drained now and then, never stays past
+        ``--shed-backlog`` for that long, and the input it loses comes back as
+        retransmissions. A tick that sees no new drop ends it. (Ticks, not a time between
+        drops: under such load the ticks themselves come late.)"""
         now = self.clock()
         if self._drops_seen is not None and drops > self._drops_seen:
-            if self._dropping_since is None or now - self._last_drop_at > DROP_QUIET:
+            if self._dropping_since is None:
                 self._dropping_since = now
             self._last_drop_at = now
+        else:
+            self._dropping_since = None
         self._drops_seen = drops
         self._set_overloaded(now, self.transports.backlog)
 
@@ -177,7 +178,6 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         limits = self.engine.config.limits
         by_fill = self._full_since is not None and now - self._full_since >= limits.shed_after
         by_drops = (bool(limits.shed_backlog) and self._dropping_since is not None
-                    and now - self._last_drop_at <= DROP_QUIET
                     and self._last_drop_at - self._dropping_since >= limits.shed_after)
         overloaded = by_fill or by_drops
         if (overloaded and not self.engine.overloaded
