@@ -141,10 +141,10 @@ def _no_write(data: bytes) -> None:
     """WSGI's legacy ``write()`` callable, which the API never uses."""
 
 
-def _head_for(protocol: str, status: str, headers: list[tuple[str, str]], keep_alive: bool
-              ) -> tuple[bytes, bool, bool]:
-    """(head, keep the connection, the app named the Content-Length) of an answer of known
-    size; without a Content-Length the caller adds it."""
+def _head_for(protocol: str, status: str, headers: list[tuple[str, str]], keep_alive: bool,
+              chunked: bool = False) -> tuple[bytes, bool, bool]:
+    """(head, keep the connection, the app named the Content-Length) of an answer; without a
+    Content-Length the caller adds it, or the answer is ``chunked``."""
     sized = False
     app_connection = None
     for name, value in headers:
@@ -157,6 +157,8 @@ def _head_for(protocol: str, status: str, headers: list[tuple[str, str]], keep_a
         keep_alive = False
     lines = [f"{protocol} {status}"]
     lines += [f"{name}: {value}" for name, value in headers]
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
     if app_connection is None:
         lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), keep_alive, sized
@@ -412,10 +414,11 @@ class HttpServer:
         try:
             status, headers = state
             protocol = environ["SERVER_PROTOCOL"]
+            pieces = result
             if not isinstance(result, list | tuple):
                 if not any(name.lower() == "content-length" for name, _ in headers):
                     return self._stream(conn, protocol, status, headers, keep_alive, result)
-                result = list(result)
+                pieces = list(result)  # sized: one write (``result`` is still closed below)
             # a known size: the head comes from the cache (the same few answers, over and over)
             head_key = (protocol, status, tuple(headers), keep_alive)
             cached = self._heads.get(head_key)
@@ -425,7 +428,7 @@ class HttpServer:
                     self._heads.clear()
                 self._heads[head_key] = cached
             head, keep_alive, sized = cached
-            body = result[0] if len(result) == 1 else b"".join(result)
+            body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             if not sized:  # the app named no Content-Length: the size goes in here
                 head = head[:-2] + b"Content-Length: %d\r\n\r\n" % len(body)
             data = head + body
@@ -442,22 +445,10 @@ class HttpServer:
                 keep_alive: bool, result: Iterable[bytes]) -> bool:
         """An answer of unknown size: chunked on HTTP/1.1, else until the connection closes.
         Each write must be taken within the idle timeout; waiting for the next piece is not."""
-        app_connection = None
-        for name, value in headers:
-            if name.lower() == "connection":
-                app_connection = value.lower()
-        if app_connection == "close":
-            keep_alive = False
-        use_chunks = protocol == "HTTP/1.1"
-        if not use_chunks:
-            keep_alive = False
-        lines = [f"{protocol} {status}"]
-        lines += [f"{name}: {value}" for name, value in headers]
-        if use_chunks:
-            lines.append("Transfer-Encoding: chunked")
-        if app_connection is None:
-            lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-        self._send_all(conn, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        use_chunks = protocol == "HTTP/1.1"  # HTTP/1.0: the close ends the answer
+        head, keep_alive, _ = _head_for(protocol, status, headers, keep_alive and use_chunks,
+                                        chunked=use_chunks)
+        self._send_all(conn, head)
         for piece in result:
             if piece:
                 self._send_all(conn, b"%x\r\n%s\r\n" % (len(piece), piece) if use_chunks

@@ -283,3 +283,27 @@ def test_answers_of_known_size_reuse_their_head_and_keep_their_framing():
         assert calls == [b"/a", b"/bbbb", b"/a", b"/c"]
     finally:
         srv.stop(timeout=1)
+
+
+def test_the_apps_iterable_is_closed_when_its_size_is_known():
+    closed = []
+
+    class Sized:
+        def __iter__(self):
+            return iter([b"ab", b"c"])
+
+        def close(self):
+            closed.append(True)
+
+    def sized_iterable(environ, start_response):
+        start_response("200 OK", [("Content-Length", "3")])
+        return Sized()
+
+    srv = timed_server(sized_iterable)
+    try:
+        with gevent.socket.create_connection(("127.0.0.1", srv.server_port)) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_until(sock, b"abc").endswith(b"\r\n\r\nabc")
+        assert closed == [True]
+    finally:
+        srv.stop(timeout=1)
