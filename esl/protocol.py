@@ -6,7 +6,9 @@ event (switch_event.c ``switch_event_serialize``): one ``Name: url-encoded-value
 ``_undef_`` for an empty value, then either an empty line or ``Content-Length: M``, an empty line
 and M bytes of inner body.
 
-Decisions: values are percent-decoded per line after splitting (a ``%0A`` stays inside its value);
+Decisions: a line's name ends at its first ``": "`` (at its first ``":"`` when it has none; a line
+with no colon or no name refuses the event), trailing CRs are cut; values are percent-decoded per
+line after splitting (a ``%0A`` stays inside its value);
 ``_undef_`` is decoded to ``""`` so that ``encode_event`` / ``parse_event`` round-trip; a repeated
 header name keeps its last value; the inner ``Content-Length`` is framing and is not kept as a
 header.
@@ -18,6 +20,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+try:  # the header lines in C (esl/_eventhead.c); _parse_head below does the same in Python
+    from busylamp.esl._eventhead import parse_head as _parse_head_c
+except ImportError:  # not built here
+    _parse_head_c = None
 
 MAX_FRAME = 4 * 1024 * 1024  # header blocks and event bodies
 # ``api`` reply bodies: ``show channels as json`` of a switch with tens of thousands of channels
@@ -154,32 +161,42 @@ def parse_event(frame: EslFrame) -> EslEvent | None:
     end = raw.find(b"\n\n")
     if end < 0:
         end = len(raw) - 1 if raw.endswith(b"\n") else len(raw)
-    head = raw[:end].decode("utf-8", "replace")
+    if _parse_head_c is not None:
+        headers = _parse_head_c(raw, end, _DECODED, unquote, _DECODED_MAX)
+    else:
+        headers = _parse_head(raw[:end].decode("utf-8", "replace"))
+    if headers is None:
+        return None
+    return _finish_event(headers, raw, end)
+
+
+def _parse_head(head: str) -> dict[str, str] | None:
+    """The event's header lines -> dict, values decoded; None when a line has no name.
+
+    Per line: trailing CRs cut, the name ends at the first ``": "`` (at the first ``":"`` when the
+    line has none), ``%XX`` decoded, ``_undef_`` read as ``""``. esl/_eventhead.c does the same in C.
+    """
     if not head:
         return None
-    # Serialized values are url-encoded, so ": " only ever separates a name from its value:
-    # one split gives name, value, name, value, ... (checked against the line count).
-    parts = head.replace("\n", ": ").split(": ")
-    if len(parts) != 2 * (head.count("\n") + 1):
-        return _parse_event_lenient(head, raw, end)
-    headers = dict(zip(parts[::2], parts[1::2], strict=True))
-    return _finish_event(headers, raw, end)
-
-
-def _parse_event_lenient(head: str, raw: bytes, end: int) -> EslEvent | None:
-    """Slow path for lines such as ``Name:`` (no space) or CRLF endings; None on a nameless line."""
-    headers: dict[str, str] = {}
-    for raw_line in head.split("\n"):
-        line = raw_line.rstrip("\r")
-        name, sep, value = line.partition(":")
-        if not sep or not name:
+    headers: dict[str, str] | None = None
+    if "\r" not in head:
+        # Serialized values are url-encoded, so ": " only ever separates a name from its value
+        try:
+            headers = dict(line.split(": ", 1) for line in head.split("\n"))  # type: ignore[misc]
+        except ValueError:  # a line without ": "
+            headers = None
+        if headers is not None and "" in headers:
             return None
-        headers[name] = value[1:] if value.startswith(" ") else value
-    return _finish_event(headers, raw, end)
-
-
-def _finish_event(headers: dict[str, str], raw: bytes, end: int) -> EslEvent | None:
-    """Percent-decode values, map ``_undef_`` to "", cut the inner body."""
+    if headers is None:
+        headers = {}
+        for raw_line in head.split("\n"):
+            line = raw_line.rstrip("\r")
+            name, sep, value = line.partition(": ")
+            if not sep:
+                name, sep, value = line.partition(":")
+            if not sep or not name:
+                return None
+            headers[name] = value
     cache = _DECODED
     for key, value in headers.items():
         if "%" in value:
@@ -191,6 +208,11 @@ def _finish_event(headers: dict[str, str], raw: bytes, end: int) -> EslEvent | N
             headers[key] = decoded
         elif value == UNDEF:
             headers[key] = ""
+    return headers
+
+
+def _finish_event(headers: dict[str, str], raw: bytes, end: int) -> EslEvent | None:
+    """Check the name, cut the inner body."""
     name = headers.get("Event-Name")
     if not name:
         return None

@@ -37,8 +37,15 @@ if [ ! -f "$stamp" ] || [ "$repo/setup.cfg" -nt "$stamp" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -e "$spec"
   touch "$stamp"
 fi
-# recvmmsg/sendmmsg for the UDP transport (optional: without it, one recvfrom/sendto per datagram)
-if [ ! -f "$repo/presence/node/.mmsg-built" ] || [ "$repo/presence/node/_mmsg.c" -nt "$repo/presence/sip/.mmsg-built" ]; then
-  if "$venv/bin/python" -m busylamp.presence.node.buildext; then touch "$repo/presence/node/.mmsg-built"; fi
+# the optional C extensions (recvmmsg/sendmmsg, the history's answer hook, the ESL header parser;
+# each has a Python fallback), rebuilt when a source is newer than the last build
+built="$repo/presence/node/.mmsg-built"
+stale=0
+[ -f "$built" ] || stale=1
+for src in presence/node/_mmsg.c presence/_history.c esl/_eventhead.c; do
+  [ "$repo/$src" -nt "$built" ] && stale=1
+done
+if [ "$stale" = 1 ]; then
+  if "$venv/bin/python" -m busylamp.presence.node.buildext; then touch "$built"; fi
 fi
 export PATH="$venv/bin:$PATH"

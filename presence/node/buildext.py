@@ -3,7 +3,9 @@
 ``python -m busylamp.presence.node.buildext`` compiles ``_mmsg.c`` with the system C compiler next to
 its source; scripts/bootstrap.sh runs it. Without it the UDP transport falls back to one
 recvfrom/sendto per datagram (presence.node.mmsg). It also builds ``busylamp.presence._history``
-(the history's NOTIFY-answer hook; without it presence.history uses its Python method).
+(the history's NOTIFY-answer hook; without it presence.history uses its Python method) and
+``busylamp.esl._eventhead`` (an ESL event's header lines; without it esl.protocol parses them in
+Python).
 """
 
 from __future__ import annotations
@@ -42,4 +44,8 @@ if __name__ == "__main__":
         build(quiet=True, source=HERE.parent / "_history.c")
     except subprocess.CalledProcessError:
         print("_history not built: presence.history uses its Python hook", file=sys.stderr)
+    try:  # optional: esl.protocol falls back to its Python header parser
+        build(quiet=True, source=HERE.parent.parent / "esl" / "_eventhead.c")
+    except subprocess.CalledProcessError:
+        print("_eventhead not built: esl.protocol parses in Python", file=sys.stderr)
     sys.exit(0 if built else 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,26 @@ from busylamp.esl.protocol import (
 )
 
 SYNTH = Path(__file__).resolve().parents[1] / "fixtures" / "esl_synth"
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def header_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the C header parser (esl/_eventhead.c) and with its Python
+    fallback; tests/unit/test_esl_eventhead.py checks the two agree."""
+    from busylamp.esl import protocol
+
+    if request.param == "python":
+        monkeypatch.setattr(protocol, "_parse_head_c", None)
+    elif protocol._parse_head_c is None:
+        require_built_extension()
+    return request.param
+
+
+def require_built_extension() -> None:
+    """In CI the extension must be built (scripts/bootstrap.sh does); elsewhere its tests skip."""
+    if os.environ.get("CI"):
+        pytest.fail("esl/_eventhead.c is not built: python -m busylamp.presence.node.buildext")
+    pytest.skip("esl/_eventhead.c not built (python -m busylamp.presence.node.buildext)")
 
 
 def _fixture_files(fixtures_dir: Path) -> list[Path]:
@@ -161,7 +182,9 @@ def test_oversized_frames_are_corrupt_not_fatal() -> None:
     assert len(parser.feed(good)) == 1
 
 
-@pytest.mark.parametrize("bad", [b"", b"\n\n", b"no-colon-line\n\n", b"Core-UUID: x\n\n"])
+@pytest.mark.parametrize("bad", [b"", b"\n\n", b"no-colon-line\n\n", b"Core-UUID: x\n\n",
+                                 b"Event-Name: X\n: nameless\n\n",
+                                 b"Event-Name: X\nno colon\n\n"])
 def test_bad_event_bodies_return_none(bad: bytes) -> None:
     assert parse_event(EslFrame({"Content-Type": EVENT_PLAIN}, bad)) is None
 
@@ -250,3 +273,27 @@ def test_values_decode_alike_whether_the_decoded_value_cache_knows_them_or_not()
     protocol._DECODED.clear()  # as when it fills up
     event = parse_event(FrameParser().feed(frame)[0])
     assert event is not None and event.headers == headers
+
+
+@pytest.mark.parametrize(("line", "name", "value"), [
+    (b"Name: a: b", "Name", "a: b"),         # the name ends at the first ": "
+    (b"a:b: c", "a:b", "c"),
+    (b"Name:value", "Name", "value"),        # no ": " on the line: the first ":"
+    (b"Name:", "Name", ""),
+    (b"Name:  two", "Name", " two"),
+    (b":a: b", ":a", "b"),
+    (b"Name: v\r", "Name", "v"),            # trailing CRs cut
+    (b"Name: v%0D", "Name", "v\r"),          # an encoded CR is the value's
+    (b"Name: %E2%82%AC %ZZ 100%", "Name", "\u20ac %ZZ 100%"),
+    (b"Name: \xff%41", "Name", "\ufffdA"),
+    (b"Name: _undef_", "Name", ""),
+    (b"Name: _undef_%20", "Name", "_undef_ "),
+])
+def test_one_header_line(line: bytes, name: str, value: str) -> None:
+    event = parse_event(EslFrame({}, b"Event-Name: X\n" + line + b"\n\n"))
+    assert event is not None and event.headers == {"Event-Name": "X", name: value}
+
+
+def test_crlf_lines_read_like_lf_lines() -> None:
+    event = parse_event(EslFrame({}, b"Event-Name: X\r\nA: b%20c\r\nB:d\r\n\n"))
+    assert event is not None and event.headers == {"Event-Name": "X", "A": "b c", "B": "d"}
