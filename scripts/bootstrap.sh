@@ -42,7 +42,7 @@ fi
 built="$repo/presence/node/.mmsg-built"
 stale=0
 [ -f "$built" ] || stale=1
-for src in presence/node/_mmsg.c presence/_history.c esl/_eventhead.c; do
+for src in presence/node/_mmsg.c presence/_history.c esl/_eventhead.c wire/_plain.c; do
   [ "$repo/$src" -nt "$built" ] && stale=1
 done
 if [ "$stale" = 1 ]; then

@@ -316,22 +316,8 @@ def _parse_plain(obj: dict) -> Update:
     """
     if not _PLAIN_FIELDS.issuperset(obj):
         raise _Unusual
-    clean = _CLEAN
-    try:
-        for key, value in obj.items():
-            if value in clean:  # never true for a non-str: only strings are added
-                continue
-            kind = type(value)
-            if kind is str:
-                if len(value) > MAX_FIELD_LENGTH or not (value.isascii() and value.isprintable()):
-                    raise _Unusual  # isprintable(): no ASCII control character
-                if len(clean) >= _CLEAN_MAX:
-                    clean.clear()
-                clean.add(value)
-            elif kind is not int or key not in _INT_FIELDS:
-                raise _Unusual
-    except TypeError:  # an unhashable value (array, object)
-        raise _Unusual from None
+    if not _plain_values(obj, _CLEAN, _INT_FIELDS, MAX_FIELD_LENGTH, _CLEAN_MAX):
+        raise _Unusual
     # every field read below is now a clean str (or absent); "" counts as absent
     get = obj.get
     if get("Event-Name") != UPDATE and _word(get("Event-Name")) != UPDATE:
@@ -392,6 +378,35 @@ def _parse_plain(obj: dict) -> Update:
         sequence = _plain_int(sequence, 0, _INT_MAX)
     return Update(package, presentity, record_id, expires, data, get("Bridge-ID") or None,
                   epoch, sequence, get("Switch-ID") or None, obj)
+
+
+def _plain_values_py(obj: dict, clean: set[str], int_fields: frozenset[str], longest: int,
+                     clean_max: int) -> bool:
+    """Fast path: every value a string of at most ``longest`` printable ASCII characters
+    (remembered in ``clean`` once found so) or an int under a key in ``int_fields``.
+    wire/_plain.c does the same in C."""
+    try:
+        for key, value in obj.items():
+            if value in clean:  # never true for a non-str: only strings are added
+                continue
+            kind = type(value)
+            if kind is str:
+                if len(value) > longest or not (value.isascii() and value.isprintable()):
+                    return False  # isprintable(): no ASCII control character
+                if len(clean) >= clean_max:
+                    clean.clear()
+                clean.add(value)
+            elif kind is not int or key not in int_fields:
+                return False
+    except TypeError:  # an unhashable value (array, object)
+        return False
+    return True
+
+
+try:  # the value check in C (wire/_plain.c); _plain_values_py is the same in Python
+    from busylamp.wire._plain import plain_values as _plain_values
+except ImportError:  # not built here
+    _plain_values = _plain_values_py
 
 
 def _word(value: str | None) -> str | None:

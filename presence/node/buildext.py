@@ -5,7 +5,7 @@ its source; scripts/bootstrap.sh runs it. Without it the UDP transport falls bac
 recvfrom/sendto per datagram (presence.node.mmsg). It also builds ``busylamp.presence._history``
 (the history's NOTIFY-answer hook; without it presence.history uses its Python method) and
 ``busylamp.esl._eventhead`` (an ESL event's header lines; without it esl.protocol parses them in
-Python).
+Python) and ``busylamp.wire._plain`` (the update fast path's value check; without it a Python loop).
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ if __name__ == "__main__":
         build(quiet=True, source=HERE.parent / "_history.c")
     except subprocess.CalledProcessError:
         print("_history not built: presence.history uses its Python hook", file=sys.stderr)
-    try:  # optional: esl.protocol falls back to its Python header parser
-        build(quiet=True, source=HERE.parent.parent / "esl" / "_eventhead.c")
-    except subprocess.CalledProcessError:
-        print("_eventhead not built: esl.protocol parses in Python", file=sys.stderr)
+    for source, fallback in (("esl/_eventhead.c", "esl.protocol parses in Python"),
+                             ("wire/_plain.c", "wire.updates checks values in Python")):
+        try:  # optional: each has a Python fallback
+            build(quiet=True, source=HERE.parent.parent / source)
+        except subprocess.CalledProcessError:
+            print(f"{source} not built: {fallback}", file=sys.stderr)
     sys.exit(0 if built else 1)

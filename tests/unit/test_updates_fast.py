@@ -4,6 +4,7 @@ own updates take the fast path; anything unusual is left to the general path."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -16,6 +17,18 @@ from busylamp.wire.updates import (
     parse_update,
     presence_update,
 )
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def value_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the value check in C (wire/_plain.c) and in Python."""
+    if request.param == "python":
+        monkeypatch.setattr(wire_updates, "_plain_values", wire_updates._plain_values_py)
+    elif wire_updates._plain_values is wire_updates._plain_values_py:
+        if os.environ.get("CI"):
+            pytest.fail("wire/_plain.c is not built: python -m busylamp.presence.node.buildext")
+        pytest.skip("wire/_plain.c not built (python -m busylamp.presence.node.buildext)")
+    return request.param
 
 
 def _stamped(update: dict, sequence: int) -> dict:
@@ -121,3 +134,22 @@ def test_errors_keep_their_index_through_parse_updates() -> None:
     with pytest.raises(UpdateError) as info:
         wire_updates.parse_updates([good, bad])
     assert info.value.index == 1 and info.value.field == "State"
+
+
+@pytest.mark.parametrize("value_check", ["c"], indirect=True)
+def test_the_value_check_in_c_and_in_python_agree(value_check: str) -> None:
+    """Verdicts and what is remembered as clean, for the mutants, with a small clean set that
+    keeps being emptied."""
+    in_c, in_python = wire_updates._plain_values, wire_updates._plain_values_py
+    clean_c: set[str] = set()
+    clean_py: set[str] = set()
+    rng = random.Random(3842)
+    verdicts = set()
+    for obj in _mutants(rng, 6000) + _samples():
+        verdict = in_c(obj, clean_c, wire_updates._INT_FIELDS, 1024, 50)
+        assert verdict == in_python(obj, clean_py, wire_updates._INT_FIELDS, 1024, 50), obj
+        assert clean_c == clean_py, obj
+        verdicts.add(verdict)
+    assert verdicts == {True, False}
+    with pytest.raises(TypeError):
+        in_c([], clean_c, wire_updates._INT_FIELDS, 1024, 50)
