@@ -173,7 +173,7 @@ class _Headers:
         # "unique-id"): two dict look-ups instead of lower-casing every header of every event
         value = self._get(name)
         if value is None:
-            value = self._get(_lower(name))
+            value = self._get(_LOWER_NAMES.get(name) or _lower(name))
             if value is None:
                 return None
         if value.__class__ is str:  # the usual case: one test besides the empty ones

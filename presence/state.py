@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass, field
 
 from busylamp.presence.packages.base import EventPackage, PackageOptions, RenderedBody
@@ -93,7 +93,7 @@ class PresenceState:
 
     # --- updates -------------------------------------------------------------------------
 
-    def apply(self, update: Update, now: float, *, track_gaps: bool = True) -> set[_Key]:
+    def apply(self, update: Update, now: float, *, track_gaps: bool = True) -> Set[_Key]:
         """Apply one update; return the (package, presentity) keys whose body changed.
 
         `track_gaps=False` for replayed state (peer exports) whose sequences are not a stream.
@@ -109,7 +109,7 @@ class PresenceState:
                 self._note_sequence(bridge_id, epoch, sequence)
         if self._apply_record(update, stamp, now):
             return {(update.package, update.presentity)}
-        return set()
+        return _NOTHING
 
     def apply_snapshot(self, snap: Snapshot, now: float) -> set[_Key]:
         """Apply a switch's snapshot; its other stateful records become terminated."""
@@ -451,6 +451,9 @@ class PresenceState:
                 if r.expires_at is not None
             ]
             heapq.heapify(self._heap)
+
+
+_NOTHING: frozenset[_Key] = frozenset()  # what an update that changed no body returns
 
 
 def _is_older(stamp: _Stamp, record: Record) -> bool:

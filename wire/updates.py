@@ -322,7 +322,8 @@ def _parse_plain(obj: dict) -> Update:
     get = obj.get
     if get("Event-Name") != UPDATE and _word(get("Event-Name")) != UPDATE:
         raise _Unusual
-    package = _word(get("Event-Package"))
+    lower = _LOWER.get  # the usual spellings without a call to _word
+    package = lower(get("Event-Package")) or _word(get("Event-Package"))
     user = get("Presentity-User")
     realm = get("Presentity-Realm")
     if not (user and realm and get("Presentity")):
@@ -334,13 +335,13 @@ def _parse_plain(obj: dict) -> Update:
         call_id = get("Call-ID")
         local = get("From")
         remote = get("To")
-        state = _word(get("State"))
+        state = lower(get("State")) or _word(get("State"))
         if not (call_id and local and remote) or state not in DIALOG_STATES:
             raise _Unusual
         data = {"Call-ID": call_id, "From": local, "To": remote, "State": state}
         direction = get("Direction")
         if direction:
-            direction = _word(direction)
+            direction = lower(direction) or _word(direction)
             if direction not in DIRECTIONS:
                 raise _Unusual
             data["Direction"] = direction
@@ -352,7 +353,7 @@ def _parse_plain(obj: dict) -> Update:
         data["To-URI"] = get("To-URI") or remote
         record_id = call_id
     elif package == PRESENCE:
-        state = _word(get("State"))
+        state = lower(get("State")) or _word(get("State"))
         if state not in PRESENCE_STATES:
             raise _Unusual
         data = {"State": state}
