@@ -110,13 +110,25 @@ class FrameParser:
                     self.corrupt_frames += 1
                     buf.clear()
                 break
+            plain = _EVENT_HEAD.fullmatch(buf, start, end)  # how every event frame starts
+            if plain is not None:
+                length = int(plain[1])
+                body_at = end + 2
+                if length > self.max_frame:
+                    del buf[:body_at]
+                    self.corrupt_frames += 1
+                    continue
+                headers = {"Content-Length": plain[1].decode(), "Content-Type": EVENT_PLAIN}
+                if len(buf) - body_at >= length:  # the body is here too: the frame at once
+                    frames.append(EslFrame(headers, bytes(buf[body_at:body_at + length])))
+                    del buf[: body_at + length]
+                else:
+                    del buf[:body_at]
+                    self._pending = (headers, length)
+                continue
             block = bytes(buf[start:end])
             del buf[: end + 2]
-            plain = _EVENT_HEAD.fullmatch(block)  # how every event frame starts
-            if plain is not None:
-                headers = {"Content-Length": plain[1].decode(), "Content-Type": EVENT_PLAIN}
-            else:
-                headers = _parse_header_block(block)
+            headers = _parse_header_block(block)
             if headers is None or len(block) > self.max_frame:
                 self.corrupt_frames += 1
                 continue
