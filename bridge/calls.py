@@ -40,19 +40,28 @@ class CallTable:
             return None
         return (switch_id, str(update.get("Event-Package", "")), str(call_id))
 
-    def record(self, switch_id: str, update: dict[str, Any], now: float) -> None:
-        """Remember (or forget, when terminated) one published update."""
+    def record(self, switch_id: str, update: dict[str, Any], now: float) -> float | None:
+        """Remember (or forget, when terminated) one published update; returns when it is
+        first due for republishing (None when it is not kept)."""
         key = self._key(switch_id, update)
         if key is None:
-            return
+            return None
         expires = update.get("Expires")
         if update.get("State") == "terminated" or not isinstance(expires, int) or expires <= 0:
             self._entries.pop(key, None)
-            return
+            return None
         interval = max(1.0, expires / 2)
-        entry = _Entry(dict(update), interval, now + interval)
-        self._entries[key] = entry
-        heapq.heappush(self._heap, (entry.due, key))
+        due = now + interval
+        self._entries[key] = _Entry(dict(update), interval, due)
+        heap = self._heap
+        heapq.heappush(heap, (due, key))
+        if len(heap) > 2 * len(self._entries) + 1024:
+            # a replaced entry's item stays until it comes to the top (up to Expires / 2
+            # later): drop them all now and then, amortised O(1), so a busy switch's heap
+            # holds its live calls, not every update of the last minutes
+            self._heap = [(entry.due, k) for k, entry in self._entries.items()]
+            heapq.heapify(self._heap)
+        return due
 
     def live(self, switch_id: str) -> list[dict[str, Any]]:
         """Current updates of one switch (copies)."""

@@ -19,6 +19,7 @@ attempt failed; a presence node in the same process serves SUBSCRIBEs only then 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -106,6 +107,7 @@ class BridgeService:
         self._switch_of: dict[int, str] = {}
         self._timer_greenlet: gevent.Greenlet | None = None
         self._wakeup = gevent.event.Event()
+        self._republish_wakes_at = math.inf  # when the republish loop looks at the table next
         self._running = False
         self.first_round = gevent.event.Event()
         self._settled: set[int] = set()
@@ -189,13 +191,11 @@ class BridgeService:
 
     def _publish_update(self, update: dict[str, Any]) -> None:
         switch_id = str(update.get("Switch-ID", ""))
-        before = self.calls.get_timer()
-        self.calls.record(switch_id, update, self.clock())
+        due = self.calls.record(switch_id, update, self.clock())
         self._send(update)
         self.counters["published"] += 1
-        after = self.calls.get_timer()
-        if after is not None and (before is None or after < before):
-            self._wakeup.set()
+        if due is not None and due < self._republish_wakes_at:
+            self._wakeup.set()  # the republish loop sleeps past this call's first republish
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
@@ -388,6 +388,7 @@ class BridgeService:
             deadline = self.calls.get_timer()
             delay = self.max_timer_sleep if deadline is None else deadline - self.clock()
             delay = min(max(delay, 0.0), self.max_timer_sleep)
+            self._republish_wakes_at = self.clock() + delay
             self._wakeup.clear()
             if delay > 0:
                 self._wakeup.wait(delay)

@@ -149,7 +149,9 @@ class SnapshotAssembler:
 
     def get_timer(self) -> float | None:
         """When the next incomplete snapshot times out."""
-        return min((p.deadline for p in self._pending.values()), default=None)
+        if not self._pending:  # the usual case: no snapshot arriving in parts
+            return None
+        return min(p.deadline for p in self._pending.values())
 
     def handle_timer(self, now: float) -> None:
         """Drop every incomplete snapshot whose time is up."""

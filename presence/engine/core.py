@@ -108,19 +108,17 @@ class PresenceEngine(Dispatcher, SubscribePolicy, Routing, Notifier):
 
     def get_timer(self) -> float | None:
         """The absolute time at which :meth:`handle_timer` must next be called."""
-        deadlines = [
-            t
-            for t in (
-                self.client_transactions.get_timer(),
-                self.server_transactions.get_timer(),
-                self.state.get_timer(),
-                self.subscriptions.next_expiry(),
-                self.snapshots.get_timer(),
-                self._backlog_due(),
-            )
-            if t is not None
-        ]
-        return min(deadlines) if deadlines else None
+        earliest = self.client_transactions.get_timer()
+        for t in (
+            self.server_transactions.get_timer(),
+            self.state.get_timer(),
+            self.subscriptions.next_expiry(),
+            self.snapshots.get_timer(),
+            self._backlog_due(),
+        ):
+            if t is not None and (earliest is None or t < earliest):
+                earliest = t
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         retransmits, timeouts = self.client_transactions.handle_timer(now)

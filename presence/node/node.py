@@ -207,8 +207,10 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
     def publish(self, messages: list) -> int:
         """Apply validated updates/snapshots (from the HTTP API or the bus)."""
         # answers to earlier NOTIFYs first: under load, new work must not push them out of the
-        # socket buffer (each lost answer is a retransmitted NOTIFY, more load still)
-        self.transports.poll_udp()
+        # socket buffer (each lost answer is a retransmitted NOTIFY, more load still); with no
+        # NOTIFY transaction open there is no answer to wait for (and no system call to spend)
+        if len(self.engine.client_transactions):
+            self.transports.poll_udp()
         now = self.clock()
         sent = self.engine.counters["notify_sent"]
         applied = self.engine.apply(messages, now)

@@ -31,3 +31,25 @@ def test_reading_a_presentity_twice_returns_the_same_and_changes_nothing() -> No
         assert 'id="c1"' in node.presentity(ALICE)["packages"]["dialog"]["body"]
     finally:
         node.stop()
+
+
+def test_a_publish_reads_queued_answers_first_only_while_a_notify_awaits_one() -> None:
+    """PresenceNode.publish polls the UDP sockets (answers to its NOTIFYs before new work) when a
+    NOTIFY transaction is open, and spends no system call when none is."""
+    from tests.unit.test_engine import subscribe
+
+    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)}),
+                        clock=lambda: 100.0)
+    polls: list[int] = []
+    node.transports.poll_udp = lambda limit=256: polls.append(1) or 0  # type: ignore[method-assign]
+    try:
+        node.publish(parse_updates([dialog("c1", "early")]))
+        assert polls == [] and len(node.engine.client_transactions) == 0
+        # a watcher (its initial NOTIFY stays unanswered: a transaction is open)
+        node._on_sip(subscribe(ALICE, contact="sip:2000@127.0.0.1:9"), ("127.0.0.1", 9),
+                     "udp", None)
+        assert len(node.engine.client_transactions) == 1
+        node.publish(parse_updates([dialog("c1", "confirmed")]))
+        assert polls == [1]
+    finally:
+        node.stop()

@@ -64,3 +64,16 @@ def test_call_table_switch_replace_and_forget():
     table.forget_switch("s2")
     assert table.live("s2") == [] and len(table) == 1
     assert [u["Call-ID"] for u in table.due(1000)] == ["c"]
+
+
+def test_call_table_heap_holds_live_calls_not_every_update():
+    """A call updated again and again leaves one live entry: the replaced ones' heap items are
+    dropped now and then instead of waiting up to Expires / 2 to reach the top."""
+    table = CallTable()
+    assert table.record("s1", update("a", "early", 120), now=0) == 60
+    for i in range(10_000):
+        table.record("s1", update("a", "confirmed" if i % 2 else "early", 600), now=i)
+    assert len(table) == 1 and len(table._heap) <= 2 * len(table) + 1024 + 1
+    assert table.get_timer() == 9_999 + 300  # the last one's, not a stale item's
+    assert table.record("s1", update("a", "terminated", 20), now=10_000) is None
+    assert len(table) == 0 and table.get_timer() is None
