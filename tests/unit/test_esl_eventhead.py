@@ -11,7 +11,7 @@ import pytest
 
 from busylamp.esl import protocol
 from busylamp.esl.protocol import EVENT_PLAIN, FrameParser
-from tests.unit.test_esl_protocol import require_built_extension
+from tests.extensions import require_built_extension
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # what makes a header line interesting to a parser
@@ -22,7 +22,7 @@ PIECES = [b"\r", b"\n", b":", b": ", b"::", b" ", b"%", b"%4", b"%41", b"%C3%A9"
 @pytest.fixture
 def parse_head_c():
     if protocol._parse_head_c is None:
-        require_built_extension()
+        require_built_extension("esl/_eventhead.c")
     return protocol._parse_head_c
 
 

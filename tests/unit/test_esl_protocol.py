@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from busylamp.esl.protocol import (
     serialize_event,
     url_encode,
 )
+from tests.extensions import require_built_extension
 
 SYNTH = Path(__file__).resolve().parents[1] / "fixtures" / "esl_synth"
 
@@ -30,15 +30,8 @@ def header_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     if request.param == "python":
         monkeypatch.setattr(protocol, "_parse_head_c", None)
     elif protocol._parse_head_c is None:
-        require_built_extension()
+        require_built_extension("esl/_eventhead.c")
     return request.param
-
-
-def require_built_extension() -> None:
-    """In CI the extension must be built (scripts/bootstrap.sh does); elsewhere its tests skip."""
-    if os.environ.get("CI"):
-        pytest.fail("esl/_eventhead.c is not built: python -m busylamp.presence.node.buildext")
-    pytest.skip("esl/_eventhead.c not built (python -m busylamp.presence.node.buildext)")
 
 
 def _fixture_files(fixtures_dir: Path) -> list[Path]:

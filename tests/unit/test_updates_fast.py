@@ -4,7 +4,6 @@ own updates take the fast path; anything unusual is left to the general path."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -17,6 +16,7 @@ from busylamp.wire.updates import (
     parse_update,
     presence_update,
 )
+from tests.extensions import require_built_extension
 
 
 @pytest.fixture(autouse=True, params=["c", "python"])
@@ -25,9 +25,7 @@ def value_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     if request.param == "python":
         monkeypatch.setattr(wire_updates, "_plain_values", wire_updates._plain_values_py)
     elif wire_updates._plain_values is wire_updates._plain_values_py:
-        if os.environ.get("CI"):
-            pytest.fail("wire/_plain.c is not built: python -m busylamp.presence.node.buildext")
-        pytest.skip("wire/_plain.c not built (python -m busylamp.presence.node.buildext)")
+        require_built_extension("wire/_plain.c")
     return request.param
 
 
