@@ -104,7 +104,9 @@ def plain_new_subscribe(data: bytes) -> PlainSubscribe | None:
         if _PLAIN_NAME_ADDR(from_) is None:
             parse_name_addr(from_)
         to_params = parse_name_addr(to).params  # (memoised: a presentity's To repeats)
-        parms = [parm for value in vias for parm in split_list(value)]  # as get_all("Via")
+        parms: list[str] = []  # as Headers.get_all("Via") lists them
+        for value in vias:
+            parms += split_list(value)
         if not parms:
             return None
         top_via = _via(parms[0])
@@ -168,14 +170,16 @@ def _via(text: str) -> Via:
     match = _PLAIN_VIA(text)
     if match is None:
         return parse_via(text)
-    transport, host, port, ptext = match.groups()
-    if port is not None and int(port) > 65535:
+    transport, host, digits, ptext = match.groups()
+    port = None if digits is None else int(digits)
+    if port is not None and port > 65535:
         return parse_via(text)  # (raises)
     params: dict[str, str | None] = {}
-    for param in ptext.split(";")[1:]:
-        name, eq, value = param.partition("=")
-        params[name] = value if eq else None
-    return Via(transport, host, None if port is None else int(port), params, text)
+    if ptext:
+        for param in ptext[1:].split(";"):
+            name, eq, value = param.partition("=")
+            params[name] = value if eq else None
+    return Via(transport, host, port, params, text)
 
 
 def refusal(
