@@ -25,6 +25,8 @@ from busylamp.presence.sip import (
     build_response,
     parse_message,
     parse_name_addr,
+    plain_new_subscribe,
+    refusal,
     sniff_response,
 )
 from busylamp.presence.subscriptions import Subscription, new_tag
@@ -52,6 +54,8 @@ class Dispatcher:
                 self.counters.sip_requests_received += 1
                 self.counters.sip_retransmissions_received += 1
                 self._out.append((transport, source, previous, conn_id))
+                return
+            if self.overloaded and self._shed_plain(data, source, now):
                 return
         elif data[:8] == b"SIP/2.0 ":
             sniffed = sniff_response(data)
@@ -84,6 +88,38 @@ class Dispatcher:
         except ParseError as exc:
             self.counters.sip_malformed += 1
             self._respond(message, exc.status, exc.reason, source, transport, conn_id, now)
+
+    def _shed_plain(self, data: bytes, source: tuple[str, int], now: float) -> bool:
+        """While overloaded, refuse a plain new SUBSCRIBE over UDP from its bytes, before any
+        parsing (presence/sip/refuse.py): the same 503, counters and stored answer as
+        :meth:`_handle_request` gives it through :meth:`_shed`. False (nothing done): the normal
+        path, for anything else or an answer that comes before the 503 (an untrusted source's
+        403, the 503 while warming up)."""
+        if not self.accepting or (self.config.trusted and not self._is_trusted(source[0])):
+            return False
+        plain = plain_new_subscribe(data)
+        if plain is None:
+            return False
+        transactions = self.server_transactions
+        # the key the parsed request would have; without a magic cookie the RFC 2543 key needs
+        # the From tag and CSeq parsed: not plain, the normal path
+        key = transactions.branch_key(plain.top_via, "SUBSCRIBE", "udp")
+        if key is None:
+            return False
+        self.counters.sip_requests_received += 1
+        previous = transactions.lookup(key)
+        if previous is not None:  # resent with other bytes: the answer it had
+            self.counters.sip_retransmissions_received += 1
+            self._out.append(("udp", source, previous, None))
+            return True
+        self.counters.limit_overload += 1
+        self.counters.subscribe_rejected += 1
+        answer = refusal(plain, 503, "Overloaded", to_tag=new_tag(), source=source,
+                         headers=[("Retry-After", self._shed_delay(plain.call_id))],
+                         server=self._server_header)
+        transactions.store(key, answer, False, now, self._in_print)
+        self._out.append(("udp", source, answer, None))
+        return True
 
     def _log_malformed(self, source: tuple[str, int], reason: str, now: float) -> None:
         """One WARNING per minute at most, however much garbage arrives."""

@@ -65,9 +65,13 @@ class SubscribePolicy:
         [retry_after, 2 * retry_after) by Call-ID, so the refused phones do not all come back
         in the same second."""
         self.counters.limit_overload += 1
+        self._reject(respond, 503, "Overloaded", [("Retry-After", self._shed_delay(req.call_id))])
+
+    def _shed_delay(self, call_id: str) -> str:
+        """The Retry-After of a shed SUBSCRIBE: ``retry_after`` plus the sum of the Call-ID's
+        bytes (as received: one not in UTF-8 too) modulo ``retry_after``."""
         base = self.config.limits.retry_after
-        spread = sum(req.call_id.encode()) % max(1, base)
-        self._reject(respond, 503, "Overloaded", [("Retry-After", str(base + spread))])
+        return str(base + sum(call_id.encode("utf-8", "surrogateescape")) % max(1, base))
 
     def _origin(self, req: Request, source: tuple[str, int]) -> str:
         """The address limits count against: the source, or for a request from a configured

@@ -3,8 +3,9 @@
 One job per module: ``grammar`` (tokens, parameters, host:port, ParseError), ``headers`` (names
 and the header table), ``uri`` (SIP URIs, name-addrs), ``via`` (Via), ``parse`` (Request,
 Response, parse_message), ``framing`` (TCP framing), ``build`` (responses and requests),
-``sniff`` (the fast response path), ``transaction`` (transaction tables), ``tokens`` (random
-branches and tags). The gevent transport is ``presence/node/transport.py``, not imported here.
+``sniff`` (the fast response path), ``refuse`` (a new SUBSCRIBE refused from its bytes),
+``transaction`` (transaction tables), ``tokens`` (random branches and tags). The gevent
+transport is ``presence/node/transport.py``, not imported here.
 """
 
 from .build import build_request, build_response
@@ -12,6 +13,7 @@ from .framing import StreamFramer
 from .grammar import ParseError, is_token
 from .headers import Headers
 from .parse import Request, Response, parse_message
+from .refuse import PlainSubscribe, plain_new_subscribe, refusal
 from .sniff import sniff_response
 from .transaction import ClientTransactions, ServerTransactions
 from .uri import NameAddr, SipUri, parse_name_addr, parse_uri
@@ -22,6 +24,7 @@ __all__ = [
     "Headers",
     "NameAddr",
     "ParseError",
+    "PlainSubscribe",
     "Request",
     "Response",
     "ServerTransactions",
@@ -35,5 +38,7 @@ __all__ = [
     "parse_name_addr",
     "parse_uri",
     "parse_via",
+    "plain_new_subscribe",
+    "refusal",
     "sniff_response",
 ]

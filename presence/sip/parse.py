@@ -197,7 +197,7 @@ def _parse_headers(lines: list[str]) -> tuple[list[tuple[str, str]], str | None]
             items[-1] = (name, f"{value} {more}" if value else more)
             continue
         raw_name, colon, value = line.partition(":")
-        name = cache.get(raw_name)
+        name = cache.get(raw_name) if colon else None  # (a line without one is no header)
         if name is None:
             name = canonical_name(raw_name) if colon and raw_name else None
             if name is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .grammar import ParseError
 from .parse import Request
-from .via import MAGIC_COOKIE
+from .via import MAGIC_COOKIE, Via
 
 __all__ = ["ClientTransactions", "ServerTransactions"]
 
@@ -97,9 +97,19 @@ class ServerTransactions:
         bytes and source (keyed per process, so not predictable from outside)."""
         return hash((data, source))
 
+    @staticmethod
+    def branch_key(via: Via, method: str, transport: str) -> tuple | None:
+        """The RFC 3261 17.2.3 key (branch, sent-by, method) of a request with this top Via (an
+        ACK's ``method`` given as INVITE), or None when its branch has no magic cookie."""
+        branch = via.branch
+        if branch and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
+            return ("3261", transport.lower(), branch, via.sent_by(), method)
+        return None
+
     def key(self, request: Request, transport: str) -> tuple:
-        """RFC 3261 17.2.3 key (branch, sent-by, method; ACK matches its INVITE); requests without
-        a magic-cookie branch use the RFC 2543 key (Call-ID, From tag, CSeq, top Via)."""
+        """RFC 3261 17.2.3 key (branch, sent-by, method; ACK matches its INVITE; the same as
+        :meth:`branch_key`, spelt out on this path of every request); requests without a
+        magic-cookie branch use the RFC 2543 key (Call-ID, From tag, CSeq, top Via)."""
         via = request.vias[0]
         method = "INVITE" if request.method == "ACK" else request.method
         branch = via.branch

@@ -263,6 +263,17 @@ def test_overloaded_engine_refuses_new_subscribes_only():
     assert len(h.engine.subscriptions) == 2
 
 
+def test_overload_503_for_a_call_id_not_in_utf8():
+    """The Retry-After spread sums the Call-ID's bytes as received, UTF-8 or not (it raised
+    UnicodeEncodeError for a Call-ID the parser had decoded with surrogate escapes)."""
+    h = Harness()
+    h.engine.overloaded = True
+    data = subscribe(call_id="cid-\xe9").replace("cid-\xe9".encode(), b"cid-\xe9")
+    (_, _, response, _), = h.send(data)
+    assert (response.status, response.reason) == (503, "Overloaded")
+    assert response.headers.get("Retry-After") == str(10 + sum(b"cid-\xe9") % 10)
+
+
 def test_state_changes_notify_in_order_with_growing_version_and_cseq():
     h = Harness()
     _, notify = h.subscribe_ok()

@@ -228,3 +228,13 @@ def test_responses() -> None:
             parse_message(ok.replace(b"SIP/2.0 200 OK", bad))
     with pytest.raises(ParseError):
         parse_message(ok.replace(b"CSeq: 3 NOTIFY\r\n", b""))
+
+
+def test_a_line_without_a_colon_is_refused_whatever_was_seen_before() -> None:
+    """The parse does not depend on the messages before it: a line that is only a header name
+    (one the name cache knows from an earlier message) is still a bad header line."""
+    parse_message(SUBSCRIBE)  # "Accept" and "Expires" are known names now
+    end = b"Content-Length: 0\r\n"
+    for line in (b"Accept\r\n", b"Expires\r\n"):
+        with pytest.raises(ParseError, match="Bad Header Line"):
+            parse_message(SUBSCRIBE.replace(end, line + end))

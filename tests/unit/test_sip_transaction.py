@@ -52,6 +52,17 @@ def test_server_key_rfc3261_and_2543() -> None:
     assert bare[0] == "2543"
 
 
+@pytest.mark.parametrize("method", ["SUBSCRIBE", "INVITE", "CANCEL"])
+@pytest.mark.parametrize("branch", ["z9hG4bK-1", "z9hG4bKx.y", "abc123", "z9hG4bK"])
+def test_branch_key_is_the_requests_key_or_none(method: str, branch: str) -> None:
+    """The key a request's top Via alone gives (the raw-bytes refusal's) is key()'s, or None
+    where key() needs the RFC 2543 parts."""
+    request = _request(branch, method)
+    expected = ServerTransactions().key(request, "UDP")
+    found = ServerTransactions.branch_key(request.vias[0], method, "UDP")
+    assert found == (expected if expected[0] == "3261" else None)
+
+
 def _answer(status: str = "202 Accepted", branch: str = "z9hG4bK-1") -> bytes:
     return (f"SIP/2.0 {status}\r\nVia: SIP/2.0/UDP 10.0.0.5:5062;branch={branch}\r\n"
             "Call-ID: cid-1\r\nCSeq: 7 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n").encode()
