@@ -18,7 +18,6 @@ bridge's and the node's own work per event. The ESL socket and session are left 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 from pathlib import Path
@@ -45,20 +44,13 @@ def run(events: int, timed: bool) -> dict:
     import gevent
 
     from bench.pipeline import DOMAIN, _frames
+    from bench.publish_path import loopback_node
     from busylamp.bridge.bus import MemoryBus
     from busylamp.bridge.normalize import NormalizeConfig
     from busylamp.bridge.service import BridgeService
     from busylamp.esl.protocol import FrameParser, parse_event
-    from busylamp.presence.engine import EngineConfig
-    from busylamp.presence.node import PresenceNode
 
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", port)}, max_expires=3600))
-    node.listen("udp", "127.0.0.1", port)
-    node.start()
+    node, _ = loopback_node()
     bus = MemoryBus()
     bus.subscribe(node.on_bus_message)
     bridge = BridgeService([], bus, NormalizeConfig(domain_default=DOMAIN), "bench")
@@ -96,13 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tree", help="source tree to measure (default: this checkout)")
     parser.add_argument("--timed", action="store_true")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE))
-    if args.tree:
-        from bench.tree import use_tree
+    from bench.tree import print_result, tool_setup
 
-        use_tree(args.tree)
-    result = run(args.events, args.timed)
-    print(" ".join(f"{key}={value}" for key, value in result.items() if value is not None))
+    tool_setup(args.tree)
+    print_result(run(args.events, args.timed))
 
 
 if __name__ == "__main__":

@@ -51,15 +51,8 @@ def _answer_notifies(phone: socket.socket, ok_for, want: int) -> int:
     return got
 
 
-def run(publishes: int, presentities: int, keys: int, timed: bool) -> dict:
-    import gevent
-    import gevent.socket
-    import ujson
-
-    from bench.engine import DOMAIN as ENGINE_DOMAIN
-    from bench.engine import _subscribe, ok_for
-    from bench.workload import DOMAIN, PublishPlan, dialog_update, presentity_user
-    from busylamp.presence.api import serve_api
+def loopback_node():
+    """A started PresenceNode with UDP SIP on a free loopback port: (node, port)."""
     from busylamp.presence.engine import EngineConfig
     from busylamp.presence.node import PresenceNode
 
@@ -70,6 +63,20 @@ def run(publishes: int, presentities: int, keys: int, timed: bool) -> dict:
     node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", port)}, max_expires=3600))
     node.listen("udp", "127.0.0.1", port)
     node.start()
+    return node, port
+
+
+def run(publishes: int, presentities: int, keys: int, timed: bool) -> dict:
+    import gevent
+    import gevent.socket
+    import ujson
+
+    from bench.engine import DOMAIN as ENGINE_DOMAIN
+    from bench.engine import _subscribe, ok_for
+    from bench.workload import DOMAIN, PublishPlan, dialog_update, presentity_user
+    from busylamp.presence.api import serve_api
+
+    node, port = loopback_node()
     api = serve_api("127.0.0.1", 0, node, None)
     phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     phone.bind(("127.0.0.1", 0))
@@ -122,13 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tree", help="source tree to measure (default: this checkout)")
     parser.add_argument("--timed", action="store_true")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE))
-    if args.tree:
-        from bench.tree import use_tree
+    from bench.tree import print_result, tool_setup
 
-        use_tree(args.tree)
-    result = run(args.publishes, args.presentities, args.keys, args.timed)
-    print(" ".join(f"{key}={value}" for key, value in result.items() if value is not None))
+    tool_setup(args.tree)
+    print_result(run(args.publishes, args.presentities, args.keys, args.timed))
 
 
 if __name__ == "__main__":

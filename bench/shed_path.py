@@ -118,18 +118,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tree", help="source tree to measure (default: this checkout)")
     parser.add_argument("--timed", action="store_true")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE))
-    if args.tree:
-        from bench.tree import use_tree
+    from bench.tree import print_result, tool_setup
 
-        use_tree(args.tree)
+    tool_setup(args.tree)
     if args.full_parse:
         from busylamp.presence.engine import dispatch
 
         if hasattr(dispatch, "plain_new_subscribe"):
             dispatch.plain_new_subscribe = lambda data: None
-    result = run(args.subscribes, args.accept, args.timed, args.generate_only)
-    print(" ".join(f"{key}={value}" for key, value in result.items() if value is not None))
+    print_result(run(args.subscribes, args.accept, args.timed, args.generate_only))
 
 
 if __name__ == "__main__":

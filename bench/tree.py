@@ -59,3 +59,17 @@ def launcher_code(tree: str | Path) -> str:
     return (f"import sys; sys.path.insert(0, {str(bench_root)!r}); "
             f"from bench.tree import use_tree; use_tree({str(tree)!r}); "
             f"from busylamp import cli; sys.exit(cli.main(prog_name='busylamp'))")
+
+
+def tool_setup(tree: str | None) -> None:
+    """What a bench tool run as ``python -m bench.X`` does before importing ``busylamp``: the
+    repository first on ``sys.path``, and ``tree`` (its ``--tree``) in place of this checkout
+    when given."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if tree:
+        use_tree(tree)
+
+
+def print_result(result: dict) -> None:
+    """A bench tool's answer on one line: ``key=value`` for every value that is not None."""
+    print(" ".join(f"{key}={value}" for key, value in result.items() if value is not None))
