@@ -11,7 +11,7 @@ published on the `MemoryBus`, taken by `PresenceNode.on_bus_message` (parse_upda
 publish: queued NOTIFY answers read first, engine.apply, flush) of a running node with UDP SIP
 and no watchers. Where `python -m bench.pipeline` times the stages alone, this adds the
 bridge's and the node's own work per event. The ESL socket and session are left out
-(`python -m bench esl-client` times those). ``--timed`` prints events per CPU second instead
+(`python -m bench esl-socket` times those). ``--timed`` prints events per CPU second instead
 (noisy on a shared host); ``--tree DIR`` measures another checkout.
 """
 
