@@ -107,14 +107,13 @@ class ServerTransactions:
         return None
 
     def key(self, request: Request, transport: str) -> tuple:
-        """RFC 3261 17.2.3 key (branch, sent-by, method; ACK matches its INVITE; the same as
-        :meth:`branch_key`, spelt out on this path of every request); requests without a
-        magic-cookie branch use the RFC 2543 key (Call-ID, From tag, CSeq, top Via)."""
+        """RFC 3261 17.2.3 key (:meth:`branch_key`; ACK matches its INVITE); requests without
+        a magic-cookie branch use the RFC 2543 key (Call-ID, From tag, CSeq, top Via)."""
         via = request.vias[0]
         method = "INVITE" if request.method == "ACK" else request.method
-        branch = via.branch
-        if branch and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE):
-            return ("3261", transport.lower(), branch, via.sent_by(), method)
+        key = self.branch_key(via, method, transport)
+        if key is not None:
+            return key
         try:
             from_tag = request.from_.tag
         except ParseError:
