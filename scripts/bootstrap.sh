@@ -42,7 +42,8 @@ fi
 built="$repo/presence/node/.mmsg-built"
 stale=0
 [ -f "$built" ] || stale=1
-for src in presence/node/_mmsg.c presence/_history.c esl/_eventhead.c wire/_plain.c; do
+for src in presence/node/_mmsg.c presence/_history.c esl/_eventhead.c wire/_plain.c \
+    presence/sip/_scan.c; do
   [ "$repo/$src" -nt "$built" ] && stale=1
 done
 if [ "$stale" = 1 ]; then

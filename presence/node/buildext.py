@@ -5,7 +5,9 @@ its source; scripts/bootstrap.sh runs it. Without it the UDP transport falls bac
 recvfrom/sendto per datagram (presence.node.mmsg). It also builds ``busylamp.presence._history``
 (the history's NOTIFY-answer hook; without it presence.history uses its Python method) and
 ``busylamp.esl._eventhead`` (an ESL event's header lines; without it esl.protocol parses them in
-Python) and ``busylamp.wire._plain`` (the update fast path's value check; without it a Python loop).
+Python) and ``busylamp.wire._plain`` (the update fast path's value check; without it a Python loop) and
+``busylamp.presence.sip._scan`` (the response sniff and the common SIP head split; without it
+presence/sip/sniff.py and parse.py do them in Python).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ if __name__ == "__main__":
     except subprocess.CalledProcessError:
         print("_history not built: presence.history uses its Python hook", file=sys.stderr)
     for source, fallback in (("esl/_eventhead.c", "esl.protocol parses in Python"),
-                             ("wire/_plain.c", "wire.updates checks values in Python")):
+                             ("wire/_plain.c", "wire.updates checks values in Python"),
+                             ("presence/sip/_scan.c", "presence.sip scans heads in Python")):
         try:  # optional: each has a Python fallback
             build(quiet=True, source=HERE.parent.parent / source)
         except subprocess.CalledProcessError:

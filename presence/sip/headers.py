@@ -87,6 +87,14 @@ class Headers:
         self._index = index
         return self
 
+    @classmethod
+    def _from_index(cls, items: list[tuple[str, str]], index: dict[str, list[str]]) -> Headers:
+        """From canonical pairs and the same pairs already grouped by name (the C head split)."""
+        self = cls.__new__(cls)
+        self._items = items
+        self._index = index
+        return self
+
     def _values(self, name: str) -> list[str] | None:
         values = self._index.get(name)
         if values is None and name not in _CANONICAL:

@@ -20,6 +20,12 @@ MAX_EXPIRES = 2**32 - 1
 _SINGLE_HEADERS = ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Length")
 _MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 _headers_from_canonical = Headers._from_canonical  # bound once, see grammar.match_token
+_headers_from_index = Headers._from_index
+
+try:  # the common head split in C (presence/sip/_scan.c); _split_head below is the specification
+    from busylamp.presence.sip._scan import split_head as _split_head_c
+except ImportError:  # not built: the Python parser does it all
+    _split_head_c = None
 
 
 class _MessageMixin:
@@ -287,15 +293,21 @@ def _parse_request_line(line: str) -> tuple[str, str, str | None, int]:
 def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
     """Parse one SIP message (a whole UDP datagram, or one framed stream message)."""
     data = bytes(data)
-    lines, body_at = _split_head(data, stream)
-    if not lines or not lines[0]:
-        raise ParseError("Empty Message")
-    start = lines[0]
+    fast = _split_head_c(data, CANON_CACHE) if _split_head_c is not None else None
+    if fast is not None:  # the common head: split and indexed in C
+        start, items, index, body_at = fast
+        headers = _headers_from_index(items, index)
+        header_error = None
+    else:
+        lines, body_at = _split_head(data, stream)
+        if not lines or not lines[0]:
+            raise ParseError("Empty Message")
+        start = lines[0]
+        items, header_error = _parse_headers(lines[1:])
+        headers = _headers_from_canonical(items)
     if start.startswith("SIP/"):
-        return _parse_response(start, lines, data, body_at, stream)
+        return _parse_response(start, headers, header_error, data, body_at, stream)
     method, uri, error, status = _parse_request_line(start)
-    items, header_error = _parse_headers(lines[1:])
-    headers = _headers_from_canonical(items)
     request = Request(method, uri, headers, b"")
     try:
         if error is not None and status == 400:
@@ -322,7 +334,8 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
 
 
 def _parse_response(
-    start: str, lines: list[str], data: bytes, body_at: int, stream: bool
+    start: str, headers: Headers, header_error: str | None, data: bytes, body_at: int,
+    stream: bool,
 ) -> Response:
     parts = start.split(" ", 2)
     if parts[0] != "SIP/2.0" or len(parts) < 2:
@@ -330,10 +343,8 @@ def _parse_response(
     code = parts[1]
     if len(code) != 3 or not (code.isascii() and code.isdigit()) or not "100" <= code <= "699":
         raise ParseError("Bad Status Code")
-    items, header_error = _parse_headers(lines[1:])
     if header_error is not None:
         raise ParseError(header_error)
-    headers = _headers_from_canonical(items)
     response = Response(int(code), parts[2] if len(parts) == 3 else "", headers, b"")
     _check_common(response)
     response._top_via()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["sniff_response"]
+__all__ = ["sniff_response", "sniff_response_py"]
 
 _SNIFF_VIA = (b"\r\nVia:", b"\r\nv:")
 
 
-def sniff_response(data: bytes) -> tuple[int, str] | None:
+def sniff_response_py(data: bytes) -> tuple[int, str] | None:
     """(status, top Via branch) of a response, read straight from the bytes, or None.
 
     The fast path for the answers to our own NOTIFYs (the bulk of all traffic): no header table,
@@ -46,3 +46,10 @@ def sniff_response(data: bytes) -> tuple[int, str] | None:
     if not value:
         return None
     return int(code), value.decode("ascii", "replace")
+
+
+try:  # the same scan in C (presence/sip/_scan.c); sniff_response_py is the specification
+    from busylamp.presence.sip._scan import sniff_response as _sniff_response_c
+except ImportError:  # not built
+    _sniff_response_c = None
+sniff_response = _sniff_response_c or sniff_response_py

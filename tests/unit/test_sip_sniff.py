@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from busylamp.presence.sip import Response, parse_message, sniff_response
+from busylamp.presence.sip import Response, parse_message, sniff
+from tests.extensions import require_built_extension
+
+
+@pytest.fixture(params=["c", "python"])
+def sniff_response(request: pytest.FixtureRequest):
+    """Every test here runs with the C scan (presence/sip/_scan.c) and with the Python one;
+    tests/unit/test_sip_scan.py checks the two agree on mutants."""
+    if request.param == "python":
+        return sniff.sniff_response_py
+    if sniff._sniff_response_c is None:
+        require_built_extension("presence/sip/_scan.c")
+    return sniff.sniff_response
 
 BASE = (
     "SIP/2.0 200 OK\r\n"
@@ -27,7 +39,7 @@ BASE = (
         ("Via: SIP/2.0/TCP [::1]:5065;received=::1;branch=z9hG4bK6 ;rport\r\n", "z9hG4bK6"),
     ],
 )
-def test_sniff_matches_full_parse(via, expected):
+def test_sniff_matches_full_parse(sniff_response, via, expected):
     data = BASE.format(via=via).encode()
     assert sniff_response(data) == (200, expected)
     full = parse_message(data)
@@ -47,11 +59,11 @@ def test_sniff_matches_full_parse(via, expected):
         b"SIP/2.0 200",
     ],
 )
-def test_sniff_declines_what_it_cannot_read_plainly(data):
+def test_sniff_declines_what_it_cannot_read_plainly(sniff_response, data):
     assert sniff_response(data) is None
 
 
-def test_sniff_on_status_variants():
+def test_sniff_on_status_variants(sniff_response):
     data = BASE.format(via="Via: SIP/2.0/UDP a;branch=z9hG4bKq\r\n").encode()
     assert sniff_response(data.replace(b"200 OK", b"481 Call Does Not Exist")) == (481, "z9hG4bKq")
     assert sniff_response(data.replace(b"200 OK", b"180 ")) == (180, "z9hG4bKq")
