@@ -97,4 +97,6 @@ def aor_uri(aor: str) -> str:
     user, at, host = aor.rpartition("@")
     if not at:
         return "sip:" + quote(aor, safe=_USER_SAFE + "+")
+    if user.isascii() and user.isalnum():  # the usual extension: nothing to escape
+        return f"sip:{user}@{host}"
     return f"sip:{quote(user, safe=_USER_SAFE)}@{host}"

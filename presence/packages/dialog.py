@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from busylamp.presence.packages.base import PackageOptions, RenderedBody, as_uri, xml_escape
+from busylamp.presence.packages.base import (
+    PackageOptions,
+    RenderedBody,
+    as_uri,
+    needs_escape,
+    xml_escape,
+)
 from busylamp.wire.aor import aor_uri
 
 if TYPE_CHECKING:
@@ -66,28 +72,32 @@ class DialogPackage:
 
 def _dialog_xml(record: Record) -> str:
     data = record.data
-    call_id = xml_escape(data.get("Call-ID", record.record_id))
-    attrs = [f'id="{call_id}"', f'call-id="{call_id}"']
-    for attr, key in (
-        ("local-tag", "From-Tag"),
-        ("remote-tag", "To-Tag"),
-        ("direction", "Direction"),
-    ):
-        value = data.get(key)
-        if value:
-            attrs.append(f'{attr}="{xml_escape(value)}"')
-    local = _participant("local", data.get("From"), data.get("From-User"), data.get("From-URI"))
-    remote = _participant("remote", data.get("To"), data.get("To-User"), data.get("To-URI"))
-    return (
-        f"<dialog {' '.join(attrs)}><state>{record_state(record)}</state>{local}{remote}</dialog>\n"
-    )
+    get = data.get
+    values = (get("Call-ID", record.record_id), get("From-Tag"), get("To-Tag"), get("Direction"),
+              get("From"), get("From-User"), get("From-URI"), get("To"), get("To-User"),
+              get("To-URI"))
+    if needs_escape("".join([v for v in values if v])):
+        values = tuple(xml_escape(v) if v else v for v in values)  # (the rare case)
+    call_id, local_tag, remote_tag, direction, from_, from_user, from_uri, to, to_user, to_uri = \
+        values
+    attrs = f'id="{call_id}" call-id="{call_id}"'
+    if local_tag:
+        attrs += f' local-tag="{local_tag}"'
+    if remote_tag:
+        attrs += f' remote-tag="{remote_tag}"'
+    if direction:
+        attrs += f' direction="{direction}"'
+    local = _participant("local", from_, from_user, from_uri)
+    remote = _participant("remote", to, to_user, to_uri)
+    return f"<dialog {attrs}><state>{record_state(record)}</state>{local}{remote}</dialog>\n"
 
 
 def _participant(tag: str, identity: str | None, display: str | None, target: str | None) -> str:
+    """A participant from values already escaped for XML."""
     inner = ""
     if identity:
-        shown = f' display="{xml_escape(display)}"' if display else ""
-        inner += f"<identity{shown}>{xml_escape(as_uri(identity))}</identity>"
+        shown = f' display="{display}"' if display else ""
+        inner = f"<identity{shown}>{as_uri(identity)}</identity>"
     if target:
-        inner += f'<target uri="{xml_escape(as_uri(target))}"/>'
+        inner += f'<target uri="{as_uri(target)}"/>'
     return f"<{tag}>{inner}</{tag}>" if inner else ""

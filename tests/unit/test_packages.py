@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from busylamp.presence.packages import REGISTRY, PackageOptions, RenderedBody
-from busylamp.presence.packages.base import as_uri, xml_escape
-from busylamp.presence.packages.dialog import DUMMY_DIALOG_ID
+from busylamp.presence.packages.base import as_uri, needs_escape, xml_escape
+from busylamp.presence.packages.dialog import DUMMY_DIALOG_ID, _dialog_xml, record_state
 from busylamp.presence.packages.pidf import PRESENCE_MAP
 from busylamp.presence.state import Record
 from busylamp.presence.updates import PRESENCE_STATES
@@ -150,6 +151,51 @@ def test_dialog_escaping() -> None:
     assert dlg.find(f"{DI}remote/{DI}target").get("uri") == f"sip:x@example.com;p={nasty}"  # type: ignore[union-attr]
     assert "é☎".encode() in data
     assert b"&amp;" in data and b"&lt;" in data and b"&quot;" in data
+
+
+def _reference_dialog_xml(record: Record) -> str:
+    """The dialog element with every value escaped on its own: what _dialog_xml must equal."""
+    data = record.data
+    call_id = xml_escape(data.get("Call-ID", record.record_id))
+    attrs = [f'id="{call_id}"', f'call-id="{call_id}"']
+    for attr, key in (("local-tag", "From-Tag"), ("remote-tag", "To-Tag"),
+                      ("direction", "Direction")):
+        if data.get(key):
+            attrs.append(f'{attr}="{xml_escape(data[key])}"')
+
+    def party(tag: str, identity: str | None, display: str | None, target: str | None) -> str:
+        inner = ""
+        if identity:
+            shown = f' display="{xml_escape(display)}"' if display else ""
+            inner += f"<identity{shown}>{xml_escape(as_uri(identity))}</identity>"
+        if target:
+            inner += f'<target uri="{xml_escape(as_uri(target))}"/>'
+        return f"<{tag}>{inner}</{tag}>" if inner else ""
+
+    local = party("local", data.get("From"), data.get("From-User"), data.get("From-URI"))
+    remote = party("remote", data.get("To"), data.get("To-User"), data.get("To-URI"))
+    return (f"<dialog {' '.join(attrs)}><state>{record_state(record)}</state>"
+            f"{local}{remote}</dialog>\n")
+
+
+def test_dialog_element_escapes_each_value_as_the_reference_does() -> None:
+    rnd = random.Random(7)
+    alphabet = ["a", "1", "&", "<", ">", '"', "'", "é", "☎", ":", "sip:", "SIPS:", "tel:", ""]
+    keys = ("Call-ID", "From-Tag", "To-Tag", "Direction", "From", "From-User", "From-URI", "To",
+            "To-User", "To-URI")
+    for _ in range(3_000):
+        data = {key: "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 4)))
+                for key in keys if rnd.random() < 0.8}
+        record = Record("dialog", "1001@example.com", "rid&<", {**data, "State": "early"}, None,
+                        terminated=rnd.random() < 0.2)
+        assert _dialog_xml(record) == _reference_dialog_xml(record), data
+
+
+def test_needs_escape_is_whether_xml_escape_changes_the_text() -> None:
+    rnd = random.Random(8)
+    for _ in range(5_000):
+        text = "".join(rnd.choice("ab&<>\"'é ") for _ in range(rnd.randint(0, 6)))
+        assert needs_escape(text) == (xml_escape(text) != text)
 
 
 def test_dialog_idle_and_dummy() -> None:

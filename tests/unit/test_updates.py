@@ -109,6 +109,15 @@ def test_aor_from_uri(uri: str, expected: str) -> None:
     assert aor_from_uri(uri) == expected
 
 
+def test_aor_uri_shortcut_is_quote() -> None:
+    """An ASCII letters-and-digits user skips urllib's quote: the same URI as quoting it."""
+    from urllib.parse import quote
+
+    safe = "-_.!~*'()&=+$,;?/"
+    for user in ("1001", "alice", "Bob7", "a1b2c3", "x" * 40, "٣", "ext½", "1001 ", "a.b", ""):
+        assert aor_uri(user + "@example.com") == "sip:" + quote(user, safe=safe) + "@example.com"
+
+
 def test_aor_uri_reescapes_user() -> None:
     assert aor_uri("1001@example.com") == "sip:1001@example.com"
     assert aor_uri("Bob Smith@example.com") == "sip:Bob%20Smith@example.com"
