@@ -66,10 +66,12 @@ TRANSITIONS: dict[int, frozenset[int]] = {
     TERMINATED: frozenset(),
 }
 
-# advance()'s lookup: one tuple of booleans per phase, indexed by the target phase.
-_LEGAL: tuple[tuple[bool, ...], ...] = tuple(
+# advance()'s lookup: one tuple of booleans per phase, indexed by the target phase (read
+# directly where the NOTIFY hot path inlines advance()).
+LEGAL_MOVES: tuple[tuple[bool, ...], ...] = tuple(
     tuple(to in TRANSITIONS[phase] for to in range(len(NAMES))) for phase in range(len(NAMES))
 )
+_LEGAL = LEGAL_MOVES
 
 
 def check_moves(*moves: tuple[int, int]) -> tuple[tuple[int, int], ...]:

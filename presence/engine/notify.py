@@ -23,10 +23,12 @@ from busylamp.presence.lifecycle import (
     IDLE,
     IN_FLIGHT,
     IN_FLIGHT_DIRTY,
+    LEGAL_MOVES,
     QUEUED,
     RESOLVING,
     TERMINATED,
     TERMINATING,
+    IllegalTransition,
     advance,
     check_moves,
 )
@@ -177,12 +179,15 @@ class Notifier:
         package = sub.package
         sub.cseq += 1
         branch = self._branch_prefix + token64()
-        if sub.final_reason is not None:
-            sub_state = "terminated;reason=" + sub.final_reason
+        final_reason = sub.final_reason
+        if final_reason is not None:
+            sub_state = "terminated;reason=" + final_reason
         else:
             # (expires_at is a whole second, rounded up: presence/subscriptions.py)
-            sub_state = f"active;expires={max(1, int(sub.expires_at - now))}"
-        payload = body.for_version(sub.version) if body.versioned else body.prefix
+            left = int(sub.expires_at - now)
+            sub_state = f"active;expires={left if left > 1 else 1}"
+        versioned = body.versioned  # body.for_version(sub.version), inline:
+        payload = b"%s%d%s" % (body.prefix, sub.version, body.suffix) if versioned else body.prefix
         transport = sub.transport
         route = sub.route
         if route is None:
@@ -221,9 +226,12 @@ class Notifier:
             # the state is still owed: it follows once this one is answered
             advance(sub, IN_FLIGHT_DIRTY if sub.final_reason is None else FINAL_IN_FLIGHT)
         else:
-            if body.versioned:
+            if versioned:
                 sub.version += 1
-            advance(sub, IN_FLIGHT if sub.final_reason is None else FINAL_IN_FLIGHT)
+            to = IN_FLIGHT if final_reason is None else FINAL_IN_FLIGHT  # advance(), inline:
+            if not LEGAL_MOVES[sub.phase][to]:
+                raise IllegalTransition(sub.phase, to)
+            sub.phase = to
         sub.inflight = branch
         dest = (transport, sub.dest, sub.conn_id)
         if verified:

@@ -1,8 +1,10 @@
 """Sans-IO SIP transaction tables (RFC 3261 17): server response cache and non-INVITE clients.
 
 No timer object per transaction: the server table expires its answers a second's bucket at
-a time; the client table keeps one heap of (deadline, seq, record) entries with lazy deletion
-(stale entries are skipped when they surface).
+a time; the client table keeps a transaction's first deadline in one of two queues (every new
+transaction waits the same T1, or Timer F when reliable, so each queue is in deadline order)
+and later ones in a heap of (deadline, seq, record) entries; stale entries of all three are
+skipped when they surface.
 """
 
 from __future__ import annotations
@@ -205,6 +207,9 @@ class ServerTransactions:
         return len(self._by_key)
 
 
+_NEVER = math.inf
+
+
 class _ClientTransaction:
     __slots__ = ("branch", "data", "dest", "reliable", "owner", "interval", "next_send",
                  "deadline", "due")
@@ -219,7 +224,7 @@ class _ClientTransaction:
         self.interval = interval
         self.next_send = next_send
         self.deadline = deadline
-        self.due = min(next_send, deadline)
+        self.due = next_send if next_send < deadline else deadline
 
 
 class ClientTransactions:
@@ -234,17 +239,29 @@ class ClientTransactions:
         self.timer_f = 64 * t1 if timer_f is None else timer_f
         self.retransmissions = 0
         self._records: dict[str, _ClientTransaction] = {}
-        self._heap: list[tuple[float, int, _ClientTransaction]] = []
+        # first deadlines: now + T1 (UDP) and now + Timer F (reliable), in the order started
+        self._first = deque[_ClientTransaction]()
+        self._first_reliable = deque[_ClientTransaction]()
+        self._heap: list[tuple[float, int, _ClientTransaction]] = []  # every later deadline
         self._seq = count()
 
     def start(self, branch: str, data: bytes, dest: object, reliable: bool, now: float,
               owner: object) -> None:
         """Track a request just sent (the caller sends the first copy itself)."""
-        next_send = float("inf") if reliable else now + self.t1
-        record = _ClientTransaction(branch, data, dest, reliable, owner, self.t1, next_send,
-                                    now + self.timer_f)
+        deadline = now + self.timer_f
+        if reliable:
+            record = _ClientTransaction(branch, data, dest, True, owner, self.t1, _NEVER,
+                                        deadline)
+            queue = self._first_reliable
+        else:
+            record = _ClientTransaction(branch, data, dest, False, owner, self.t1, now + self.t1,
+                                        deadline)
+            queue = self._first
         self._records[branch] = record
-        self._push(record)
+        if queue and queue[-1].due > record.due:  # the clock went back: out of order
+            self._push(record)
+        else:
+            queue.append(record)
 
     def _push(self, record: _ClientTransaction) -> None:
         heapq.heappush(self._heap, (record.due, next(self._seq), record))
@@ -276,28 +293,47 @@ class ClientTransactions:
         """Return (retransmissions as (dest, data), owners of timed-out transactions)."""
         retransmits: list[tuple[Any, bytes]] = []
         timeouts: list[Any] = []
+        records = self._records
+        for queue in (self._first, self._first_reliable):
+            while queue and queue[0].due <= now:
+                record = queue.popleft()
+                if records.get(record.branch) is record:  # (a queued record keeps its due)
+                    self._expire(record, now, retransmits, timeouts)
         heap = self._heap
         while heap and heap[0][0] <= now:
             due, _, record = heapq.heappop(heap)
-            if not self._live(record, due):
-                continue
-            if now >= record.deadline:
-                del self._records[record.branch]
-                timeouts.append(record.owner)
-                continue
-            retransmits.append((record.dest, record.data))
-            self.retransmissions += 1
-            record.interval = min(record.interval * 2, self.t2)
-            record.next_send = max(record.next_send, now) + record.interval
-            record.due = min(record.next_send, record.deadline)
-            self._push(record)
+            if self._live(record, due):
+                self._expire(record, now, retransmits, timeouts)
         return retransmits, timeouts
 
+    def _expire(self, record: _ClientTransaction, now: float,
+                retransmits: list[tuple[Any, bytes]], timeouts: list[Any]) -> None:
+        """``record``'s deadline passed: Timer F ends it, else Timer E sends it again."""
+        if now >= record.deadline:
+            del self._records[record.branch]
+            timeouts.append(record.owner)
+            return
+        retransmits.append((record.dest, record.data))
+        self.retransmissions += 1
+        record.interval = min(record.interval * 2, self.t2)
+        record.next_send = max(record.next_send, now) + record.interval
+        record.due = min(record.next_send, record.deadline)
+        self._push(record)
+
     def get_timer(self) -> float | None:
+        records = self._records
+        earliest = None
+        for queue in (self._first, self._first_reliable):
+            while queue and records.get(queue[0].branch) is not queue[0]:
+                queue.popleft()
+            if queue and (earliest is None or queue[0].due < earliest):
+                earliest = queue[0].due
         heap = self._heap
         while heap and not self._live(heap[0][2], heap[0][0]):
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        if heap and (earliest is None or heap[0][0] < earliest):
+            earliest = heap[0][0]
+        return earliest
 
     def __len__(self) -> int:
         return len(self._records)

@@ -216,3 +216,34 @@ def test_client_late_timer_does_not_burst() -> None:
     retransmits, _ = table.handle_timer(3.0)  # woke up late: one retransmission, not several
     assert len(retransmits) == 1
     assert table.get_timer() == 4.0
+
+
+def test_client_first_deadlines_in_start_order_and_a_clock_that_went_back() -> None:
+    """New transactions wait in start order (their first deadline is start + T1, or + Timer F
+    when reliable); one started at an earlier clock than the last still fires on time."""
+    table = ClientTransactions(t1=0.5, t2=4.0, timer_f=32.0)
+    table.start("u1", b"1", "d", reliable=False, now=10.0, owner="u1")
+    table.start("r1", b"2", "d", reliable=True, now=10.0, owner="r1")
+    table.start("u2", b"3", "d", reliable=False, now=5.0, owner="u2")  # the clock went back
+    table.start("r2", b"4", "d", reliable=True, now=4.0, owner="r2")
+    assert table.get_timer() == 5.5
+    assert table.handle_timer(5.5) == ([("d", b"3")], [])
+    assert table.on_response("u2", 200, 5.6) == "u2"
+    assert table.get_timer() == 10.5
+    assert table.handle_timer(10.5) == ([("d", b"1")], [])
+    assert table.on_response("u1", 200, 10.6) == "u1"
+    assert table.get_timer() == 36.0
+    assert table.handle_timer(36.0) == ([], ["r2"])
+    assert table.get_timer() == 42.0
+    assert table.handle_timer(42.0) == ([], ["r1"])
+    assert table.get_timer() is None and len(table) == 0
+
+
+def test_client_answered_transactions_leave_the_queue_without_firing() -> None:
+    table = ClientTransactions(t1=0.5)
+    for i in range(1000):
+        table.start(f"b{i}", b"N", "d", reliable=False, now=i / 1000, owner=i)
+    for i in range(999):
+        assert table.on_response(f"b{i}", 200, 0.9) == i
+    assert table.get_timer() == 0.999 + 0.5  # the answered ones were skipped
+    assert table.handle_timer(1.6) == ([("d", b"N")], [])
