@@ -29,6 +29,7 @@ from busylamp.presence.sip import (
     refusal,
     sniff_response,
 )
+from busylamp.presence.sip.build import build_ok
 from busylamp.presence.subscriptions import Subscription, new_tag
 from busylamp.wire.aor import aor_from_uri
 
@@ -200,19 +201,26 @@ class Dispatcher:
         self, req: Request, key: object, source: tuple[str, int], transport: str,
         conn_id: int | None, now: float,
     ) -> Callable[..., None]:
+        """``respond(status, reason, headers, to_tag, store)``: answer ``req``, the answer kept
+        for its retransmissions unless ``store`` is false. With ``tail`` (the prebuilt rest of
+        a 200, :meth:`_ok_tail`, in place of ``headers``; ``status`` is then 200) only the
+        fields copied from ``req`` are made (:func:`build_ok`)."""
         reliable = transport != "udp"
         fingerprint = self._in_print
 
         def respond(
             status: int, reason: str | None = None,
             headers: Iterable[tuple[str, str]] = (), to_tag: str | None = None,
-            store: bool = True,
+            store: bool = True, tail: str | None = None,
         ) -> None:
-            data = build_response(
-                req, status, reason, source=source,
-                to_tag=to_tag or (new_tag() if status > 100 else None),
-                headers=list(headers), server=self._server_header,
-            )
+            if tail is not None:
+                data = build_ok(req, source, to_tag, tail)
+            else:
+                data = build_response(
+                    req, status, reason, source=source,
+                    to_tag=to_tag or (new_tag() if status > 100 else None),
+                    headers=headers, server=self._server_header,
+                )
             if store:
                 self.server_transactions.store(key, data, reliable, now, fingerprint)
             self._out.append((transport, source, data, conn_id))
@@ -317,7 +325,7 @@ class Dispatcher:
             self._reject(respond, 403, "Contact is not at the source address")
             return
         self.counters.subscribe_accepted += 1
-        respond(200, None, self._ok_headers(sub, expires), to_tag=sub.tag)
+        respond(200, to_tag=sub.tag, tail=self._ok_tail(sub.transport, expires))
         self._set_budget(sub, source, transport, conn_id)
         body = self.state.body(package.name, presentity)
         self.state.mark_sent(package.name, presentity)
@@ -397,7 +405,7 @@ class Dispatcher:
         elif transport != "udp" and conn_id is not None and sub.route is None:
             self.subscriptions.set_conn(sub, conn_id)
         sub.remote_cseq = cseq
-        respond(200, None, self._ok_headers(sub, expires), to_tag=to_tag)
+        respond(200, to_tag=to_tag, tail=self._ok_tail(sub.transport, expires))
         if not sub.verified:  # the watcher spoke again: so much more may go to it
             sub.budget += int(self.config.amplification_factor * self._in_size) - \
                 len(self._out[-1][2])

@@ -13,6 +13,7 @@ from busylamp.presence.packages.base import EventPackage
 from busylamp.presence.sip import (
     Request,
 )
+from busylamp.presence.sip.build import response_tail
 from busylamp.presence.subscriptions import Subscription
 
 
@@ -170,9 +171,29 @@ class SubscribePolicy:
         self.counters.subscribe_rejected += 1
         respond(status, reason, headers, to_tag=to_tag)
 
-    def _ok_headers(self, sub: Subscription, expires: int) -> list[tuple[str, str]]:
+    # a 200's prebuilt rest per (NOTIFY transport, expiry): see _ok_tail
+    _ok_tails: dict[tuple[str, int], str] | None = None
+
+    def _ok_headers(self, transport: str, expires: int) -> list[tuple[str, str]]:
+        """The headers a 200 to a SUBSCRIBE adds: Expires, our Contact for NOTIFYs over
+        ``transport`` (RFC 6665 4.1.2.1, 4.2.1), Allow-Events."""
         return [
             ("Expires", str(expires)),
-            ("Contact", self._contact_hdr.get(sub.transport) or next(iter(self._contact_hdr.values()))),
+            ("Contact", self._contact_hdr.get(transport) or next(iter(self._contact_hdr.values()))),
             ("Allow-Events", self._allow_events),
         ]
+
+    def _ok_tail(self, transport: str, expires: int) -> str:
+        """:meth:`_ok_headers` with Server and Content-Length as :func:`build_ok` splices them
+        in, made once per (transport, expiry) (a few hundred at most are kept)."""
+        tails = self._ok_tails
+        if tails is None:
+            tails = self._ok_tails = {}
+        key = (transport, expires)
+        tail = tails.get(key)
+        if tail is None:
+            if len(tails) >= 256:
+                tails.clear()
+            tail = tails[key] = response_tail(self._ok_headers(transport, expires),
+                                              self._server_header)
+        return tail
