@@ -54,12 +54,23 @@ def _top_via_for_response(via: Via, source: tuple[str, int] | None) -> str:
     params = via.params
     if host == ip and params.get("rport", 0) is not None:
         return via.raw  # nothing to add (the usual case): no copy of the parameters
-    params = dict(params)
-    if host != ip:
-        params["received"] = ip
-    if "rport" in params and params["rport"] is None:
-        params["rport"] = str(source[1])
-    return Via(via.transport, via.host, via.port, params, via.raw, via.protocol).serialize()
+    # as format_via() of the parameters with received set (in its place, else last) and an
+    # empty rport filled in, without copying them first
+    add_received = host != ip
+    text = f"{via.protocol}/{via.transport} {via.host if via.port is None else f'{via.host}:{via.port}'}"
+    for name, value in params.items():
+        if value is None:
+            if name == "rport":
+                value = str(source[1])
+            elif name == "received" and add_received:
+                value, add_received = ip, False
+            else:
+                text += f";{name}"
+                continue
+        elif name == "received" and add_received:
+            value, add_received = ip, False
+        text += f";{name}={value}"
+    return f"{text};received={ip}" if add_received else text
 
 
 def _dialog_fields(

@@ -337,3 +337,38 @@ def test_the_tails_are_kept_per_transport_and_expiry() -> None:
     for expires in range(1000):
         engine._ok_tail("udp", expires)
     assert len(engine._ok_tails) <= 256
+
+
+def test_top_via_for_response_is_the_serialized_copy_for_random_vias() -> None:
+    """received set in its place (else last) and an empty rport filled, as a copy of the
+    parameters put through Via.serialize would give, for thousands of random Vias."""
+    import random
+
+    from busylamp.presence.sip.build import _top_via_for_response
+    from busylamp.presence.sip.via import Via, parse_via
+
+    def reference(via: Via, source: tuple[str, int]) -> str:
+        params = dict(via.params)
+        host = via.host[1:-1] if via.host.startswith("[") else via.host
+        changed = False
+        if host != source[0]:
+            params["received"] = source[0]
+            changed = True
+        if "rport" in params and params["rport"] is None:
+            params["rport"] = str(source[1])
+            changed = True
+        if not changed:
+            return via.raw
+        return Via(via.transport, via.host, via.port, params, via.raw, via.protocol).serialize()
+
+    rnd = random.Random(11)
+    hosts = ["10.0.0.7", "10.0.0.8", "[2001:db8::1]", "h.example.com"]
+    names = ["branch", "rport", "received", "ttl", "maddr", "x"]
+    for _ in range(5_000):
+        params = [rnd.choice(names) + rnd.choice(["", "=1", "=10.0.0.9"])
+                  for _ in range(rnd.randint(0, 4))]
+        port = rnd.choice(["", ":5062"])
+        text = f"SIP/2.0/UDP {rnd.choice(hosts)}{port}" + "".join(";" + p for p in params)
+        via = parse_via(text)
+        source = (rnd.choice(["10.0.0.7", "2001:db8::1", "10.0.0.8"]), rnd.choice([5062, 5999]))
+        assert _top_via_for_response(via, source) == reference(via, source), (text, source)
