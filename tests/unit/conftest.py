@@ -9,6 +9,8 @@ import subprocess
 import gevent.socket
 import pytest
 
+from tests.extensions import require_built_extension
+
 
 def _refuse(what: str):
     def refuse(self, *args, **kwargs):
@@ -21,3 +23,16 @@ def no_sockets_or_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "__init__", _refuse("open a socket"))
     monkeypatch.setattr(gevent.socket.socket, "__init__", _refuse("open a socket"))
     monkeypatch.setattr(subprocess.Popen, "__init__", _refuse("start a process"))
+
+
+@pytest.fixture(params=["c", "python"])
+def head_split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test that uses this runs with the C head split (presence/sip/_scan.c) and with the
+    Python one; tests/unit/test_sip_scan.py checks the two agree on mutants."""
+    from busylamp.presence.sip import parse
+
+    if request.param == "python":
+        monkeypatch.setattr(parse, "_split_head_c", None)
+    elif parse._split_head_c is None:
+        require_built_extension("presence/sip/_scan.c")
+    return request.param

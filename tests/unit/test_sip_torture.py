@@ -14,7 +14,6 @@ from busylamp.presence.sip import (
     build_response,
     parse_message,
 )
-from tests.extensions import require_built_extension
 
 # Invalid per the RFC, but INDEX.tsv allows a robust element to process them; we accept them.
 ROBUST_ACCEPTS = {
@@ -37,17 +36,8 @@ EXPECTED_STATUS = {
 }
 
 
-@pytest.fixture(autouse=True, params=["c", "python"])
-def head_split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs with the C head split (presence/sip/_scan.c) and with the Python
-    one; tests/unit/test_sip_scan.py checks the two agree on mutants."""
-    from busylamp.presence.sip import parse
-
-    if request.param == "python":
-        monkeypatch.setattr(parse, "_split_head_c", None)
-    elif parse._split_head_c is None:
-        require_built_extension("presence/sip/_scan.c")
-    return request.param
+# every test here runs with the C head split and with the Python one (tests/unit/conftest.py)
+pytestmark = pytest.mark.usefixtures("head_split")
 
 
 def _index(root: Path) -> list[dict[str, str]]:
