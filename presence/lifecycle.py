@@ -71,7 +71,6 @@ TRANSITIONS: dict[int, frozenset[int]] = {
 LEGAL_MOVES: tuple[tuple[bool, ...], ...] = tuple(
     tuple(to in TRANSITIONS[phase] for to in range(len(NAMES))) for phase in range(len(NAMES))
 )
-_LEGAL = LEGAL_MOVES
 
 
 def check_moves(*moves: tuple[int, int]) -> tuple[tuple[int, int], ...]:
@@ -81,7 +80,7 @@ def check_moves(*moves: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     the phase it moves from (``if sub.phase == IDLE: sub.phase = QUEUED``): their legality is
     checked once, here, when the engine module is imported, instead of on every NOTIFY."""
     for phase, to in moves:
-        if not _LEGAL[phase][to]:
+        if not LEGAL_MOVES[phase][to]:
             raise IllegalTransition(phase, to)
     return moves
 
@@ -100,6 +99,6 @@ class IllegalTransition(RuntimeError):
 
 def advance(sub: HasPhase, to: int) -> None:
     """Move ``sub`` to phase ``to``; IllegalTransition when the table does not allow it."""
-    if not _LEGAL[sub.phase][to]:
+    if not LEGAL_MOVES[sub.phase][to]:
         raise IllegalTransition(sub.phase, to)
     sub.phase = to
