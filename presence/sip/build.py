@@ -54,10 +54,11 @@ def _top_via_for_response(via: Via, source: tuple[str, int] | None) -> str:
     params = via.params
     if host == ip and params.get("rport", 0) is not None:
         return via.raw  # nothing to add (the usual case): no copy of the parameters
-    # as format_via() of the parameters with received set (in its place, else last) and an
-    # empty rport filled in, without copying them first
+    # what Via.serialize() gives with received set (in its place, else last) and an empty
+    # rport filled in, without copying the parameters or making a Via first
     add_received = host != ip
-    text = f"{via.protocol}/{via.transport} {via.host if via.port is None else f'{via.host}:{via.port}'}"
+    hostport = via.host if via.port is None else f"{via.host}:{via.port}"
+    text = f"{via.protocol}/{via.transport} {hostport}"
     for name, value in params.items():
         if value is None:
             if name == "rport":

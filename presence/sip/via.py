@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .grammar import bad, parse_hostport, split_params
 
-__all__ = ["MAGIC_COOKIE", "Via", "format_via", "parse_via"]
+__all__ = ["MAGIC_COOKIE", "Via", "parse_via"]
 
 MAGIC_COOKIE = "z9hG4bK"
 """Prefix of an RFC 3261 branch (17.2.3); without it a transaction is matched the RFC 2543 way."""
@@ -52,15 +52,10 @@ class Via:
         return host, self.port
 
     def serialize(self) -> str:
-        return format_via(self.protocol, self.transport, self.host, self.port, self.params)
-
-
-def format_via(protocol: str, transport: str, host: str, port: int | None,
-               params: dict[str, str | None]) -> str:
-    """A via-parm's text: what :meth:`Via.serialize` gives, without a Via to make first."""
-    hostport = host if port is None else f"{host}:{port}"
-    return f"{protocol}/{transport} {hostport}" + "".join(
-        [f";{k}" if v is None else f";{k}={v}" for k, v in params.items()])
+        hostport = self.host if self.port is None else f"{self.host}:{self.port}"
+        return f"{self.protocol}/{self.transport} {hostport}" + "".join(
+            f";{k}" if v is None else f";{k}={v}" for k, v in self.params.items()
+        )
 
 
 def parse_via(text: str) -> Via:
