@@ -43,7 +43,7 @@ built="$repo/presence/node/.mmsg-built"
 stale=0
 [ -f "$built" ] || stale=1
 for src in presence/node/_mmsg.c presence/_history.c esl/_eventhead.c wire/_plain.c \
-    presence/sip/_scan.c; do
+    presence/sip/_scan.c presence/sip/_values.c; do
   [ "$repo/$src" -nt "$built" ] && stale=1
 done
 if [ "$stale" = 1 ]; then

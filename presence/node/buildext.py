@@ -7,7 +7,8 @@ recvfrom/sendto per datagram (presence.node.mmsg). It also builds ``busylamp.pre
 ``busylamp.esl._eventhead`` (an ESL event's header lines; without it esl.protocol parses them in
 Python) and ``busylamp.wire._plain`` (the update fast path's value check; without it a Python loop) and
 ``busylamp.presence.sip._scan`` (the response sniff and the common SIP head split; without it
-presence/sip/sniff.py and parse.py do them in Python).
+presence/sip/sniff.py and parse.py do them in Python) and ``busylamp.presence.sip._values``
+(plain URIs, name-addrs and Vias; without it presence/sip/uri.py and via.py parse them in Python).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ if __name__ == "__main__":
         print("_history not built: presence.history uses its Python hook", file=sys.stderr)
     for source, fallback in (("esl/_eventhead.c", "esl.protocol parses in Python"),
                              ("wire/_plain.c", "wire.updates checks values in Python"),
-                             ("presence/sip/_scan.c", "presence.sip scans heads in Python")):
+                             ("presence/sip/_scan.c", "presence.sip scans heads in Python"),
+                             ("presence/sip/_values.c", "presence.sip parses values in Python")):
         try:  # optional: each has a Python fallback
             build(quiet=True, source=HERE.parent.parent / source)
         except subprocess.CalledProcessError:

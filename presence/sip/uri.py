@@ -44,6 +44,12 @@ _MEMO_MAX = 8192
 _uri_memo: dict[str, SipUri] = {}
 _name_addr_memo: dict[str, NameAddr] = {}
 
+try:  # plain values in C (presence/sip/_values.c); _parse_uri and _parse_name_addr specify them
+    from busylamp.presence.sip._values import name_addr as _name_addr_c
+    from busylamp.presence.sip._values import sip_uri as _sip_uri_c
+except ImportError:  # not built: Python parses every value
+    _name_addr_c = _sip_uri_c = None
+
 
 def parse_uri(text: str) -> SipUri:
     """Parse a sip:/sips:/tel: URI. ParseError(416) for other schemes, ParseError(400) if bad.
@@ -51,7 +57,10 @@ def parse_uri(text: str) -> SipUri:
     Memoised (a phone's Contact, a presentity's URI repeat across dialogs and requests): the
     result is shared, so callers treat it as read-only."""
     found = _uri_memo.get(text)
-    return found if found is not None else _remember(_uri_memo, text, _parse_uri(text))
+    if found is not None:
+        return found
+    fields = _sip_uri_c(text) if _sip_uri_c is not None else None
+    return _remember(_uri_memo, text, SipUri(*fields) if fields is not None else _parse_uri(text))
 
 
 def _remember(memo: dict, text: str, parsed):
@@ -145,8 +154,11 @@ def parse_name_addr(text: str) -> NameAddr:
     header field, RFC 3261 20.10). Memoised like :func:`parse_uri` (To, Contact, Record-Route
     repeat): the result is shared, so callers treat it as read-only."""
     found = _name_addr_memo.get(text)
-    return found if found is not None else _remember(_name_addr_memo, text,
-                                                     _parse_name_addr(text))
+    if found is not None:
+        return found
+    fields = _name_addr_c(text) if _name_addr_c is not None else None
+    return _remember(_name_addr_memo, text,
+                     NameAddr(*fields) if fields is not None else _parse_name_addr(text))
 
 
 def _parse_name_addr(text: str) -> NameAddr:

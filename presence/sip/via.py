@@ -58,8 +58,19 @@ class Via:
         )
 
 
+try:  # a plain Via in C (presence/sip/_values.c); _parse_via specifies it
+    from busylamp.presence.sip._values import via as _via_c
+except ImportError:  # not built: Python parses every Via
+    _via_c = None
+
+
 def parse_via(text: str) -> Via:
     """Parse one via-parm ('SIP/2.0/UDP host:port;params'); LWS tolerated around '/', ';', '='."""
+    fields = _via_c(text) if _via_c is not None else None
+    return Via(*fields) if fields is not None else _parse_via(text)
+
+
+def _parse_via(text: str) -> Via:
     match = _VIA_PROTO_RE.match(text)
     if match is None:
         raise bad("Bad Via")

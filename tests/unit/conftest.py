@@ -36,3 +36,21 @@ def head_split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     elif parse._split_head_c is None:
         require_built_extension("presence/sip/_scan.c")
     return request.param
+
+
+@pytest.fixture(params=["c", "python"])
+def value_parse(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test that uses this runs with the C URI, name-addr and Via parsers
+    (presence/sip/_values.c) and with the Python ones, each from an empty memo;
+    tests/unit/test_sip_values.py checks the two agree on mutants."""
+    from busylamp.presence.sip import uri, via
+
+    monkeypatch.setattr(uri, "_uri_memo", {})
+    monkeypatch.setattr(uri, "_name_addr_memo", {})
+    if request.param == "python":
+        monkeypatch.setattr(uri, "_sip_uri_c", None)
+        monkeypatch.setattr(uri, "_name_addr_c", None)
+        monkeypatch.setattr(via, "_via_c", None)
+    elif via._via_c is None:
+        require_built_extension("presence/sip/_values.c")
+    return request.param

@@ -17,7 +17,7 @@ from busylamp.presence.sip import (
 from tests.unit.sip_samples import SUBSCRIBE
 
 # every test here runs with the C head split and with the Python one (tests/unit/conftest.py)
-pytestmark = pytest.mark.usefixtures("head_split")
+pytestmark = pytest.mark.usefixtures("head_split", "value_parse")
 
 
 def _fixture(shared: Path, name: str) -> bytes:

@@ -37,7 +37,7 @@ EXPECTED_STATUS = {
 
 
 # every test here runs with the C head split and with the Python one (tests/unit/conftest.py)
-pytestmark = pytest.mark.usefixtures("head_split")
+pytestmark = pytest.mark.usefixtures("head_split", "value_parse")
 
 
 def _index(root: Path) -> list[dict[str, str]]:
