@@ -28,6 +28,8 @@ class PublishResult:
     started: float = 0.0
     finished: float = 0.0
     server_cpu: float = 0.0  # CPU seconds the server spent on this phase (set by the runner)
+    # what the server's own counters say it did in this phase (Server.counters; by the runner)
+    server_counts: dict[str, float] = field(default_factory=dict)
 
     @property
     def achieved_rate(self) -> float:

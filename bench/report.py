@@ -168,8 +168,9 @@ def table(results: dict[str, dict]) -> str:
 def steps_table(results: dict[str, dict]) -> str:
     """Every fan-out step of the ceiling search and of the overload runs, per server."""
     lines = ["| server | step | offered publishes/s | achieved publishes/s | HTTP non-2xx | "
-             "NOTIFY/s delivered | per server CPU s | delivery ratio | right state | p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "NOTIFY/s delivered | per server CPU s | NOTIFYs resent | delivery ratio | "
+             "right state | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         steps = [("fan-out (1st repeat)", f) for f in r.get("fanout", [])[:1]]
         steps += [("ceiling", f) for f in r.get("ceiling", [])]
@@ -177,13 +178,13 @@ def steps_table(results: dict[str, dict]) -> str:
         for label, f in steps:
             if "error" in f:
                 lines.append(f"| {name} | {label} | {f['target_rate']:,.0f} | {f['error']} "
-                             "| | | | | | |")
+                             "| | | | | | | |")
                 continue
             offered = f.get("target_rate", r["config"]["rate"])
             lines.append(
                 f"| {name} | {label} | {offered:,.0f} | {f['publish_rate']:,.0f} | "
                 f"{_fmt(f.get('http_non_2xx'))} | {f['notify_per_s']:,.0f} | "
-                f"{_fmt(f.get('notify_per_cpu_s'))} | "
+                f"{_fmt(f.get('notify_per_cpu_s'))} | {_fmt(f.get('server_notify_retransmitted'))} | "
                 f"{f['delivery_ratio']:.4f} | {f['right_state_ratio']:.4f} | "
                 f"{_fmt(f['latency_ms_p99'], 1)} |")
     return "\n".join(lines) if len(lines) > 2 else ""

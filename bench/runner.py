@@ -113,12 +113,15 @@ def _collect(responder: Responder, settle: float, limit: float = 60.0) -> list:
 def _publish_phase(server: Server, responder: Responder, plan: PublishPlan, count: int,
                    rate: float, cfg: RunConfig, prefix: str) -> tuple[PublishResult, list]:
     responder.dump()
+    counted = server.counters()
     cpu0 = server.cpu_seconds()
     res = publish(("127.0.0.1", server.http_port), plan, count, rate,
                   connections=cfg.connections, path=server.publish_path, tag_prefix=prefix,
                   depth=cfg.depth)
     records = _collect(responder, cfg.settle)
     res.server_cpu = server.cpu_seconds() - cpu0
+    after = server.counters()
+    res.server_counts = {key: after[key] - counted[key] for key in after if key in counted}
     return res, records
 
 
@@ -129,6 +132,7 @@ def _figures(pres: PublishResult, records: list, held: dict[str, int]) -> dict[s
     fig["http_non_2xx"] = len(pres.sent) - pres.ok
     fig["server_cpu_s"] = pres.server_cpu
     fig["notify_per_cpu_s"] = fig["delivered"] / pres.server_cpu if pres.server_cpu else 0.0
+    fig.update({f"server_{key}": value for key, value in pres.server_counts.items()})
     return fig
 
 
@@ -253,7 +257,8 @@ def run_server(server: Server, cfg: RunConfig, workdir: Path) -> ServerResult:
             result.fanout.append(fig)
             log.info("fan-out %d at %.0f/s: %s", rep, cfg.rate, fig)
         result.fanout_median = {
-            k: analysis.median([f[k] for f in result.fanout]) for k in result.fanout[0]}
+            k: analysis.median([f[k] for f in result.fanout]) for k in result.fanout[0]
+            if all(k in f for f in result.fanout)}
         phase_done("fanout")
 
         # 4. ceiling

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from bench.tree import launcher_code
@@ -117,6 +118,27 @@ def tcp_open(port: int) -> bool:
         return False
 
 
+# the node's counters a publish step reports (bench key -> Prometheus sample name)
+NODE_COUNTERS = {
+    "notify_sent": "busylamp_notify_sent_total",
+    "notify_retransmitted": "busylamp_notify_retransmitted_total",
+    "notify_timeouts": 'busylamp_notify_failed_total{outcome="timeout"}',
+    "publishes_rejected": 'busylamp_publishes_total{outcome="rejected"}',
+    "udp_receive_drops": "busylamp_sip_udp_receive_drops_total",
+}
+
+
+def metric_values(text: str, wanted: dict[str, str]) -> dict[str, float]:
+    """The samples named in ``wanted`` (key -> sample name with its labels) of a Prometheus text
+    exposition, by key; a sample not in the text is left out."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = value
+    return {key: float(samples[name]) for key, name in wanted.items() if name in samples}
+
+
 class Server(abc.ABC):
     """A server under test listening on udp SIP + TCP HTTP ports of 127.0.0.1."""
 
@@ -173,6 +195,11 @@ class Server(abc.ABC):
     def memory(self) -> dict[str, int]:
         """Memory figures in kB (at least pss_kb and rss_kb)."""
         return memory_kb(self.pids())
+
+    def counters(self) -> dict[str, float]:
+        """The server's own counts of what it did (NOTIFY retransmissions, refused publishes),
+        where it reports them; a step's figures carry their change over the step."""
+        return {}
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "command": " ".join(self.command()), "cpu": self.cpu}
@@ -253,6 +280,16 @@ class Busylamp(Server):
             return []
         return ["--max-subscriptions-per-source", "10000000", "--subscribe-rate", "1000000",
                 "--subscribe-burst", "1000000", "--max-subscriptions", "10000000"]
+
+    def counters(self) -> dict[str, float]:
+        """From the node's ``/metrics`` (empty when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics",
+                                        timeout=10) as answer:
+                text = answer.read().decode("utf-8", "replace")
+        except OSError:
+            return {}
+        return metric_values(text, NODE_COUNTERS)
 
     @classmethod
     def available(cls, executable: str | None = None) -> bool:

@@ -29,6 +29,25 @@ def test_metrics_text_has_the_families_and_values():
                                 r'-?[0-9.e+]+', line), line
 
 
+def test_the_benchmark_reads_its_step_counters_from_this_text():
+    """bench/servers.py reports each fan-out step's NOTIFY retransmissions and refused
+    publishes from /metrics: every sample it names is there, read as its value."""
+    from bench.servers import NODE_COUNTERS, metric_values
+
+    with running_node() as node:
+        publish(node, {
+            "Event-Name": "update", "Event-Package": "dialog", "From": "sip:1001@example.com",
+            "From-User": "1001", "From-Realm": "example.com", "To": "sip:1002@example.com",
+            "Call-ID": "c1", "State": "early", "Expires": 60,
+        })
+        text = node.metrics_text()
+    values = metric_values(text, NODE_COUNTERS)
+    assert set(values) == set(NODE_COUNTERS)
+    assert values["notify_retransmitted"] == 0.0
+    assert metric_values(text, {"accepted": 'busylamp_publishes_total{outcome="accepted"}'}) \
+        == {"accepted": 1.0}
+
+
 def test_subscription_pages_cover_every_row_once():
     from tests.unit.test_engine import PHONE, subscribe
 
