@@ -62,7 +62,8 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         # a stream connection that carries a subscription is never closed as unused or evicted
         self.transports = SipTransports(
             self._on_sip, in_use=lambda conn_id: self.engine.subscriptions.uses_conn(conn_id),
-            on_backlog=self._on_backlog, **(transport_options or {}))
+            on_backlog=self._on_backlog, on_datagram=self._on_datagram,
+            after_datagrams=self._after_sip, **(transport_options or {}))
         self._overload_logged_at = float("-inf")
         self._full_since: float | None = None  # when the UDP receive queue became too full
         self._drops_seen: int | None = None  # the kernel's UDP drop count at the last tick
@@ -195,7 +196,17 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         self.engine.overloaded = overloaded
 
     def _on_sip(self, data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:
+        """One SIP message (off a stream); then what the engine's answer needs."""
         self.engine.receive(data, source, transport, conn_id, self.clock())
+        self._after_sip()
+
+    def _on_datagram(self, data: bytes, source: tuple[str, int], transport: str,
+                     conn_id: int | None) -> None:
+        """One datagram of a received batch: :meth:`_after_sip` runs once after the batch."""
+        self.engine.receive(data, source, transport, conn_id, self.clock())
+
+    def _after_sip(self) -> None:
+        """Send what the engine answered and wake the clock loop if a deadline moved."""
         # only what the engine sent can have started a timer (a NOTIFY transaction, a stored
         # response, a new subscription's expiry); a plain 200 to a NOTIFY only ends one, which may
         # let a fan-out held back by the pending-NOTIFY limit go on

@@ -148,8 +148,15 @@ class SipTransports:
                  max_tcp_connections: int = 10000, max_tcp_per_source: int = 256,
                  tcp_unused_timeout: float = 60.0, tcp_message_timeout: float = 10.0,
                  in_use: Callable[[int], bool] | None = None, udp_batch: bool | None = None,
-                 on_backlog: Callable[[float], None] | None = None):
+                 on_backlog: Callable[[float], None] | None = None,
+                 on_datagram: Handler | None = None,
+                 after_datagrams: Callable[[], None] | None = None):
         self.handler = handler
+        # a received batch of datagrams: each to ``on_datagram`` (else ``handler``), then one
+        # call of ``after_datagrams`` before the answers are sent (what the handler would do
+        # after every message, once a batch: send the answers, wake the clock)
+        self.on_datagram = on_datagram or handler
+        self.after_datagrams = after_datagrams
         # told how full the UDP receive queue is before each batch is handled: measured after a
         # full batch (one system call per batch), 0.0 once a batch found the socket drained
         self.on_backlog = on_backlog
@@ -265,13 +272,16 @@ class SipTransports:
                 self.backlog = fill
                 self.on_backlog(fill)
         max_datagram = self.max_datagram
+        handler = self.on_datagram
         for data, addr in batch:
             if len(data) > max_datagram:
                 self.counters["datagrams_oversized"] += 1
                 continue
             if not data.strip(b"\r\n"):
                 continue  # CRLF keep-alive
-            self._dispatch(data, addr, "udp", None)
+            self._dispatch(data, addr, "udp", None, handler)
+        if self.after_datagrams is not None and batch:
+            self._guarded(self.after_datagrams)
         if udp.out:
             self._flush_udp(udp)  # the answers leave before more work is read
         return len(batch)
@@ -570,9 +580,14 @@ class SipTransports:
         return len(self._conns)
 
     def _dispatch(self, data: bytes, source: tuple[str, int], transport: str,
-                  conn_id: int | None) -> None:
+                  conn_id: int | None, handler: Handler | None = None) -> None:
+        self._guarded(handler or self.handler, data, source, transport, conn_id)
+
+    def _guarded(self, call: Callable[..., None], *args: object) -> None:
+        """``call(*args)``; an exception is counted and logged (at most once a period), the
+        transport goes on."""
         try:
-            self.handler(data, source, transport, conn_id)
+            call(*args)
         except Exception:
             self.counters["handler_errors"] += 1
             now = time.monotonic()
