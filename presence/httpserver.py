@@ -127,6 +127,64 @@ class _Conn:
         self.expired = 0
 
 
+# A client's requests repeat their heads (a publisher's differ by Content-Length alone): a head
+# parsed once is not parsed again. Only short heads are kept, so the table stays small.
+CACHED_HEADS = 256
+CACHED_HEAD_MAX = 512
+
+# (environ entries, HTTP version, Connection lower-cased, Expect lower-cased, Content-Length)
+_ParsedHead = tuple[tuple[tuple[str, str], ...], str, str, "str | None", "int | None"]
+
+
+def _parse_head(head: str) -> _ParsedHead:
+    """A request head (request line and header lines, latin-1): what a request's environ takes
+    from it, and what framing needs. Raises _Reject (400, 411, 417, 505) for what is refused."""
+    request_line, _, header_text = head.partition("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not parts[0].isalpha():
+        raise _Reject(400, "bad request line")
+    method, target, version = parts
+    if version != "HTTP/1.1" and version != "HTTP/1.0":
+        raise _Reject(505 if version.startswith("HTTP/") else 400, "unsupported HTTP version")
+    path, _, query = target.partition("?")
+    environ = {
+        "REQUEST_METHOD": method,
+        "SERVER_PROTOCOL": version,
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1") if "%" in path else path,
+        "QUERY_STRING": query,
+    }
+    connection = ""
+    expect = None
+    length = None
+    if header_text:
+        for line in header_text.split("\r\n"):
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                raise _Reject(400, "bad header line")
+            name = name.lower()
+            value = value.strip()
+            if name == "content-length":
+                if not (value.isascii() and value.isdigit()) or (
+                        length is not None and int(value) != length):
+                    raise _Reject(400, "bad Content-Length")
+                length = int(value)
+                environ["CONTENT_LENGTH"] = value
+            elif name == "content-type":
+                environ["CONTENT_TYPE"] = value
+            elif name == "transfer-encoding":
+                raise _Reject(411, "chunked request bodies are not supported: send Content-Length")
+            else:
+                if name == "connection":
+                    connection = value.lower()
+                elif name == "expect":
+                    expect = value.lower() if expect is None else f"{expect},{value.lower()}"
+                key = _ENVIRON_KEYS.get(name) or _environ_key(name)
+                environ[key] = f"{environ[key]},{value}" if key in environ else value
+    if expect is not None and expect != "100-continue":
+        raise _Reject(417, "the only expectation supported is 100-continue")
+    return tuple(environ.items()), version, connection, expect, length
+
+
 def _environ_key(name: str) -> str:
     """The WSGI environ key of a lower-case header name: ``HTTP_`` and upper case."""
     return "HTTP_" + name.upper().replace("-", "_")
@@ -189,6 +247,7 @@ class HttpServer:
         self._server = _QuietServer(address, self._handle, backlog=1024)
         self._conns: set[_Conn] = set()
         self._heads: dict[tuple, tuple[bytes, bool, bool]] = {}
+        self._parsed_heads: dict[bytes, _ParsedHead] = {}  # request head -> _parse_head's
         # deadlines are kept to within a quarter of the shorter timeout (at most 1 s late)
         self._sweep_interval = min(1.0, max(0.01, min(request_timeout, idle_timeout) / 4))
         self._sweeper: gevent.Greenlet | None = None
@@ -322,50 +381,18 @@ class HttpServer:
                 self._begun(conn)
             buf += chunk
             end = buf.find(b"\r\n\r\n", max(0, len(buf) - len(chunk) - 3))
-        head = buf[:end].decode("latin-1")
+        head = buf[:end]
         buf = buf[end + 4:]
-        request_line, _, header_text = head.partition("\r\n")
-        parts = request_line.split(" ")
-        if len(parts) != 3 or not parts[0].isalpha():
-            raise _Reject(400, "bad request line")
-        method, target, version = parts
-        if version != "HTTP/1.1" and version != "HTTP/1.0":
-            raise _Reject(505 if version.startswith("HTTP/") else 400, "unsupported HTTP version")
+        parsed = self._parsed_heads.get(head)
+        if parsed is None:
+            parsed = _parse_head(head.decode("latin-1"))
+            if len(head) <= CACHED_HEAD_MAX:
+                if len(self._parsed_heads) >= CACHED_HEADS:
+                    self._parsed_heads.clear()
+                self._parsed_heads[head] = parsed
+        fields, version, connection, expect, length = parsed
         environ = base.copy()
-        environ["REQUEST_METHOD"] = method
-        environ["SERVER_PROTOCOL"] = version
-        path, _, query = target.partition("?")
-        environ["PATH_INFO"] = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
-        environ["QUERY_STRING"] = query
-        connection = ""
-        expect = None
-        length = None
-        if header_text:
-            for line in header_text.split("\r\n"):
-                name, sep, value = line.partition(":")
-                if not sep or not name or name != name.strip():
-                    raise _Reject(400, "bad header line")
-                name = name.lower()
-                value = value.strip()
-                if name == "content-length":
-                    if not (value.isascii() and value.isdigit()) or (
-                            length is not None and int(value) != length):
-                        raise _Reject(400, "bad Content-Length")
-                    length = int(value)
-                    environ["CONTENT_LENGTH"] = value
-                elif name == "content-type":
-                    environ["CONTENT_TYPE"] = value
-                elif name == "transfer-encoding":
-                    raise _Reject(411, "chunked request bodies are not supported: send Content-Length")
-                else:
-                    if name == "connection":
-                        connection = value.lower()
-                    elif name == "expect":
-                        expect = value.lower() if expect is None else f"{expect},{value.lower()}"
-                    key = _ENVIRON_KEYS.get(name) or _environ_key(name)
-                    environ[key] = f"{environ[key]},{value}" if key in environ else value
-        if expect is not None and expect != "100-continue":
-            raise _Reject(417, "the only expectation supported is 100-continue")
+        environ.update(fields)
         sock = conn.sock
         if length and self._check_head is not None:
             refused = self._check_head(environ)  # before the body costs any memory

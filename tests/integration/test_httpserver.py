@@ -307,3 +307,46 @@ def test_the_apps_iterable_is_closed_when_its_size_is_known():
         assert closed == [True]
     finally:
         srv.stop(timeout=1)
+
+
+def test_a_repeated_head_is_parsed_once_and_gives_the_same_environ(monkeypatch):
+    """Heads are cached (a publisher repeats its own): the second request with the same head
+    reaches the app with the same environ, without a second parse; a refused head is refused
+    each time, and a long one is not kept."""
+    from busylamp.presence import httpserver
+
+    parsed = []
+    real = httpserver._parse_head
+    monkeypatch.setattr(httpserver, "_parse_head", lambda head: parsed.append(head) or real(head))
+    seen = []
+
+    def recording(environ, start_response):
+        seen.append({k: v for k, v in environ.items() if k != "wsgi.input"}
+                    | {"body": environ["wsgi.input"].read()})
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    srv = HttpServer(("127.0.0.1", 0), recording)
+    srv.start()
+    try:
+        head = (b"POST /publish?x=1 HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+                b"X-Trace: a\r\nContent-Length: 2\r\n\r\n")
+        out = exchange(srv, head + b"{}" + head + b"[]")
+        assert out.count(b"HTTP/1.1 200 OK") == 2
+        assert len(parsed) == 1
+        first, second = seen
+        assert first.pop("body") == b"{}" and second.pop("body") == b"[]"
+        assert first == second
+        assert first["HTTP_X_TRACE"] == "a" and first["CONTENT_LENGTH"] == "2"
+        assert first["QUERY_STRING"] == "x=1" and first["REQUEST_METHOD"] == "POST"
+        bad = b"POST /publish HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n"
+        assert exchange(srv, bad, expect_close=True).startswith(b"HTTP/1.1 400")
+        assert exchange(srv, bad, expect_close=True).startswith(b"HTTP/1.1 400")
+        assert len(parsed) == 3
+        long_head = head.replace(b"X-Trace: a", b"X-Trace: " + b"a" * 600)
+        for _ in range(2):
+            assert exchange(srv, long_head + b"{}").startswith(b"HTTP/1.1 200")
+        assert len(parsed) == 5
+        assert seen[-1]["HTTP_X_TRACE"] == "a" * 600
+    finally:
+        srv.stop(timeout=1)
