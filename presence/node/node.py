@@ -38,6 +38,11 @@ from busylamp.presence.updates import UpdateError, parse_update
 
 log = logging.getLogger(__name__)
 
+# A publish reads the answers queued on the UDP sockets first, unless they were read this
+# recently: at thousands of publishes a second one system call a millisecond drains them as
+# well as one per publish (the socket buffer holds far more than a millisecond of answers)
+ANSWER_POLL_INTERVAL = 0.001
+
 
 class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
     """The engine, its SIP transports and its wake-up loop; implements the API's NodeControl."""
@@ -63,7 +68,8 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         self.transports = SipTransports(
             self._on_sip, in_use=lambda conn_id: self.engine.subscriptions.uses_conn(conn_id),
             on_backlog=self._on_backlog, on_datagram=self._on_datagram,
-            after_datagrams=self._after_sip, **(transport_options or {}))
+            after_datagrams=self._after_datagrams, **(transport_options or {}))
+        self._answers_read_at = float("-inf")  # when a batch of datagrams was last handled
         self._overload_logged_at = float("-inf")
         self._full_since: float | None = None  # when the UDP receive queue became too full
         self._drops_seen: int | None = None  # the kernel's UDP drop count at the last tick
@@ -205,6 +211,11 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         """One datagram of a received batch: :meth:`_after_sip` runs once after the batch."""
         self.engine.receive(data, source, transport, conn_id, self.clock())
 
+    def _after_datagrams(self) -> None:
+        """A received batch of datagrams was handled: answer it (:meth:`_after_sip`)."""
+        self._answers_read_at = self.clock()
+        self._after_sip()
+
     def _after_sip(self) -> None:
         """Send what the engine answered and wake the clock loop if a deadline moved."""
         # only what the engine sent can have started a timer (a NOTIFY transaction, a stored
@@ -219,10 +230,14 @@ class PresenceNode(EngineLoop, Housekeeping, Tails, AdminViews, Warming):
         """Apply validated updates/snapshots (from the HTTP API or the bus)."""
         # answers to earlier NOTIFYs first: under load, new work must not push them out of the
         # socket buffer (each lost answer is a retransmitted NOTIFY, more load still); with no
-        # NOTIFY transaction open there is no answer to wait for (and no system call to spend)
-        if len(self.engine.client_transactions):
-            self.transports.poll_udp()
+        # NOTIFY transaction open there is no answer to wait for (and no system call to spend),
+        # nor within ANSWER_POLL_INTERVAL of the last read
         now = self.clock()
+        if len(self.engine.client_transactions) and \
+                now - self._answers_read_at >= ANSWER_POLL_INTERVAL:
+            self._answers_read_at = now
+            self.transports.poll_udp()
+            now = self.clock()
         sent = self.engine.counters["notify_sent"]
         applied = self.engine.apply(messages, now)
         self.publish_counters["accepted"] += applied

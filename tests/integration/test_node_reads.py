@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from busylamp.presence.engine import EngineConfig
 from busylamp.presence.node import PresenceNode
+from busylamp.presence.node.node import ANSWER_POLL_INTERVAL
 from busylamp.presence.updates import parse_updates
 
 ALICE = "1001@example.com"
@@ -17,8 +18,9 @@ def dialog(call_id: str, state: str) -> dict:
 
 
 def test_reading_a_presentity_twice_returns_the_same_and_changes_nothing() -> None:
+    clock = [100.0]
     node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)}),
-                        clock=lambda: 100.0)
+                        clock=lambda: clock[0])
     try:
         node.publish(parse_updates([dialog("c1", "confirmed"), dialog("c2", "early")]))
         node.publish(parse_updates([dialog("c1", "terminated")]))
@@ -38,8 +40,9 @@ def test_a_publish_reads_queued_answers_first_only_while_a_notify_awaits_one() -
     NOTIFY transaction is open, and spends no system call when none is."""
     from tests.unit.test_engine import subscribe
 
+    clock = [100.0]
     node = PresenceNode(EngineConfig(contacts={"udp": ("127.0.0.1", 5060)}),
-                        clock=lambda: 100.0)
+                        clock=lambda: clock[0])
     polls: list[int] = []
     node.transports.poll_udp = lambda limit=256: polls.append(1) or 0  # type: ignore[method-assign]
     try:
@@ -51,5 +54,11 @@ def test_a_publish_reads_queued_answers_first_only_while_a_notify_awaits_one() -
         assert len(node.engine.client_transactions) == 1
         node.publish(parse_updates([dialog("c1", "confirmed")]))
         assert polls == [1]
+        # read a moment ago: not again until ANSWER_POLL_INTERVAL has passed
+        node.publish(parse_updates([dialog("c1", "terminated")]))
+        assert polls == [1]
+        clock[0] += ANSWER_POLL_INTERVAL
+        node.publish(parse_updates([dialog("c2", "early")]))
+        assert polls == [1, 1]
     finally:
         node.stop()
