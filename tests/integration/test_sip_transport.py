@@ -232,3 +232,43 @@ def test_ipv6_udp_if_available(received: Received) -> None:
         client.close()
     finally:
         transports.close()
+
+
+def test_a_udp_flood_lets_the_other_greenlets_run_between_batches() -> None:
+    """A reader that finds datagrams waiting keeps reading, but after UDP_YIELD_AFTER of work
+    it lets the others run (HTTP publishes, the clock loop): at most one batch goes by without
+    them, however many datagrams are queued."""
+    import socket as std
+
+    from busylamp.presence.node.mmsg import BATCH
+
+    handled: list[bytes] = []
+
+    def slow(data: bytes, source: tuple[str, int], transport: str, conn_id: int | None) -> None:
+        end = time.perf_counter() + 0.003  # more than UDP_YIELD_AFTER for each datagram
+        while time.perf_counter() < end:
+            pass
+        handled.append(data)
+
+    t = SipTransports(slow)
+    try:
+        host, port = t.listen("udp", "127.0.0.1", 0)
+        sender = std.socket(std.AF_INET, std.SOCK_DGRAM)
+        total = 2 * BATCH + 2
+        for i in range(total):  # all queued before the reader first runs
+            sender.sendto(b"OPTIONS %d" % i, (host, port))
+        sender.close()
+        seen: list[int] = []
+
+        def other() -> None:
+            while len(handled) < total:
+                seen.append(len(handled))
+                gevent.sleep(0)
+
+        ticker = gevent.spawn(other)
+        ticker.join(timeout=30)
+        assert len(handled) == total
+        steps = [b - a for a, b in zip([0, *seen], [*seen, total], strict=True)]
+        assert max(steps) <= BATCH, seen
+    finally:
+        t.close()
