@@ -52,10 +52,7 @@ CONNECT_TIMEOUT = 5.0
 ERROR_LOG_INTERVAL = 10.0
 FD_LOG_INTERVAL = 60.0
 EVICT_SCAN = 64  # connections looked at for one eviction, at most
-# How long a UDP reader may handle datagrams before it lets the other greenlets (HTTP publishes,
-# the clock loop) run: answers to NOTIFYs keep arriving under load, and a reader that ran until
-# the socket was empty held publishes back by tens of milliseconds (their p99)
-UDP_YIELD_AFTER = 0.002
+UDP_YIELD_AFTER = 1024  # datagrams a reader handles before letting other greenlets run
 SO_MEMINFO = 55  # Linux getsockopt: a socket's memory, receive queue bytes first, buffer second
 _FD_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
@@ -239,9 +236,8 @@ class SipTransports:
     def _udp_reader(self, udp: _UdpSocket) -> None:
         hub = gevent.get_hub()
         readable = hub.loop.io(udp.sock.fileno(), 1)
-        clock = time.monotonic
         try:
-            since = clock()
+            handled = 0
             while not self._closed:
                 # after a short batch, receive again at once rather than wait: under load more
                 # datagrams came in meanwhile (waiting on the hub instead was tried and not
@@ -250,12 +246,13 @@ class SipTransports:
                 if got < 0:
                     return
                 if not got:
+                    handled = 0
                     hub.wait(readable)
-                    since = clock()
                     continue
-                if clock() - since >= UDP_YIELD_AFTER:  # the others' turn (they may be none)
+                handled += got
+                if handled >= UDP_YIELD_AFTER:  # a flood must not starve timers and HTTP
+                    handled = 0
                     gevent.sleep(0)
-                    since = clock()
         finally:
             readable.close()
 
