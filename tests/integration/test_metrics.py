@@ -7,14 +7,19 @@ import re
 from tests.node_util import publish, running_node
 
 
-def test_metrics_text_has_the_families_and_values():
+def _metrics_after_one_update() -> str:
+    """/metrics of a node that took one dialog update."""
     with running_node() as node:
         publish(node, {
             "Event-Name": "update", "Event-Package": "dialog", "From": "sip:1001@example.com",
             "From-User": "1001", "From-Realm": "example.com", "To": "sip:1002@example.com",
             "Call-ID": "c1", "State": "early", "Expires": 60,
         })
-        text = node.metrics_text()
+        return node.metrics_text()
+
+
+def test_metrics_text_has_the_families_and_values():
+    text = _metrics_after_one_update()
     for family in ("subscriptions_active", "notify_sent_total", "notify_retransmitted_total",
                    "notify_failed_total", "publishes_total", "sip_malformed_total",
                    "sip_dropped_total", "sip_udp_receive_drops_total", "state_records",
@@ -34,13 +39,7 @@ def test_the_benchmark_reads_its_step_counters_from_this_text():
     publishes from /metrics: every sample it names is there, read as its value."""
     from bench.servers import NODE_COUNTERS, metric_values
 
-    with running_node() as node:
-        publish(node, {
-            "Event-Name": "update", "Event-Package": "dialog", "From": "sip:1001@example.com",
-            "From-User": "1001", "From-Realm": "example.com", "To": "sip:1002@example.com",
-            "Call-ID": "c1", "State": "early", "Expires": 60,
-        })
-        text = node.metrics_text()
+    text = _metrics_after_one_update()
     values = metric_values(text, NODE_COUNTERS)
     assert set(values) == set(NODE_COUNTERS)
     assert values["notify_retransmitted"] == 0.0
