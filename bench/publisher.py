@@ -30,6 +30,8 @@ class PublishResult:
     server_cpu: float = 0.0  # CPU seconds the server spent on this phase (set by the runner)
     # what the server's own counters say it did in this phase (Server.counters; by the runner)
     server_counts: dict[str, float] = field(default_factory=dict)
+    # the share of each core's time the hypervisor stole in this phase (by the runner)
+    steal_percent: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def achieved_rate(self) -> float:

@@ -106,6 +106,12 @@ def _drops(r: dict) -> str:
     return f"{main} ({d.get('subscribe_ladders', 0)} in SUBSCRIBE/s ladders)"
 
 
+def _fanout_steal(r: dict) -> str | None:
+    """The median fan-out step's steal on the server's core, as text (no ratio for it)."""
+    value = r["fanout_median"].get("steal_pct_server_core")
+    return None if value is None else f"{value:.1f}"
+
+
 ROWS: list[tuple[str, Callable[[dict], object], int]] = [
     ("subscriptions requested (W x K)", lambda r: r["subscribe"]["calls"], 0),
     ("subscriptions held (verified by NOTIFY)", lambda r: r["held"], 0),
@@ -124,6 +130,7 @@ ROWS: list[tuple[str, Callable[[dict], object], int]] = [
     ("publish->NOTIFY p50 ms (median)", lambda r: r["fanout_median"]["latency_ms_p50"], 2),
     ("publish->NOTIFY p99 ms (median)", lambda r: r["fanout_median"]["latency_ms_p99"], 2),
     ("publish->NOTIFY max ms (median)", lambda r: r["fanout_median"]["latency_ms_max"], 2),
+    ("CPU stolen by the hypervisor, server core, fan-out % (median)", _fanout_steal, 0),
     ("NOTIFY/s ceiling (100% delivery, right state, p99 in limit)", _ceiling, 0),
     ("PSS growth per subscription, bytes",
      lambda r: r["memory"]["bytes_per_subscription"].get("pss_kb"), 0),
@@ -165,12 +172,20 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _steal(step: dict) -> str:
+    """A step's stolen CPU time, server core / tools core, in percent; blank if not measured."""
+    server, tools = step.get("steal_pct_server_core"), step.get("steal_pct_tools_core")
+    if server is None and tools is None:
+        return ""
+    return f"{_fmt(server, 1)} / {_fmt(tools, 1)}"
+
+
 def steps_table(results: dict[str, dict]) -> str:
     """Every fan-out step of the ceiling search and of the overload runs, per server."""
     lines = ["| server | step | offered publishes/s | achieved publishes/s | HTTP non-2xx | "
              "NOTIFY/s delivered | per server CPU s | NOTIFYs resent | delivery ratio | "
-             "right state | p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "right state | p99 ms | steal % (server / tools core) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         steps = [("fan-out (1st repeat)", f) for f in r.get("fanout", [])[:1]]
         steps += [("ceiling", f) for f in r.get("ceiling", [])]
@@ -178,7 +193,7 @@ def steps_table(results: dict[str, dict]) -> str:
         for label, f in steps:
             if "error" in f:
                 lines.append(f"| {name} | {label} | {f['target_rate']:,.0f} | {f['error']} "
-                             "| | | | | | | |")
+                             "| | | | | | | | |")
                 continue
             offered = f.get("target_rate", r["config"]["rate"])
             lines.append(
@@ -186,7 +201,7 @@ def steps_table(results: dict[str, dict]) -> str:
                 f"{_fmt(f.get('http_non_2xx'))} | {f['notify_per_s']:,.0f} | "
                 f"{_fmt(f.get('notify_per_cpu_s'))} | {_fmt(f.get('server_notify_retransmitted'))} | "
                 f"{f['delivery_ratio']:.4f} | {f['right_state_ratio']:.4f} | "
-                f"{_fmt(f['latency_ms_p99'], 1)} |")
+                f"{_fmt(f['latency_ms_p99'], 1)} | {_steal(f)} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 

@@ -94,6 +94,30 @@ def udp_rcvbuf_errors() -> int:
     return int(values[names.index("RcvbufErrors")])
 
 
+def cpu_jiffies(path: str = "/proc/stat") -> dict[int, tuple[int, int]]:
+    """Per CPU: (steal, total) in jiffies since boot, from ``/proc/stat``. Steal is the time
+    the hypervisor ran something else while this virtual CPU wanted to run."""
+    out: dict[int, tuple[int, int]] = {}
+    with open(path, encoding="ascii") as f:
+        for line in f:
+            name, _, rest = line.partition(" ")
+            if not name.startswith("cpu") or name == "cpu":
+                continue
+            values = [int(v) for v in rest.split()]
+            # user nice system idle iowait irq softirq steal [guest guest_nice: inside user]
+            out[int(name[3:])] = (values[7] if len(values) > 7 else 0, sum(values[:8]))
+    return out
+
+
+def steal_percent(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
+                  cpu: int) -> float | None:
+    """The share of ``cpu``'s time between two :func:`cpu_jiffies` samples that was stolen."""
+    if cpu not in before or cpu not in after:
+        return None
+    total = after[cpu][1] - before[cpu][1]
+    return 100.0 * (after[cpu][0] - before[cpu][0]) / total if total > 0 else None
+
+
 def _collect(responder: Responder, settle: float, limit: float = 60.0) -> list:
     """Records until nothing arrived for ``settle`` seconds (at most ``limit``)."""
     records: list = []
@@ -114,12 +138,17 @@ def _publish_phase(server: Server, responder: Responder, plan: PublishPlan, coun
                    rate: float, cfg: RunConfig, prefix: str) -> tuple[PublishResult, list]:
     responder.dump()
     counted = server.counters()
+    jiffies = cpu_jiffies()
     cpu0 = server.cpu_seconds()
     res = publish(("127.0.0.1", server.http_port), plan, count, rate,
                   connections=cfg.connections, path=server.publish_path, tag_prefix=prefix,
                   depth=cfg.depth)
     records = _collect(responder, cfg.settle)
     res.server_cpu = server.cpu_seconds() - cpu0
+    jiffies_after = cpu_jiffies()
+    res.steal_percent = {"server_core": (
+        steal_percent(jiffies, jiffies_after, server.cpu) if server.cpu is not None else None),
+                         "tools_core": steal_percent(jiffies, jiffies_after, LOAD_CPU)}
     after = server.counters()
     res.server_counts = {key: after[key] - counted[key] for key in after if key in counted}
     return res, records
@@ -133,6 +162,8 @@ def _figures(pres: PublishResult, records: list, held: dict[str, int]) -> dict[s
     fig["server_cpu_s"] = pres.server_cpu
     fig["notify_per_cpu_s"] = fig["delivered"] / pres.server_cpu if pres.server_cpu else 0.0
     fig.update({f"server_{key}": value for key, value in pres.server_counts.items()})
+    fig.update({f"steal_pct_{key}": value for key, value in pres.steal_percent.items()
+                if value is not None})
     return fig
 
 
