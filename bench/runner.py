@@ -146,8 +146,9 @@ def _publish_phase(server: Server, responder: Responder, plan: PublishPlan, coun
     records = _collect(responder, cfg.settle)
     res.server_cpu = server.cpu_seconds() - cpu0
     jiffies_after = cpu_jiffies()
-    res.steal_percent = {"server_core": (
-        steal_percent(jiffies, jiffies_after, server.cpu) if server.cpu is not None else None),
+    server_core = (None if server.cpu is None
+                   else steal_percent(jiffies, jiffies_after, server.cpu))
+    res.steal_percent = {"server_core": server_core,
                          "tools_core": steal_percent(jiffies, jiffies_after, LOAD_CPU)}
     after = server.counters()
     res.server_counts = {key: after[key] - counted[key] for key in after if key in counted}
