@@ -73,7 +73,7 @@ class GreenswitchTail:
                  on_event: Callable[[str, dict[str, str]], None], *,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0, jitter: float = 0.2,
                  dead_after: float = 60.0, command_timeout: float = 5.0,
-                 connect_timeout: float = 5.0, poll: float = 0.25,
+                 connect_timeout: float = 5.0, exit_timeout: float = 1.0, poll: float = 0.25,
                  clock: Callable[[], float] = time.monotonic,
                  rng: Callable[[], float] = random.random) -> None:
         self.target = target
@@ -83,6 +83,7 @@ class GreenswitchTail:
         self.dead_after = dead_after
         self.command_timeout = command_timeout
         self.connect_timeout = connect_timeout
+        self.exit_timeout = exit_timeout  # a live switch answers ``exit`` at once; Ctrl-C waits no longer
         self.poll = poll
         self.clock = clock
         self.connections = 0  # successful logins so far
@@ -201,7 +202,7 @@ class GreenswitchTail:
         """``stop()`` (``exit`` first when polite); never hangs on a dead or half-open peer."""
         if polite and conn.connected:
             with contextlib.suppress(gevent.Timeout, _Failed):
-                with gevent.Timeout(self.command_timeout, _Failed("exit")):
+                with gevent.Timeout(min(self.exit_timeout, self.command_timeout), _Failed("exit")):
                     conn.stop()
                 return
         sock = getattr(conn, "sock", None)

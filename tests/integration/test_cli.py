@@ -546,6 +546,35 @@ def tail_factory():
         assert runner_greenlet.dead, "run() did not return after stop()"
 
 
+def test_tail_esl_stops_promptly_when_the_switch_does_not_answer_exit():
+    """Ctrl-C (stop) says ``exit`` politely but waits at most ``exit_timeout`` for the answer,
+    not the whole command timeout, before it closes the connection itself. A hung switch is a
+    fault the real FreeSWITCH cannot be made to show on demand: the simulator plays it."""
+    import time
+
+    from busylamp.esl.connection import EslTarget
+    from busylamp.esl.greenswitch_tail import GreenswitchTail
+    from busylamp.esl.simulator import FreeSwitchSimulator
+
+    simulator = FreeSwitchSimulator(password="pw", heartbeat_interval=None)
+    host, port = simulator.start()
+    tail = GreenswitchTail(EslTarget(host, port, "pw"), TAIL_EVENTS, lambda name, headers: None,
+                           connect_timeout=1.0, command_timeout=5.0, exit_timeout=0.3, poll=0.02)
+    runner = gevent.spawn(tail.run)
+    try:
+        wait_until(lambda: tail.connections == 1, timeout=5)
+        simulator.go_silent()
+        started = time.monotonic()
+        tail.stop()
+        runner.join(timeout=4)
+        assert runner.dead, "run() still closing 4 s after stop()"
+        assert simulator.commands[-1] == "exit"  # it did say goodbye first
+        assert time.monotonic() - started < 3.0  # not the 5 s command timeout (nor twice it)
+    finally:
+        runner.kill()
+        simulator.stop()
+
+
 def test_tail_esl_a_failing_callback_is_logged_once_and_tail_goes_on(tail_factory, caplog):
     from busylamp.esl.connection import EslTarget
     from busylamp.esl.simulator import FreeSwitchSimulator
